@@ -1,0 +1,456 @@
+"""The ledger rules: pure, synchronous, no I/O, no Ray.
+
+A :class:`Ledger` holds the accounts of one shard (its *local* accounts) with
+their balances, the transfers it decided, and the pending transfers it owns.
+Accounts on other shards are *remote*: the caller has already checked that
+they exist and have the right currency, and their legs are applied by their
+own shard from the same :class:`JournalRow`.
+
+Two operations do everything:
+
+* ``decide`` turns a request into a journal row or a refusal code, reading
+  local state only;
+* ``apply`` adds a row's effect to the local accounts (idempotent by id).
+
+Memory is therefore a pure function of the rows applied, which is also how a
+shard recovers: it replays its rows from the journal.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from .model import (
+    MAX_AMOUNT,
+    NO_METADATA,
+    AccountBalances,
+    AccountFlags,
+    AccountSpec,
+    Code,
+    JournalRow,
+    Outcome,
+    Status,
+    TransferFlags,
+    TransferOp,
+    same_request,
+)
+
+DMNEC = AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDITS
+CMNED = AccountFlags.CREDITS_MUST_NOT_EXCEED_DEBITS
+EXPIRY_PREFIX = "~expired:"  # '~' is outside the client id alphabet
+
+
+class Account:
+    """A local account's balances. ``held_*`` are two-phase reservations."""
+
+    __slots__ = ("cp", "cpend", "dp", "dpend", "held_cr", "held_dr", "spec")
+
+    def __init__(self, spec: AccountSpec) -> None:
+        self.spec = spec
+        self.dp = 0  # debits_posted
+        self.cp = 0  # credits_posted
+        self.dpend = 0  # debits_pending
+        self.cpend = 0  # credits_pending
+        self.held_dr = 0  # debit exposure reserved by prepared cross-shard groups
+        self.held_cr = 0  # credit exposure reserved by prepared cross-shard groups
+
+    def balances(self) -> AccountBalances:
+        s = self.spec
+        return AccountBalances(
+            s.id, s.currency, s.flags, s.metadata, s.ts, self.dp, self.cp, self.dpend, self.cpend
+        )
+
+
+class Pending:
+    """A pending transfer owned by this shard (its debit account is local)."""
+
+    __slots__ = ("amount", "credit", "currency", "debit", "expires_at", "state")
+
+    def __init__(self, row: JournalRow) -> None:
+        self.amount = row.amount
+        self.debit = row.debit_account_id
+        self.credit = row.credit_account_id
+        self.currency = row.currency
+        self.expires_at = row.ts + row.timeout_s * 1_000_000_000 if row.timeout_s else 0
+        self.state = Status.PENDING
+
+
+@dataclass
+class Hold:
+    """What a prepared cross-shard group reserved here, released by commit or abort."""
+
+    accounts: list[tuple[str, int, int]] = field(default_factory=list)
+    ids: list[str] = field(default_factory=list)
+    pendings: list[str] = field(default_factory=list)
+
+
+class Ledger:
+    """One shard's accounts and the rules that move money between them."""
+
+    def __init__(self) -> None:
+        self.accounts: dict[str, Account] = {}
+        self.rows: dict[str, JournalRow] = {}  # transfers whose debit account is local
+        self.credited: set[str] = set()  # ids applied here only on the credit side
+        self.pendings: dict[str, Pending] = {}
+        self.holds: dict[str, Hold] = {}
+        self.inflight_ids: set[str] = set()
+        self.locked_pendings: set[str] = set()
+        self._expiry: list[tuple[int, str]] = []
+        self._clock = 0
+
+    # -- time -------------------------------------------------------------
+
+    def timestamp(self, now_ns: int) -> int:
+        """Strictly increasing per shard, even if the wall clock steps back."""
+        self._clock = max(self._clock + 1, now_ns)
+        return self._clock
+
+    # -- accounts ---------------------------------------------------------
+
+    def create_account(self, spec: AccountSpec) -> tuple[str, AccountSpec]:
+        """Create or replay an account. Returns (code, the stored spec)."""
+        existing = self.accounts.get(spec.id)
+        if existing is not None:
+            old = existing.spec
+            same = (old.currency, old.flags, old.metadata) == (
+                spec.currency,
+                spec.flags,
+                spec.metadata,
+            )
+            return (Code.EXISTS if same else Code.EXISTS_WITH_DIFFERENT_FIELDS), old
+        self.accounts[spec.id] = Account(spec)
+        return Code.OK, spec
+
+    def drop_account(self, account_id: str) -> None:
+        """Undo a creation whose commit failed (only ever a fresh, untouched account)."""
+        acct = self.accounts.pop(account_id)
+        assert acct.dp == acct.cp == acct.dpend == acct.cpend == 0
+
+    # -- deciding ---------------------------------------------------------
+
+    def decide(self, op: TransferOp, now_ns: int) -> Outcome:
+        """Check ``op`` against local state; return a new row, a replay or a refusal.
+
+        The debit account must be local (the debit shard decides). A local
+        credit account is checked here too; a remote one was checked by the
+        caller, except for its credit limit, which its own shard reserves in
+        a two-phase group (see ``prepare``).
+        """
+        old = self.rows.get(op.id)
+        if old is not None:
+            if same_request(op, old):
+                return Outcome(op.id, Code.OK, old, replayed=True)
+            return Outcome(op.id, Code.EXISTS_WITH_DIFFERENT_FIELDS)
+        if op.id in self.inflight_ids:
+            return Outcome(op.id, Code.TRANSFER_IN_FLIGHT)
+        dr = self.accounts.get(op.debit_account_id)
+        assert dr is not None, "routed to a shard that does not own the debit account"
+        cr = self.accounts.get(op.credit_account_id)
+        if dr.spec.currency != op.currency or (cr is not None and cr.spec.currency != op.currency):
+            return Outcome(op.id, Code.CURRENCY_MISMATCH)
+
+        if op.flags & (TransferFlags.POST_PENDING | TransferFlags.VOID_PENDING):
+            return self._decide_resolution(op, now_ns)
+
+        amount = op.amount
+        assert amount is not None and 0 < amount <= MAX_AMOUNT
+        if dr.dp + dr.dpend + amount > MAX_AMOUNT:
+            return Outcome(op.id, Code.OVERFLOW)
+        if dr.spec.flags & DMNEC and dr.dp + dr.dpend + dr.held_dr + amount > dr.cp:
+            return Outcome(op.id, Code.INSUFFICIENT_FUNDS)
+        if cr is not None:
+            if cr.cp + cr.cpend + amount > MAX_AMOUNT:
+                return Outcome(op.id, Code.OVERFLOW)
+            if cr.spec.flags & CMNED and cr.cp + cr.cpend + cr.held_cr + amount > cr.dp:
+                return Outcome(op.id, Code.CREDITS_EXCEED_DEBITS)
+        pending = bool(op.flags & TransferFlags.PENDING)
+        return Outcome(
+            op.id,
+            Code.OK,
+            self._row(
+                op,
+                amount,
+                Status.PENDING if pending else Status.POSTED,
+                posted=0 if pending else amount,
+                pending_delta=amount if pending else 0,
+                now_ns=now_ns,
+            ),
+        )
+
+    def _decide_resolution(self, op: TransferOp, now_ns: int) -> Outcome:
+        assert op.pending_id is not None
+        p = self.pendings.get(op.pending_id)
+        if p is None:
+            code = (
+                Code.PENDING_NOT_PENDING if op.pending_id in self.rows else Code.PENDING_NOT_FOUND
+            )
+            return Outcome(op.id, code)
+        if (p.debit, p.credit) != (op.debit_account_id, op.credit_account_id):
+            return Outcome(op.id, Code.PENDING_ACCOUNT_MISMATCH)
+        if p.currency != op.currency:
+            return Outcome(op.id, Code.CURRENCY_MISMATCH)
+        if op.pending_id in self.locked_pendings:
+            return Outcome(op.id, Code.TRANSFER_IN_FLIGHT)
+        if p.state != Status.PENDING:
+            return Outcome(op.id, _RESOLVED_CODE[p.state])
+        if p.expires_at and now_ns >= p.expires_at:
+            return Outcome(op.id, Code.PENDING_EXPIRED)
+        if op.flags & TransferFlags.POST_PENDING:
+            amount = p.amount if op.amount is None else op.amount
+            if amount > p.amount:
+                return Outcome(op.id, Code.EXCEEDS_PENDING_AMOUNT)
+            row = self._row(op, amount, Status.POSTED, amount, -p.amount, now_ns)
+        else:
+            if op.amount is not None and op.amount != p.amount:
+                return Outcome(op.id, Code.VOID_AMOUNT_MISMATCH)
+            row = self._row(op, p.amount, Status.VOIDED, 0, -p.amount, now_ns)
+        # Posting or voiding only lowers exposure on both sides: no limit to check.
+        return Outcome(op.id, Code.OK, row)
+
+    def _row(
+        self, op: TransferOp, amount: int, status: str, posted: int, pending_delta: int, now_ns: int
+    ) -> JournalRow:
+        return JournalRow(
+            op.id,
+            op.debit_account_id,
+            op.credit_account_id,
+            amount,
+            op.currency,
+            op.flags,
+            op.pending_id,
+            op.timeout_s,
+            op.metadata,
+            status,
+            posted,
+            pending_delta,
+            self.timestamp(now_ns),
+        )
+
+    # -- applying ---------------------------------------------------------
+
+    def apply(self, row: JournalRow) -> bool:
+        """Add ``row``'s effect to the local side(s). False if already applied."""
+        if row.id in self.rows or row.id in self.credited:
+            return False
+        self._shift(row, +1)
+        return True
+
+    def unapply(self, row: JournalRow) -> None:
+        """Exactly reverse ``apply`` (used to roll back a failed linked chain)."""
+        self._shift(row, -1)
+
+    def _shift(self, row: JournalRow, sign: int) -> None:
+        dr = self.accounts.get(row.debit_account_id)
+        cr = self.accounts.get(row.credit_account_id)
+        assert dr is not None or cr is not None, "row touches no account of this shard"
+        if dr is not None:
+            dr.dp += sign * row.posted_amount
+            dr.dpend += sign * row.pending_delta
+            assert dr.dpend >= 0 and dr.dp >= 0
+            if sign > 0:
+                self.rows[row.id] = row
+            else:
+                del self.rows[row.id]
+            self._shift_pending(row, sign)
+        elif sign > 0:
+            self.credited.add(row.id)
+        else:
+            self.credited.discard(row.id)
+        if cr is not None:
+            cr.cp += sign * row.posted_amount
+            cr.cpend += sign * row.pending_delta
+            assert cr.cpend >= 0 and cr.cp >= 0
+
+    def _shift_pending(self, row: JournalRow, sign: int) -> None:
+        if row.status == Status.PENDING:
+            if sign > 0:
+                p = self.pendings[row.id] = Pending(row)
+                if p.expires_at:
+                    heapq.heappush(self._expiry, (p.expires_at, row.id))
+            else:
+                del self.pendings[row.id]
+        elif row.pending_id is not None:
+            p = self.pendings[row.pending_id]
+            if sign > 0:
+                assert p.state == Status.PENDING, "pending resolved twice"
+                p.state = row.status
+            else:
+                p.state = Status.PENDING
+
+    # -- groups (a single transfer or a linked chain) -----------------------
+
+    def execute(self, ops: Sequence[TransferOp], now_ns: int) -> list[Outcome]:
+        """Decide and apply a group all-or-nothing. Every debit must be local."""
+        outcomes, applied = self._evaluate(ops, now_ns)
+        if _failed(outcomes):
+            for row in reversed(applied):
+                self.unapply(row)
+        return outcomes
+
+    def _evaluate(
+        self, ops: Sequence[TransferOp], now_ns: int, debit_local_only: bool = False
+    ) -> tuple[list[Outcome], list[JournalRow]]:
+        outcomes: list[Outcome] = []
+        applied: list[JournalRow] = []
+        for i, op in enumerate(ops):
+            if debit_local_only and op.debit_account_id not in self.accounts:
+                outcome = self._credit_check(op, now_ns)
+            else:
+                outcome = self.decide(op, now_ns)
+            if outcome.code:
+                return refuse_group(ops, i, outcome.code), applied
+            outcomes.append(outcome)
+            if outcome.row is not None and not outcome.replayed and self.apply(outcome.row):
+                applied.append(outcome.row)
+        if (
+            len(ops) > 1
+            and any(o.replayed for o in outcomes)
+            and not all(o.replayed for o in outcomes if o.row is not None)
+        ):
+            # Part of this chain was already committed on its own: not a replay.
+            first = next(i for i, o in enumerate(outcomes) if o.replayed)
+            return refuse_group(ops, first, Code.EXISTS), applied
+        return outcomes, applied
+
+    def _credit_check(self, op: TransferOp, now_ns: int) -> Outcome:
+        """A remote-debit leg seen by the shard of a limited credit account.
+
+        Only new money into the account can break its credit limit; posting or
+        voiding a pending only lowers exposure, so those legs pass unchanged.
+        The tentative row is applied to local state so that later legs of the
+        same chain see it, then rolled back by ``prepare``.
+        """
+        cr = self.accounts.get(op.credit_account_id)
+        resolves = op.flags & (TransferFlags.POST_PENDING | TransferFlags.VOID_PENDING)
+        if cr is None or resolves or op.id in self.credited:
+            return Outcome(op.id)
+        amount = op.amount
+        assert amount is not None
+        if cr.cp + cr.cpend + amount > MAX_AMOUNT:
+            return Outcome(op.id, Code.OVERFLOW)
+        if cr.spec.flags & CMNED and cr.cp + cr.cpend + cr.held_cr + amount > cr.dp:
+            return Outcome(op.id, Code.CREDITS_EXCEED_DEBITS)
+        pending = bool(op.flags & TransferFlags.PENDING)
+        row = JournalRow(
+            op.id, op.debit_account_id, op.credit_account_id, amount, op.currency, op.flags,
+            None, op.timeout_s, op.metadata, Status.PENDING if pending else Status.POSTED,
+            0 if pending else amount, amount if pending else 0, now_ns,
+        )  # fmt: skip
+        return Outcome(op.id, Code.OK, row)
+
+    # -- two-phase groups across shards ------------------------------------
+
+    def prepare(self, gid: str, ops: Sequence[TransferOp], now_ns: int) -> list[Outcome]:
+        """Phase one of a group that spans shards: decide the local legs and reserve.
+
+        The group is evaluated in order on local state exactly as ``execute``
+        would, then rolled back; what it would take from each local account
+        (its net debit or credit exposure) is held until ``commit`` or
+        ``abort``. Ids and pendings it touches are locked meanwhile.
+        Outcomes carry rows only for transfers whose debit account is local.
+        """
+        assert gid not in self.holds
+        before = {a: self._exposure(a) for a in self._local_accounts(ops)}
+        outcomes, applied = self._evaluate(ops, now_ns, debit_local_only=True)
+        after = {a: self._exposure(a) for a in before}
+        for row in reversed(applied):
+            self.unapply(row)
+        if _failed(outcomes) or all(o.replayed for o in outcomes):
+            return outcomes
+        hold = Hold()
+        for account_id, (dr0, cr0) in before.items():
+            dr1, cr1 = after[account_id]
+            held = (account_id, max(0, dr1 - dr0), max(0, cr1 - cr0))
+            acct = self.accounts[account_id]
+            acct.held_dr += held[1]
+            acct.held_cr += held[2]
+            hold.accounts.append(held)
+        for op in ops:
+            if op.debit_account_id in self.accounts:
+                hold.ids.append(op.id)
+                if op.pending_id is not None:
+                    hold.pendings.append(op.pending_id)
+        self.inflight_ids.update(hold.ids)
+        self.locked_pendings.update(hold.pendings)
+        self.holds[gid] = hold
+        return [
+            o if o.row is None or o.row.debit_account_id in self.accounts else Outcome(o.id)
+            for o in outcomes
+        ]
+
+    def release(self, gid: str) -> None:
+        """Drop a prepared group's reservations (its rows are applied separately)."""
+        hold = self.holds.pop(gid, None)
+        if hold is None:
+            return
+        for account_id, held_dr, held_cr in hold.accounts:
+            acct = self.accounts[account_id]
+            acct.held_dr -= held_dr
+            acct.held_cr -= held_cr
+            assert acct.held_dr >= 0 and acct.held_cr >= 0
+        self.inflight_ids.difference_update(hold.ids)
+        self.locked_pendings.difference_update(hold.pendings)
+
+    def _local_accounts(self, ops: Iterable[TransferOp]) -> list[str]:
+        seen: dict[str, None] = {}
+        for op in ops:
+            for a in (op.debit_account_id, op.credit_account_id):
+                if a in self.accounts:
+                    seen[a] = None
+        return list(seen)
+
+    def _exposure(self, account_id: str) -> tuple[int, int]:
+        a = self.accounts[account_id]
+        return a.dp + a.dpend - a.cp, a.cp + a.cpend - a.dp
+
+    # -- expiry -----------------------------------------------------------
+
+    def expire_due(self, now_ns: int, limit: int) -> list[JournalRow]:
+        """Rows releasing pendings whose timeout has passed (applied here already)."""
+        out: list[JournalRow] = []
+        deferred: list[tuple[int, str]] = []
+        while self._expiry and self._expiry[0][0] <= now_ns and len(out) < limit:
+            expires_at, pid = heapq.heappop(self._expiry)
+            p = self.pendings.get(pid)
+            if p is None or p.state != Status.PENDING:
+                continue
+            if pid in self.locked_pendings:
+                deferred.append((expires_at, pid))
+                continue
+            row = JournalRow(
+                EXPIRY_PREFIX + pid, p.debit, p.credit, p.amount, p.currency,
+                int(TransferFlags.VOID_PENDING), pid, 0, NO_METADATA, Status.EXPIRED,
+                0, -p.amount, self.timestamp(now_ns),
+            )  # fmt: skip
+            self.apply(row)
+            out.append(row)
+        for item in deferred:
+            heapq.heappush(self._expiry, item)
+        return out
+
+    # -- views --------------------------------------------------------------
+
+    def balances(self) -> list[AccountBalances]:
+        return [a.balances() for a in self.accounts.values()]
+
+
+_RESOLVED_CODE = {
+    Status.POSTED: Code.PENDING_ALREADY_POSTED,
+    Status.VOIDED: Code.PENDING_ALREADY_VOIDED,
+    Status.EXPIRED: Code.PENDING_EXPIRED,
+}
+
+
+def _failed(outcomes: Sequence[Outcome]) -> bool:
+    return any(o.code for o in outcomes)
+
+
+def refuse_group(ops: Sequence[TransferOp], index: int, code: str) -> list[Outcome]:
+    """Outcomes for a group whose transfer ``index`` failed with ``code``: all or nothing."""
+    if len(ops) == 1:
+        return [Outcome(ops[0].id, code)]
+    return [
+        Outcome(op.id, code if i == index else Code.LINKED_EVENT_FAILED) for i, op in enumerate(ops)
+    ]

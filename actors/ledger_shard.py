@@ -1,0 +1,462 @@
+"""The ledger shard actor: a thin asynchronous shell around :class:`Ledger`.
+
+One shard owns the accounts whose ``shard_key % count`` is its index. Ray
+runs an actor's coroutines on one event loop, and no method awaits between
+reading and changing the ledger, so every decision is serialized without
+locks. The pipeline per call:
+
+1. decide and apply the whole batch in memory (synchronous);
+2. hand its rows to the commit loop, which writes everything queued in one
+   PostgreSQL transaction (group commit) and resolves the waiters in order;
+3. only then forward credit legs to other shards and answer.
+
+Batch k+1 may be applied while batch k commits; it is answered only after
+its own (later) commit. If a commit fails, everything applied but not
+committed is refused with ``storage_unavailable`` and the ledger is rebuilt
+from the journal before the shard accepts work again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import logging
+import time
+from collections import defaultdict, deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import psycopg
+
+from storage import journal
+from storage.database import connect
+
+from .ledger.model import AccountSpec, Code, JournalRow, Outcome, shard_key
+from .ledger.rules import Ledger, refuse_group
+from .messages import (
+    COMMIT_BUCKETS_S,
+    AccountResult,
+    ShardStats,
+    decode_commits,
+    decode_finishes,
+    decode_groups,
+    decode_ids,
+    decode_prepares,
+    decode_rows,
+    decode_specs,
+    encode,
+)
+
+log = logging.getLogger("paynode.shard")
+
+
+class StorageUnavailable(Exception):
+    """The journal could not be written; nothing of the batch is durable."""
+
+
+class JournalConflict(StorageUnavailable):
+    """A transfer id in the batch was already journaled by another shard."""
+
+
+@dataclass
+class _Job:
+    accounts: Sequence[AccountSpec]
+    rows: Sequence[JournalRow]
+    done: asyncio.Future[None]
+    ids: list[str] = field(default_factory=list)
+
+
+def shard_of(account_id: str, count: int) -> int:
+    return shard_key(account_id) % count
+
+
+class LedgerShard:
+    """Run under Ray as ``ray.remote(LedgerShard)``; every method takes/returns msgpack."""
+
+    def __init__(
+        self,
+        index: int,
+        count: int,
+        database_url: str,
+        namespace: str,
+        commit_max_rows: int = 65_536,
+        expiry_interval_ms: int = 200,
+    ) -> None:
+        assert 0 <= index < count
+        self.index = index
+        self.count = count
+        self._url = database_url
+        self._namespace = namespace
+        self._commit_max_rows = commit_max_rows
+        self._expiry_interval = expiry_interval_ms / 1000
+        self.ledger = Ledger()
+        self._peers: dict[int, object] = {}
+        self._queue: deque[_Job] = deque()
+        self._wake = asyncio.Event()
+        self._ready = False
+        self._rebuilt = asyncio.Event()
+        self._conn: psycopg.AsyncConnection | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._commits = 0
+        self._rows_committed = 0
+        self._commit_sum = 0.0
+        self._commit_max = 0.0
+        self._buckets = [0] * (len(COMMIT_BUCKETS_S) + 1)
+        self._rebuilds = 0
+
+    # -- life cycle -------------------------------------------------------
+
+    async def start(self) -> int:
+        """Rebuild from the journal and start the commit and expiry loops."""
+        await self._rebuild()
+        self._tasks = [
+            asyncio.create_task(self._commit_loop()),
+            asyncio.create_task(self._expiry_loop()),
+        ]
+        return len(self.ledger.accounts)
+
+    async def set_peers(self, names: list[str]) -> None:
+        import ray
+
+        self._peers = {
+            i: ray.get_actor(name, namespace=self._namespace)
+            for i, name in enumerate(names)
+            if i != self.index
+        }
+
+    async def ping(self) -> bool:
+        return self._ready
+
+    async def _rebuild(self) -> None:
+        """Replace the in-memory ledger with the journal's state; retry until it works."""
+        self._ready = False
+        self._rebuilt.clear()
+        delay = 0.1
+        while True:
+            try:
+                if self._conn is not None:
+                    await self._conn.close()
+                self._conn = await connect(self._url)
+                snap = await journal.load_shard(self._conn, self.index, self.count)
+                break
+            except (psycopg.Error, OSError) as e:
+                log.warning("shard %d: rebuild failed (%s); retrying", self.index, type(e).__name__)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+        old = self.ledger
+        fresh = Ledger()
+        for spec in snap.accounts:
+            fresh.create_account(spec)
+        for row in snap.rows:
+            fresh.apply(row)
+        # Reservations of prepared cross-shard groups live only in memory: keep them.
+        for gid, hold in old.holds.items():
+            for account_id, held_dr, held_cr in hold.accounts:
+                acct = fresh.accounts.get(account_id)
+                if acct is not None:
+                    acct.held_dr += held_dr
+                    acct.held_cr += held_cr
+            fresh.holds[gid] = hold
+        fresh.inflight_ids = set(old.inflight_ids)
+        fresh.locked_pendings = set(old.locked_pendings)
+        self.ledger = fresh
+        self._rebuilds += 1
+        self._ready = True
+        self._rebuilt.set()
+        log.info(
+            "shard %d/%d: %d accounts, %d rows", self.index, self.count, len(snap.accounts),
+            len(snap.rows),
+        )  # fmt: skip
+
+    # -- group commit -----------------------------------------------------
+
+    async def _durable(self, accounts: Sequence[AccountSpec], rows: Sequence[JournalRow]) -> None:
+        """Wait until ``accounts`` and ``rows`` (and everything queued before) are committed."""
+        if not self._ready:
+            raise StorageUnavailable("shard is rebuilding")
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queue.append(_Job(accounts, rows, fut))
+        self._wake.set()
+        await fut
+
+    async def _commit_loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._queue:
+                jobs: list[_Job] = []
+                n = 0
+                while self._queue and (
+                    not jobs or n + len(self._queue[0].rows) <= self._commit_max_rows
+                ):
+                    job = self._queue.popleft()
+                    jobs.append(job)
+                    n += len(job.rows) + len(job.accounts)
+                await self._commit_jobs(jobs)
+
+    async def _commit_jobs(self, jobs: list[_Job]) -> None:
+        accounts = [a for j in jobs for a in j.accounts]
+        rows = [r for j in jobs for r in j.rows]
+        if accounts or rows:
+            t0 = time.perf_counter()
+            try:
+                assert self._conn is not None
+                await journal.commit(self._conn, accounts, rows)
+            except psycopg.errors.UniqueViolation:
+                await self._fail(jobs, JournalConflict("id already journaled"))
+                return
+            except (psycopg.Error, OSError) as e:
+                log.error("shard %d: commit failed: %s", self.index, type(e).__name__)
+                await self._fail(jobs, StorageUnavailable(type(e).__name__))
+                return
+            self._observe(time.perf_counter() - t0, len(rows))
+        for job in jobs:
+            if not job.done.done():
+                job.done.set_result(None)
+
+    async def _fail(self, jobs: list[_Job], error: StorageUnavailable) -> None:
+        """Refuse everything not yet committed, then rebuild from the journal."""
+        self._ready = False
+        for job in [*jobs, *self._queue]:
+            if not job.done.done():
+                job.done.set_exception(error)
+        self._queue.clear()
+        await self._rebuild()
+
+    def _observe(self, seconds: float, rows: int) -> None:
+        self._commits += 1
+        self._rows_committed += rows
+        self._commit_sum += seconds
+        self._commit_max = max(self._commit_max, seconds)
+        self._buckets[bisect.bisect_left(COMMIT_BUCKETS_S, seconds)] += 1
+
+    # -- transfers: single-decider groups ---------------------------------
+
+    async def execute(self, payload: bytes) -> bytes:
+        """Decide, journal and answer groups whose every decision is local to this shard."""
+        groups = decode_groups(payload)
+        if not self._ready:
+            return encode([_unavailable(g) for g in groups])
+        outcomes = await self._execute(groups)
+        return encode(outcomes)
+
+    async def _execute(self, groups: list, retried: bool = False) -> list[list[Outcome]]:
+        now = time.time_ns()
+        ledger = self.ledger
+        results = [ledger.execute(g, now) for g in groups]
+        rows = [o.row for res in results for o in res if o.row is not None and not o.replayed]
+        if not rows:
+            if any(o.replayed for res in results for o in res):
+                await self._barrier()  # a replay must not be answered before its commit
+            return results
+        try:
+            await self._durable((), rows)
+        except JournalConflict:
+            if retried:
+                return [_unavailable(g) for g in groups]
+            return await self._execute_after_conflict(groups)
+        except StorageUnavailable:
+            return [_unavailable(g) for g in groups]
+        await self._forward(rows)
+        return results
+
+    async def _execute_after_conflict(self, groups: list) -> list[list[Outcome]]:
+        """Some id of these groups exists on another shard: refuse those, redo the rest."""
+        await self._rebuilt.wait()
+        assert self._conn is not None
+        ids = [op.id for g in groups for op in g]
+        try:
+            taken = await journal.existing_ids(self._conn, ids)
+        except psycopg.Error:
+            return [_unavailable(g) for g in groups]
+        clean = [g for g in groups if not any(op.id in taken for op in g)]
+        redone = iter(await self._execute(clean, retried=True)) if clean else iter(())
+        out = []
+        for g in groups:
+            if any(op.id in taken for op in g):
+                index = next(i for i, op in enumerate(g) if op.id in taken)
+                out.append(refuse_group(g, index, Code.EXISTS_WITH_DIFFERENT_FIELDS))
+            else:
+                out.append(next(redone))
+        return out
+
+    async def _barrier(self) -> None:
+        """Wait until everything applied so far is durable."""
+        if self._queue or not self._ready:
+            await self._durable((), ())
+
+    async def _forward(self, rows: Sequence[JournalRow]) -> None:
+        """Apply committed rows' credit legs on the shards that own the credit accounts."""
+        remote: dict[int, list[JournalRow]] = defaultdict(list)
+        local = self.ledger.accounts
+        for row in rows:
+            if row.credit_account_id not in local:
+                remote[shard_of(row.credit_account_id, self.count)].append(row)
+        if remote:
+            await self._call_peers(
+                {i: self._peers[i].apply_rows.remote(encode(r)) for i, r in remote.items()}
+            )
+
+    async def _call_peers(self, calls: dict) -> None:
+        results = await asyncio.gather(*calls.values(), return_exceptions=True)
+        for i, r in zip(calls, results, strict=True):
+            if isinstance(r, BaseException):
+                # The rows are durable; that shard rebuilds them from the journal.
+                log.error("shard %d: peer %d unreachable: %s", self.index, i, type(r).__name__)
+
+    async def apply_rows(self, payload: bytes) -> int:
+        """Credit legs of rows another shard has committed. Idempotent by transfer id."""
+        rows = decode_rows(payload)
+        await self._rebuilt.wait()
+        return sum(self.ledger.apply(r) for r in rows)
+
+    # -- transfers: two-phase groups across shards -------------------------
+
+    async def prepare(self, payload: bytes) -> bytes:
+        items = decode_prepares(payload)
+        if not self._ready:
+            return encode([_unavailable(p.ops) for p in items])
+        now = time.time_ns()
+        return encode([self.ledger.prepare(p.gid, p.ops, now) for p in items])
+
+    async def commit(self, payload: bytes) -> bytes:
+        """Primary of prepared groups: journal their rows, then finish them everywhere."""
+        items = decode_commits(payload)
+        rows = [r for c in items for r in c.rows]
+        try:
+            await self._durable((), rows)
+        except JournalConflict:
+            return encode(await self._commit_after_conflict(items))
+        except StorageUnavailable:
+            return encode(
+                [[Outcome(r.id, Code.STORAGE_UNAVAILABLE) for r in c.rows] for c in items]
+            )
+        calls: dict[int, list] = defaultdict(list)
+        for c in items:
+            self.ledger.release(c.gid)
+            for r in c.rows:
+                self.ledger.apply(r)
+            for p in c.participants:
+                if p != self.index:
+                    calls[p].append([c.gid, c.rows])
+        await self._call_peers(
+            {p: self._peers[p].finish.remote(encode(v)) for p, v in calls.items()}
+        )
+        return encode([[] for _ in items])
+
+    async def _commit_after_conflict(self, items: list) -> list[list[Outcome]]:
+        """Refuse the groups holding an id another shard journaled; the rest may retry."""
+        await self._rebuilt.wait()
+        assert self._conn is not None
+        try:
+            taken = await journal.existing_ids(self._conn, [r.id for c in items for r in c.rows])
+        except psycopg.Error:
+            taken = set()
+        out = []
+        for c in items:
+            index = next((i for i, r in enumerate(c.rows) if r.id in taken), None)
+            if index is None:
+                out.append(_unavailable(c.rows))
+            else:
+                out.append(refuse_group(c.rows, index, Code.EXISTS_WITH_DIFFERENT_FIELDS))
+        return out
+
+    async def finish(self, payload: bytes) -> int:
+        items = decode_finishes(payload)
+        await self._rebuilt.wait()
+        applied = 0
+        for f in items:
+            self.ledger.release(f.gid)
+            applied += sum(self.ledger.apply(r) for r in f.rows)
+        return applied
+
+    async def abort(self, payload: bytes) -> None:
+        for gid in decode_ids(payload):
+            self.ledger.release(gid)
+
+    # -- accounts -----------------------------------------------------------
+
+    async def create_accounts(self, payload: bytes) -> bytes:
+        specs = decode_specs(payload)
+        if not self._ready:
+            return encode([AccountResult(Code.STORAGE_UNAVAILABLE, s) for s in specs])
+        now = time.time_ns()
+        results: list[AccountResult] = []
+        fresh: list[AccountSpec] = []
+        for spec in specs:
+            assert shard_of(spec.id, self.count) == self.index, "account routed to the wrong shard"
+            stamped = AccountSpec(
+                spec.id, spec.currency, spec.flags, spec.metadata, self.ledger.timestamp(now)
+            )
+            code, stored = self.ledger.create_account(stamped)
+            if code == Code.OK:
+                fresh.append(stored)
+            results.append(AccountResult(code, stored))
+        try:
+            await self._durable(fresh, ())
+        except StorageUnavailable:
+            # The rebuild dropped them; nothing was created.
+            return encode([AccountResult(Code.STORAGE_UNAVAILABLE, r.spec) for r in results])
+        return encode(results)
+
+    async def get_accounts(self, payload: bytes) -> bytes:
+        """Balances as of now, answered once everything they reflect is durable."""
+        ids = decode_ids(payload)
+        accounts = self.ledger.accounts
+        snap = [accounts[i].balances() if i in accounts else None for i in ids]
+        try:
+            await self._barrier()
+        except StorageUnavailable:
+            return encode(None)
+        return encode(snap)
+
+    async def balances(self) -> bytes:
+        """Every local account's balances at a durable point (for checks and tests)."""
+        await self._barrier()
+        return encode(self.ledger.balances())
+
+    # -- background -----------------------------------------------------------
+
+    async def _expiry_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._expiry_interval)
+            if not self._ready:
+                continue
+            rows = self.ledger.expire_due(time.time_ns(), limit=self._commit_max_rows)
+            if not rows:
+                continue
+            try:
+                await self._durable((), rows)
+            except StorageUnavailable:
+                continue  # the rebuild restored those pendings; they expire next tick
+            await self._forward(rows)
+
+    async def stats(self) -> bytes:
+        lg = self.ledger
+        return encode(
+            ShardStats(
+                index=self.index,
+                accounts=len(lg.accounts),
+                transfers=len(lg.rows),
+                pendings=sum(1 for p in lg.pendings.values() if p.state == "pending"),
+                holds=len(lg.holds),
+                commit_queue=sum(len(j.rows) for j in self._queue),
+                commits=self._commits,
+                rows_committed=self._rows_committed,
+                commit_seconds_sum=self._commit_sum,
+                commit_seconds_max=self._commit_max,
+                commit_buckets=list(self._buckets),
+                rebuilds=self._rebuilds,
+                ready=self._ready,
+            )
+        )
+
+    async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        if self._conn is not None:
+            await self._conn.close()
+
+
+def _unavailable(ops: Sequence) -> list[Outcome]:
+    return [Outcome(op.id, Code.STORAGE_UNAVAILABLE) for op in ops]

@@ -1,0 +1,364 @@
+"""The front's view of the ledger: resolve, route and batch transfers toward the shards.
+
+A *group* is one transfer or one linked chain. Its *deciders* are the shards
+that must check something: the shard of every debit account, and the shard
+of every credit account with a credit limit. With one decider the group goes
+to that shard in one call (the common case: it decides, journals, applies
+remote credit legs and answers). With several, the front runs two phases:
+every decider prepares (checks and reserves), then the first decider
+journals the whole group and finishes it on every participant; any refusal
+aborts all reservations.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from actors.ledger.model import (
+    AccountBalances,
+    AccountFlags,
+    AccountSpec,
+    Code,
+    Outcome,
+    TransferFlags,
+    TransferOp,
+    shard_key,
+)
+from actors.ledger.rules import refuse_group
+from actors.messages import (
+    AccountResult,
+    Commit,
+    Group,
+    Prepare,
+    decode_account_results,
+    decode_balances,
+    decode_outcomes,
+    encode,
+)
+from node.config import Settings
+from storage.schema import accounts as accounts_t
+from storage.schema import transfers as transfers_t
+
+from . import problems as p
+from .batcher import MicroBatcher
+from .schemas import TransferIn
+from .validation import canonical_metadata, transfer_flags
+
+CMNED = AccountFlags.CREDITS_MUST_NOT_EXCEED_DEBITS
+
+
+class Unavailable(Exception):
+    """The shard could not make its answer durable."""
+
+
+@dataclass
+class _Draft:
+    """A request on its way to becoming a TransferOp, or the code that stopped it."""
+
+    body: TransferIn
+    flags: int = 0
+    code: str = ""
+
+
+class LedgerClient:
+    def __init__(
+        self,
+        shards: Sequence[object],
+        engine: AsyncEngine,
+        settings: Settings,
+        on_batch: Callable[[int], None] | None = None,
+    ) -> None:
+        self.shards = list(shards)
+        self.count = len(self.shards)
+        self.engine = engine
+        self.settings = settings
+        self.specs: dict[str, AccountSpec] = {}  # immutable facts, safe to cache forever
+
+        def batcher(send, max_items: int | None = None):
+            return MicroBatcher(
+                send,
+                max_items=max_items or settings.batch_max_items,
+                window_s=settings.batch_window_ms / 1000,
+                max_inflight=settings.batch_max_inflight,
+                queue_limit=settings.queue_limit,
+                on_batch=on_batch,
+            )
+
+        self._execute = [batcher(self._caller(h, "execute", decode_outcomes)) for h in self.shards]
+        self._prepare = [batcher(self._caller(h, "prepare", decode_outcomes)) for h in self.shards]
+        self._commit = [batcher(self._caller(h, "commit", decode_outcomes)) for h in self.shards]
+        self._create = [
+            batcher(self._caller(h, "create_accounts", decode_account_results)) for h in self.shards
+        ]
+        self._read = [batcher(self._read_caller(h), max_items=4096) for h in self.shards]
+        self._lookup = batcher(self._load_specs, max_items=4096)
+
+    def queue_depths(self) -> list[int]:
+        return [b.queued for b in self._execute]
+
+    @staticmethod
+    def _caller(handle, method: str, decode):
+        remote = getattr(handle, method)
+
+        async def send(items: list) -> list:
+            return decode(await remote.remote(encode(items)))
+
+        return send
+
+    @staticmethod
+    def _read_caller(handle):
+        async def send(ids: list[str]) -> list:
+            result = decode_balances(await handle.get_accounts.remote(encode(ids)))
+            if result is None:
+                raise Unavailable
+            return result
+
+        return send
+
+    def shard_of(self, account_id: str) -> int:
+        return shard_key(account_id) % self.count
+
+    async def _wait(self, fut: asyncio.Future) -> object:
+        try:
+            return await asyncio.wait_for(fut, self.settings.request_timeout_s)
+        except TimeoutError:
+            raise p.ApiError(p.TIMEOUT) from None
+
+    # -- accounts -----------------------------------------------------------
+
+    async def create_account(self, spec: AccountSpec) -> AccountResult:
+        result: AccountResult = await self._wait(self._create[self.shard_of(spec.id)].submit(spec))  # type: ignore[assignment]
+        if result.code in (Code.OK, Code.EXISTS):
+            self.specs[result.spec.id] = result.spec
+        return result
+
+    async def account(self, account_id: str) -> AccountBalances | None:
+        return await self._wait(self._read[self.shard_of(account_id)].submit(account_id))  # type: ignore[return-value]
+
+    async def resolve(self, ids: set[str]) -> dict[str, AccountSpec]:
+        """Static account facts (currency, flags) from cache or PostgreSQL; unknown ids absent."""
+        missing = [i for i in ids if i not in self.specs]
+        if missing:
+            found = await asyncio.gather(*(self._lookup.submit(i) for i in missing))
+            for spec in found:
+                if spec is not None:
+                    self.specs[spec.id] = spec
+        return {i: self.specs[i] for i in ids if i in self.specs}
+
+    async def _load_specs(self, ids: list[str]) -> list[AccountSpec | None]:
+        q = sa.select(
+            accounts_t.c.id,
+            accounts_t.c.currency,
+            accounts_t.c.flags,
+            sa.cast(accounts_t.c.metadata, sa.Text),
+            accounts_t.c.ts,
+        ).where(accounts_t.c.id.in_(set(ids)))
+        async with self.engine.connect() as conn:
+            rows = {r[0]: AccountSpec(*r) for r in await conn.execute(q)}
+        return [rows.get(i) for i in ids]
+
+    # -- transfers ----------------------------------------------------------
+
+    async def transfer(self, bodies: Sequence[TransferIn]) -> list[Outcome]:
+        """Submit transfers in order; linked chains all-or-nothing. One outcome each."""
+        drafts = [_Draft(b) for b in bodies]
+        for d in drafts:
+            try:
+                d.flags = transfer_flags(d.body)
+            except p.ApiError as e:
+                d.code = e.code
+        await self._fill_from_pendings(drafts)
+        ids = {
+            a
+            for d in drafts
+            if not d.code
+            for a in (d.body.debit_account_id, d.body.credit_account_id)
+            if a is not None
+        }
+        specs = await self.resolve(ids)
+
+        outcomes: list[Outcome | None] = [None] * len(drafts)
+        waits = []
+        for start, end in _chains(drafts):
+            group_drafts = drafts[start:end]
+            ops, failure = self._ops(group_drafts, specs)
+            if end == len(drafts) and _linked(group_drafts[-1]):
+                failure = failure or (end - start - 1, Code.LINKED_CHAIN_OPEN)
+            if failure is not None:
+                refusal = refuse_group([d.body for d in group_drafts], *failure)
+                outcomes[start:end] = refusal
+                continue
+            waits.append((start, end, self._route(ops, specs)))
+        results = await asyncio.gather(*(w[2] for w in waits), return_exceptions=True)
+        for (start, end, _), res in zip(waits, results, strict=True):
+            if isinstance(res, p.ApiError):
+                res = [Outcome(d.body.id, res.code) for d in drafts[start:end]]
+            elif isinstance(res, BaseException):
+                raise res
+            outcomes[start:end] = res
+        assert all(o is not None for o in outcomes)
+        return outcomes  # type: ignore[return-value]
+
+    async def _fill_from_pendings(self, drafts: list[_Draft]) -> None:
+        """Post/void may omit accounts, currency: take them from the pending transfer."""
+        wanted = {
+            d.body.pending_id
+            for d in drafts
+            if not d.code
+            and d.flags & (TransferFlags.POST_PENDING | TransferFlags.VOID_PENDING)
+            and (d.body.debit_account_id is None or d.body.credit_account_id is None
+                 or d.body.currency is None)
+        }  # fmt: skip
+        if not wanted:
+            return
+        known = {
+            d.body.id: (d.body.debit_account_id, d.body.credit_account_id, d.body.currency)
+            for d in drafts
+            if d.flags & TransferFlags.PENDING and d.body.id in wanted
+        }
+        rest = wanted - known.keys()
+        if rest:
+            q = sa.select(
+                transfers_t.c.id,
+                transfers_t.c.debit_account_id,
+                transfers_t.c.credit_account_id,
+                transfers_t.c.currency,
+            ).where(transfers_t.c.id.in_(rest), transfers_t.c.status == "pending")
+            async with self.engine.connect() as conn:
+                for r in await conn.execute(q):
+                    known[r[0]] = (r[1], r[2], r[3])
+        for d in drafts:
+            if d.body.pending_id not in wanted or d.code:
+                continue
+            found = known.get(d.body.pending_id)  # type: ignore[arg-type]
+            if found is None:
+                d.code = Code.PENDING_NOT_FOUND
+                continue
+            b = d.body
+            d.body = TransferIn(
+                id=b.id,
+                debit_account_id=b.debit_account_id or found[0],
+                credit_account_id=b.credit_account_id or found[1],
+                amount=b.amount,
+                currency=b.currency or found[2],
+                flags=b.flags,
+                pending_id=b.pending_id,
+                timeout_s=b.timeout_s,
+                metadata=b.metadata,
+            )
+            if d.body.debit_account_id == d.body.credit_account_id:
+                d.code = Code.PENDING_ACCOUNT_MISMATCH
+
+    def _ops(
+        self, drafts: Sequence[_Draft], specs: dict[str, AccountSpec]
+    ) -> tuple[list[TransferOp], tuple[int, str] | None]:
+        ops: list[TransferOp] = []
+        for i, d in enumerate(drafts):
+            if d.code:
+                return ops, (i, d.code)
+            b = d.body
+            dr = specs.get(b.debit_account_id)  # type: ignore[arg-type]
+            cr = specs.get(b.credit_account_id)  # type: ignore[arg-type]
+            if dr is None or cr is None:
+                return ops, (i, Code.ACCOUNT_NOT_FOUND)
+            if not (dr.currency == cr.currency == b.currency):
+                return ops, (i, Code.CURRENCY_MISMATCH)
+            ops.append(
+                TransferOp(
+                    b.id,
+                    dr.id,
+                    cr.id,
+                    b.amount,
+                    dr.currency,
+                    d.flags,
+                    b.pending_id,
+                    b.timeout_s or 0,
+                    canonical_metadata(b.metadata),
+                )
+            )
+        return ops, None
+
+    async def _route(self, ops: Group, specs: dict[str, AccountSpec]) -> list[Outcome]:
+        deciders: set[int] = set()
+        participants: set[int] = set()
+        for op in ops:
+            dr, cr = self.shard_of(op.debit_account_id), self.shard_of(op.credit_account_id)
+            deciders.add(dr)
+            participants.update((dr, cr))
+            if specs[op.credit_account_id].flags & CMNED:
+                deciders.add(cr)
+        if len(deciders) == 1:
+            (shard,) = deciders
+            outcomes = await self._wait(self._execute[shard].submit(ops, weight=len(ops)))
+            return outcomes  # type: ignore[return-value]
+        return await self._two_phase(ops, sorted(deciders), sorted(participants))
+
+    async def _two_phase(
+        self, ops: Group, deciders: list[int], participants: list[int]
+    ) -> list[Outcome]:
+        gid = uuid.uuid4().hex
+        prep = Prepare(gid, ops)
+        answers: list[list[Outcome]] = await self._wait(
+            asyncio.gather(*(self._prepare[s].submit(prep, weight=len(ops)) for s in deciders))
+        )  # type: ignore[assignment]
+        failure = _first_failure(answers)
+        by_id = {
+            o.id: o
+            for shard, answer in zip(deciders, answers, strict=True)
+            for o in answer
+            if o.row is not None
+        }
+        replayed = [i for i, op in enumerate(ops) if by_id[op.id].replayed] if not failure else []
+        if replayed and len(replayed) == len(ops):
+            await self._abort(gid, deciders)
+            return [by_id[op.id] for op in ops]
+        if replayed:  # part of this chain was committed before, in another group
+            failure = (replayed[0], Code.EXISTS)
+        if failure is not None:
+            await self._abort(gid, deciders)
+            return refuse_group(ops, *failure)
+        rows = [by_id[op.id].row for op in ops]
+        assert all(r is not None for r in rows), "a debit decider returned no row"
+        committed: list[Outcome] = await self._wait(
+            self._commit[deciders[0]].submit(Commit(gid, rows, participants), weight=len(ops))
+        )  # type: ignore[assignment]
+        if committed:
+            await self._abort(gid, deciders)
+            return committed
+        return [Outcome(op.id, Code.OK, row) for op, row in zip(ops, rows, strict=True)]
+
+    async def _abort(self, gid: str, shards: list[int]) -> None:
+        payload = encode([gid])
+        await asyncio.gather(*(self.shards[s].abort.remote(payload) for s in shards))
+
+
+def _chains(drafts: Sequence[_Draft]) -> list[tuple[int, int]]:
+    """[start, end) of each group: a run of linked transfers closed by an unlinked one."""
+    spans, start = [], 0
+    for i, d in enumerate(drafts):
+        if not _linked(d) or i == len(drafts) - 1:
+            spans.append((start, i + 1))
+            start = i + 1
+    return spans
+
+
+def _linked(d: _Draft) -> bool:
+    return "linked" in d.body.flags
+
+
+def _first_failure(answers: list[list[Outcome]]) -> tuple[int, str] | None:
+    """The earliest transfer a decider refused (the cause), across all deciders."""
+    best: tuple[int, str] | None = None
+    for answer in answers:
+        for i, o in enumerate(answer):
+            if o.code and o.code != Code.LINKED_EVENT_FAILED:
+                if best is None or i < best[0]:
+                    best = (i, o.code)
+                break
+    return best

@@ -1,0 +1,98 @@
+"""Prometheus text exposition for the front and the shards (no client library needed)."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from actors.messages import COMMIT_BUCKETS_S, ShardStats
+
+BATCH_BUCKETS = (1, 10, 100, 500, 1000, 2000, 4000, 8190)
+
+
+class FrontMetrics:
+    def __init__(self) -> None:
+        self.requests: Counter[tuple[str, str, int]] = Counter()
+        self.outcomes: Counter[str] = Counter()
+        self.batch_buckets = [0] * (len(BATCH_BUCKETS) + 1)
+        self.batch_sum = 0
+        self.batch_count = 0
+
+    def observe_batch(self, size: int) -> None:
+        self.batch_count += 1
+        self.batch_sum += size
+        for i, bound in enumerate(BATCH_BUCKETS):
+            if size <= bound:
+                self.batch_buckets[i] += 1
+                return
+        self.batch_buckets[-1] += 1
+
+
+def _histogram(name: str, bounds: tuple, counts: list[int], total: float, labels: str) -> list[str]:
+    lines, running = [], 0
+    for bound, n in zip(bounds, counts, strict=False):
+        running += n
+        lines.append(f'{name}_bucket{{{labels}le="{bound}"}} {running}')
+    running += counts[-1]
+    lines.append(f'{name}_bucket{{{labels}le="+Inf"}} {running}')
+    lines.append(f"{name}_sum{{{labels.rstrip(',')}}} {total}")
+    lines.append(f"{name}_count{{{labels.rstrip(',')}}} {running}")
+    return lines
+
+
+def render(front: FrontMetrics, queues: list[int], shards: list[ShardStats | None]) -> str:
+    out = [
+        "# HELP paynode_http_requests_total HTTP requests by route and status.",
+        "# TYPE paynode_http_requests_total counter",
+    ]
+    for (method, route, status), n in sorted(front.requests.items()):
+        labels = f'method="{method}",route="{route}",status="{status}"'
+        out.append(f"paynode_http_requests_total{{{labels}}} {n}")
+    out += [
+        "# HELP paynode_transfer_outcomes_total Transfers answered, by result code.",
+        "# TYPE paynode_transfer_outcomes_total counter",
+    ]
+    for code, n in sorted(front.outcomes.items()):
+        out.append(f'paynode_transfer_outcomes_total{{code="{code or "ok"}"}} {n}')
+    out += [
+        "# HELP paynode_shard_call_batch_size Items per call from the front to a shard.",
+        "# TYPE paynode_shard_call_batch_size histogram",
+        *_histogram(
+            "paynode_shard_call_batch_size", BATCH_BUCKETS, front.batch_buckets,
+            front.batch_sum, "",
+        ),
+        "# HELP paynode_front_queue_depth Items waiting in the front for each shard.",
+        "# TYPE paynode_front_queue_depth gauge",
+    ]  # fmt: skip
+    out += [f'paynode_front_queue_depth{{shard="{i}"}} {q}' for i, q in enumerate(queues)]
+    gauges = {
+        "paynode_shard_commit_queue_rows": ("Rows waiting for the shard's next commit.", "gauge"),
+        "paynode_shard_accounts": ("Accounts owned by the shard.", "gauge"),
+        "paynode_shard_open_pendings": ("Pending transfers not yet resolved.", "gauge"),
+        "paynode_shard_ready": ("1 when the shard accepts work.", "gauge"),
+        "paynode_shard_commits_total": ("Journal transactions committed.", "counter"),
+        "paynode_shard_rows_committed_total": ("Journal rows committed.", "counter"),
+        "paynode_shard_rebuilds_total": ("Rebuilds of memory from the journal.", "counter"),
+    }
+    values = {
+        "paynode_shard_commit_queue_rows": lambda s: s.commit_queue,
+        "paynode_shard_accounts": lambda s: s.accounts,
+        "paynode_shard_open_pendings": lambda s: s.pendings,
+        "paynode_shard_ready": lambda s: int(s.ready),
+        "paynode_shard_commits_total": lambda s: s.commits,
+        "paynode_shard_rows_committed_total": lambda s: s.rows_committed,
+        "paynode_shard_rebuilds_total": lambda s: s.rebuilds,
+    }
+    live = [s for s in shards if s is not None]
+    for name, (help_text, kind) in gauges.items():
+        out += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]
+        out += [f'{name}{{shard="{s.index}"}} {values[name](s)}' for s in live]
+    out += [
+        "# HELP paynode_shard_commit_seconds Latency of one group commit (one transaction).",
+        "# TYPE paynode_shard_commit_seconds histogram",
+    ]
+    for s in live:
+        out += _histogram(
+            "paynode_shard_commit_seconds", COMMIT_BUCKETS_S, s.commit_buckets,
+            s.commit_seconds_sum, f'shard="{s.index}",',
+        )  # fmt: skip
+    return "\n".join(out) + "\n"

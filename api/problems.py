@@ -1,0 +1,124 @@
+"""Errors as ``application/problem+json``: one table from code to status and title.
+
+Every refusal the node makes has a stable ``code``; clients switch on it,
+never on ``detail`` (human text, free to change). No detail ever echoes a
+submitted value, so secrets and PII in a request cannot leak through errors.
+"""
+
+from __future__ import annotations
+
+import msgspec
+from starlette.responses import Response
+
+from actors.ledger.model import RETRYABLE, Code
+
+from .schemas import Problem
+
+PROBLEM_JSON = "application/problem+json"
+
+# Edge codes (no shard involved).
+MALFORMED_JSON = "malformed_json"
+BODY_TOO_LARGE = "body_too_large"
+UNKNOWN_FIELD = "unknown_field"
+MISSING_FIELD = "missing_field"
+INVALID_FIELD = "invalid_field"
+FLAGS_MUTUALLY_EXCLUSIVE = "flags_are_mutually_exclusive"
+PENDING_ID_REQUIRED = "pending_id_required"
+PENDING_ID_MUST_BE_EMPTY = "pending_id_must_be_empty"
+PENDING_ID_MUST_BE_DIFFERENT = "pending_id_must_be_different"
+TIMEOUT_RESERVED = "timeout_reserved_for_pending_transfer"
+TRANSFER_NOT_FOUND = "transfer_not_found"
+INVALID_CURSOR = "invalid_cursor"
+NOT_FOUND = "not_found"
+METHOD_NOT_ALLOWED = "method_not_allowed"
+OVERLOADED = "overloaded"
+TIMEOUT = "timeout"
+INTERNAL = "internal_error"
+
+_TABLE: dict[str, tuple[int, str]] = {
+    MALFORMED_JSON: (400, "Request body is not valid JSON"),
+    BODY_TOO_LARGE: (413, "Request body too large"),
+    UNKNOWN_FIELD: (422, "Unknown field"),
+    MISSING_FIELD: (422, "Missing required field"),
+    INVALID_FIELD: (422, "Invalid field value"),
+    FLAGS_MUTUALLY_EXCLUSIVE: (422, "Flags are mutually exclusive"),
+    PENDING_ID_REQUIRED: (422, "pending_id is required to post or void"),
+    PENDING_ID_MUST_BE_EMPTY: (422, "pending_id is only for post_pending or void_pending"),
+    PENDING_ID_MUST_BE_DIFFERENT: (422, "pending_id must differ from id"),
+    TIMEOUT_RESERVED: (422, "timeout_s is only for pending transfers"),
+    TRANSFER_NOT_FOUND: (404, "Transfer not found"),
+    INVALID_CURSOR: (400, "Invalid cursor"),
+    NOT_FOUND: (404, "Not found"),
+    METHOD_NOT_ALLOWED: (405, "Method not allowed"),
+    OVERLOADED: (503, "Node overloaded, retry later"),
+    TIMEOUT: (503, "No answer in time; retry with the same id"),
+    INTERNAL: (500, "Internal error"),
+    Code.EXISTS_WITH_DIFFERENT_FIELDS: (409, "Id exists with different fields"),
+    Code.EXISTS: (409, "Part of this linked chain already exists"),
+    Code.TRANSFER_IN_FLIGHT: (409, "A transfer with this id is being decided; retry"),
+    Code.ACCOUNT_NOT_FOUND: (422, "Account not found"),
+    Code.CURRENCY_MISMATCH: (422, "Currency mismatch"),
+    Code.SAME_ACCOUNT: (422, "Debit and credit account are the same"),
+    Code.INSUFFICIENT_FUNDS: (422, "Insufficient funds"),
+    Code.CREDITS_EXCEED_DEBITS: (422, "Credit would exceed the account's debits"),
+    Code.OVERFLOW: (422, "Balance would overflow"),
+    Code.PENDING_NOT_FOUND: (422, "Pending transfer not found"),
+    Code.PENDING_NOT_PENDING: (422, "Referenced transfer is not pending"),
+    Code.PENDING_ALREADY_POSTED: (422, "Pending transfer already posted"),
+    Code.PENDING_ALREADY_VOIDED: (422, "Pending transfer already voided"),
+    Code.PENDING_EXPIRED: (422, "Pending transfer expired"),
+    Code.PENDING_ACCOUNT_MISMATCH: (422, "Accounts differ from the pending transfer's"),
+    Code.EXCEEDS_PENDING_AMOUNT: (422, "Amount exceeds the pending amount"),
+    Code.VOID_AMOUNT_MISMATCH: (422, "A void must carry the pending amount or none"),
+    Code.LINKED_EVENT_FAILED: (422, "Another transfer in the linked chain failed"),
+    Code.LINKED_CHAIN_OPEN: (422, "The last transfer of a batch cannot be linked"),
+    Code.STORAGE_UNAVAILABLE: (503, "Journal unavailable; nothing was applied"),
+}
+
+_RETRYABLE = RETRYABLE | {OVERLOADED, TIMEOUT}
+
+
+def status_of(code: str) -> int:
+    return _TABLE.get(code, (422, ""))[0]
+
+
+class ApiError(Exception):
+    """A refusal; ``status`` overrides the table (e.g. a missing account in a path is 404)."""
+
+    def __init__(
+        self, code: str, detail: str = "", field: str | None = None, status: int | None = None
+    ) -> None:
+        super().__init__(code)
+        self.code = code
+        self.detail = detail
+        self.field = field
+        self.status = status
+
+
+def problem(
+    code: str, detail: str = "", field: str | None = None, status: int | None = None
+) -> Response:
+    default, title = _TABLE.get(code, (422, code.replace("_", " ").capitalize()))
+    status = status or default
+    body = Problem(
+        type=f"https://paynode.dev/problems/{code}",
+        title=title,
+        status=status,
+        detail=detail or title,
+        code=code,
+        field=field,
+        retryable=code in _RETRYABLE,
+    )
+    headers = {"Retry-After": "1"} if status == 503 else None
+    return Response(msgspec.json.encode(body), status, headers=headers, media_type=PROBLEM_JSON)
+
+
+def from_validation(err: msgspec.ValidationError) -> ApiError:
+    """Turn msgspec's message into a code and a JSON path, without the offending value."""
+    msg = str(err)
+    path = msg.rsplit(" - at `", 1)[1].rstrip("`") if " - at `" in msg else "$"
+    if msg.startswith("Object contains unknown field"):
+        return ApiError(UNKNOWN_FIELD, msg.split(" - at ")[0], path)
+    if msg.startswith("Object missing required field"):
+        return ApiError(MISSING_FIELD, msg.split(" - at ")[0], path)
+    return ApiError(INVALID_FIELD, msg.split(" - at ")[0], path)

@@ -1,0 +1,109 @@
+"""``paynode``: run the node, apply migrations.
+
+paynode run [--host H] [--port P] [--data-dir D] [--shards N]
+paynode migrate [--data-dir D]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+import msgspec
+
+from .config import Settings, from_env
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-dir", help="data directory (default ./paynode-data)")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="paynode", description="Actor-based payment node")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="start the node (embedded PostgreSQL unless DATABASE_URL)")
+    _common(run)
+    run.add_argument("--host", help="listen address (default 127.0.0.1)")
+    run.add_argument("--port", type=int, help="listen port (default 8000)")
+    run.add_argument("--shards", type=int, help="ledger shard actors (default: one per core)")
+    mig = sub.add_parser("migrate", help="apply schema migrations and exit")
+    _common(mig)
+    return parser
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    return from_env(
+        host=getattr(args, "host", None),
+        port=getattr(args, "port", None),
+        data_dir=args.data_dir,
+        shards=getattr(args, "shards", None),
+    )
+
+
+def cmd_migrate(settings: Settings) -> int:
+    from storage.migrations import migrate
+
+    from .runtime import start_postgres
+
+    url, pg = start_postgres(settings)
+    try:
+        applied = migrate(url)
+        print(f"applied: {applied or 'nothing (up to date)'}")
+    finally:
+        if pg is not None:
+            pg.cleanup()  # type: ignore[attr-defined]
+    return 0
+
+
+def cmd_run(settings: Settings) -> int:
+    import uvicorn
+
+    from api.app import create_app
+
+    from .runtime import start
+
+    services = start(settings)
+    try:
+        settings = msgspec.structs.replace(settings, database_url=services.database_url)
+        app = create_app(settings, services.shard_names)
+        config = uvicorn.Config(
+            app,
+            host=settings.host,
+            port=settings.port,
+            loop="uvloop",
+            http="httptools",
+            log_level="warning",
+            access_log=False,
+            timeout_graceful_shutdown=10,
+        )
+        server = uvicorn.Server(config)
+        print(
+            f"paynode listening on http://{settings.host}:{settings.port} "
+            f"({len(services.shard_names)} shards; data in {settings.data_path()})",
+            flush=True,
+        )
+        server.run()  # returns on SIGINT/SIGTERM after draining
+    finally:
+        services.stop()
+        print("paynode stopped", flush=True)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        settings = _settings(args)
+    except (ValueError, msgspec.ValidationError) as e:
+        print(f"paynode: {e}", file=sys.stderr)
+        return 2
+    if args.command == "migrate":
+        return cmd_migrate(settings)
+    return cmd_run(settings)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

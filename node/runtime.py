@@ -1,0 +1,151 @@
+"""Start-up and shut-down of the node's processes: PostgreSQL, Ray, the shard actors.
+
+The order matters: the journal (PostgreSQL) and its schema first, then Ray,
+then the shards (each rebuilds its accounts from the journal before it is
+ready), and only then the HTTP front. Shut-down runs in reverse and stops
+only what this process started.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from storage.migrations import migrate
+
+from .config import Settings
+
+log = logging.getLogger("paynode.node")
+
+SHARD_NAME = "paynode-shard-{index}"
+
+
+@dataclass
+class Services:
+    settings: Settings
+    database_url: str
+    shard_names: list[str]
+    shards: list[object] = field(default_factory=list)
+    _pg: object | None = None
+    _ray_started: bool = False
+
+    def stop(self) -> None:
+        import ray
+
+        if self.shards:
+            try:
+                ray.get([s.stop.remote() for s in self.shards], timeout=10)
+            except Exception as e:  # the process is going away; log and carry on
+                log.warning("shards did not stop cleanly: %s", type(e).__name__)
+            for s in self.shards:
+                ray.kill(s)
+            self.shards = []
+        if self._ray_started:
+            ray.shutdown()
+            self._ray_started = False
+        if self._pg is not None:
+            self._pg.cleanup()  # type: ignore[attr-defined]
+            self._pg = None
+
+
+def start_postgres(settings: Settings) -> tuple[str, object | None]:
+    """The DATABASE_URL to use, and the embedded server if this process started one."""
+    if settings.database_url:
+        return settings.database_url, None
+    import pgserver
+
+    pgdata = settings.data_path() / "pg"
+    pgdata.parent.mkdir(parents=True, exist_ok=True)
+    server = pgserver.get_server(pgdata, cleanup_mode="stop")
+    url = server.get_uri()
+    log.info("embedded PostgreSQL under %s", pgdata)
+    return url, server
+
+
+def ray_token(settings: Settings) -> str:
+    """Ray's auth token: from RAY_AUTH_TOKEN, else one kept (0600) in the data directory."""
+    if os.environ.get("RAY_AUTH_TOKEN"):
+        return os.environ["RAY_AUTH_TOKEN"]
+    path = settings.data_path() / "ray-token"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(32))
+    return Path(path).read_text().strip()
+
+
+def start_ray(settings: Settings) -> bool:
+    """Connect to RAY_ADDRESS, or start a local Ray on 127.0.0.1 with token auth."""
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    os.environ["RAY_AUTH_MODE"] = "token"
+    os.environ["RAY_AUTH_TOKEN"] = ray_token(settings)
+    import ray
+
+    if ray.is_initialized():
+        return False
+    if settings.ray_address:
+        ray.init(address=settings.ray_address, namespace=settings.namespace,
+                 logging_level="WARNING")  # fmt: skip
+        return True
+    ray.init(
+        address="local",
+        namespace=settings.namespace,
+        num_cpus=max(2, settings.shard_count()),
+        include_dashboard=False,
+        logging_level="WARNING",
+        log_to_driver=True,
+    )
+    for node in ray.nodes():
+        assert node["NodeManagerAddress"] == "127.0.0.1", "Ray must stay on loopback"
+    return True
+
+
+def start_shards(settings: Settings, database_url: str) -> tuple[list[str], list[object]]:
+    """Create the shard actors, let each rebuild from the journal, and introduce them."""
+    import ray
+
+    from actors.ledger_shard import LedgerShard
+
+    count = settings.shard_count()
+    names = [SHARD_NAME.format(index=i) for i in range(count)]
+    remote = ray.remote(LedgerShard)
+    shards = [
+        remote.options(
+            name=name,
+            namespace=settings.namespace,
+            num_cpus=0,
+            max_concurrency=10_000,
+            max_restarts=0,
+        ).remote(
+            i,
+            count,
+            database_url,
+            settings.namespace,
+            settings.commit_max_rows,
+            settings.expiry_interval_ms,
+        )
+        for i, name in enumerate(names)
+    ]
+    loaded = ray.get([s.start.remote() for s in shards])
+    ray.get([s.set_peers.remote(names) for s in shards])
+    log.info("%d shards ready, %d accounts", count, sum(loaded))
+    return names, shards
+
+
+def start(settings: Settings) -> Services:
+    database_url, pg = start_postgres(settings)
+    services = Services(settings, database_url, [], _pg=pg)
+    try:
+        applied = migrate(database_url)
+        if applied:
+            log.info("applied migrations %s", applied)
+        services._ray_started = start_ray(settings)
+        services.shard_names, services.shards = start_shards(settings, database_url)
+    except BaseException:
+        services.stop()
+        raise
+    return services
