@@ -231,8 +231,10 @@ class Ledger:
     # -- applying ---------------------------------------------------------
 
     def apply(self, row: JournalRow) -> bool:
-        """Add ``row``'s effect to the local side(s). False if already applied."""
+        """Add ``row``'s effect to the local side(s). False if already applied or not ours."""
         if row.id in self.rows or row.id in self.credited:
+            return False
+        if row.debit_account_id not in self.accounts and row.credit_account_id not in self.accounts:
             return False
         self._shift(row, +1)
         return True

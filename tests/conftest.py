@@ -1,0 +1,162 @@
+"""Real components for tests: PostgreSQL (embedded unless DATABASE_URL), Ray, HTTP.
+
+Each node fixture gets a fresh database and its own Ray namespace, and serves
+the real app with uvicorn on a free loopback port.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import httpx
+import psycopg
+import pytest
+from sqlalchemy.engine import make_url
+
+from node.config import Settings
+from storage.database import libpq_url
+from storage.migrations import migrate
+
+
+@pytest.fixture(scope="session")
+def pg_admin_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A server to create test databases on: DATABASE_URL, or an embedded one."""
+    if os.environ.get("DATABASE_URL"):
+        yield os.environ["DATABASE_URL"]
+        return
+    import pgserver
+
+    server = pgserver.get_server(tmp_path_factory.mktemp("pg"), cleanup_mode="stop")
+    try:
+        yield server.get_uri()
+    finally:
+        server.cleanup()
+
+
+def _with_database(url: str, name: str) -> str:
+    return make_url(url).set(database=name).render_as_string(hide_password=False)
+
+
+@pytest.fixture
+def database_url(pg_admin_url: str) -> Iterator[str]:
+    """A fresh, migrated database for one test, dropped afterwards."""
+    name = f"paynode_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(libpq_url(pg_admin_url), autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    url = _with_database(pg_admin_url, name)
+    migrate(url)
+    try:
+        yield url
+    finally:
+        with psycopg.connect(libpq_url(pg_admin_url), autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def ray_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    from node.runtime import start_ray
+
+    settings = Settings(data_dir=str(tmp_path_factory.mktemp("ray")), shards=2)
+    started = start_ray(settings)  # sets Ray's token auth up before Ray is imported
+    import ray
+
+    try:
+        yield
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(check, timeout: float = 30.0, interval: float = 0.05, what: str = "condition"):
+    """Poll ``check`` until it returns a truthy value or the deadline passes."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(interval)
+
+
+@dataclass
+class RunningNode:
+    url: str
+    database_url: str
+    settings: Settings
+    shards: list
+    http: httpx.Client
+
+    def balances(self) -> dict[str, tuple[int, int, int, int]]:
+        """Every account's in-memory balances, from the shards, at a durable point."""
+        import ray
+
+        from actors.messages import decode_balances
+
+        out = {}
+        for raw in ray.get([s.balances.remote() for s in self.shards]):
+            for b in decode_balances(raw) or []:
+                assert b is not None
+                out[b.id] = (b.debits_posted, b.credits_posted, b.debits_pending, b.credits_pending)
+        return out
+
+
+@pytest.fixture
+def make_node(ray_session: None, database_url: str) -> Iterator:
+    """Start a node (shards + HTTP front) on the test's database; stop it afterwards."""
+    import ray
+    import uvicorn
+
+    from api.app import create_app
+    from node.runtime import start_shards
+
+    running: list[tuple[uvicorn.Server, threading.Thread, list]] = []
+
+    def start(shards: int = 2, **overrides: object) -> RunningNode:
+        settings = Settings(
+            shards=shards,
+            database_url=database_url,
+            namespace=f"t{uuid.uuid4().hex[:10]}",
+            port=free_port(),
+            **overrides,  # type: ignore[arg-type]
+        )
+        names, handles = start_shards(settings, database_url)
+        app = create_app(settings, names)
+        server = uvicorn.Server(
+            uvicorn.Config(app, host="127.0.0.1", port=settings.port, log_level="warning")
+        )
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        running.append((server, thread, handles))
+        wait_until(lambda: server.started, what="uvicorn to start")
+        url = f"http://127.0.0.1:{settings.port}"
+        http = httpx.Client(base_url=url, timeout=30)
+        return RunningNode(url, database_url, settings, handles, http)
+
+    yield start
+    for server, thread, handles in running:
+        server.should_exit = True
+        thread.join(timeout=15)
+        for h in handles:
+            try:
+                ray.get(h.stop.remote(), timeout=5)
+            except Exception:
+                pass
+            ray.kill(h)
+
+
+@pytest.fixture
+def node(make_node) -> RunningNode:
+    return make_node()
