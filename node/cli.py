@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from types import FrameType
 
 import msgspec
 
@@ -59,6 +60,13 @@ def cmd_migrate(settings: Settings) -> int:
 def cmd_run(settings: Settings) -> int:
     import uvicorn
 
+    class Server(uvicorn.Server):
+        # uvicorn re-raises SIGTERM/SIGINT once it has drained, which would end the
+        # process before Ray and PostgreSQL are stopped; this command owns the exit.
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            super().handle_exit(sig, frame)
+            self._captured_signals.clear()
+
     from api.app import create_app
 
     from .runtime import start
@@ -77,7 +85,7 @@ def cmd_run(settings: Settings) -> int:
             access_log=False,
             timeout_graceful_shutdown=10,
         )
-        server = uvicorn.Server(config)
+        server = Server(config)
         print(
             f"paynode listening on http://{settings.host}:{settings.port} "
             f"({len(services.shard_names)} shards; data in {settings.data_path()})",

@@ -8,11 +8,14 @@ only what this process started.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import psutil
 
 from storage.migrations import migrate
 
@@ -59,10 +62,30 @@ def start_postgres(settings: Settings) -> tuple[str, object | None]:
 
     pgdata = settings.data_path() / "pg"
     pgdata.parent.mkdir(parents=True, exist_ok=True)
+    _forget_dead_users(pgdata)
     server = pgserver.get_server(pgdata, cleanup_mode="stop")
     url = server.get_uri()
     log.info("embedded PostgreSQL under %s", pgdata)
     return url, server
+
+
+def _forget_dead_users(pgdata: Path) -> None:
+    """Drop pids of killed nodes from pgserver's user list.
+
+    pgserver stops PostgreSQL when its last user exits; a node killed with
+    SIGKILL never deregisters, and PostgreSQL would then outlive every later
+    clean shutdown.
+    """
+    users = pgdata / ".handle_pids.json"
+    if not users.exists():
+        return
+    try:
+        pids = json.loads(users.read_text())
+    except ValueError:
+        pids = []
+    alive = [pid for pid in pids if isinstance(pid, int) and psutil.pid_exists(pid)]
+    if alive != pids:
+        users.write_text(json.dumps(alive))
 
 
 def ray_token(settings: Settings) -> str:

@@ -6,6 +6,7 @@ the real app with uvicorn on a free loopback port.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import threading
@@ -150,10 +151,8 @@ def make_node(ray_session: None, database_url: str) -> Iterator:
         server.should_exit = True
         thread.join(timeout=15)
         for h in handles:
-            try:
+            with contextlib.suppress(Exception):
                 ray.get(h.stop.remote(), timeout=5)
-            except Exception:
-                pass
             ray.kill(h)
 
 
