@@ -195,13 +195,30 @@ def create_app(settings: Settings, shard_names: list[str]) -> FastAPI:
         log.exception("unhandled error")
         return p.problem(p.INTERNAL)
 
-    @app.middleware("http")
-    async def _count(request: Request, call_next):
-        response = await call_next(request)
-        route = request.scope.get("route")
-        path = getattr(route, "path", "unmatched")
-        metrics.requests[(request.method, path, response.status_code)] += 1
-        return response
+    class CountRequests:
+        """Pure ASGI (BaseHTTPMiddleware costs a task per request): count by route and status."""
+
+        def __init__(self, inner: Any) -> None:
+            self.inner = inner
+
+        async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+            if scope["type"] != "http":
+                await self.inner(scope, receive, send)
+                return
+            status = [500]
+
+            async def send_counted(message: Any) -> None:
+                if message["type"] == "http.response.start":
+                    status[0] = message["status"]
+                await send(message)
+
+            try:
+                await self.inner(scope, receive, send_counted)
+            finally:
+                path = getattr(scope.get("route"), "path", "unmatched")
+                metrics.requests[(scope["method"], path, status[0])] += 1
+
+    app.add_middleware(CountRequests)
 
     # -- accounts ---------------------------------------------------------
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -79,6 +80,7 @@ class LedgerClient:
         self.engine = engine
         self.settings = settings
         self.specs: dict[str, AccountSpec] = {}  # immutable facts, safe to cache forever
+        self._shards_by_account: dict[str, int] = {}
 
         def batcher(send, max_items: int | None = None):
             return MicroBatcher(
@@ -90,7 +92,7 @@ class LedgerClient:
                 on_batch=on_batch,
             )
 
-        self._execute = [batcher(self._caller(h, "execute", decode_outcomes)) for h in self.shards]
+        self._execute = [batcher(self._execute_caller(h)) for h in self.shards]
         self._prepare = [batcher(self._caller(h, "prepare", decode_outcomes)) for h in self.shards]
         self._commit = [batcher(self._caller(h, "commit", decode_outcomes)) for h in self.shards]
         self._create = [
@@ -112,6 +114,21 @@ class LedgerClient:
         return send
 
     @staticmethod
+    def _execute_caller(handle):
+        """Items are lists of groups (one request's share); flattened into one call."""
+
+        async def send(items: list[list[Group]]) -> list[list[list[Outcome]]]:
+            flat = [g for item in items for g in item]
+            outcomes = decode_outcomes(await handle.execute.remote(encode(flat)))
+            out, i = [], 0
+            for item in items:
+                out.append(outcomes[i : i + len(item)])
+                i += len(item)
+            return out
+
+        return send
+
+    @staticmethod
     def _read_caller(handle):
         async def send(ids: list[str]) -> list:
             result = decode_balances(await handle.get_accounts.remote(encode(ids)))
@@ -122,7 +139,12 @@ class LedgerClient:
         return send
 
     def shard_of(self, account_id: str) -> int:
-        return shard_key(account_id) % self.count
+        shard = self._shards_by_account.get(account_id)
+        if shard is None:
+            shard = shard_key(account_id) % self.count
+            if len(self._shards_by_account) < 10_000_000:  # bounded: ids are client-chosen
+                self._shards_by_account[account_id] = shard
+        return shard
 
     async def _wait(self, fut: asyncio.Future) -> object:
         try:
@@ -166,7 +188,13 @@ class LedgerClient:
     # -- transfers ----------------------------------------------------------
 
     async def transfer(self, bodies: Sequence[TransferIn]) -> list[Outcome]:
-        """Submit transfers in order; linked chains all-or-nothing. One outcome each."""
+        """Submit transfers in order; linked chains all-or-nothing. One outcome each.
+
+        A request's groups that one shard can decide travel to it as one item
+        (one future, however many transfers); groups spanning shards run the
+        two-phase protocol, shielded so that a client timeout cannot strand
+        reservations halfway.
+        """
         drafts = [_Draft(b) for b in bodies]
         for d in drafts:
             try:
@@ -183,27 +211,46 @@ class LedgerClient:
         }
         specs = await self.resolve(ids)
 
-        outcomes: list[Outcome | None] = [None] * len(drafts)
-        waits = []
+        outcomes: list[Outcome] = [Outcome("")] * len(drafts)
+        local: dict[int, list[tuple[int, Group]]] = defaultdict(list)
+        spread: list[tuple[int, Group, list[int], list[int]]] = []
         for start, end in _chains(drafts):
             group_drafts = drafts[start:end]
             ops, failure = self._ops(group_drafts, specs)
             if end == len(drafts) and _linked(group_drafts[-1]):
                 failure = failure or (end - start - 1, Code.LINKED_CHAIN_OPEN)
             if failure is not None:
-                refusal = refuse_group([d.body for d in group_drafts], *failure)
-                outcomes[start:end] = refusal
+                outcomes[start:end] = refuse_group([d.body for d in group_drafts], *failure)
                 continue
-            waits.append((start, end, self._route(ops, specs)))
-        results = await asyncio.gather(*(w[2] for w in waits), return_exceptions=True)
-        for (start, end, _), res in zip(waits, results, strict=True):
-            if isinstance(res, p.ApiError):
-                res = [Outcome(d.body.id, res.code) for d in drafts[start:end]]
-            elif isinstance(res, BaseException):
-                raise res
-            outcomes[start:end] = res
-        assert all(o is not None for o in outcomes)
-        return outcomes  # type: ignore[return-value]
+            deciders, participants = self._placement(ops, specs)
+            if len(deciders) == 1:
+                local[deciders[0]].append((start, ops))
+            else:
+                spread.append((start, ops, deciders, participants))
+
+        calls: list[tuple[list[tuple[int, Group]], asyncio.Future]] = [
+            (entries, self._execute[shard].submit([g for _, g in entries],
+                                                  weight=sum(len(g) for _, g in entries)))
+            for shard, entries in local.items()
+        ]  # fmt: skip
+        protocols = [
+            asyncio.shield(asyncio.ensure_future(self._two_phase(ops, dec, part)))
+            for _, ops, dec, part in spread
+        ]
+        try:
+            results = await asyncio.wait_for(
+                asyncio.gather(*(f for _, f in calls), *protocols),
+                self.settings.request_timeout_s,
+            )
+        except TimeoutError:
+            raise p.ApiError(p.TIMEOUT) from None
+        for (entries, _), per_group in zip(calls, results, strict=False):
+            for (start, ops), group_outcomes in zip(entries, per_group, strict=True):
+                outcomes[start : start + len(ops)] = group_outcomes
+        for (start, ops, _, _), group_outcomes in zip(spread, results[len(calls) :], strict=True):
+            outcomes[start : start + len(ops)] = group_outcomes
+        assert all(o.id for o in outcomes), "every transfer gets an outcome"
+        return outcomes
 
     async def _fill_from_pendings(self, drafts: list[_Draft]) -> None:
         """Post/void may omit accounts, currency: take them from the pending transfer."""
@@ -284,29 +331,27 @@ class LedgerClient:
             )
         return ops, None
 
-    async def _route(self, ops: Group, specs: dict[str, AccountSpec]) -> list[Outcome]:
+    def _placement(self, ops: Group, specs: dict[str, AccountSpec]) -> tuple[list[int], list[int]]:
+        """(deciders, participants) of a group, as sorted shard indexes."""
         deciders: set[int] = set()
         participants: set[int] = set()
         for op in ops:
             dr, cr = self.shard_of(op.debit_account_id), self.shard_of(op.credit_account_id)
             deciders.add(dr)
-            participants.update((dr, cr))
+            participants.add(dr)
+            participants.add(cr)
             if specs[op.credit_account_id].flags & CMNED:
                 deciders.add(cr)
-        if len(deciders) == 1:
-            (shard,) = deciders
-            outcomes = await self._wait(self._execute[shard].submit(ops, weight=len(ops)))
-            return outcomes  # type: ignore[return-value]
-        return await self._two_phase(ops, sorted(deciders), sorted(participants))
+        return sorted(deciders), sorted(participants)
 
     async def _two_phase(
         self, ops: Group, deciders: list[int], participants: list[int]
     ) -> list[Outcome]:
         gid = uuid.uuid4().hex
         prep = Prepare(gid, ops)
-        answers: list[list[Outcome]] = await self._wait(
-            asyncio.gather(*(self._prepare[s].submit(prep, weight=len(ops)) for s in deciders))
-        )  # type: ignore[assignment]
+        answers: list[list[Outcome]] = await asyncio.gather(
+            *(self._prepare[s].submit(prep, weight=len(ops)) for s in deciders)
+        )
         failure = _first_failure(answers)
         by_id = {
             o.id: o
@@ -325,9 +370,9 @@ class LedgerClient:
             return refuse_group(ops, *failure)
         rows = [by_id[op.id].row for op in ops]
         assert all(r is not None for r in rows), "a debit decider returned no row"
-        committed: list[Outcome] = await self._wait(
-            self._commit[deciders[0]].submit(Commit(gid, rows, participants), weight=len(ops))
-        )  # type: ignore[assignment]
+        committed: list[Outcome] = await self._commit[deciders[0]].submit(
+            Commit(gid, rows, participants), weight=len(ops)
+        )
         if committed:
             await self._abort(gid, deciders)
             return committed

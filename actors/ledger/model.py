@@ -8,7 +8,6 @@ units everywhere (a float cannot even be decoded into these types).
 from __future__ import annotations
 
 import hashlib
-from enum import IntFlag
 
 import msgspec
 
@@ -26,25 +25,27 @@ def shard_key(account_id: str) -> int:
     return int.from_bytes(digest, "big") >> 1
 
 
-class AccountFlags(IntFlag):
-    NONE = 0
+class AccountFlags:
+    """Account flag bits (plain ints: enum arithmetic is slow on the hot path)."""
+
     DEBITS_MUST_NOT_EXCEED_CREDITS = 1
     CREDITS_MUST_NOT_EXCEED_DEBITS = 2
 
 
-class TransferFlags(IntFlag):
-    NONE = 0
+class TransferFlags:
+    """Transfer flag bits."""
+
     PENDING = 1
     POST_PENDING = 2
     VOID_PENDING = 4
     LINKED = 8
 
 
-ACCOUNT_FLAGS: dict[str, AccountFlags] = {
+ACCOUNT_FLAGS: dict[str, int] = {
     "debits_must_not_exceed_credits": AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDITS,
     "credits_must_not_exceed_debits": AccountFlags.CREDITS_MUST_NOT_EXCEED_DEBITS,
 }
-TRANSFER_FLAGS: dict[str, TransferFlags] = {
+TRANSFER_FLAGS: dict[str, int] = {
     "pending": TransferFlags.PENDING,
     "post_pending": TransferFlags.POST_PENDING,
     "void_pending": TransferFlags.VOID_PENDING,
@@ -53,7 +54,7 @@ TRANSFER_FLAGS: dict[str, TransferFlags] = {
 RESOLVES_PENDING = TransferFlags.POST_PENDING | TransferFlags.VOID_PENDING
 
 
-def flag_names(value: int, table: dict[str, IntFlag]) -> list[str]:
+def flag_names(value: int, table: dict[str, int]) -> list[str]:
     """Flag bits back to their names, in the table's order (stable for clients)."""
     return [name for name, bit in table.items() if value & bit]
 

@@ -423,7 +423,7 @@ class Ledger:
                 continue
             row = JournalRow(
                 EXPIRY_PREFIX + pid, p.debit, p.credit, p.amount, p.currency,
-                int(TransferFlags.VOID_PENDING), pid, 0, NO_METADATA, Status.EXPIRED,
+                TransferFlags.VOID_PENDING, pid, 0, NO_METADATA, Status.EXPIRED,
                 0, -p.amount, self.timestamp(now_ns),
             )  # fmt: skip
             self.apply(row)
