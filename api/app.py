@@ -10,6 +10,7 @@ import asyncio
 import base64
 import binascii
 import logging
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any, TypeVar
@@ -58,7 +59,6 @@ from .validation import account_flags, canonical_metadata
 log = logging.getLogger("paynode.api")
 T = TypeVar("T")
 JSON = "application/json"
-_MAX_PATH_ID = 80
 
 
 def _json(obj: object, status: int = 200) -> Response:
@@ -79,7 +79,7 @@ async def _decode(request: Request, t: type[T], limit: int) -> T:
         return msgspec.json.decode(b"".join(chunks), type=t)
     except msgspec.ValidationError as e:
         raise p.from_validation(e) from None
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, UnicodeDecodeError):
         raise p.ApiError(p.MALFORMED_JSON) from None
 
 
@@ -124,14 +124,22 @@ def _cursor_decode(cursor: str) -> tuple[int, str]:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         ts, tid = raw.split(":", 1)
-        return int(ts), tid
+        value = int(ts)
     except (ValueError, binascii.Error, UnicodeDecodeError):
         raise p.ApiError(p.INVALID_CURSOR) from None
+    if not 0 <= value < 2**63 or not _STORED_ID.match(tid):  # ts is a bigint
+        raise p.ApiError(p.INVALID_CURSOR)
+    return value, tid
 
 
-def _check_path_id(value: str) -> None:
-    if not 0 < len(value) <= _MAX_PATH_ID:
-        raise p.ApiError(p.NOT_FOUND)
+# Ids as stored: the client alphabet, plus '~' of node-made ids (pending expiries).
+_STORED_ID = re.compile(r"[A-Za-z0-9._:~-]{1,80}\Z")
+
+
+def _check_path_id(value: str, code: str) -> None:
+    """An id that cannot exist is simply not found (and never reaches the database)."""
+    if not _STORED_ID.match(value):
+        raise p.ApiError(code, status=404)
 
 
 def create_app(settings: Settings, shard_names: list[str]) -> FastAPI:
@@ -250,7 +258,7 @@ def create_app(settings: Settings, shard_names: list[str]) -> FastAPI:
         responses=contract.replies({200: (AccountOut, "The account")}, (404, 503)),
     )
     async def get_account(account_id: str) -> Response:
-        _check_path_id(account_id)
+        _check_path_id(account_id, Code.ACCOUNT_NOT_FOUND)
         found = await client().account(account_id)
         if found is None:
             raise p.ApiError(Code.ACCOUNT_NOT_FOUND, status=404)
@@ -265,7 +273,7 @@ def create_app(settings: Settings, shard_names: list[str]) -> FastAPI:
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
         cursor: Annotated[str | None, Query(max_length=200)] = None,
     ) -> Response:
-        _check_path_id(account_id)
+        _check_path_id(account_id, Code.ACCOUNT_NOT_FOUND)
         if not await client().resolve({account_id}):
             raise p.ApiError(Code.ACCOUNT_NOT_FOUND, status=404)
         t = transfers_t
@@ -330,7 +338,7 @@ def create_app(settings: Settings, shard_names: list[str]) -> FastAPI:
         responses=contract.replies({200: (TransferOut, "The transfer as journaled")}, (404,)),
     )
     async def get_transfer(transfer_id: str) -> Response:
-        _check_path_id(transfer_id)
+        _check_path_id(transfer_id, p.TRANSFER_NOT_FOUND)
         cols = [sa.cast(c, sa.Text) if c.name == "metadata" else c for c in transfers_t.columns]
         q = sa.select(*cols).where(transfers_t.c.id == transfer_id)
         async with state["engine"].connect() as conn:

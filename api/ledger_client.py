@@ -192,8 +192,7 @@ class LedgerClient:
 
         A request's groups that one shard can decide travel to it as one item
         (one future, however many transfers); groups spanning shards run the
-        two-phase protocol, shielded so that a client timeout cannot strand
-        reservations halfway.
+        two-phase protocol.
         """
         drafts = [_Draft(b) for b in bodies]
         for d in drafts:
@@ -212,8 +211,10 @@ class LedgerClient:
         specs = await self.resolve(ids)
 
         outcomes: list[Outcome] = [Outcome("")] * len(drafts)
-        local: dict[int, list[tuple[int, Group]]] = defaultdict(list)
-        spread: list[tuple[int, Group, list[int], list[int]]] = []
+        # Segments run one after another, so no group sees a later group's effects:
+        # consecutive one-decider groups share a segment (one item per shard);
+        # a group spanning shards is a segment of its own.
+        segments: list[dict[int, list[tuple[int, Group]]] | tuple[int, Group, list, list]] = []
         for start, end in _chains(drafts):
             group_drafts = drafts[start:end]
             ops, failure = self._ops(group_drafts, specs)
@@ -223,34 +224,41 @@ class LedgerClient:
                 outcomes[start:end] = refuse_group([d.body for d in group_drafts], *failure)
                 continue
             deciders, participants = self._placement(ops, specs)
-            if len(deciders) == 1:
-                local[deciders[0]].append((start, ops))
-            else:
-                spread.append((start, ops, deciders, participants))
+            if len(deciders) > 1:
+                segments.append((start, ops, deciders, participants))
+                continue
+            if not segments or not isinstance(segments[-1], dict):
+                segments.append(defaultdict(list))
+            segments[-1][deciders[0]].append((start, ops))  # type: ignore[index]
 
-        calls: list[tuple[list[tuple[int, Group]], asyncio.Future]] = [
-            (entries, self._execute[shard].submit([g for _, g in entries],
-                                                  weight=sum(len(g) for _, g in entries)))
-            for shard, entries in local.items()
-        ]  # fmt: skip
-        protocols = [
-            asyncio.shield(asyncio.ensure_future(self._two_phase(ops, dec, part)))
-            for _, ops, dec, part in spread
-        ]
         try:
-            results = await asyncio.wait_for(
-                asyncio.gather(*(f for _, f in calls), *protocols),
-                self.settings.request_timeout_s,
-            )
+            async with asyncio.timeout(self.settings.request_timeout_s):
+                for segment in segments:
+                    if isinstance(segment, dict):
+                        await self._run_local(segment, outcomes)
+                    else:
+                        start, ops, deciders, participants = segment
+                        # Shielded: a client timeout must not strand reservations halfway.
+                        task = asyncio.ensure_future(self._two_phase(ops, deciders, participants))
+                        outcomes[start : start + len(ops)] = await asyncio.shield(task)
         except TimeoutError:
             raise p.ApiError(p.TIMEOUT) from None
-        for (entries, _), per_group in zip(calls, results, strict=False):
-            for (start, ops), group_outcomes in zip(entries, per_group, strict=True):
-                outcomes[start : start + len(ops)] = group_outcomes
-        for (start, ops, _, _), group_outcomes in zip(spread, results[len(calls) :], strict=True):
-            outcomes[start : start + len(ops)] = group_outcomes
         assert all(o.id for o in outcomes), "every transfer gets an outcome"
         return outcomes
+
+    async def _run_local(
+        self, segment: dict[int, list[tuple[int, Group]]], outcomes: list[Outcome]
+    ) -> None:
+        """One item per shard holding all of this segment's groups for it."""
+        calls = [
+            (entries, self._execute[shard].submit([g for _, g in entries],
+                                                  weight=sum(len(g) for _, g in entries)))
+            for shard, entries in segment.items()
+        ]  # fmt: skip
+        results = await asyncio.gather(*(f for _, f in calls))
+        for (entries, _), per_group in zip(calls, results, strict=True):
+            for (start, ops), group_outcomes in zip(entries, per_group, strict=True):
+                outcomes[start : start + len(ops)] = group_outcomes
 
     async def _fill_from_pendings(self, drafts: list[_Draft]) -> None:
         """Post/void may omit accounts, currency: take them from the pending transfer."""

@@ -7,6 +7,8 @@ submitted value, so secrets and PII in a request cannot leak through errors.
 
 from __future__ import annotations
 
+import re
+
 import msgspec
 from starlette.responses import Response
 
@@ -113,12 +115,20 @@ def problem(
     return Response(msgspec.json.encode(body), status, headers=headers, media_type=PROBLEM_JSON)
 
 
+_QUOTED_VALUE = re.compile(r"'.*'", re.DOTALL)
+
+
 def from_validation(err: msgspec.ValidationError) -> ApiError:
-    """Turn msgspec's message into a code and a JSON path, without the offending value."""
+    """Turn msgspec's message into a code and a JSON path, without any submitted text.
+
+    msgspec quotes offending values ('...') and unknown keys (`...`): both are
+    the client's own input and may be a secret pasted in the wrong place.
+    """
     msg = str(err)
     path = msg.rsplit(" - at `", 1)[1].rstrip("`") if " - at `" in msg else "$"
-    if msg.startswith("Object contains unknown field"):
-        return ApiError(UNKNOWN_FIELD, msg.split(" - at ")[0], path)
-    if msg.startswith("Object missing required field"):
-        return ApiError(MISSING_FIELD, msg.split(" - at ")[0], path)
-    return ApiError(INVALID_FIELD, msg.split(" - at ")[0], path)
+    what = msg.split(" - at ")[0]
+    if what.startswith("Object contains unknown field"):
+        return ApiError(UNKNOWN_FIELD, "the object has a field the schema does not allow", path)
+    if what.startswith("Object missing required field"):
+        return ApiError(MISSING_FIELD, what, path)  # names a schema field, not input
+    return ApiError(INVALID_FIELD, _QUOTED_VALUE.sub("value", what), path)
