@@ -95,6 +95,7 @@ class LedgerShard:
         self._wake = asyncio.Event()
         self._ready = False
         self._rebuilt = asyncio.Event()
+        self._committing = False  # a transaction is in flight (its jobs left the queue)
         self._conn: psycopg.AsyncConnection | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._commits = 0
@@ -199,6 +200,7 @@ class LedgerShard:
         rows = [r for j in jobs for r in j.rows]
         if accounts or rows:
             t0 = time.perf_counter()
+            self._committing = True
             try:
                 assert self._conn is not None
                 await journal.commit(self._conn, accounts, rows)
@@ -209,6 +211,8 @@ class LedgerShard:
                 log.error("shard %d: commit failed: %s", self.index, type(e).__name__)
                 await self._fail(jobs, StorageUnavailable(type(e).__name__))
                 return
+            finally:
+                self._committing = False
             self._observe(time.perf_counter() - t0, len(rows))
         for job in jobs:
             if not job.done.done():
@@ -282,7 +286,7 @@ class LedgerShard:
 
     async def _barrier(self) -> None:
         """Wait until everything applied so far is durable."""
-        if self._queue or not self._ready:
+        if self._queue or self._committing or not self._ready:
             await self._durable((), ())
 
     async def _forward(self, rows: Sequence[JournalRow]) -> None:

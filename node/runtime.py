@@ -104,6 +104,9 @@ def ray_token(settings: Settings) -> str:
 def start_ray(settings: Settings) -> bool:
     """Connect to RAY_ADDRESS, or start a local Ray on 127.0.0.1 with token auth."""
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    # Ray starts workers at nice 15; shards hold the commit path and must not
+    # lose the CPU to the front or a load generator on the same machine.
+    os.environ.setdefault("RAY_worker_niceness", "0")
     os.environ["RAY_AUTH_MODE"] = "token"
     os.environ["RAY_AUTH_TOKEN"] = ray_token(settings)
     import ray
