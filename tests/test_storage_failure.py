@@ -19,7 +19,7 @@ from storage.database import libpq_url
 from tests.conftest import wait_until
 
 
-def test_commit_failures_refuse_and_rebuild(make_node) -> None:  # noqa: ANN001
+def test_commit_failures_refuse_and_rebuild(make_node) -> None:
     node = make_node(shards=2)
     ids = [f"f{i}" for i in range(10)]
     for a in ids:
