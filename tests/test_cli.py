@@ -50,7 +50,7 @@ def test_migrate_applies_once(pg_admin_url: str) -> None:
         (["run"], {"PAYNODE_BATCH_WINDOW_MS": "soon"}, "Expected `float`"),
     ],
 )
-def test_bad_configuration_is_refused_before_start(args, env_extra, message) -> None:  # noqa: ANN001
+def test_bad_configuration_is_refused_before_start(args, env_extra, message) -> None:
     result = _paynode(*args, env={**os.environ, **env_extra})
     assert result.returncode == 2
     assert message in result.stderr
