@@ -104,6 +104,7 @@ class LedgerShard:
         self._commit_max = 0.0
         self._buckets = [0] * (len(COMMIT_BUCKETS_S) + 1)
         self._rebuilds = 0
+        self._phase: dict[str, float] = {"durable_wait": 0.0, "forward": 0.0, "calls": 0}
 
     # -- life cycle -------------------------------------------------------
 
@@ -253,6 +254,7 @@ class LedgerShard:
             if any(o.replayed for res in results for o in res):
                 await self._barrier()  # a replay must not be answered before its commit
             return results
+        t0 = time.perf_counter()
         try:
             await self._durable((), rows)
         except JournalConflict:
@@ -261,7 +263,11 @@ class LedgerShard:
             return await self._execute_after_conflict(groups)
         except StorageUnavailable:
             return [_unavailable(g) for g in groups]
+        t1 = time.perf_counter()
         await self._forward(rows)
+        self._phase["durable_wait"] += t1 - t0
+        self._phase["forward"] += time.perf_counter() - t1
+        self._phase["calls"] += 1
         return results
 
     async def _execute_after_conflict(self, groups: list) -> list[list[Outcome]]:
@@ -451,6 +457,7 @@ class LedgerShard:
                 commit_seconds_max=self._commit_max,
                 commit_buckets=list(self._buckets),
                 rebuilds=self._rebuilds,
+                phase_seconds=dict(self._phase),
                 ready=self._ready,
             )
         )

@@ -50,6 +50,7 @@ class ShardStats(msgspec.Struct):
     commit_buckets: list[int]
     rebuilds: int
     ready: bool
+    phase_seconds: dict[str, float]  # time execute calls spent waiting, by phase
 
 
 COMMIT_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)

@@ -87,6 +87,16 @@ def render(front: FrontMetrics, queues: list[int], shards: list[ShardStats | Non
         out += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]
         out += [f'{name}{{shard="{s.index}"}} {values[name](s)}' for s in live]
     out += [
+        "# HELP paynode_shard_execute_phase_seconds_total Time shard calls spent per phase.",
+        "# TYPE paynode_shard_execute_phase_seconds_total counter",
+    ]
+    for s in live:
+        for phase, seconds in sorted(s.phase_seconds.items()):
+            out.append(
+                f'paynode_shard_execute_phase_seconds_total{{shard="{s.index}",phase="{phase}"}}'
+                f" {seconds}"
+            )
+    out += [
         "# HELP paynode_shard_commit_seconds Latency of one group commit (one transaction).",
         "# TYPE paynode_shard_commit_seconds histogram",
     ]
