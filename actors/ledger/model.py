@@ -172,10 +172,15 @@ class Outcome(msgspec.Struct, array_like=True, frozen=True):
 
 
 def same_request(op: TransferOp, row: JournalRow) -> bool:
-    """Whether ``op`` is a replay of the transfer that produced ``row``."""
-    amount_matches = op.amount == row.amount or (
-        op.amount is None and bool(op.flags & RESOLVES_PENDING)
-    )
+    """Whether ``op`` is a replay of the transfer that produced ``row``.
+
+    A post or void without an amount means "the whole pending amount", so it
+    replays a row whose amount is the whole pending amount (-pending_delta).
+    """
+    if op.amount is None:
+        amount_matches = bool(op.flags & RESOLVES_PENDING) and row.amount == -row.pending_delta
+    else:
+        amount_matches = op.amount == row.amount
     return (
         amount_matches
         and op.debit_account_id == row.debit_account_id

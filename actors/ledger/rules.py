@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from .model import (
     MAX_AMOUNT,
     NO_METADATA,
+    RESOLVES_PENDING,
     AccountBalances,
     AccountFlags,
     AccountSpec,
@@ -94,6 +95,9 @@ class Ledger:
         self.rows: dict[str, JournalRow] = {}  # transfers whose debit account is local
         self.credited: set[str] = set()  # ids applied here only on the credit side
         self.pendings: dict[str, Pending] = {}
+        # Open pendings whose credit account is local but debit account is not:
+        # id -> amount, so that a two-phase chain can size a post's credit leg.
+        self.credit_pendings: dict[str, int] = {}
         self.holds: dict[str, Hold] = {}
         self.inflight_ids: set[str] = set()
         self.locked_pendings: set[str] = set()
@@ -151,7 +155,7 @@ class Ledger:
         if dr.spec.currency != op.currency or (cr is not None and cr.spec.currency != op.currency):
             return Outcome(op.id, Code.CURRENCY_MISMATCH)
 
-        if op.flags & (TransferFlags.POST_PENDING | TransferFlags.VOID_PENDING):
+        if op.flags & RESOLVES_PENDING:
             return self._decide_resolution(op, now_ns)
 
         amount = op.amount
@@ -256,14 +260,28 @@ class Ledger:
             else:
                 del self.rows[row.id]
             self._shift_pending(row, sign)
-        elif sign > 0:
-            self.credited.add(row.id)
         else:
-            self.credited.discard(row.id)
+            if sign > 0:
+                self.credited.add(row.id)
+            else:
+                self.credited.discard(row.id)
+            self._shift_credit_pending(row, sign)
         if cr is not None:
             cr.cp += sign * row.posted_amount
             cr.cpend += sign * row.pending_delta
             assert cr.cpend >= 0 and cr.cp >= 0
+
+    def _shift_credit_pending(self, row: JournalRow, sign: int) -> None:
+        if row.status == Status.PENDING:
+            if sign > 0:
+                self.credit_pendings[row.id] = row.amount
+            else:
+                del self.credit_pendings[row.id]
+        elif row.pending_id is not None:
+            if sign > 0:
+                self.credit_pendings.pop(row.pending_id, None)
+            else:
+                self.credit_pendings[row.pending_id] = -row.pending_delta
 
     def _shift_pending(self, row: JournalRow, sign: int) -> None:
         if row.status == Status.PENDING:
@@ -319,28 +337,42 @@ class Ledger:
     def _credit_check(self, op: TransferOp, now_ns: int) -> Outcome:
         """A remote-debit leg seen by the shard of a limited credit account.
 
-        Only new money into the account can break its credit limit; posting or
-        voiding a pending only lowers exposure, so those legs pass unchanged.
-        The tentative row is applied to local state so that later legs of the
-        same chain see it, then rolled back by ``prepare``.
+        The leg's effect is applied to local state (by ``_evaluate``) so that
+        later legs of the same chain see it; ``prepare`` rolls it back. Its
+        validity (funds, pending state) is the debit shard's to decide.
         """
         cr = self.accounts.get(op.credit_account_id)
-        resolves = op.flags & (TransferFlags.POST_PENDING | TransferFlags.VOID_PENDING)
-        if cr is None or resolves or op.id in self.credited:
+        if cr is None or op.id in self.credited:
             return Outcome(op.id)
+        if op.flags & RESOLVES_PENDING:
+            # Posting or voiding only lowers exposure: nothing to check, but
+            # a post credits the account, which later legs may spend.
+            pending = self.credit_pendings.get(op.pending_id)  # type: ignore[arg-type]
+            if pending is None:
+                return Outcome(op.id)  # unknown here: the debit shard refuses it
+            posted = 0
+            if op.flags & TransferFlags.POST_PENDING:
+                posted = pending if op.amount is None else min(op.amount, pending)
+            status = Status.POSTED if posted else Status.VOIDED
+            return Outcome(op.id, Code.OK, self._tentative(op, pending, status, posted, -pending))
         amount = op.amount
         assert amount is not None
         if cr.cp + cr.cpend + amount > MAX_AMOUNT:
             return Outcome(op.id, Code.OVERFLOW)
         if cr.spec.flags & CMNED and cr.cp + cr.cpend + cr.held_cr + amount > cr.dp:
             return Outcome(op.id, Code.CREDITS_EXCEED_DEBITS)
-        pending = bool(op.flags & TransferFlags.PENDING)
-        row = JournalRow(
+        if op.flags & TransferFlags.PENDING:
+            return Outcome(op.id, Code.OK, self._tentative(op, amount, Status.PENDING, 0, amount))
+        return Outcome(op.id, Code.OK, self._tentative(op, amount, Status.POSTED, amount, 0))
+
+    def _tentative(
+        self, op: TransferOp, amount: int, status: str, posted: int, pending_delta: int
+    ) -> JournalRow:
+        """A credit leg evaluated here only to size what a prepared group reserves."""
+        return JournalRow(
             op.id, op.debit_account_id, op.credit_account_id, amount, op.currency, op.flags,
-            None, op.timeout_s, op.metadata, Status.PENDING if pending else Status.POSTED,
-            0 if pending else amount, amount if pending else 0, now_ns,
+            op.pending_id, op.timeout_s, op.metadata, status, posted, pending_delta, 0,
         )  # fmt: skip
-        return Outcome(op.id, Code.OK, row)
 
     # -- two-phase groups across shards ------------------------------------
 
@@ -416,8 +448,8 @@ class Ledger:
         while self._expiry and self._expiry[0][0] <= now_ns and len(out) < limit:
             expires_at, pid = heapq.heappop(self._expiry)
             p = self.pendings.get(pid)
-            if p is None or p.state != Status.PENDING:
-                continue
+            if p is None or p.state != Status.PENDING or p.expires_at != expires_at:
+                continue  # resolved, or an entry left by a rolled-back chain
             if pid in self.locked_pendings:
                 deferred.append((expires_at, pid))
                 continue
