@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import inspect
 import logging
 import re
 from collections.abc import AsyncIterator
@@ -142,6 +143,15 @@ def _check_path_id(value: str, code: str) -> None:
         raise p.ApiError(code, status=404)
 
 
+# FastAPI >= 0.165 looks up OpenTelemetry providers on every request when the
+# opentelemetry packages are importable (Ray brings them); /metrics is ours.
+_NO_TELEMETRY: dict[str, Any] = (
+    {"telemetry": {"tracing": False, "metrics": False, "logs": False}}
+    if "telemetry" in inspect.signature(FastAPI.__init__).parameters
+    else {}
+)
+
+
 def create_app(settings: Settings, shard_names: list[str]) -> FastAPI:
     """The ASGI app. Ray must be initialized in this process (the shards are looked up)."""
     metrics = FrontMetrics()
@@ -165,6 +175,7 @@ def create_app(settings: Settings, shard_names: list[str]) -> FastAPI:
         version="1",
         description="Payment node: accounts and transfers in integer minor units.",
         lifespan=lifespan,
+        **_NO_TELEMETRY,
     )
     contract.install(app)
 

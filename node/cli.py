@@ -83,6 +83,7 @@ def cmd_run(settings: Settings) -> int:
             http="httptools",
             log_level="warning",
             access_log=False,
+            proxy_headers=False,  # clients connect directly; never trust X-Forwarded-*
             timeout_graceful_shutdown=10,
         )
         server = Server(config)
