@@ -1,0 +1,128 @@
+"""A ``paynode run`` process tree, started and watched from outside (bench and tests)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+
+
+class NodeProcess:
+    """Start ``paynode run`` on ``data_dir``; know its URL, database and processes."""
+
+    def __init__(
+        self, data_dir: Path, port: int, shards: int, env: dict[str, str] | None = None
+    ) -> None:
+        self.data_dir = data_dir
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self.shards = shards
+        self.env = {k: v for k, v in (env or os.environ).items() if not k.startswith("RAY_AUTH")}
+        self.env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def pgdata(self) -> Path | None:
+        return None if self.env.get("DATABASE_URL") else self.data_dir / "pg"
+
+    @property
+    def database_url(self) -> str:
+        if self.env.get("DATABASE_URL"):
+            return self.env["DATABASE_URL"]
+        return f"postgresql://postgres:@/postgres?host={self.pgdata}"
+
+    def start(self, timeout: float = 180.0) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        log = open(self.data_dir / f"node-{time.time_ns()}.log", "wb")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "node.cli", "run", "--data-dir", str(self.data_dir),
+             "--port", str(self.port), "--shards", str(self.shards)],
+            stdout=log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True,
+        )  # fmt: skip
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"node exited during start-up; see {log.name}")
+            try:
+                if httpx.get(self.url + "/ready", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError("node not ready in time")
+            time.sleep(0.2)
+
+    def processes(self) -> list[psutil.Process]:
+        """The node, its descendants (Ray, shard workers) and the embedded postmaster's tree."""
+        if self.proc is None or self.proc.poll() is not None:
+            return []
+        root = psutil.Process(self.proc.pid)
+        found = [root, *root.children(recursive=True)]
+        pidfile = self.pgdata / "postmaster.pid" if self.pgdata else None
+        if pidfile is not None and pidfile.exists():
+            try:
+                postmaster = psutil.Process(int(pidfile.read_text().split()[0]))
+                found += [postmaster, *postmaster.children(recursive=True)]
+            except (psutil.NoSuchProcess, ValueError):
+                pass
+        return found
+
+    def rss_bytes(self) -> int:
+        total = 0
+        for p in self.processes():
+            with contextlib.suppress(psutil.NoSuchProcess):
+                total += p.memory_info().rss
+        return total
+
+    def kill(self) -> int:
+        """SIGKILL the whole tree (and the embedded postmaster) at once."""
+        victims = self.processes()
+        for v in victims:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                v.send_signal(signal.SIGKILL)
+        psutil.wait_procs(victims, timeout=30)
+        if self.proc is not None:
+            self.proc.wait(timeout=30)
+        return len(victims)
+
+    def stop(self, timeout: float = 60.0) -> int:
+        """SIGTERM and wait: the node stops Ray and PostgreSQL itself. Returns the exit code."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout=timeout)
+        finally:
+            if self.proc.poll() is None:
+                self.kill()
+
+
+class PeakRss:
+    """Samples a NodeProcess's total RSS in the background; ``peak`` is the maximum seen."""
+
+    def __init__(self, node: NodeProcess, interval: float = 0.25) -> None:
+        self.node = node
+        self.interval = interval
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self.node.rss_bytes())
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> PeakRss:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
