@@ -9,10 +9,31 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 import psutil
+
+
+def process_tree(root_pid: int, pgdata: Path | None) -> list[psutil.Process]:
+    """A process and its descendants, plus the embedded postmaster's tree under ``pgdata``."""
+    root = psutil.Process(root_pid)
+    found = [root, *root.children(recursive=True)]
+    pidfile = pgdata / "postmaster.pid" if pgdata else None
+    if pidfile is not None and pidfile.exists():
+        with contextlib.suppress(psutil.NoSuchProcess, ValueError):
+            postmaster = psutil.Process(int(pidfile.read_text().split()[0]))
+            found += [postmaster, *postmaster.children(recursive=True)]
+    return found
+
+
+def total_rss(processes: list[psutil.Process]) -> int:
+    total = 0
+    for p in processes:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            total += p.memory_info().rss
+    return total
 
 
 class NodeProcess:
@@ -64,23 +85,10 @@ class NodeProcess:
         """The node, its descendants (Ray, shard workers) and the embedded postmaster's tree."""
         if self.proc is None or self.proc.poll() is not None:
             return []
-        root = psutil.Process(self.proc.pid)
-        found = [root, *root.children(recursive=True)]
-        pidfile = self.pgdata / "postmaster.pid" if self.pgdata else None
-        if pidfile is not None and pidfile.exists():
-            try:
-                postmaster = psutil.Process(int(pidfile.read_text().split()[0]))
-                found += [postmaster, *postmaster.children(recursive=True)]
-            except (psutil.NoSuchProcess, ValueError):
-                pass
-        return found
+        return process_tree(self.proc.pid, self.pgdata)
 
     def rss_bytes(self) -> int:
-        total = 0
-        for p in self.processes():
-            with contextlib.suppress(psutil.NoSuchProcess):
-                total += p.memory_info().rss
-        return total
+        return total_rss(self.processes())
 
     def kill(self) -> int:
         """SIGKILL the whole tree (and the embedded postmaster) at once."""
@@ -105,10 +113,10 @@ class NodeProcess:
 
 
 class PeakRss:
-    """Samples a NodeProcess's total RSS in the background; ``peak`` is the maximum seen."""
+    """Samples ``rss()`` (bytes) in the background; ``peak`` is the maximum seen."""
 
-    def __init__(self, node: NodeProcess, interval: float = 0.25) -> None:
-        self.node = node
+    def __init__(self, rss: Callable[[], int], interval: float = 0.25) -> None:
+        self.rss = rss
         self.interval = interval
         self.peak = 0
         self._stop = threading.Event()
@@ -116,7 +124,7 @@ class PeakRss:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self.peak = max(self.peak, self.node.rss_bytes())
+            self.peak = max(self.peak, self.rss())
             self._stop.wait(self.interval)
 
     def __enter__(self) -> PeakRss:

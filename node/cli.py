@@ -30,6 +30,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--shards", type=int, help="ledger shard actors (default: one per core)")
     mig = sub.add_parser("migrate", help="apply schema migrations and exit")
     _common(mig)
+    bench = sub.add_parser("bench", help="load a node, audit it, compare with a baseline")
+    from benchmarks.bench import add_arguments
+
+    add_arguments(bench)
     return parser
 
 
@@ -101,6 +105,10 @@ def cmd_run(settings: Settings) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "bench":
+        from benchmarks.bench import main as bench
+
+        return bench(args)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

@@ -1,0 +1,395 @@
+"""``paynode bench``: start (or target) a node, load it, check it, compare with a baseline.
+
+Every run ends with a correctness audit (a fast wrong answer is a failure)
+and writes ``result.json``, ``summary.md`` and ``plot.png`` under
+``--results/<timestamp>/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import re
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+
+from storage.audit import journal_balances
+
+from . import drivers
+from .node_process import NodeProcess, PeakRss, process_tree, total_rss
+from .workload import AccountPlan, Workload
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--url", help="target a running node instead of starting one")
+    p.add_argument("--data-dir", help="data directory of the node started (default: a temp dir)")
+    p.add_argument("--shards", type=int, default=os.cpu_count() or 2)
+    p.add_argument("--mode", choices=("single", "batch", "direct"), default="batch")
+    p.add_argument("--accounts", type=int, default=10_000)
+    p.add_argument("-c", "--concurrency", type=int, default=None,
+                   help="clients (default: 64 single, 4 batch/direct)")  # fmt: skip
+    p.add_argument("-b", "--batch-size", type=int, default=2000)
+    p.add_argument("-d", "--duration", type=float, default=10.0)
+    p.add_argument("--rate", type=float, help="single mode: fixed arrival rate (open loop)")
+    p.add_argument("--sweep", action="store_true",
+                   help="single mode: then open loop at 25/50/75%% of the peak")  # fmt: skip
+    p.add_argument("--skew", type=float, default=0.0, help="Zipf exponent for hot accounts")
+    p.add_argument("--cross-shard-ratio", type=float, default=None)
+    p.add_argument("--baseline", action="store_true",
+                   help="also run a conventional PostgreSQL ledger, same server")  # fmt: skip
+    p.add_argument("--baseline-concurrency", type=int, default=16)
+    p.add_argument("--results", default="results")
+
+
+def main(args: argparse.Namespace) -> int:
+    if args.concurrency is None:
+        args.concurrency = 64 if args.mode == "single" else 4
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    out = Path(args.results) / stamp
+    out.mkdir(parents=True, exist_ok=True)
+    report: dict = {"args": {k: v for k, v in vars(args).items() if k != "func"}}
+    prefix = "b" + uuid.uuid4().hex[:6]
+    w = Workload(args.accounts, args.shards, prefix=prefix, skew=args.skew,
+                 cross_shard_ratio=args.cross_shard_ratio)  # fmt: skip
+
+    with contextlib.ExitStack() as stack:
+        target = _open_target(args, stack)
+        report["database_url"] = target.database_url
+        run = _run_direct if args.mode == "direct" else _run_http
+        ok = run(args, w, target, report)
+        if args.baseline:
+            ok = _run_baseline(args, w, target.database_url, report) and ok
+
+    (out / "result.json").write_text(json.dumps(report, indent=2, default=str))
+    (out / "summary.md").write_text(_markdown(report))
+    _plot(report, out / "plot.png")
+    print(_markdown(report))
+    print(f"results in {out}")
+    return 0 if ok else 1
+
+
+# -- node over HTTP -----------------------------------------------------------
+
+
+@dataclass
+class Target:
+    """What the bench drives: a node over HTTP, or shard actors in this process."""
+
+    url: str | None
+    database_url: str | None
+    node: NodeProcess | None = None
+    shards: list | None = None
+    pgdata: Path | None = None
+
+
+def _open_target(args: argparse.Namespace, stack: contextlib.ExitStack) -> Target:
+    if args.url:
+        return Target(args.url.rstrip("/"), os.environ.get("DATABASE_URL"))
+    data_dir = Path(args.data_dir or tempfile.mkdtemp(prefix="paynode-bench-"))
+    if args.mode == "direct":
+        from node.config import from_env
+        from node.runtime import start
+
+        settings = from_env(data_dir=str(data_dir), shards=args.shards,
+                            namespace=f"bench{uuid.uuid4().hex[:6]}")  # fmt: skip
+        services = start(settings)
+        stack.callback(services.stop)
+        pgdata = None if settings.database_url else data_dir / "pg"
+        return Target(None, services.database_url, shards=services.shards, pgdata=pgdata)
+    node = NodeProcess(data_dir, _free_port(), args.shards)
+    print(f"starting a node ({args.shards} shards) in {data_dir} ...", flush=True)
+    node.start()
+    stack.callback(node.stop)
+    return Target(node.url, node.database_url, node=node)
+
+
+def _run_http(args: argparse.Namespace, w: Workload, target: Target, report: dict) -> bool:
+    assert target.url is not None
+    url, node = target.url, target.node
+    print(f"creating {args.accounts} accounts ...", flush=True)
+    asyncio.run(_create_accounts(url, w))
+    before = _scrape(url)
+    print(f"{args.mode}: {args.concurrency} clients for {args.duration:.0f}s ...", flush=True)
+    with PeakRss(node.rss_bytes) if node else _NoRss() as rss:
+        runs = asyncio.run(_load(args, url, w))
+    after = _scrape(url)
+    report["node"] = [r.summary() for r in runs]
+    report["peak_rss_mb"] = round(rss.peak / 2**20, 1) if node else None
+    commits = after["commits"] - before["commits"]
+    rows = after["rows"] - before["rows"]
+    report["postgres"] = {
+        "commits_per_s": round(commits / runs[0].elapsed_s, 1),
+        "rows_per_commit": round(rows / commits, 1) if commits else 0,
+    }
+    print("auditing ...", flush=True)
+    report["audit"] = asyncio.run(_audit_http(url, target.database_url, w))
+    return not report["audit"]["problems"]
+
+
+async def _load(args: argparse.Namespace, url: str, w: Workload) -> list[drivers.RunResult]:
+    if args.mode == "batch":
+        return [await drivers.closed_batch(url, w, args.concurrency, args.batch_size,
+                                           args.duration)]  # fmt: skip
+    if args.rate:
+        return [await drivers.open_single(url, w, args.rate, args.duration)]
+    runs = [await drivers.closed_single(url, w, args.concurrency, args.duration)]
+    if args.sweep:
+        peak = runs[0].rate
+        for share in (0.25, 0.5, 0.75):
+            print(f"open loop at {share:.0%} of peak ({peak * share:,.0f}/s) ...", flush=True)
+            runs.append(await drivers.open_single(url, w, peak * share, args.duration / 2))
+    return runs
+
+
+async def _create_accounts(url: str, w: Workload) -> None:
+    sem = asyncio.Semaphore(64)
+    async with aiohttp.ClientSession() as http:
+
+        async def create(account_id: str, no_overdraft: bool) -> None:
+            flags = ["debits_must_not_exceed_credits"] if no_overdraft else []
+            async with sem, http.post(f"{url}/v1/accounts", json={
+                "id": account_id, "currency": "USD", "flags": flags}) as r:  # fmt: skip
+                assert r.status in (200, 201), await r.text()
+
+        await create(w.treasury(), False)
+        await asyncio.gather(*(create(a.id, a.no_overdraft) for a in w.accounts))
+        funding = w.funding()
+        for k in range(0, len(funding), 4000):
+            async with http.post(f"{url}/v1/transfers/batch",
+                                 json={"transfers": funding[k : k + 4000]}) as r:  # fmt: skip
+                results = (await r.json())["results"]
+                assert all("status" in x for x in results), results[:3]
+
+
+async def _audit_http(url: str, database_url: str | None, w: Workload) -> dict:
+    """Memory (every account over HTTP) == journal aggregate; zero sum; no overdraft."""
+    problems: list[str] = []
+    sem = asyncio.Semaphore(64)
+    memory: dict[str, tuple[int, int, int, int]] = {}
+    async with aiohttp.ClientSession() as http:
+
+        async def get(account_id: str) -> None:
+            async with sem, http.get(f"{url}/v1/accounts/{account_id}") as r:
+                b = await r.json()
+                memory[account_id] = (b["debits_posted"], b["credits_posted"],
+                                      b["debits_pending"], b["credits_pending"])  # fmt: skip
+
+        await asyncio.gather(*(get(a) for a in [w.treasury(), *w.ids]))
+    total = sum(cp - dp for dp, cp, _, _ in memory.values())
+    if total != 0:
+        problems.append(f"balances sum to {total}, not 0")
+    for a in w.accounts:
+        dp, cp, dpend, _ = memory[a.id]
+        if a.no_overdraft and dp + dpend > cp:
+            problems.append(f"{a.id} overdrawn")
+    checked_journal = False
+    if database_url:
+        journal = journal_balances(database_url)
+        diff = [a for a, b in memory.items() if journal.get(a, (0, 0, 0, 0)) != b]
+        if diff:
+            problems.append(f"{len(diff)} accounts differ from the journal, e.g. {diff[:3]}")
+        checked_journal = True
+    return {"accounts": len(memory), "journal_checked": checked_journal, "problems": problems}
+
+
+# -- shards without HTTP --------------------------------------------------------
+
+
+def _run_direct(args: argparse.Namespace, w: Workload, target: Target, report: dict) -> bool:
+    import ray
+
+    from actors.ledger.model import NO_METADATA, AccountFlags, AccountSpec, TransferOp
+    from actors.messages import decode_balances, encode
+
+    shards = target.shards
+    assert shards is not None and target.database_url is not None
+    count = len(shards)
+    specs: dict[int, list[AccountSpec]] = {}
+    funding: dict[int, list[list[TransferOp]]] = {}
+    no_overdraft = AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDITS
+    for a in [AccountPlan(w.treasury(), False), *w.accounts]:
+        flags = no_overdraft if a.no_overdraft else 0
+        specs.setdefault(_shard(a.id, count), []).append(
+            AccountSpec(a.id, "USD", flags, NO_METADATA)
+        )
+    for t in w.funding():
+        op = TransferOp(t["id"], t["debit_account_id"], t["credit_account_id"], t["amount"],
+                        "USD", 0, None, 0, NO_METADATA)  # fmt: skip
+        funding.setdefault(_shard(op.debit_account_id, count), []).append([op])
+    print(f"creating {args.accounts} accounts ...", flush=True)
+    ray.get([shards[s].create_accounts.remote(encode(v)) for s, v in specs.items()])
+    ray.get([shards[s].execute.remote(encode(v)) for s, v in funding.items()])
+    print(f"direct: {args.concurrency} clients for {args.duration:.0f}s ...", flush=True)
+    with PeakRss(lambda: total_rss(process_tree(os.getpid(), target.pgdata))) as rss:
+        result = asyncio.run(
+            drivers.direct(shards, w, args.concurrency, args.batch_size, args.duration)
+        )
+    report["node"] = [result.summary()]
+    report["peak_rss_mb"] = round(rss.peak / 2**20, 1)
+    memory = {}
+    for raw in ray.get([s.balances.remote() for s in shards]):
+        for b in decode_balances(raw) or []:
+            memory[b.id] = (b.debits_posted, b.credits_posted, b.debits_pending,
+                            b.credits_pending)  # fmt: skip
+    problems = []
+    if memory != journal_balances(target.database_url):
+        problems.append("shard memory differs from the journal")
+    if sum(cp - dp for dp, cp, _, _ in memory.values()) != 0:
+        problems.append("balances do not sum to zero")
+    report["audit"] = {"accounts": len(memory), "journal_checked": True, "problems": problems}
+    return not problems
+
+
+def _shard(account_id: str, count: int) -> int:
+    from actors.ledger.model import shard_key
+
+    return shard_key(account_id) % count
+
+
+class _NoRss:
+    peak = 0
+
+    def __enter__(self) -> _NoRss:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+# -- baseline -------------------------------------------------------------------
+
+
+def _run_baseline(
+    args: argparse.Namespace, w: Workload, database_url: str | None, report: dict
+) -> bool:
+    from . import baseline
+
+    if not database_url:
+        report["baseline"] = {"error": "no DATABASE_URL for the baseline"}
+        return False
+    fresh = Workload(args.accounts, args.shards, prefix=w.prefix + "x", skew=args.skew,
+                     cross_shard_ratio=args.cross_shard_ratio)  # fmt: skip
+    print(f"baseline: {args.baseline_concurrency} clients for {args.duration:.0f}s ...",
+          flush=True)  # fmt: skip
+    asyncio.run(baseline.prepare(database_url, fresh))
+    result = asyncio.run(baseline.run(database_url, fresh,
+                                      concurrency=args.baseline_concurrency,
+                                      duration_s=args.duration))  # fmt: skip
+    problems = baseline.check(database_url)
+    rate = result.acked / result.elapsed_s if result.elapsed_s else 0.0
+    report["baseline"] = {
+        "concurrency": args.baseline_concurrency,
+        "elapsed_s": round(result.elapsed_s, 3),
+        "acked": result.acked,
+        "transfers_per_s": round(rate, 1),
+        "latency_ms": result.latency.summary_ms(),
+        "refused": dict(result.refused),
+        "per_second": result.per_second,
+        "problems": problems,
+    }
+    node_rate = report["node"][0]["transfers_per_s"]
+    report["ratio_node_over_baseline"] = round(node_rate / rate, 2) if rate else None
+    return not problems
+
+
+# -- reporting ----------------------------------------------------------------------
+
+
+def _scrape(url: str) -> dict[str, float]:
+    import httpx
+
+    text = httpx.get(url + "/metrics", timeout=10).text
+    total = {"commits": 0.0, "rows": 0.0}
+    for name, key in (("paynode_shard_commits_total", "commits"),
+                      ("paynode_shard_rows_committed_total", "rows")):  # fmt: skip
+        for m in re.finditer(rf"^{name}{{[^}}]*}} ([0-9.e+]+)$", text, re.M):
+            total[key] += float(m.group(1))
+    return total
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _markdown(report: dict) -> str:
+    lines = [
+        "| run | transfers/s | req/s | p50 ms | p90 ms | p99 ms | p99.9 ms | refused | errors |",
+        "|---|---:|---:|---:|---:|---:|---:|---|---|",
+    ]
+    for r in report.get("node", []):
+        name = r["mode"] + (f" @{r['offered_rate']:,.0f}/s" if r.get("offered_rate") else "")
+        lat = r["latency_ms"]
+        lines.append(
+            f"| node {name} (c={r['concurrency']}, b={r['batch_size']}) | "
+            f"{r['transfers_per_s']:,.0f} | {r['requests_per_s']:,.0f} | {lat['p50']} | "
+            f"{lat['p90']} | {lat['p99']} | {lat['p99.9']} | {r['refused'] or '-'} | "
+            f"{r['errors'] or '-'} |"
+        )
+    b = report.get("baseline")
+    if b and "latency_ms" in b:
+        lat = b["latency_ms"]
+        lines.append(
+            f"| baseline (c={b['concurrency']}) | {b['transfers_per_s']:,.0f} | "
+            f"{b['transfers_per_s']:,.0f} | {lat['p50']} | {lat['p90']} | {lat['p99']} | "
+            f"{lat['p99.9']} | {b['refused'] or '-'} | - |"
+        )
+    extra = []
+    if report.get("ratio_node_over_baseline") is not None:
+        extra.append(f"**node / baseline: {report['ratio_node_over_baseline']}x**")
+    if report.get("peak_rss_mb") is not None:
+        extra.append(f"peak RSS of the node's processes: {report['peak_rss_mb']} MB")
+    if report.get("postgres"):
+        pg = report["postgres"]
+        extra.append(f"PostgreSQL: {pg['commits_per_s']} commits/s, "
+                     f"{pg['rows_per_commit']} rows per commit")  # fmt: skip
+    audit = report.get("audit", {})
+    extra.append(
+        "audit: "
+        + ("OK" if not audit.get("problems") else "FAILED " + "; ".join(audit["problems"]))
+        + f" ({audit.get('accounts', 0)} accounts, journal checked: {audit.get('journal_checked')})"
+    )
+    if b and b.get("problems"):
+        extra.append("baseline audit FAILED: " + "; ".join(b["problems"]))
+    return "\n".join(lines) + "\n\n" + "\n\n".join(extra) + "\n"
+
+
+def _plot(report: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    main_run = report["node"][0]
+    left.plot(range(len(main_run["per_second"])), main_run["per_second"], label="node")
+    if report.get("baseline", {}).get("per_second"):
+        series = report["baseline"]["per_second"]
+        left.plot(range(len(series)), series, label="baseline")
+    left.set(title="Durable transfers per second", xlabel="second of run", ylabel="transfers/s")
+    left.legend()
+    swept = [r for r in report["node"] if r.get("offered_rate")]
+    if swept:
+        rates = [r["offered_rate"] for r in swept]
+        for q in ("p50", "p90", "p99"):
+            right.plot(rates, [r["latency_ms"][q] for r in swept], marker="o", label=q)
+        right.set(title="Latency vs offered rate", xlabel="offered transfers/s", ylabel="ms")
+    else:
+        qs = ["p50", "p90", "p99", "p99.9"]
+        right.bar(qs, [main_run["latency_ms"][q] for q in qs])
+        right.set(title="Latency per request", ylabel="ms")
+    right.legend() if swept else None
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

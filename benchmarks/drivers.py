@@ -1,0 +1,225 @@
+"""Load drivers: closed-loop and open-loop HTTP, and direct calls to the shard actors.
+
+Each returns a :class:`RunResult`: acknowledged (durable) transfers, refusals
+by code, a latency histogram per request, and acknowledgements per second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+import aiohttp
+import msgspec
+
+from .histogram import Histogram
+from .workload import Workload
+
+JSON = {"content-type": "application/json"}
+_encode = msgspec.json.encode
+_decode_batch = msgspec.json.Decoder(dict).decode
+
+
+@dataclass
+class RunResult:
+    mode: str
+    concurrency: int
+    batch_size: int
+    elapsed_s: float = 0.0
+    acked: int = 0
+    requests: int = 0
+    refused: Counter[str] = field(default_factory=Counter)
+    errors: Counter[str] = field(default_factory=Counter)
+    latency: Histogram = field(default_factory=Histogram)
+    per_second: list[int] = field(default_factory=list)
+    offered_rate: float | None = None
+
+    def ack(self, n: int, at: float) -> None:
+        self.acked += n
+        slot = int(at)
+        while len(self.per_second) <= slot:
+            self.per_second.append(0)
+        self.per_second[slot] += n
+
+    @property
+    def rate(self) -> float:
+        return self.acked / self.elapsed_s if self.elapsed_s else 0.0
+
+    def summary(self) -> dict:
+        return {
+            "mode": self.mode,
+            "concurrency": self.concurrency,
+            "batch_size": self.batch_size,
+            "offered_rate": self.offered_rate,
+            "elapsed_s": round(self.elapsed_s, 3),
+            "acked": self.acked,
+            "transfers_per_s": round(self.rate, 1),
+            "requests": self.requests,
+            "requests_per_s": round(self.requests / self.elapsed_s, 1) if self.elapsed_s else 0,
+            "latency_ms": self.latency.summary_ms(),
+            "refused": dict(self.refused),
+            "errors": dict(self.errors),
+            "per_second": self.per_second,
+        }
+
+
+async def _post(
+    http: aiohttp.ClientSession, url: str, body: bytes, result: RunResult
+) -> tuple[int, bytes] | None:
+    try:
+        async with http.post(url, data=body, headers=JSON) as r:
+            return r.status, await r.read()
+    except (aiohttp.ClientError, TimeoutError) as e:
+        result.errors[type(e).__name__] += 1
+        return None
+
+
+def _count_single(result: RunResult, status: int, raw: bytes, at: float) -> None:
+    if status in (200, 201):
+        result.ack(1, at)
+    elif status == 422 or status == 409:
+        result.refused[msgspec.json.decode(raw).get("code", str(status))] += 1
+    else:
+        result.errors[f"http_{status}"] += 1
+
+
+def _session(concurrency: int) -> aiohttp.ClientSession:
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=concurrency + 8),
+        timeout=aiohttp.ClientTimeout(total=120),
+    )
+
+
+async def closed_single(url: str, w: Workload, concurrency: int, duration: float) -> RunResult:
+    result = RunResult("single", concurrency, 1)
+    target = url + "/v1/transfers"
+    async with _session(concurrency) as http:
+        t0 = time.perf_counter()
+        stop = t0 + duration
+
+        async def client() -> None:
+            while (start := time.perf_counter()) < stop:
+                answer = await _post(http, target, _encode(w.transfer()), result)
+                now = time.perf_counter()
+                result.requests += 1
+                result.latency.record(now - start)
+                if answer is not None:
+                    _count_single(result, *answer, now - t0)
+
+        await asyncio.gather(*(client() for _ in range(concurrency)))
+        result.elapsed_s = time.perf_counter() - t0
+    return result
+
+
+async def closed_batch(
+    url: str, w: Workload, concurrency: int, batch_size: int, duration: float
+) -> RunResult:
+    result = RunResult("batch", concurrency, batch_size)
+    target = url + "/v1/transfers/batch"
+    async with _session(concurrency) as http:
+        t0 = time.perf_counter()
+        stop = t0 + duration
+
+        async def client() -> None:
+            while (start := time.perf_counter()) < stop:
+                body = _encode({"transfers": [w.transfer() for _ in range(batch_size)]})
+                answer = await _post(http, target, body, result)
+                now = time.perf_counter()
+                result.requests += 1
+                result.latency.record(now - start)
+                if answer is None:
+                    continue
+                status, raw = answer
+                if status != 200:
+                    result.errors[f"http_{status}"] += batch_size
+                    continue
+                ok = 0
+                for item in _decode_batch(raw)["results"]:
+                    if "status" in item:
+                        ok += 1
+                    else:
+                        result.refused[item["code"]] += 1
+                result.ack(ok, now - t0)
+
+        await asyncio.gather(*(client() for _ in range(concurrency)))
+        result.elapsed_s = time.perf_counter() - t0
+    return result
+
+
+async def open_single(
+    url: str, w: Workload, rate: float, duration: float, max_outstanding: int = 20_000
+) -> RunResult:
+    """Fixed arrival rate; latency counts from the scheduled send time (no coordinated omission)."""
+    result = RunResult("single-open", max_outstanding, 1, offered_rate=rate)
+    target = url + "/v1/transfers"
+    outstanding: set[asyncio.Task] = set()
+    async with _session(min(max_outstanding, 1024)) as http:
+        t0 = time.perf_counter()
+
+        async def send(scheduled: float) -> None:
+            answer = await _post(http, target, _encode(w.transfer()), result)
+            now = time.perf_counter()
+            result.requests += 1
+            result.latency.record(now - scheduled)
+            if answer is not None:
+                _count_single(result, *answer, now - t0)
+
+        n = int(rate * duration)
+        for i in range(n):
+            scheduled = t0 + i / rate
+            delay = scheduled - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            if len(outstanding) >= max_outstanding:
+                result.errors["generator_backlog"] += 1
+                continue
+            task = asyncio.create_task(send(scheduled))
+            outstanding.add(task)
+            task.add_done_callback(outstanding.discard)
+        if outstanding:
+            await asyncio.gather(*outstanding)
+        result.elapsed_s = time.perf_counter() - t0
+    return result
+
+
+async def direct(
+    shards: list, w: Workload, concurrency: int, batch_size: int, duration: float
+) -> RunResult:
+    """Call the shards' ``execute`` with msgpack batches: the ledger without the HTTP front."""
+    from actors.ledger.model import NO_METADATA, TransferOp, shard_key
+    from actors.messages import decode_outcomes, encode
+
+    result = RunResult("direct", concurrency, batch_size)
+    count = len(shards)
+    t0 = time.perf_counter()
+    stop = t0 + duration
+
+    async def client() -> None:
+        while (start := time.perf_counter()) < stop:
+            per_shard: dict[int, list[list[TransferOp]]] = {}
+            for _ in range(batch_size):
+                t = w.transfer()
+                op = TransferOp(t["id"], t["debit_account_id"], t["credit_account_id"],
+                                t["amount"], "USD", 0, None, 0, NO_METADATA)  # fmt: skip
+                per_shard.setdefault(shard_key(op.debit_account_id) % count, []).append([op])
+            answers = await asyncio.gather(
+                *(shards[s].execute.remote(encode(groups)) for s, groups in per_shard.items())
+            )
+            now = time.perf_counter()
+            result.requests += 1
+            result.latency.record(now - start)
+            ok = 0
+            for raw in answers:
+                for group in decode_outcomes(raw):
+                    for o in group:
+                        if o.code:
+                            result.refused[o.code] += 1
+                        else:
+                            ok += 1
+            result.ack(ok, now - t0)
+
+    await asyncio.gather(*(client() for _ in range(concurrency)))
+    result.elapsed_s = time.perf_counter() - t0
+    return result
