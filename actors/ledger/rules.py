@@ -303,6 +303,11 @@ class Ledger:
 
     def execute(self, ops: Sequence[TransferOp], now_ns: int) -> list[Outcome]:
         """Decide and apply a group all-or-nothing. Every debit must be local."""
+        if len(ops) == 1:  # the common case, without the chain bookkeeping
+            outcome = self.decide(ops[0], now_ns)
+            if outcome.row is not None and not outcome.replayed:
+                self.apply(outcome.row)
+            return [outcome]
         outcomes, applied = self._evaluate(ops, now_ns)
         if _failed(outcomes):
             for row in reversed(applied):
