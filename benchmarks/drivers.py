@@ -7,8 +7,11 @@ by code, a latency histogram per request, and acknowledgements per second.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import sys
 import time
 from collections import Counter
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -65,6 +68,29 @@ class RunResult:
         }
 
 
+async def _progress(result: RunResult, t0: float) -> None:
+    """One status line, rewritten every second, while a run is going."""
+    while True:
+        await asyncio.sleep(1.0)
+        elapsed = time.perf_counter() - t0
+        recent = result.per_second[-2] if len(result.per_second) > 1 else result.acked
+        print(
+            f"\r  {elapsed:5.0f}s  acknowledged {result.acked:>10,}  last second {recent:>8,}/s"
+            f"  refused {sum(result.refused.values()):,}  errors {sum(result.errors.values()):,}",
+            end="", file=sys.stderr, flush=True,
+        )  # fmt: skip
+
+
+@contextlib.asynccontextmanager
+async def progress(result: RunResult, t0: float) -> AsyncIterator[None]:
+    task = asyncio.create_task(_progress(result, t0))
+    try:
+        yield
+    finally:
+        task.cancel()
+        print(file=sys.stderr, flush=True)
+
+
 async def _post(
     http: aiohttp.ClientSession, url: str, body: bytes, result: RunResult
 ) -> tuple[int, bytes] | None:
@@ -108,7 +134,8 @@ async def closed_single(url: str, w: Workload, concurrency: int, duration: float
                 if answer is not None:
                     _count_single(result, *answer, now - t0)
 
-        await asyncio.gather(*(client() for _ in range(concurrency)))
+        async with progress(result, t0):
+            await asyncio.gather(*(client() for _ in range(concurrency)))
         result.elapsed_s = time.perf_counter() - t0
     return result
 
@@ -143,7 +170,8 @@ async def closed_batch(
                         result.refused[item["code"]] += 1
                 result.ack(ok, now - t0)
 
-        await asyncio.gather(*(client() for _ in range(concurrency)))
+        async with progress(result, t0):
+            await asyncio.gather(*(client() for _ in range(concurrency)))
         result.elapsed_s = time.perf_counter() - t0
     return result
 
@@ -220,6 +248,7 @@ async def direct(
                             ok += 1
             result.ack(ok, now - t0)
 
-    await asyncio.gather(*(client() for _ in range(concurrency)))
+    async with progress(result, t0):
+        await asyncio.gather(*(client() for _ in range(concurrency)))
     result.elapsed_s = time.perf_counter() - t0
     return result
