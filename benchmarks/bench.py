@@ -123,12 +123,7 @@ def _run_http(args: argparse.Namespace, w: Workload, target: Target, report: dic
     after = _scrape(url)
     report["node"] = [r.summary() for r in runs]
     report["peak_rss_mb"] = round(rss.peak / 2**20, 1) if node else None
-    commits = after["commits"] - before["commits"]
-    rows = after["rows"] - before["rows"]
-    report["postgres"] = {
-        "commits_per_s": round(commits / runs[0].elapsed_s, 1),
-        "rows_per_commit": round(rows / commits, 1) if commits else 0,
-    }
+    report["postgres"] = _commit_figures(before, after, runs[0].elapsed_s)
     print("auditing ...", flush=True)
     report["audit"] = asyncio.run(_audit_http(url, target.database_url, w))
     return not report["audit"]["problems"]
@@ -207,7 +202,7 @@ def _run_direct(args: argparse.Namespace, w: Workload, target: Target, report: d
     import ray
 
     from actors.ledger.model import NO_METADATA, AccountFlags, AccountSpec, TransferOp
-    from actors.messages import decode_balances, encode
+    from actors.messages import decode_balances, decode_stats, encode
 
     shards = target.shards
     assert shards is not None and target.database_url is not None
@@ -228,12 +223,20 @@ def _run_direct(args: argparse.Namespace, w: Workload, target: Target, report: d
     ray.get([shards[s].create_accounts.remote(encode(v)) for s, v in specs.items()])
     ray.get([shards[s].execute.remote(encode(v)) for s, v in funding.items()])
     print(f"direct: {args.concurrency} clients for {args.duration:.0f}s ...", flush=True)
+
+    def committed() -> dict[str, float]:
+        stats = [decode_stats(raw) for raw in ray.get([s.stats.remote() for s in shards])]
+        return {"commits": sum(x.commits for x in stats),
+                "rows": sum(x.rows_committed for x in stats)}  # fmt: skip
+
+    before = committed()
     with PeakRss(lambda: total_rss(process_tree(os.getpid(), target.pgdata))) as rss:
         result = asyncio.run(
             drivers.direct(shards, w, args.concurrency, args.batch_size, args.duration)
         )
     report["node"] = [result.summary()]
     report["peak_rss_mb"] = round(rss.peak / 2**20, 1)
+    report["postgres"] = _commit_figures(before, committed(), result.elapsed_s)
     memory = {}
     for raw in ray.get([s.balances.remote() for s in shards]):
         for b in decode_balances(raw) or []:
@@ -301,6 +304,15 @@ def _run_baseline(
 
 
 # -- reporting ----------------------------------------------------------------------
+
+
+def _commit_figures(before: dict, after: dict, seconds: float) -> dict[str, float]:
+    commits = after["commits"] - before["commits"]
+    rows = after["rows"] - before["rows"]
+    return {
+        "commits_per_s": round(commits / seconds, 1) if seconds else 0.0,
+        "rows_per_commit": round(rows / commits, 1) if commits else 0.0,
+    }
 
 
 def _scrape(url: str) -> dict[str, float]:
