@@ -11,7 +11,7 @@ import contextlib
 import sys
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -118,26 +118,42 @@ def _session(concurrency: int) -> aiohttp.ClientSession:
     )
 
 
+async def _closed_loop(
+    result: RunResult,
+    concurrency: int,
+    duration: float,
+    request: Callable[[float], Awaitable[None]],
+) -> RunResult:
+    """``concurrency`` clients each awaiting ``request(t0)`` until ``duration`` has passed.
+
+    ``request`` sends one request and books its outcome; the loop times it.
+    """
+    t0 = time.perf_counter()
+    stop = t0 + duration
+
+    async def client() -> None:
+        while (start := time.perf_counter()) < stop:
+            await request(t0)
+            result.requests += 1
+            result.latency.record(time.perf_counter() - start)
+
+    async with progress(result, t0):
+        await asyncio.gather(*(client() for _ in range(concurrency)))
+    result.elapsed_s = time.perf_counter() - t0
+    return result
+
+
 async def closed_single(url: str, w: Workload, concurrency: int, duration: float) -> RunResult:
     result = RunResult("single", concurrency, 1)
     target = url + "/v1/transfers"
     async with _session(concurrency) as http:
-        t0 = time.perf_counter()
-        stop = t0 + duration
 
-        async def client() -> None:
-            while (start := time.perf_counter()) < stop:
-                answer = await _post(http, target, _encode(w.transfer()), result)
-                now = time.perf_counter()
-                result.requests += 1
-                result.latency.record(now - start)
-                if answer is not None:
-                    _count_single(result, *answer, now - t0)
+        async def request(t0: float) -> None:
+            answer = await _post(http, target, _encode(w.transfer()), result)
+            if answer is not None:
+                _count_single(result, *answer, time.perf_counter() - t0)
 
-        async with progress(result, t0):
-            await asyncio.gather(*(client() for _ in range(concurrency)))
-        result.elapsed_s = time.perf_counter() - t0
-    return result
+        return await _closed_loop(result, concurrency, duration, request)
 
 
 async def closed_batch(
@@ -146,34 +162,25 @@ async def closed_batch(
     result = RunResult("batch", concurrency, batch_size)
     target = url + "/v1/transfers/batch"
     async with _session(concurrency) as http:
-        t0 = time.perf_counter()
-        stop = t0 + duration
 
-        async def client() -> None:
-            while (start := time.perf_counter()) < stop:
-                body = _encode({"transfers": [w.transfer() for _ in range(batch_size)]})
-                answer = await _post(http, target, body, result)
-                now = time.perf_counter()
-                result.requests += 1
-                result.latency.record(now - start)
-                if answer is None:
-                    continue
-                status, raw = answer
-                if status != 200:
-                    result.errors[f"http_{status}"] += batch_size
-                    continue
-                ok = 0
-                for item in _decode_batch(raw)["results"]:
-                    if "status" in item:
-                        ok += 1
-                    else:
-                        result.refused[item["code"]] += 1
-                result.ack(ok, now - t0)
+        async def request(t0: float) -> None:
+            body = _encode({"transfers": [w.transfer() for _ in range(batch_size)]})
+            answer = await _post(http, target, body, result)
+            if answer is None:
+                return
+            status, raw = answer
+            if status != 200:
+                result.errors[f"http_{status}"] += batch_size
+                return
+            ok = 0
+            for item in _decode_batch(raw)["results"]:
+                if "status" in item:
+                    ok += 1
+                else:
+                    result.refused[item["code"]] += 1
+            result.ack(ok, time.perf_counter() - t0)
 
-        async with progress(result, t0):
-            await asyncio.gather(*(client() for _ in range(concurrency)))
-        result.elapsed_s = time.perf_counter() - t0
-    return result
+        return await _closed_loop(result, concurrency, duration, request)
 
 
 async def open_single(
@@ -221,34 +228,25 @@ async def direct(
 
     result = RunResult("direct", concurrency, batch_size)
     count = len(shards)
-    t0 = time.perf_counter()
-    stop = t0 + duration
 
-    async def client() -> None:
-        while (start := time.perf_counter()) < stop:
-            per_shard: dict[int, list[list[TransferOp]]] = {}
-            for _ in range(batch_size):
-                t = w.transfer()
-                op = TransferOp(t["id"], t["debit_account_id"], t["credit_account_id"],
-                                t["amount"], "USD", 0, None, 0, NO_METADATA)  # fmt: skip
-                per_shard.setdefault(shard_key(op.debit_account_id) % count, []).append([op])
-            answers = await asyncio.gather(
-                *(shards[s].execute.remote(encode(groups)) for s, groups in per_shard.items())
-            )
-            now = time.perf_counter()
-            result.requests += 1
-            result.latency.record(now - start)
-            ok = 0
-            for raw in answers:
-                for group in decode_outcomes(raw):
-                    for o in group:
-                        if o.code:
-                            result.refused[o.code] += 1
-                        else:
-                            ok += 1
-            result.ack(ok, now - t0)
+    async def request(t0: float) -> None:
+        per_shard: dict[int, list[list[TransferOp]]] = {}
+        for _ in range(batch_size):
+            t = w.transfer()
+            op = TransferOp(t["id"], t["debit_account_id"], t["credit_account_id"],
+                            t["amount"], "USD", 0, None, 0, NO_METADATA)  # fmt: skip
+            per_shard.setdefault(shard_key(op.debit_account_id) % count, []).append([op])
+        answers = await asyncio.gather(
+            *(shards[s].execute.remote(encode(groups)) for s, groups in per_shard.items())
+        )
+        ok = 0
+        for raw in answers:
+            for group in decode_outcomes(raw):
+                for o in group:
+                    if o.code:
+                        result.refused[o.code] += 1
+                    else:
+                        ok += 1
+        result.ack(ok, time.perf_counter() - t0)
 
-    async with progress(result, t0):
-        await asyncio.gather(*(client() for _ in range(concurrency)))
-    result.elapsed_s = time.perf_counter() - t0
-    return result
+    return await _closed_loop(result, concurrency, duration, request)
