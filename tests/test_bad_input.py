@@ -63,31 +63,32 @@ def enc(value: object) -> bytes:
     return json.dumps(value).encode()
 
 
-def tr(**changes: object) -> dict:
-    """A valid plain transfer alice -> bob with ``changes`` applied (_DROP removes)."""
-    body: dict = {
-        "id": f"bad-{next(_ids)}",
-        "debit_account_id": "alice",
-        "credit_account_id": "bob",
-        "amount": 10,
-        "currency": USD,
-    }
+def _changed(body: dict, changes: dict[str, object]) -> dict:
+    """``body`` with ``changes`` applied; a value of _DROP removes the field."""
     for k, v in changes.items():
         if v is _DROP:
             body.pop(k, None)
         else:
             body[k] = v
     return body
+
+
+def tr(**changes: object) -> dict:
+    """A valid plain transfer alice -> bob with ``changes`` applied."""
+    return _changed(
+        {
+            "id": f"bad-{next(_ids)}",
+            "debit_account_id": "alice",
+            "credit_account_id": "bob",
+            "amount": 10,
+            "currency": USD,
+        },
+        changes,
+    )
 
 
 def acct(**changes: object) -> dict:
-    body: dict = {"id": f"new-{next(_ids)}", "currency": USD}
-    for k, v in changes.items():
-        if v is _DROP:
-            body.pop(k, None)
-        else:
-            body[k] = v
-    return body
+    return _changed({"id": f"new-{next(_ids)}", "currency": USD}, changes)
 
 
 def cursor(raw: bytes) -> str:
