@@ -53,9 +53,12 @@ class MicroBatcher(Generic[T, R]):
     def queued(self) -> int:
         return self._weight
 
+    def has_room(self, weight: int) -> bool:
+        return self._weight + weight <= self._queue_limit
+
     def submit(self, item: T, weight: int = 1) -> asyncio.Future[R]:
         """Queue ``item`` (worth ``weight`` units toward ``max_items``); await the future."""
-        if self._weight + weight > self._queue_limit:
+        if not self.has_room(weight):
             raise Overloaded
         fut: asyncio.Future[R] = asyncio.get_running_loop().create_future()
         self._items.append(item)

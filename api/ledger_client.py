@@ -47,11 +47,15 @@ from storage.schema import accounts as accounts_t
 from storage.schema import transfers as transfers_t
 
 from . import problems as p
-from .batcher import MicroBatcher
+from .batcher import MicroBatcher, Overloaded
 from .schemas import TransferIn
 from .validation import canonical_metadata, transfer_flags
 
 CMNED = AccountFlags.CREDITS_MUST_NOT_EXCEED_DEBITS
+
+# Groups run as segments: one-decider groups by shard, or one two-phase group
+# (start, ops, deciders, participants).
+_Segment = dict[int, list[tuple[int, Group]]] | tuple[int, Group, list[int], list[int]]
 
 
 class Unavailable(Exception):
@@ -83,12 +87,13 @@ class LedgerClient:
         self._shards_by_account: dict[str, int] = {}
 
         def batcher(send, max_items: int | None = None):
+            max_items = max_items or settings.batch_max_items
             return MicroBatcher(
                 send,
-                max_items=max_items or settings.batch_max_items,
+                max_items=max_items,
                 window_s=settings.batch_window_ms / 1000,
                 max_inflight=settings.batch_max_inflight,
-                queue_limit=settings.queue_limit,
+                queue_limit=max(settings.queue_limit, max_items),
                 on_batch=on_batch,
             )
 
@@ -214,7 +219,7 @@ class LedgerClient:
         # Segments run one after another, so no group sees a later group's effects:
         # consecutive one-decider groups share a segment (one item per shard);
         # a group spanning shards is a segment of its own.
-        segments: list[dict[int, list[tuple[int, Group]]] | tuple[int, Group, list, list]] = []
+        segments: list[_Segment] = []
         for start, end in _chains(drafts):
             group_drafts = drafts[start:end]
             ops, failure = self._ops(group_drafts, specs)
@@ -233,23 +238,40 @@ class LedgerClient:
 
         try:
             async with asyncio.timeout(self.settings.request_timeout_s):
-                for segment in segments:
-                    if isinstance(segment, dict):
-                        await self._run_local(segment, outcomes)
-                    else:
-                        start, ops, deciders, participants = segment
-                        # Shielded: a client timeout must not strand reservations halfway.
-                        task = asyncio.ensure_future(self._two_phase(ops, deciders, participants))
-                        outcomes[start : start + len(ops)] = await asyncio.shield(task)
+                for n, segment in enumerate(segments):
+                    try:
+                        await self._run_segment(segment, outcomes)
+                    except Overloaded:
+                        # Nothing of this segment or later ones was queued: say so per transfer.
+                        for later in segments[n:]:
+                            for start, ops in _groups_of(later):
+                                outcomes[start : start + len(ops)] = [
+                                    Outcome(op.id, p.OVERLOADED) for op in ops
+                                ]
+                        break
         except TimeoutError:
             raise p.ApiError(p.TIMEOUT) from None
         assert all(o.id for o in outcomes), "every transfer gets an outcome"
         return outcomes
 
+    async def _run_segment(self, segment: _Segment, outcomes: list[Outcome]) -> None:
+        if isinstance(segment, dict):
+            await self._run_local(segment, outcomes)
+            return
+        start, ops, deciders, participants = segment
+        if not all(self._prepare[s].has_room(len(ops)) for s in deciders):
+            raise Overloaded
+        # Shielded: a client timeout must not strand reservations halfway.
+        task = asyncio.ensure_future(self._two_phase(ops, deciders, participants))
+        outcomes[start : start + len(ops)] = await asyncio.shield(task)
+
     async def _run_local(
         self, segment: dict[int, list[tuple[int, Group]]], outcomes: list[Outcome]
     ) -> None:
-        """One item per shard holding all of this segment's groups for it."""
+        """One item per shard holding all of this segment's groups for it (all or none queued)."""
+        weights = {shard: sum(len(g) for _, g in entries) for shard, entries in segment.items()}
+        if not all(self._execute[shard].has_room(w) for shard, w in weights.items()):
+            raise Overloaded
         calls = [
             (entries, self._execute[shard].submit([g for _, g in entries],
                                                   weight=sum(len(g) for _, g in entries)))
@@ -399,6 +421,12 @@ def _chains(drafts: Sequence[_Draft]) -> list[tuple[int, int]]:
             spans.append((start, i + 1))
             start = i + 1
     return spans
+
+
+def _groups_of(segment: _Segment) -> list[tuple[int, Group]]:
+    if isinstance(segment, dict):
+        return [entry for entries in segment.values() for entry in entries]
+    return [(segment[0], segment[1])]
 
 
 def _linked(d: _Draft) -> bool:

@@ -224,3 +224,21 @@ def test_operations_endpoints(node) -> None:
     assert "application/problem+json" in post["responses"]["422"]["content"]
     amount = schemas["TransferIn"]["properties"]["amount"]
     assert "integer" in str(amount) and "9223372036854775807" in str(amount)
+
+
+def test_overload_is_refused_whole_and_changes_nothing(make_node) -> None:
+    node = make_node(shards=2, batch_max_items=10, queue_limit=20)
+    account(node, "ov1")
+    account(node, "ov2")
+    batch = [
+        {"id": f"ov-{i}", "debit_account_id": "ov1" if i % 2 else "ov2",
+         "credit_account_id": "ov2" if i % 2 else "ov1", "amount": 1, "currency": "USD"}
+        for i in range(60)
+    ]  # fmt: skip
+    r = node.http.post("/v1/transfers/batch", json={"transfers": batch})
+    assert r.status_code == 200
+    assert {x.get("code") for x in r.json()["results"]} == {"overloaded"}
+    assert node.http.get("/v1/accounts/ov1").json()["debits_posted"] == 0
+    assert node.http.get("/v1/transfers/ov-0").status_code == 404
+    ok = transfer(node, id="ov-single", debit_account_id="ov1", credit_account_id="ov2", amount=1)
+    assert ok.status_code == 201
