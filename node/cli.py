@@ -119,7 +119,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.command == "migrate":
         return cmd_migrate(settings)
-    return cmd_run(settings)
+    from .runtime import DatabaseInUse
+
+    try:
+        return cmd_run(settings)
+    except DatabaseInUse as e:
+        print(f"paynode: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -16,7 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
+import psycopg
 
+from storage.database import libpq_url
 from storage.migrations import migrate
 
 from .config import Settings
@@ -24,6 +26,27 @@ from .config import Settings
 log = logging.getLogger("paynode.node")
 
 SHARD_NAME = "paynode-shard-{index}"
+
+
+class DatabaseInUse(RuntimeError):
+    """Another node owns this database: two sets of shards would both decide its accounts."""
+
+
+_OWNER_LOCK = 0x7061796E6F6465 + 1  # next to the migration lock's key
+
+
+def claim_database(database_url: str) -> psycopg.Connection:
+    """Hold a session advisory lock for as long as this node runs.
+
+    PostgreSQL drops it when the connection dies, so a killed node never
+    blocks its own restart.
+    """
+    conn = psycopg.connect(libpq_url(database_url), autocommit=True, connect_timeout=10)
+    row = conn.execute("SELECT pg_try_advisory_lock(%s)", (_OWNER_LOCK,)).fetchone()
+    if not row or not row[0]:
+        conn.close()
+        raise DatabaseInUse("another paynode node is running on this database")
+    return conn
 
 
 @dataclass
@@ -34,6 +57,7 @@ class Services:
     shards: list[object] = field(default_factory=list)
     _pg: object | None = None
     _ray_started: bool = False
+    _owner: psycopg.Connection | None = None
 
     def stop(self) -> None:
         import ray
@@ -49,6 +73,9 @@ class Services:
         if self._ray_started:
             ray.shutdown()
             self._ray_started = False
+        if self._owner is not None:
+            self._owner.close()
+            self._owner = None
         if self._pg is not None:
             self._pg.cleanup()  # type: ignore[attr-defined]
             self._pg = None
@@ -166,6 +193,7 @@ def start(settings: Settings) -> Services:
     database_url, pg = start_postgres(settings)
     services = Services(settings, database_url, [], _pg=pg)
     try:
+        services._owner = claim_database(database_url)
         applied = migrate(database_url)
         if applied:
             log.info("applied migrations %s", applied)

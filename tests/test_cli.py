@@ -54,3 +54,19 @@ def test_bad_configuration_is_refused_before_start(args, env_extra, message) -> 
     result = _paynode(*args, env={**os.environ, **env_extra})
     assert result.returncode == 2
     assert message in result.stderr
+
+
+def test_second_node_on_the_same_database_is_refused(database_url: str) -> None:
+    from node.runtime import DatabaseInUse, claim_database
+
+    owner = claim_database(database_url)
+    try:
+        with pytest.raises(DatabaseInUse):
+            claim_database(database_url)
+        env = {**os.environ, "DATABASE_URL": database_url}
+        result = _paynode("run", "--port", "1", "--shards", "1", env=env)
+        assert result.returncode == 2
+        assert "another paynode node is running on this database" in result.stderr
+    finally:
+        owner.close()
+    claim_database(database_url).close()  # released with its connection
