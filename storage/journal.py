@@ -7,7 +7,7 @@ the shard answer any of it.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 
 import msgspec
 import psycopg
@@ -114,13 +114,3 @@ async def load_shard(
                 rows.extend(JournalRow(*r) for r in batch)
     rows.sort(key=_replay_order)
     return ShardSnapshot(accounts, rows)
-
-
-async def iter_all_rows(conn: psycopg.AsyncConnection) -> AsyncIterator[JournalRow]:
-    """Every journal row in timestamp order (tests and audits)."""
-    async with conn.cursor(name="paynode_all") as cur:
-        cols = ", ".join(f"{c}::text" if c == "metadata" else c for c in TRANSFER_COLUMNS)
-        await cur.execute(f"SELECT {cols} FROM transfers ORDER BY ts, id")
-        while batch := await cur.fetchmany(10_000):
-            for r in batch:
-                yield JournalRow(*r)
