@@ -396,7 +396,12 @@ class LedgerShard:
         for spec in specs:
             assert shard_of(spec.id, self.count) == self.index, "account routed to the wrong shard"
             stamped = AccountSpec(
-                spec.id, spec.currency, spec.flags, spec.metadata, self.ledger.timestamp(now)
+                spec.id,
+                spec.currency,
+                spec.flags,
+                spec.metadata,
+                self.ledger.timestamp(now),
+                spec.owner,
             )
             code, stored = self.ledger.create_account(stamped)
             if code == Code.OK:

@@ -14,11 +14,11 @@ import logging
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import msgspec
 import sqlalchemy as sa
-from fastapi import FastAPI, Query, Request
+from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
@@ -34,13 +34,20 @@ from actors.ledger.model import (
 )
 from actors.messages import decode_stats
 from node.config import Settings
+from node.keyring import Keyring
+from storage import identity
 from storage.database import async_engine
 from storage.schema import TRANSFER_COLUMNS
 from storage.schema import transfers as transfers_t
 
-from . import contract
+from . import contract, identity_routes
 from . import problems as p
+from .auth.authenticate import Authenticator
+from .auth.ratelimit import TokenBuckets, retry_after
+from .auth.scopes import Principal
 from .batcher import Overloaded
+from .deps import Context, check_owner, require
+from .http import decode_body, json_response
 from .ledger_client import LedgerClient, Unavailable
 from .metrics import FrontMetrics, render
 from .schemas import (
@@ -58,30 +65,7 @@ from .schemas import (
 from .validation import account_flags, canonical_metadata
 
 log = logging.getLogger("paynode.api")
-T = TypeVar("T")
-JSON = "application/json"
-
-
-def _json(obj: object, status: int = 200) -> Response:
-    return Response(msgspec.json.encode(obj), status, media_type=JSON)
-
-
-async def _decode(request: Request, t: type[T], limit: int) -> T:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise p.ApiError(p.BODY_TOO_LARGE, f"at most {limit} bytes")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise p.ApiError(p.BODY_TOO_LARGE, f"at most {limit} bytes")
-        chunks.append(chunk)
-    try:
-        return msgspec.json.decode(b"".join(chunks), type=t)
-    except msgspec.ValidationError as e:
-        raise p.from_validation(e) from None
-    except (msgspec.DecodeError, UnicodeDecodeError):
-        raise p.ApiError(p.MALFORMED_JSON) from None
+_PUBLIC_PATHS = frozenset({"/health", "/ready"})  # never rate limited: probes must see the truth
 
 
 def account_out(b: AccountBalances) -> AccountOut:
@@ -98,6 +82,7 @@ def account_out(b: AccountBalances) -> AccountOut:
         available=balance - b.debits_pending,
         metadata=msgspec.json.decode(b.metadata),
         timestamp=b.ts,
+        owner_user_id=b.owner or None,
     )
 
 
@@ -152,19 +137,29 @@ _NO_TELEMETRY: dict[str, Any] = (
 )
 
 
-def create_app(settings: Settings, shard_names: list[str]) -> FastAPI:
+def create_app(settings: Settings, shard_names: list[str], keys: Keyring) -> FastAPI:
     """The ASGI app. Ray must be initialized in this process (the shards are looked up)."""
     metrics = FrontMetrics()
     state: dict[str, Any] = {}
+    per_ip = TokenBuckets(settings.ip_rate_per_s, settings.ip_rate_burst)
 
     @asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         import ray
 
         handles = [ray.get_actor(n, namespace=settings.namespace) for n in shard_names]
         engine = async_engine(settings.database_url or "", settings.db_pool_size)
         state["engine"] = engine
         state["client"] = LedgerClient(handles, engine, settings, on_batch=metrics.observe_batch)
+        app.state.ctx = Context(
+            settings=settings,
+            keys=keys,
+            engine=engine,
+            client=state["client"],
+            auth=Authenticator(keys, engine, settings.auth_cache_s, settings.api_key),
+            per_principal=TokenBuckets(settings.rate_per_s, settings.rate_burst),
+            per_ip_auth=TokenBuckets(settings.auth_rate_per_s, settings.auth_rate_burst),
+        )
         try:
             yield
         finally:
@@ -186,7 +181,7 @@ def create_app(settings: Settings, shard_names: list[str]) -> FastAPI:
 
     @app.exception_handler(p.ApiError)
     async def _api_error(_: Request, e: p.ApiError) -> Response:
-        return p.problem(e.code, e.detail, e.field, e.status)
+        return p.problem(e.code, e.detail, e.field, e.status, e.headers)
 
     @app.exception_handler(Overloaded)
     async def _overloaded(_: Request, e: Overloaded) -> Response:
@@ -237,7 +232,41 @@ def create_app(settings: Settings, shard_names: list[str]) -> FastAPI:
                 path = getattr(scope.get("route"), "path", "unmatched")
                 metrics.requests[(scope["method"], path, status[0])] += 1
 
+    class LimitPerAddress:
+        """Pure ASGI: a token bucket per client address, before any routing or parsing."""
+
+        def __init__(self, inner: Any) -> None:
+            self.inner = inner
+
+        async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+            if scope["type"] == "http" and scope["path"] not in _PUBLIC_PATHS:
+                client = scope.get("client")
+                wait = per_ip.take(client[0] if client else "unknown")
+                if wait:
+                    response = p.problem(p.RATE_LIMITED, headers={"Retry-After": retry_after(wait)})
+                    await response(scope, receive, send)
+                    return
+            await self.inner(scope, receive, send)
+
+    # The last added is the outermost: counting, then CORS, then the address limit.
+    app.add_middleware(LimitPerAddress)
+    if settings.cors_origins:
+        from starlette.middleware.cors import CORSMiddleware
+
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=[o.strip() for o in settings.cors_origins.split(",") if o.strip()],
+            allow_methods=["GET", "POST", "PATCH", "DELETE"],
+            allow_headers=["Authorization", "Content-Type"],
+            expose_headers=["Retry-After"],
+            max_age=600,
+        )
     app.add_middleware(CountRequests)
+    app.include_router(identity_routes.router)
+
+    def may_debit(principal: Principal):
+        """None for admins (no check); else a check that the debit account is theirs."""
+        return None if principal.admin else principal.owns
 
     # -- accounts ---------------------------------------------------------
 
@@ -246,47 +275,59 @@ def create_app(settings: Settings, shard_names: list[str]) -> FastAPI:
         openapi_extra=contract.body(AccountIn),
         responses=contract.replies(
             {201: (AccountOut, "Created"), 200: (AccountOut, "Already existed, same fields")},
-            (400, 409, 413, 422, 503),
+            (400, 401, 403, 404, 409, 413, 422, 429, 503),
         ),
         status_code=201,
     )
-    async def create_account(request: Request) -> Response:
-        body = await _decode(request, AccountIn, settings.max_body_bytes)
+    async def create_account(
+        request: Request, principal: Annotated[Principal, Depends(require("accounts:write"))]
+    ) -> Response:
+        body = await decode_body(request, AccountIn, settings.max_body_bytes)
+        owner = await _account_owner(principal, body.owner_user_id)
         spec = AccountSpec(
-            body.id, body.currency, account_flags(body), canonical_metadata(body.metadata)
+            body.id, body.currency, account_flags(body), canonical_metadata(body.metadata), 0, owner
         )
         result = await client().create_account(spec)
         if result.code not in (Code.OK, Code.EXISTS):
             raise p.ApiError(result.code)
-        fresh = AccountBalances(*msgspec.structs.astuple(result.spec), 0, 0, 0, 0)
+        s = result.spec
+        fresh = AccountBalances(s.id, s.currency, s.flags, s.metadata, s.ts, 0, 0, 0, 0, s.owner)
         if result.code == Code.EXISTS:
             current = await client().account(spec.id)
             fresh = current or fresh
-        return _json(account_out(fresh), 201 if result.code == Code.OK else 200)
+        return json_response(account_out(fresh), 201 if result.code == Code.OK else 200)
 
     @app.get(
         "/v1/accounts/{account_id}",
-        responses=contract.replies({200: (AccountOut, "The account")}, (404, 503)),
+        responses=contract.replies({200: (AccountOut, "The account")}, (401, 403, 404, 429, 503)),
     )
-    async def get_account(account_id: str) -> Response:
+    async def get_account(
+        account_id: str, principal: Annotated[Principal, Depends(require("accounts:read"))]
+    ) -> Response:
         _check_path_id(account_id, Code.ACCOUNT_NOT_FOUND)
         found = await client().account(account_id)
         if found is None:
             raise p.ApiError(Code.ACCOUNT_NOT_FOUND, status=404)
-        return _json(account_out(found))
+        check_owner(principal, found.owner)
+        return json_response(account_out(found))
 
     @app.get(
         "/v1/accounts/{account_id}/transfers",
-        responses=contract.replies({200: (TransferPage, "Newest first")}, (400, 404, 422)),
+        responses=contract.replies(
+            {200: (TransferPage, "Newest first")}, (400, 401, 403, 404, 422, 429)
+        ),
     )
     async def account_transfers(
         account_id: str,
+        principal: Annotated[Principal, Depends(require("transfers:read"))],
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
         cursor: Annotated[str | None, Query(max_length=200)] = None,
     ) -> Response:
         _check_path_id(account_id, Code.ACCOUNT_NOT_FOUND)
-        if not await client().resolve({account_id}):
+        spec = (await client().resolve({account_id})).get(account_id)
+        if spec is None:
             raise p.ApiError(Code.ACCOUNT_NOT_FOUND, status=404)
+        check_owner(principal, spec.owner)
         t = transfers_t
         cols = [sa.cast(c, sa.Text) if c.name == "metadata" else c for c in t.columns]
         sides = []
@@ -303,7 +344,7 @@ def create_app(settings: Settings, shard_names: list[str]) -> FastAPI:
         more = len(rows) > limit
         rows = rows[:limit]
         next_cursor = _cursor_encode(rows[-1].ts, rows[-1].id) if more and rows else None
-        return _json(TransferPage([transfer_out(r) for r in rows], next_cursor))
+        return json_response(TransferPage([transfer_out(r) for r in rows], next_cursor))
 
     # -- transfers --------------------------------------------------------
 
@@ -312,29 +353,33 @@ def create_app(settings: Settings, shard_names: list[str]) -> FastAPI:
         openapi_extra=contract.body(TransferIn),
         responses=contract.replies(
             {201: (TransferOut, "Applied"), 200: (TransferOut, "Replay of the same transfer")},
-            (400, 409, 413, 422, 503),
+            (400, 401, 403, 409, 413, 422, 429, 503),
         ),
         status_code=201,
     )
-    async def create_transfer(request: Request) -> Response:
-        body = await _decode(request, TransferIn, settings.max_body_bytes)
-        (outcome,) = await client().transfer([body])
+    async def create_transfer(
+        request: Request, principal: Annotated[Principal, Depends(require("transfers:write"))]
+    ) -> Response:
+        body = await decode_body(request, TransferIn, settings.max_body_bytes)
+        (outcome,) = await client().transfer([body], may_debit(principal))
         metrics.outcomes[outcome.code] += 1
         if outcome.code or outcome.row is None:
             raise p.ApiError(outcome.code)
-        return _json(transfer_out(outcome.row), 200 if outcome.replayed else 201)
+        return json_response(transfer_out(outcome.row), 200 if outcome.replayed else 201)
 
     @app.post(
         "/v1/transfers/batch",
         openapi_extra=contract.body(TransferBatchIn),
         responses=contract.replies(
             {200: (TransferBatchOut, "One result per transfer, in request order")},
-            (400, 413, 422, 503),
+            (400, 401, 403, 413, 422, 429, 503),
         ),
     )
-    async def create_transfers(request: Request) -> Response:
-        body = await _decode(request, TransferBatchIn, settings.max_body_bytes)
-        outcomes = await client().transfer(body.transfers)
+    async def create_transfers(
+        request: Request, principal: Annotated[Principal, Depends(require("transfers:write"))]
+    ) -> Response:
+        body = await decode_body(request, TransferBatchIn, settings.max_body_bytes)
+        outcomes = await client().transfer(body.transfers, may_debit(principal))
         results = []
         for o in outcomes:
             metrics.outcomes[o.code] += 1
@@ -342,13 +387,17 @@ def create_app(settings: Settings, shard_names: list[str]) -> FastAPI:
                 results.append(BatchResult(o.id, code=o.code))
             else:
                 results.append(BatchResult(o.id, status=o.row.status))  # type: ignore[arg-type]
-        return _json(TransferBatchOut(results))
+        return json_response(TransferBatchOut(results))
 
     @app.get(
         "/v1/transfers/{transfer_id}",
-        responses=contract.replies({200: (TransferOut, "The transfer as journaled")}, (404,)),
+        responses=contract.replies(
+            {200: (TransferOut, "The transfer as journaled")}, (401, 403, 404, 429)
+        ),
     )
-    async def get_transfer(transfer_id: str) -> Response:
+    async def get_transfer(
+        transfer_id: str, principal: Annotated[Principal, Depends(require("transfers:read"))]
+    ) -> Response:
         _check_path_id(transfer_id, p.TRANSFER_NOT_FOUND)
         cols = [sa.cast(c, sa.Text) if c.name == "metadata" else c for c in transfers_t.columns]
         q = sa.select(*cols).where(transfers_t.c.id == transfer_id)
@@ -356,13 +405,37 @@ def create_app(settings: Settings, shard_names: list[str]) -> FastAPI:
             row = (await conn.execute(q)).first()
         if row is None:
             raise p.ApiError(p.TRANSFER_NOT_FOUND)
-        return _json(transfer_out(JournalRow(*row)))
+        journaled = JournalRow(*row)
+        if not principal.admin:
+            # Either side may look: the payer and the payee both see the transfer.
+            sides = await client().resolve(
+                {journaled.debit_account_id, journaled.credit_account_id}
+            )
+            if not any(principal.owns(s.owner) for s in sides.values()):
+                raise p.ApiError(p.FORBIDDEN)
+        return json_response(transfer_out(journaled))
+
+    async def _account_owner(principal: Principal, wanted: str | None) -> str:
+        """Who owns a new account: the caller's user; an admin may name anyone or no one."""
+        if not principal.admin:
+            if wanted is not None and wanted != principal.user_id:
+                raise p.ApiError(
+                    p.FORBIDDEN, "only admins choose an account's owner", "$.owner_user_id"
+                )
+            assert principal.user_id is not None, "non-admin credentials always act as a user"
+            return principal.user_id
+        if wanted is None:
+            return ""
+        async with state["engine"].connect() as conn:
+            if not await identity.user_exists(conn, wanted):
+                raise p.ApiError(p.USER_NOT_FOUND, field="$.owner_user_id", status=422)
+        return wanted
 
     # -- operations -------------------------------------------------------
 
     @app.get("/health", responses=contract.replies({200: (Health, "The process is up")}))
     async def health() -> Response:
-        return _json(Health("ok"))
+        return json_response(Health("ok"))
 
     @app.get(
         "/ready",
@@ -385,7 +458,7 @@ def create_app(settings: Settings, shard_names: list[str]) -> FastAPI:
             results = [False] * len(checks)
         ok = [r is True for r in results]
         body = Readiness("ready" if all(ok) else "not_ready", ok[0], ok[1:])
-        return _json(body, 200 if all(ok) else 503)
+        return json_response(body, 200 if all(ok) else 503)
 
     @app.get("/metrics", response_class=Response)
     async def prometheus() -> Response:

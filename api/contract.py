@@ -14,6 +14,7 @@ import msgspec
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
+from .identity_schemas import IDENTITY_TYPES
 from .problems import PROBLEM_JSON
 from .schemas import PUBLIC_TYPES, Problem
 
@@ -54,7 +55,9 @@ def install(app: FastAPI) -> None:
                 title=app.title, version=app.version, description=app.description,
                 routes=app.routes,
             )  # fmt: skip
-            _, components = msgspec.json.schema_components(PUBLIC_TYPES, ref_template=_REF)
+            _, components = msgspec.json.schema_components(
+                PUBLIC_TYPES + IDENTITY_TYPES, ref_template=_REF
+            )
             schema.setdefault("components", {}).setdefault("schemas", {}).update(components)
             # FastAPI's default 422 (pydantic) never happens here: we answer with Problem.
             schema["components"]["schemas"].pop("HTTPValidationError", None)

@@ -185,6 +185,7 @@ class LedgerClient:
             accounts_t.c.flags,
             sa.cast(accounts_t.c.metadata, sa.Text),
             accounts_t.c.ts,
+            sa.func.coalesce(accounts_t.c.owner_user_id, ""),
         ).where(accounts_t.c.id.in_(set(ids)))
         async with self.engine.connect() as conn:
             rows = {r[0]: AccountSpec(*r) for r in await conn.execute(q)}
@@ -192,12 +193,16 @@ class LedgerClient:
 
     # -- transfers ----------------------------------------------------------
 
-    async def transfer(self, bodies: Sequence[TransferIn]) -> list[Outcome]:
+    async def transfer(
+        self, bodies: Sequence[TransferIn], may_debit: Callable[[str], bool] | None = None
+    ) -> list[Outcome]:
         """Submit transfers in order; linked chains all-or-nothing. One outcome each.
 
         A request's groups that one shard can decide travel to it as one item
         (one future, however many transfers); groups spanning shards run the
-        two-phase protocol.
+        two-phase protocol. ``may_debit(owner_user_id)`` is asked for every
+        existing debit account (after post/void took theirs from the pending);
+        one refusal fails the whole request with 403 before anything is queued.
         """
         drafts = [_Draft(b) for b in bodies]
         for d in drafts:
@@ -214,6 +219,15 @@ class LedgerClient:
             if a is not None
         }
         specs = await self.resolve(ids)
+        if may_debit is not None:
+            for i, d in enumerate(drafts):
+                debit = specs.get(d.body.debit_account_id or "") if not d.code else None
+                if debit is not None and not may_debit(debit.owner):
+                    raise p.ApiError(
+                        p.FORBIDDEN,
+                        f"transfer {i} debits an account that is not yours",
+                        "debit_account_id",
+                    )
 
         outcomes: list[Outcome] = [Outcome("")] * len(drafts)
         # Segments run one after another, so no group sees a later group's effects:

@@ -37,6 +37,27 @@ OVERLOADED = "overloaded"
 TIMEOUT = "timeout"
 INTERNAL = "internal_error"
 
+# Identity and access.
+UNAUTHENTICATED = "unauthenticated"
+INVALID_TOKEN = "invalid_token"
+TOKEN_EXPIRED = "token_expired"
+INVALID_API_KEY = "invalid_api_key"
+SESSION_REVOKED = "session_revoked"
+INVALID_CREDENTIALS = "invalid_credentials"
+INVALID_REFRESH_TOKEN = "invalid_refresh_token"
+REFRESH_TOKEN_REUSED = "refresh_token_reused"
+FORBIDDEN = "forbidden"
+INSUFFICIENT_SCOPE = "insufficient_scope"
+SCOPE_NOT_GRANTABLE = "scope_not_grantable"
+RATE_LIMITED = "rate_limited"
+EMAIL_TAKEN = "email_taken"
+WEAK_PASSWORD = "weak_password"
+USER_NOT_FOUND = "user_not_found"
+API_KEY_NOT_FOUND = "api_key_not_found"
+KYC_ALREADY_VERIFIED = "kyc_already_verified"
+KYC_IN_REVIEW = "kyc_in_review"
+KYC_NOT_PENDING = "kyc_not_pending"
+
 _TABLE: dict[str, tuple[int, str]] = {
     MALFORMED_JSON: (400, "Request body is not valid JSON"),
     BODY_TOO_LARGE: (413, "Request body too large"),
@@ -55,6 +76,25 @@ _TABLE: dict[str, tuple[int, str]] = {
     OVERLOADED: (503, "Node overloaded, retry later"),
     TIMEOUT: (503, "No answer in time; retry with the same id"),
     INTERNAL: (500, "Internal error"),
+    UNAUTHENTICATED: (401, "Authentication required: Authorization: Bearer <token or key>"),
+    INVALID_TOKEN: (401, "Invalid access token"),
+    TOKEN_EXPIRED: (401, "Access token expired; refresh it"),
+    INVALID_API_KEY: (401, "Invalid or revoked API key"),
+    SESSION_REVOKED: (401, "Session ended; log in again"),
+    INVALID_CREDENTIALS: (401, "Email or password is wrong"),
+    INVALID_REFRESH_TOKEN: (401, "Invalid, expired or revoked refresh token"),
+    REFRESH_TOKEN_REUSED: (401, "Refresh token re-used; the session is revoked"),
+    FORBIDDEN: (403, "Not yours"),
+    INSUFFICIENT_SCOPE: (403, "The credential lacks the scope this needs"),
+    SCOPE_NOT_GRANTABLE: (403, "A key cannot be given a scope its creator lacks"),
+    RATE_LIMITED: (429, "Too many requests; retry after the Retry-After seconds"),
+    EMAIL_TAKEN: (409, "Email already registered"),
+    WEAK_PASSWORD: (422, "Password too short"),
+    USER_NOT_FOUND: (404, "User not found"),
+    API_KEY_NOT_FOUND: (404, "API key not found"),
+    KYC_ALREADY_VERIFIED: (409, "KYC already verified"),
+    KYC_IN_REVIEW: (409, "KYC submission already in review"),
+    KYC_NOT_PENDING: (409, "No KYC submission is pending review"),
     Code.EXISTS_WITH_DIFFERENT_FIELDS: (409, "Id exists with different fields"),
     Code.EXISTS: (409, "Part of this linked chain already exists"),
     Code.TRANSFER_IN_FLIGHT: (409, "A transfer with this id is being decided; retry"),
@@ -77,7 +117,7 @@ _TABLE: dict[str, tuple[int, str]] = {
     Code.STORAGE_UNAVAILABLE: (503, "Journal unavailable; nothing was applied"),
 }
 
-_RETRYABLE = RETRYABLE | {OVERLOADED, TIMEOUT}
+_RETRYABLE = RETRYABLE | {OVERLOADED, TIMEOUT, RATE_LIMITED}
 
 
 def status_of(code: str) -> int:
@@ -88,17 +128,27 @@ class ApiError(Exception):
     """A refusal; ``status`` overrides the table (e.g. a missing account in a path is 404)."""
 
     def __init__(
-        self, code: str, detail: str = "", field: str | None = None, status: int | None = None
+        self,
+        code: str,
+        detail: str = "",
+        field: str | None = None,
+        status: int | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(code)
         self.code = code
         self.detail = detail
         self.field = field
         self.status = status
+        self.headers = headers
 
 
 def problem(
-    code: str, detail: str = "", field: str | None = None, status: int | None = None
+    code: str,
+    detail: str = "",
+    field: str | None = None,
+    status: int | None = None,
+    headers: dict[str, str] | None = None,
 ) -> Response:
     default, title = _TABLE.get(code, (422, code.replace("_", " ").capitalize()))
     status = status or default
@@ -111,7 +161,8 @@ def problem(
         field=field,
         retryable=code in _RETRYABLE,
     )
-    headers = {"Retry-After": "1"} if status == 503 else None
+    if status == 503 and headers is None:
+        headers = {"Retry-After": "1"}
     return Response(msgspec.json.encode(body), status, headers=headers, media_type=PROBLEM_JSON)
 
 

@@ -21,6 +21,7 @@ Id = Annotated[
     str,
     Meta(min_length=1, max_length=64, pattern=ID_PATTERN, description="Client-chosen id"),
 ]
+UserId = Annotated[str, Meta(pattern=r"^usr_[0-9a-f]{32}$", description="A user id")]
 Currency = Annotated[str, Meta(pattern=r"^[A-Z]{3}$", description="ISO 4217 code")]
 Amount = Annotated[
     int, Meta(ge=1, le=MAX_AMOUNT, description="Integer amount in minor units (cents)")
@@ -44,6 +45,7 @@ class AccountIn(msgspec.Struct, forbid_unknown_fields=True):
     currency: Currency
     flags: Annotated[list[AccountFlag], Meta(max_length=2)] = []
     metadata: Metadata = {}
+    owner_user_id: UserId | None = None  # admins only; otherwise the caller's user owns it
 
 
 class AccountOut(msgspec.Struct):
@@ -61,6 +63,7 @@ class AccountOut(msgspec.Struct):
     available: int
     metadata: dict[str, str]
     timestamp: int  # nanoseconds since the Unix epoch, assigned by the node
+    owner_user_id: str | None  # who may read and debit it; null: admin keys only
 
 
 class TransferIn(msgspec.Struct, forbid_unknown_fields=True):

@@ -19,8 +19,6 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-import aiohttp
-
 from storage.audit import journal_balances
 
 from . import drivers
@@ -93,6 +91,7 @@ class Target:
 def _open_target(args: argparse.Namespace, stack: contextlib.ExitStack) -> Target:
     if args.url:
         return Target(args.url.rstrip("/"), os.environ.get("DATABASE_URL"))
+    drivers.ensure_api_key()
     data_dir = Path(args.data_dir or tempfile.mkdtemp(prefix="paynode-bench-"))
     if args.mode == "direct":
         from node.config import from_env
@@ -146,7 +145,7 @@ async def _load(args: argparse.Namespace, url: str, w: Workload) -> list[drivers
 
 async def _create_accounts(url: str, w: Workload) -> None:
     sem = asyncio.Semaphore(64)
-    async with aiohttp.ClientSession() as http:
+    async with drivers.session() as http:
 
         async def create(account_id: str, no_overdraft: bool) -> None:
             flags = ["debits_must_not_exceed_credits"] if no_overdraft else []
@@ -169,7 +168,7 @@ async def _audit_http(url: str, database_url: str | None, w: Workload) -> dict:
     problems: list[str] = []
     sem = asyncio.Semaphore(64)
     memory: dict[str, tuple[int, int, int, int]] = {}
-    async with aiohttp.ClientSession() as http:
+    async with drivers.session() as http:
 
         async def get(account_id: str) -> None:
             async with sem, http.get(f"{url}/v1/accounts/{account_id}") as r:
@@ -318,7 +317,7 @@ def _commit_figures(before: dict, after: dict, seconds: float) -> dict[str, floa
 def _scrape(url: str) -> dict[str, float]:
     import httpx
 
-    text = httpx.get(url + "/metrics", timeout=10).text
+    text = httpx.get(url + "/metrics", timeout=10, headers=drivers.api_headers()).text
     total = {"commits": 0.0, "rows": 0.0}
     for name, key in (("paynode_shard_commits_total", "commits"),
                       ("paynode_shard_rows_committed_total", "rows")):  # fmt: skip

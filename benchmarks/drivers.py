@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import secrets
 import sys
 import time
 from collections import Counter
@@ -111,10 +113,22 @@ def _count_single(result: RunResult, status: int, raw: bytes, at: float) -> None
         result.errors[f"http_{status}"] += 1
 
 
-def _session(concurrency: int) -> aiohttp.ClientSession:
+def api_headers() -> dict[str, str]:
+    """The bench authenticates with the node's admin key, PAYNODE_API_KEY."""
+    key = os.environ.get("PAYNODE_API_KEY")
+    return {"Authorization": f"Bearer {key}"} if key else {}
+
+
+def ensure_api_key() -> None:
+    """A bench that starts its own node gives it a fresh admin key (inherited via the env)."""
+    os.environ.setdefault("PAYNODE_API_KEY", secrets.token_urlsafe(24))
+
+
+def session(concurrency: int = 64) -> aiohttp.ClientSession:
     return aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=concurrency + 8),
         timeout=aiohttp.ClientTimeout(total=120),
+        headers=api_headers(),
     )
 
 
@@ -146,7 +160,7 @@ async def _closed_loop(
 async def closed_single(url: str, w: Workload, concurrency: int, duration: float) -> RunResult:
     result = RunResult("single", concurrency, 1)
     target = url + "/v1/transfers"
-    async with _session(concurrency) as http:
+    async with session(concurrency) as http:
 
         async def request(t0: float) -> None:
             answer = await _post(http, target, _encode(w.transfer()), result)
@@ -161,7 +175,7 @@ async def closed_batch(
 ) -> RunResult:
     result = RunResult("batch", concurrency, batch_size)
     target = url + "/v1/transfers/batch"
-    async with _session(concurrency) as http:
+    async with session(concurrency) as http:
 
         async def request(t0: float) -> None:
             body = _encode({"transfers": [w.transfer() for _ in range(batch_size)]})
@@ -190,7 +204,7 @@ async def open_single(
     result = RunResult("single-open", max_outstanding, 1, offered_rate=rate)
     target = url + "/v1/transfers"
     outstanding: set[asyncio.Task] = set()
-    async with _session(min(max_outstanding, 1024)) as http:
+    async with session(min(max_outstanding, 1024)) as http:
         t0 = time.perf_counter()
 
         async def send(scheduled: float) -> None:

@@ -73,12 +73,14 @@ def cmd_run(settings: Settings) -> int:
 
     from api.app import create_app
 
+    from .keyring import load
     from .runtime import start
 
+    keys = load(settings.data_path(), settings.keyring)  # before anything starts: fail fast
     services = start(settings)
     try:
         settings = msgspec.structs.replace(settings, database_url=services.database_url)
-        app = create_app(settings, services.shard_names)
+        app = create_app(settings, services.shard_names, keys)
         config = uvicorn.Config(
             app,
             host=settings.host,
@@ -119,11 +121,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.command == "migrate":
         return cmd_migrate(settings)
+    from .keyring import KeyringError
     from .runtime import DatabaseInUse
 
     try:
         return cmd_run(settings)
-    except DatabaseInUse as e:
+    except (DatabaseInUse, KeyringError) as e:
         print(f"paynode: {e}", file=sys.stderr)
         return 2
 

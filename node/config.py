@@ -42,11 +42,39 @@ class Settings(msgspec.Struct, kw_only=True):
     commit_max_rows: int = 65_536  # rows coalesced into one transaction
     expiry_interval_ms: int = 200  # how often pendings are checked for timeout
 
+    # Identity and access.
+    api_key: str | None = None  # bootstrap admin key (PAYNODE_API_KEY); never printed
+    keyring: str = ""  # keyring file; "" = <data_dir>/keyring.json (see node/keyring.py)
+    access_token_ttl_s: int = 900
+    refresh_token_ttl_s: int = 30 * 86400
+    auth_cache_s: float = 5.0  # API key and session lookups; bounds revocation lag elsewhere
+    rate_per_s: float = 5000.0  # requests per second per user or API key
+    rate_burst: int = 10_000
+    ip_rate_per_s: float = 10_000.0  # requests per second per client address
+    ip_rate_burst: int = 20_000
+    auth_rate_per_s: float = 5.0  # register/login/refresh per client address (guessing)
+    auth_rate_burst: int = 20
+    cors_origins: str = ""  # comma-separated origins allowed by browsers; "" = none
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{f}={_redacted(f, getattr(self, f))}" for f in self.__struct_fields__)
+        return f"Settings({fields})"
+
     def shard_count(self) -> int:
         return self.shards if self.shards > 0 else _cores()
 
     def data_path(self) -> Path:
         return Path(self.data_dir).expanduser().resolve()
+
+
+def _redacted(field: str, value: object) -> str:
+    if field == "api_key" and value:
+        return "<redacted>"
+    if field == "database_url" and isinstance(value, str):
+        from sqlalchemy.engine import make_url
+
+        return repr(make_url(value).render_as_string(hide_password=True))
+    return repr(value)
 
 
 _ENV_PREFIX = "PAYNODE_"
@@ -86,5 +114,19 @@ def _check(s: Settings) -> None:
         problems.append("queue_limit must be >= batch_max_items")
     if not 1 <= s.max_batch_transfers <= 8190:
         problems.append("max_batch_transfers must be 1..8190")
+    if s.api_key is not None and len(s.api_key) < 16:
+        problems.append("api_key must be at least 16 characters")
+    if not 60 <= s.access_token_ttl_s <= 86400:
+        problems.append("access_token_ttl_s must be 60..86400")
+    if not s.access_token_ttl_s <= s.refresh_token_ttl_s <= 365 * 86400:
+        problems.append("refresh_token_ttl_s must be access_token_ttl_s..1 year")
+    if not 0 <= s.auth_cache_s <= 300:
+        problems.append("auth_cache_s must be 0..300")
+    for name in ("rate_per_s", "ip_rate_per_s", "auth_rate_per_s"):
+        if getattr(s, name) <= 0:
+            problems.append(f"{name} must be > 0")
+    for name in ("rate_burst", "ip_rate_burst", "auth_rate_burst"):
+        if getattr(s, name) < 1:
+            problems.append(f"{name} must be >= 1")
     if problems:
         raise ValueError("invalid configuration: " + "; ".join(problems))

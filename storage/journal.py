@@ -44,7 +44,8 @@ def transfer_lines(rows: Sequence[JournalRow]) -> bytes:
 
 def account_lines(specs: Sequence[AccountSpec]) -> bytes:
     return "".join(
-        f"{s.id}\t{s.currency}\t{s.flags}\t{_text(s.metadata)}\t{shard_key(s.id)}\t{s.ts}\n"
+        f"{s.id}\t{s.currency}\t{s.flags}\t{_text(s.metadata)}\t{shard_key(s.id)}\t{s.ts}"
+        f"\t{s.owner or _NULL}\n"
         for s in specs
     ).encode()
 
@@ -103,7 +104,8 @@ async def load_shard(
         await conn.execute("SET LOCAL statement_timeout = 0")  # recovery reads it all
         async with conn.cursor() as cur:
             await cur.execute(
-                "SELECT id, currency, flags, metadata::text, ts FROM accounts"
+                "SELECT id, currency, flags, metadata::text, ts, coalesce(owner_user_id, '')"
+                " FROM accounts"
                 " WHERE shard_key %% %s = %s ORDER BY ts",
                 (count, index),
             )

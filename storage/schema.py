@@ -7,11 +7,15 @@ these definitions must describe the schema those migrations leave behind.
 from __future__ import annotations
 
 from sqlalchemy import (
+    ARRAY,
     CHAR,
     JSON,
     BigInteger,
     Column,
+    DateTime,
+    ForeignKey,
     Integer,
+    LargeBinary,
     MetaData,
     Table,
     Text,
@@ -28,6 +32,7 @@ accounts = Table(
     Column("metadata", JSON, nullable=False),
     Column("shard_key", BigInteger, nullable=False),
     Column("ts", BigInteger, nullable=False),
+    Column("owner_user_id", Text),  # the user who may read and debit it; NULL: admins only
 )
 
 transfers = Table(
@@ -46,6 +51,74 @@ transfers = Table(
     Column("posted_amount", BigInteger, nullable=False),
     Column("pending_delta", BigInteger, nullable=False),
     Column("ts", BigInteger, nullable=False),
+)
+
+# -- identity (migration 2). *_ct columns are storage.pii sealed values. --------
+
+_ts = DateTime(timezone=True)
+
+users = Table(
+    "users",
+    metadata,
+    Column("id", Text, primary_key=True),
+    Column("email_index", LargeBinary, nullable=False, unique=True),
+    Column("email_ct", LargeBinary, nullable=False),
+    Column("password_hash", Text),
+    Column("name_ct", LargeBinary),
+    Column("phone_ct", LargeBinary),
+    Column("birth_date_ct", LargeBinary),
+    Column("address_ct", LargeBinary),
+    Column("kyc_status", Text, nullable=False),
+    Column("kyc_id_type", Text),
+    Column("kyc_id_ct", LargeBinary),
+    Column("created_at", _ts, nullable=False),
+    Column("updated_at", _ts, nullable=False),
+)
+
+sessions = Table(
+    "sessions",
+    metadata,
+    Column("id", Text, primary_key=True),
+    Column("user_id", Text, ForeignKey("users.id"), nullable=False),
+    Column("created_at", _ts, nullable=False),
+    Column("revoked_at", _ts),
+    Column("revoked_reason", Text),
+)
+
+refresh_tokens = Table(
+    "refresh_tokens",
+    metadata,
+    Column("id", Text, primary_key=True),
+    Column("session_id", Text, ForeignKey("sessions.id"), nullable=False),
+    Column("secret_hash", LargeBinary, nullable=False),
+    Column("expires_at", _ts, nullable=False),
+    Column("used_at", _ts),
+    Column("created_at", _ts, nullable=False),
+)
+
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("id", Text, primary_key=True),
+    Column("secret_hash", LargeBinary, nullable=False),
+    Column("name", Text, nullable=False),
+    Column("scopes", ARRAY(Text), nullable=False),
+    Column("owner_user_id", Text, ForeignKey("users.id")),
+    Column("created_by", Text, nullable=False),
+    Column("created_at", _ts, nullable=False),
+    Column("revoked_at", _ts),
+)
+
+kyc_events = Table(
+    "kyc_events",
+    metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
+    Column("user_id", Text, ForeignKey("users.id"), nullable=False),
+    Column("from_status", Text, nullable=False),
+    Column("to_status", Text, nullable=False),
+    Column("actor", Text, nullable=False),
+    Column("reason", Text),
+    Column("at", _ts, nullable=False),
 )
 
 # Journal rows in the order JournalRow declares its fields (COPY and loads use it).

@@ -21,6 +21,7 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from node.config import Settings
+from node.keyring import Keyring
 from storage.database import libpq_url
 from storage.migrations import migrate
 
@@ -98,7 +99,12 @@ class RunningNode:
     database_url: str
     settings: Settings
     shards: list
-    http: httpx.Client
+    http: httpx.Client  # authenticated with the admin key
+    keys: Keyring
+
+    def anonymous(self) -> httpx.Client:
+        """A client with no credentials (close it, or use it in a with block)."""
+        return httpx.Client(base_url=self.url, timeout=30)
 
     def balances(self) -> dict[str, tuple[int, int, int, int]]:
         """Every account's in-memory balances, from the shards, at a durable point."""
@@ -114,27 +120,36 @@ class RunningNode:
         return out
 
 
+ADMIN_KEY = "test-admin-key-not-a-secret-0123456789"
+
+
 @pytest.fixture
-def make_node(ray_session: None, database_url: str) -> Iterator:
+def make_node(
+    ray_session: None, database_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator:
     """Start a node (shards + HTTP front) on the test's database; stop it afterwards."""
     import ray
     import uvicorn
 
     from api.app import create_app
+    from node.keyring import load
     from node.runtime import start_shards
 
     running: list[tuple[uvicorn.Server, threading.Thread, list]] = []
 
     def start(shards: int = 2, **overrides: object) -> RunningNode:
-        settings = Settings(
-            shards=shards,
-            database_url=database_url,
-            namespace=f"t{uuid.uuid4().hex[:10]}",
-            port=free_port(),
-            **overrides,  # type: ignore[arg-type]
-        )
+        values: dict = {
+            "shards": shards,
+            "database_url": database_url,
+            "namespace": f"t{uuid.uuid4().hex[:10]}",
+            "port": free_port(),
+            "api_key": ADMIN_KEY,
+            "data_dir": str(tmp_path_factory.mktemp("node")),
+        }
+        settings = Settings(**(values | overrides))
         names, handles = start_shards(settings, database_url)
-        app = create_app(settings, names)
+        keys = load(settings.data_path(), settings.keyring)
+        app = create_app(settings, names, keys)
         server = uvicorn.Server(
             uvicorn.Config(app, host="127.0.0.1", port=settings.port, log_level="warning")
         )
@@ -143,8 +158,10 @@ def make_node(ray_session: None, database_url: str) -> Iterator:
         running.append((server, thread, handles))
         wait_until(lambda: server.started, what="uvicorn to start")
         url = f"http://127.0.0.1:{settings.port}"
-        http = httpx.Client(base_url=url, timeout=30)
-        return RunningNode(url, database_url, settings, handles, http)
+        http = httpx.Client(
+            base_url=url, timeout=30, headers={"Authorization": f"Bearer {settings.api_key}"}
+        )
+        return RunningNode(url, database_url, settings, handles, http, keys)
 
     yield start
     for server, thread, handles in running:

@@ -106,6 +106,7 @@ class AccountSpec(msgspec.Struct, array_like=True, frozen=True):
     flags: int
     metadata: str
     ts: int = 0
+    owner: str = ""  # user id allowed to read and debit it; "" = admins only (api/, not rules)
 
 
 class AccountBalances(msgspec.Struct, array_like=True):
@@ -118,6 +119,7 @@ class AccountBalances(msgspec.Struct, array_like=True):
     credits_posted: int
     debits_pending: int
     credits_pending: int
+    owner: str = ""
 
 
 class TransferOp(msgspec.Struct, array_like=True, frozen=True):

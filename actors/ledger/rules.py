@@ -60,8 +60,9 @@ class Account:
     def balances(self) -> AccountBalances:
         s = self.spec
         return AccountBalances(
-            s.id, s.currency, s.flags, s.metadata, s.ts, self.dp, self.cp, self.dpend, self.cpend
-        )
+            s.id, s.currency, s.flags, s.metadata, s.ts,
+            self.dp, self.cp, self.dpend, self.cpend, s.owner,
+        )  # fmt: skip
 
 
 class Pending:
@@ -118,10 +119,11 @@ class Ledger:
         existing = self.accounts.get(spec.id)
         if existing is not None:
             old = existing.spec
-            same = (old.currency, old.flags, old.metadata) == (
+            same = (old.currency, old.flags, old.metadata, old.owner) == (
                 spec.currency,
                 spec.flags,
                 spec.metadata,
+                spec.owner,
             )
             return (Code.EXISTS if same else Code.EXISTS_WITH_DIFFERENT_FIELDS), old
         self.accounts[spec.id] = Account(spec)

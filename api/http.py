@@ -1,0 +1,37 @@
+"""Reading request bodies and writing JSON answers, shared by every router."""
+
+from __future__ import annotations
+
+from typing import TypeVar
+
+import msgspec
+from fastapi import Request
+from starlette.responses import Response
+
+from . import problems as p
+
+T = TypeVar("T")
+JSON = "application/json"
+
+
+def json_response(obj: object, status: int = 200) -> Response:
+    return Response(msgspec.json.encode(obj), status, media_type=JSON)
+
+
+async def decode_body(request: Request, t: type[T], limit: int) -> T:
+    """The body as ``t``, read with a size limit; problems for anything else."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise p.ApiError(p.BODY_TOO_LARGE, f"at most {limit} bytes")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise p.ApiError(p.BODY_TOO_LARGE, f"at most {limit} bytes")
+        chunks.append(chunk)
+    try:
+        return msgspec.json.decode(b"".join(chunks), type=t)
+    except msgspec.ValidationError as e:
+        raise p.from_validation(e) from None
+    except (msgspec.DecodeError, UnicodeDecodeError):
+        raise p.ApiError(p.MALFORMED_JSON) from None

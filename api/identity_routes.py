@@ -1,0 +1,469 @@
+"""Routes for identity: register, login, refresh, logout, API keys, users and KYC.
+
+Password hashing runs in a worker thread (scrypt is tens of milliseconds of
+CPU by design). Each state change is one transaction; a refused request
+changes nothing, except a refresh token re-use, which revokes the session on
+purpose before it answers 401.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import re
+from typing import Annotated
+
+import msgspec
+from fastapi import APIRouter, Depends, Request
+from starlette.responses import Response
+
+from storage import identity
+from storage.identity import Profile, UserRecord
+
+from . import contract
+from . import problems as p
+from .auth import tokens
+from .auth.passwords import MIN_PASSWORD_CHARS, hash_password, verify_password
+from .auth.scopes import USER_SCOPES, Principal
+from .deps import Context, check_owner, context, limit_auth_attempts, require
+from .http import decode_body, json_response
+from .identity_schemas import (
+    Address,
+    ApiKeyIn,
+    ApiKeyOut,
+    ApiKeyPage,
+    KycEventOut,
+    KycIn,
+    KycOut,
+    KycReviewIn,
+    LoginIn,
+    LogoutIn,
+    Me,
+    RefreshIn,
+    RegisterIn,
+    RegisterOut,
+    TokenPair,
+    UserIn,
+    UserOut,
+    UserPatch,
+)
+
+BODY_LIMIT = 16 * 1024  # identity bodies are small; a big one is a mistake or an attack
+REFRESH_PREFIX = "rt"
+_USER_ID = re.compile(r"usr_[0-9a-f]{32}\Z")
+_KEY_ID = re.compile(r"pk_[0-9a-f]{32}\Z")
+
+router = APIRouter()
+Ctx = Annotated[Context, Depends(context)]
+
+
+def _auth_errors(*more: int) -> tuple[int, ...]:
+    return (401, 403, 429, *more)
+
+
+async def _issue(ctx: Context, conn, user_id: str, session_id: str) -> TokenPair:
+    token_id, secret, refresh = tokens.new_secret(REFRESH_PREFIX)
+    await identity.store_refresh(
+        conn, token_id, session_id, tokens.secret_hash(secret), ctx.settings.refresh_token_ttl_s
+    )
+    ttl = ctx.settings.access_token_ttl_s
+    access = tokens.issue_access(ctx.keys, user_id, session_id, list(USER_SCOPES), ttl)
+    return TokenPair(access, refresh, "bearer", ttl)
+
+
+# -- auth ---------------------------------------------------------------------------
+
+
+@router.post(
+    "/v1/auth/register",
+    openapi_extra=contract.body(RegisterIn),
+    responses=contract.replies({201: (RegisterOut, "Registered")}, (400, 409, 413, 422, 429)),
+    status_code=201,
+    dependencies=[Depends(limit_auth_attempts)],
+    tags=["auth"],
+)
+async def register(request: Request, ctx: Ctx) -> Response:
+    body = await decode_body(request, RegisterIn, BODY_LIMIT)
+    if len(body.password) < MIN_PASSWORD_CHARS:
+        raise p.ApiError(p.WEAK_PASSWORD, f"at least {MIN_PASSWORD_CHARS} characters", "$.password")
+    password_hash = await asyncio.to_thread(hash_password, body.password)
+    user_id = tokens.new_id("usr")
+    async with ctx.engine.begin() as conn:
+        try:
+            await identity.create_user(
+                conn, ctx.keys, user_id, Profile(email=body.email, name=body.name), password_hash
+            )
+        except identity.EmailTaken:
+            raise p.ApiError(p.EMAIL_TAKEN) from None
+    return json_response(RegisterOut(user_id), 201)
+
+
+@router.post(
+    "/v1/auth/login",
+    openapi_extra=contract.body(LoginIn),
+    responses=contract.replies({200: (TokenPair, "Logged in")}, (400, 401, 413, 422, 429)),
+    dependencies=[Depends(limit_auth_attempts)],
+    tags=["auth"],
+)
+async def login(request: Request, ctx: Ctx) -> Response:
+    body = await decode_body(request, LoginIn, BODY_LIMIT)
+    async with ctx.engine.connect() as conn:
+        found = await identity.login_lookup(conn, ctx.keys, body.email)
+    stored = found[1] if found else None
+    if not await asyncio.to_thread(verify_password, body.password, stored) or found is None:
+        raise p.ApiError(p.INVALID_CREDENTIALS)
+    session_id = tokens.new_id("ses")
+    async with ctx.engine.begin() as conn:
+        await identity.create_session(conn, session_id, found[0])
+        pair = await _issue(ctx, conn, found[0], session_id)
+    return json_response(pair)
+
+
+@router.post(
+    "/v1/auth/refresh",
+    openapi_extra=contract.body(RefreshIn),
+    responses=contract.replies({200: (TokenPair, "New token pair")}, (400, 401, 413, 422, 429)),
+    dependencies=[Depends(limit_auth_attempts)],
+    tags=["auth"],
+)
+async def refresh(request: Request, ctx: Ctx) -> Response:
+    body = await decode_body(request, RefreshIn, BODY_LIMIT)
+    parts = tokens.split_secret(body.refresh_token, REFRESH_PREFIX)
+    if parts is None:
+        raise p.ApiError(p.INVALID_REFRESH_TOKEN)
+    token_id, secret = parts
+    reused: str | None = None
+    async with ctx.engine.begin() as conn:
+        state = await identity.lock_refresh(conn, token_id)
+        if state is None or not hmac.compare_digest(tokens.secret_hash(secret), state.secret_hash):
+            raise p.ApiError(p.INVALID_REFRESH_TOKEN)
+        if state.used and not state.session_revoked:
+            # A dead token came back: someone holds a copy. End the whole family.
+            await identity.revoke_session(conn, state.session_id, "refresh_token_reused")
+            reused = state.session_id
+        elif state.used or state.session_revoked or state.expired:
+            raise p.ApiError(p.INVALID_REFRESH_TOKEN)
+        else:
+            await identity.mark_refresh_used(conn, token_id)
+            pair = await _issue(ctx, conn, state.user_id, state.session_id)
+    if reused is not None:
+        ctx.auth.forget_session(reused)
+        raise p.ApiError(p.REFRESH_TOKEN_REUSED)
+    return json_response(pair)
+
+
+@router.post(
+    "/v1/auth/logout",
+    openapi_extra=contract.body(LogoutIn),
+    responses={204: {"description": "Session ended"}, **contract.replies({}, _auth_errors())},
+    status_code=204,
+    tags=["auth"],
+)
+async def logout(ctx: Ctx, principal: Annotated[Principal, Depends(require())]) -> Response:
+    # The body is optional and carries nothing we need: the access token names the session.
+    if principal.session_id is not None:
+        async with ctx.engine.begin() as conn:
+            await identity.revoke_session(conn, principal.session_id, "logout")
+        ctx.auth.forget_session(principal.session_id)
+    return Response(status_code=204)
+
+
+@router.get(
+    "/v1/auth/me",
+    responses=contract.replies({200: (Me, "The caller")}, _auth_errors()),
+    tags=["auth"],
+)
+async def me(principal: Annotated[Principal, Depends(require())]) -> Response:
+    return json_response(
+        Me(principal.kind, principal.id, principal.user_id, sorted(principal.scopes))
+    )
+
+
+# -- API keys -----------------------------------------------------------------------------
+
+
+def _key_out(row: identity.ApiKeyRow, key: str | None = None) -> ApiKeyOut:
+    return ApiKeyOut(
+        row.id, row.name, row.scopes, row.owner_user_id, row.created_at, row.revoked_at, key
+    )
+
+
+@router.post(
+    "/v1/api-keys",
+    openapi_extra=contract.body(ApiKeyIn),
+    responses=contract.replies(
+        {201: (ApiKeyOut, "Created; `key` is shown only now")}, _auth_errors(400, 404, 413, 422)
+    ),
+    status_code=201,
+    tags=["api-keys"],
+)
+async def create_api_key(
+    request: Request, ctx: Ctx, principal: Annotated[Principal, Depends(require("api_keys:write"))]
+) -> Response:
+    body = await decode_body(request, ApiKeyIn, BODY_LIMIT)
+    scopes = sorted(set(body.scopes))
+    if not principal.admin and not set(scopes) <= principal.scopes:
+        raise p.ApiError(p.SCOPE_NOT_GRANTABLE)
+    owner = body.owner_user_id
+    if not principal.admin:
+        if owner is not None and owner != principal.user_id:
+            raise p.ApiError(p.FORBIDDEN, field="$.owner_user_id")
+        owner = principal.user_id
+    elif owner is None and "admin" not in scopes:
+        # A non-admin key acts as a user; without one it could act on nothing.
+        raise p.ApiError(p.MISSING_FIELD, "a key without admin needs an owner", "$.owner_user_id")
+    key_id, secret, key = tokens.new_secret("pk")
+    row = identity.ApiKeyRow(
+        key_id,
+        tokens.secret_hash(secret),
+        body.name,
+        scopes,
+        owner,
+        principal.id,
+        None,
+        None,  # type: ignore[arg-type]
+    )
+    async with ctx.engine.begin() as conn:
+        if owner is not None and not await identity.user_exists(conn, owner):
+            raise p.ApiError(p.USER_NOT_FOUND, field="$.owner_user_id")
+        await identity.create_api_key(conn, row)
+        stored = await identity.get_api_key(conn, key_id)
+    assert stored is not None
+    return json_response(_key_out(stored, key), 201)
+
+
+@router.get(
+    "/v1/api-keys",
+    responses=contract.replies(
+        {200: (ApiKeyPage, "Your keys (admins: all), no secrets")}, _auth_errors()
+    ),
+    tags=["api-keys"],
+)
+async def list_api_keys(
+    ctx: Ctx, principal: Annotated[Principal, Depends(require("api_keys:write"))]
+) -> Response:
+    owner = None if principal.admin else principal.user_id
+    if owner is None and not principal.admin:
+        return json_response(ApiKeyPage([]))
+    async with ctx.engine.connect() as conn:
+        rows = await identity.list_api_keys(conn, owner, limit=1000)
+    return json_response(ApiKeyPage([_key_out(r) for r in rows]))
+
+
+@router.delete(
+    "/v1/api-keys/{key_id}",
+    responses={204: {"description": "Revoked"}, **contract.replies({}, _auth_errors(404))},
+    status_code=204,
+    tags=["api-keys"],
+)
+async def revoke_api_key(
+    key_id: str, ctx: Ctx, principal: Annotated[Principal, Depends(require("api_keys:write"))]
+) -> Response:
+    if not _KEY_ID.match(key_id):
+        raise p.ApiError(p.API_KEY_NOT_FOUND)
+    async with ctx.engine.begin() as conn:
+        row = await identity.get_api_key(conn, key_id)
+        if row is None:
+            raise p.ApiError(p.API_KEY_NOT_FOUND)
+        if not principal.admin and row.owner_user_id != principal.user_id:
+            raise p.ApiError(p.FORBIDDEN)
+        await identity.revoke_api_key(conn, key_id)
+    ctx.auth.forget_api_key(key_id)
+    return Response(status_code=204)
+
+
+# -- users --------------------------------------------------------------------------------
+
+
+def _user_out(u: UserRecord) -> UserOut:
+    pr = u.profile
+    address = None if pr.address is None else msgspec.convert(pr.address, Address)
+    return UserOut(
+        u.id, pr.email, pr.name, pr.phone, pr.birth_date, address, u.kyc_status,  # type: ignore[arg-type]
+        u.created_at, u.updated_at,
+    )  # fmt: skip
+
+
+def _own_user(principal: Principal, user_id: str) -> None:
+    """403 for another user's id (whether or not it exists); 404 for ids that cannot exist."""
+    if not _USER_ID.match(user_id):
+        raise p.ApiError(p.USER_NOT_FOUND)
+    check_owner(principal, user_id)
+
+
+async def _load_user(ctx: Context, conn, user_id: str) -> UserRecord:
+    user = await identity.get_user(conn, ctx.keys, user_id)
+    if user is None:
+        raise p.ApiError(p.USER_NOT_FOUND)
+    return user
+
+
+def _profile_values(body: UserIn | UserPatch) -> dict[str, object]:
+    out: dict[str, object] = {}
+    for field in ("email", "name", "phone", "birth_date", "address"):
+        value = getattr(body, field)
+        if value is msgspec.UNSET:
+            continue
+        if field == "birth_date" and value is not None:
+            value = value.isoformat()
+        elif field == "address" and value is not None:
+            value = msgspec.to_builtins(value)
+        out[field] = value
+    return out
+
+
+@router.post(
+    "/v1/users",
+    openapi_extra=contract.body(UserIn),
+    responses=contract.replies({201: (UserOut, "Created")}, _auth_errors(400, 409, 413, 422)),
+    status_code=201,
+    tags=["users"],
+)
+async def create_user(
+    request: Request, ctx: Ctx, principal: Annotated[Principal, Depends(require("admin"))]
+) -> Response:
+    body = await decode_body(request, UserIn, BODY_LIMIT)
+    user_id = tokens.new_id("usr")
+    profile = msgspec.convert(_profile_values(body), Profile)
+    async with ctx.engine.begin() as conn:
+        try:
+            await identity.create_user(conn, ctx.keys, user_id, profile, None)
+        except identity.EmailTaken:
+            raise p.ApiError(p.EMAIL_TAKEN) from None
+        user = await _load_user(ctx, conn, user_id)
+    return json_response(_user_out(user), 201)
+
+
+@router.get(
+    "/v1/users/{user_id}",
+    responses=contract.replies({200: (UserOut, "The profile")}, _auth_errors(404)),
+    tags=["users"],
+)
+async def get_user(
+    user_id: str, ctx: Ctx, principal: Annotated[Principal, Depends(require("users:read"))]
+) -> Response:
+    _own_user(principal, user_id)
+    async with ctx.engine.connect() as conn:
+        user = await _load_user(ctx, conn, user_id)
+    return json_response(_user_out(user))
+
+
+@router.patch(
+    "/v1/users/{user_id}",
+    openapi_extra=contract.body(UserPatch),
+    responses=contract.replies({200: (UserOut, "Updated")}, _auth_errors(400, 404, 409, 413, 422)),
+    tags=["users"],
+)
+async def patch_user(
+    user_id: str,
+    request: Request,
+    ctx: Ctx,
+    principal: Annotated[Principal, Depends(require("users:write"))],
+) -> Response:
+    _own_user(principal, user_id)
+    body = await decode_body(request, UserPatch, BODY_LIMIT)
+    changes = _profile_values(body)
+    async with ctx.engine.begin() as conn:
+        try:
+            if not await identity.update_profile(conn, ctx.keys, user_id, changes):
+                raise p.ApiError(p.USER_NOT_FOUND)
+        except identity.EmailTaken:
+            raise p.ApiError(p.EMAIL_TAKEN) from None
+        user = await _load_user(ctx, conn, user_id)
+    return json_response(_user_out(user))
+
+
+# -- KYC ------------------------------------------------------------------------------------
+
+
+async def _kyc_out(ctx: Context, conn, user_id: str) -> KycOut:
+    user = await _load_user(ctx, conn, user_id)
+    history = await identity.kyc_history(conn, user_id)
+    return KycOut(
+        user_id,
+        user.kyc_status,  # type: ignore[arg-type]
+        user.kyc_id_type,  # type: ignore[arg-type]
+        user.kyc_id_last4,
+        [KycEventOut(e.from_status, e.to_status, e.actor, e.reason, e.at) for e in history],  # type: ignore[arg-type]
+    )
+
+
+@router.post(
+    "/v1/users/{user_id}/kyc",
+    openapi_extra=contract.body(KycIn),
+    responses=contract.replies(
+        {200: (KycOut, "Submitted; status is pending")}, _auth_errors(400, 404, 409, 413, 422)
+    ),
+    tags=["kyc"],
+)
+async def submit_kyc(
+    user_id: str,
+    request: Request,
+    ctx: Ctx,
+    principal: Annotated[Principal, Depends(require("users:write"))],
+) -> Response:
+    _own_user(principal, user_id)
+    body = await decode_body(request, KycIn, BODY_LIMIT)
+    digits = body.id_number.replace("-", "")
+    if body.id_type in ("ssn", "itin") and not (digits.isdigit() and len(digits) == 9):
+        raise p.ApiError(p.INVALID_FIELD, "an SSN or ITIN has 9 digits", "$.id_number")
+    async with ctx.engine.begin() as conn:
+        status = await identity.lock_kyc_status(conn, user_id)
+        if status is None:
+            raise p.ApiError(p.USER_NOT_FOUND)
+        if status == "verified":
+            raise p.ApiError(p.KYC_ALREADY_VERIFIED)
+        if status == "pending":
+            raise p.ApiError(p.KYC_IN_REVIEW)
+        await identity.set_kyc(
+            conn, ctx.keys, user_id, from_status=status, to_status="pending",
+            actor=principal.id, id_type=body.id_type, id_number=digits,
+        )  # fmt: skip
+        out = await _kyc_out(ctx, conn, user_id)
+    return json_response(out)
+
+
+@router.get(
+    "/v1/users/{user_id}/kyc",
+    responses=contract.replies({200: (KycOut, "Status and audit trail")}, _auth_errors(404)),
+    tags=["kyc"],
+)
+async def get_kyc(
+    user_id: str, ctx: Ctx, principal: Annotated[Principal, Depends(require("users:read"))]
+) -> Response:
+    if not principal.has("kyc:review"):
+        _own_user(principal, user_id)
+    elif not _USER_ID.match(user_id):
+        raise p.ApiError(p.USER_NOT_FOUND)
+    async with ctx.engine.connect() as conn:
+        out = await _kyc_out(ctx, conn, user_id)
+    return json_response(out)
+
+
+@router.post(
+    "/v1/users/{user_id}/kyc/review",
+    openapi_extra=contract.body(KycReviewIn),
+    responses=contract.replies({200: (KycOut, "Decided")}, _auth_errors(400, 404, 409, 413, 422)),
+    tags=["kyc"],
+)
+async def review_kyc(
+    user_id: str,
+    request: Request,
+    ctx: Ctx,
+    principal: Annotated[Principal, Depends(require("kyc:review"))],
+) -> Response:
+    if not _USER_ID.match(user_id):
+        raise p.ApiError(p.USER_NOT_FOUND)
+    body = await decode_body(request, KycReviewIn, BODY_LIMIT)
+    async with ctx.engine.begin() as conn:
+        status = await identity.lock_kyc_status(conn, user_id)
+        if status is None:
+            raise p.ApiError(p.USER_NOT_FOUND)
+        if status != "pending":
+            raise p.ApiError(p.KYC_NOT_PENDING)
+        await identity.set_kyc(
+            conn, ctx.keys, user_id, from_status=status, to_status=body.decision,
+            actor=principal.id, reason=body.reason,
+        )  # fmt: skip
+        out = await _kyc_out(ctx, conn, user_id)
+    return json_response(out)

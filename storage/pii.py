@@ -1,0 +1,179 @@
+"""Encryption of personal data at rest: the one module every PII column goes through.
+
+A sealed value is ``b"\\x01" | len(kid) | kid | nonce(12) | AES-256-GCM(ciphertext+tag)``.
+The associated data is ``"<table>.<column>:<row id>"``: a ciphertext copied
+into another row or column fails authentication instead of decrypting to the
+wrong person's data. The kid travels with the value, so rows sealed under a
+retired key still open while ``paynode keys rotate`` moves them to the new one.
+
+Exact-match lookups (an email at login) use a blind index: HMAC-SHA256 under
+its own key of a normalized value, never the value itself.
+
+New PII columns register in :data:`SEALED_COLUMNS`; rotation covers them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from node.keyring import Keyring
+
+_VERSION = 1
+_NONCE = 12
+MAX_PLAINTEXT = 4096  # every PII field is small; a limit keeps a bad caller from sealing megabytes
+
+
+class SealError(Exception):
+    """A value could not be opened: wrong row or field, tampered, or its key is gone.
+
+    The message names the field and the key id, never the value.
+    """
+
+
+def _aad(table: str, column: str, row_id: str) -> bytes:
+    assert ":" not in table and ":" not in column, "aad parts must not be ambiguous"
+    return f"{table}.{column}:{row_id}".encode()
+
+
+def seal(keys: Keyring, plaintext: str, table: str, column: str, row_id: str) -> bytes:
+    data = plaintext.encode()
+    if len(data) > MAX_PLAINTEXT:
+        raise ValueError(f"{table}.{column}: value longer than {MAX_PLAINTEXT} bytes")
+    keys.refresh()
+    kid = keys.pii_active
+    nonce = os.urandom(_NONCE)  # random per value: a repeated (key, nonce) pair breaks GCM
+    ct = AESGCM(keys.pii_keys[kid]).encrypt(nonce, data, _aad(table, column, row_id))
+    kid_b = kid.encode()
+    return bytes((_VERSION, len(kid_b))) + kid_b + nonce + ct
+
+
+def kid_of(sealed: bytes) -> str:
+    if len(sealed) < 2 or sealed[0] != _VERSION:
+        raise SealError("not a sealed value")
+    return sealed[2 : 2 + sealed[1]].decode()
+
+
+def open_(keys: Keyring, sealed: bytes, table: str, column: str, row_id: str) -> str:
+    kid = kid_of(sealed)
+    key = keys.pii_key(kid)
+    if key is None:
+        raise SealError(f"{table}.{column}: key {kid} is not in the keyring")
+    start = 2 + sealed[1]
+    nonce, ct = sealed[start : start + _NONCE], sealed[start + _NONCE :]
+    try:
+        return AESGCM(key).decrypt(nonce, ct, _aad(table, column, row_id)).decode()
+    except InvalidTag:
+        raise SealError(f"{table}.{column}: does not authenticate for this row") from None
+
+
+def seal_opt(
+    keys: Keyring, value: str | None, table: str, column: str, row_id: str
+) -> bytes | None:
+    return None if value is None else seal(keys, value, table, column, row_id)
+
+
+def open_opt(
+    keys: Keyring, sealed: bytes | None, table: str, column: str, row_id: str
+) -> str | None:
+    return None if sealed is None else open_(keys, bytes(sealed), table, column, row_id)
+
+
+def blind_index(keys: Keyring, kind: str, value: str) -> bytes:
+    """A keyed digest for exact lookup; ``kind`` keeps equal values of two kinds apart."""
+    return hmac.new(keys.index_key, f"{kind}\x00{value}".encode(), hashlib.sha256).digest()
+
+
+def normalize_email(email: str) -> str:
+    return email.strip().lower()
+
+
+# -- rotation -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SealedTable:
+    table: str
+    id_column: str
+    columns: tuple[str, ...]
+
+
+# Every sealed column in the schema. A module adding PII adds its table here.
+SEALED_COLUMNS: tuple[SealedTable, ...] = (
+    SealedTable(
+        "users",
+        "id",
+        ("email_ct", "name_ct", "phone_ct", "birth_date_ct", "address_ct", "kyc_id_ct"),
+    ),
+)
+
+
+@dataclass
+class RotationReport:
+    rows_seen: int = 0
+    values_resealed: int = 0
+    raced: int = 0  # changed by the node while we worked; the next pass takes them
+
+
+def reseal_batch(
+    conn: sa.Connection, keys: Keyring, spec: SealedTable, after: str, limit: int
+) -> tuple[str | None, RotationReport]:
+    """Re-seal, under the active key, one batch of rows with ids after ``after``.
+
+    Each row is updated only if its sealed values are still the ones read
+    (compare-and-set), so a concurrent write by a running node is never lost.
+    Returns the last id seen (None when the table is done).
+    """
+    report = RotationReport()
+    cols = ", ".join(spec.columns)
+    rows = conn.execute(
+        sa.text(
+            f"SELECT {spec.id_column}, {cols} FROM {spec.table}"
+            f" WHERE {spec.id_column} > :after ORDER BY {spec.id_column} LIMIT :limit"
+        ),
+        {"after": after, "limit": limit},
+    ).all()
+    active = keys.pii_active
+    for row in rows:
+        report.rows_seen += 1
+        row_id, values = row[0], row[1:]
+        changes: dict[str, bytes] = {}
+        for column, value in zip(spec.columns, values, strict=True):
+            if value is None or kid_of(bytes(value)) == active:
+                continue
+            plain = open_(keys, bytes(value), spec.table, column, row_id)
+            changes[column] = seal(keys, plain, spec.table, column, row_id)
+        if not changes:
+            continue
+        sets = ", ".join(f"{c} = :new_{c}" for c in changes)
+        same = " AND ".join(f"{c} = :old_{c}" for c in changes)
+        params: dict[str, object] = {"id": row_id}
+        for c, v in changes.items():
+            params[f"new_{c}"] = v
+            params[f"old_{c}"] = bytes(values[spec.columns.index(c)])
+        done = conn.execute(
+            sa.text(f"UPDATE {spec.table} SET {sets} WHERE {spec.id_column} = :id AND {same}"),
+            params,
+        ).rowcount
+        if done:
+            report.values_resealed += len(changes)
+        else:
+            report.raced += 1
+    return (rows[-1][0] if rows else None), report
+
+
+def stale_values(conn: sa.Connection, keys: Keyring, specs: Iterable[SealedTable]) -> int:
+    """How many sealed values are not under the active key (0 when rotation is complete)."""
+    stale = 0
+    for spec in specs:
+        cols = ", ".join(spec.columns)
+        for row in conn.execute(sa.text(f"SELECT {cols} FROM {spec.table}")):
+            stale += sum(1 for v in row if v is not None and kid_of(bytes(v)) != keys.pii_active)
+    return stale
