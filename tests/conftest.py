@@ -121,6 +121,7 @@ class RunningNode:
 
 
 ADMIN_KEY = "test-admin-key-not-a-secret-0123456789"
+ADMIN_HEADERS = {"Authorization": f"Bearer {ADMIN_KEY}"}
 
 
 @pytest.fixture

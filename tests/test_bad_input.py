@@ -445,7 +445,7 @@ def send(client: httpx.Client, base_url: str, row: Row) -> Reply:
         conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
         try:
             conn.putrequest(row.method, row.path)
-            for k, v in row.headers.items():
+            for k, v in {**client.headers, **row.headers}.items():
                 conn.putheader(k, v)
             conn.putheader("Content-Length", row.raw_content_length)
             conn.putheader("Connection", "close")
@@ -526,7 +526,10 @@ def test_bad_input_is_refused_without_side_effects(node, subtests) -> None:
     # A fresh connection per request: an unhandled error makes the server drop the
     # connection, which must not turn the next row into a client-side ReadError.
     client = httpx.Client(
-        base_url=node.url, timeout=60, limits=httpx.Limits(max_keepalive_connections=0)
+        base_url=node.url,
+        timeout=60,
+        limits=httpx.Limits(max_keepalive_connections=0),
+        headers={"Authorization": node.http.headers["Authorization"]},
     )
     statuses: dict[str, int] = {}
     with client:

@@ -11,6 +11,7 @@ import psycopg
 
 from storage.audit import currency_totals, journal_balances
 from storage.database import libpq_url
+from tests.conftest import ADMIN_HEADERS
 
 CLIENTS = 200
 PER_CLIENT = 8
@@ -111,7 +112,9 @@ def test_invariants_after_concurrent_load(make_node) -> None:
 
     async def main() -> None:
         limits = httpx.Limits(max_connections=CLIENTS)
-        async with httpx.AsyncClient(base_url=node.url, timeout=60, limits=limits) as http:
+        async with httpx.AsyncClient(
+            base_url=node.url, timeout=60, limits=limits, headers=ADMIN_HEADERS
+        ) as http:
             await asyncio.gather(*(client(p, http) for p in plans), chains(http))
 
     asyncio.run(main())
@@ -137,7 +140,7 @@ def test_same_id_fifty_times_at_once_has_one_effect(make_node) -> None:
     ]  # fmt: skip
 
     async def main() -> tuple[list[httpx.Response], list[httpx.Response]]:
-        async with httpx.AsyncClient(base_url=node.url, timeout=60) as http:
+        async with httpx.AsyncClient(base_url=node.url, timeout=60, headers=ADMIN_HEADERS) as http:
             singles = [http.post("/v1/transfers", json=body) for _ in range(50)]
             batches = [
                 http.post("/v1/transfers/batch", json={"transfers": chain}) for _ in range(50)

@@ -21,7 +21,7 @@ import pytest
 from benchmarks.node_process import NodeProcess
 from storage.audit import currency_totals, journal_balances
 from storage.database import libpq_url
-from tests.conftest import free_port
+from tests.conftest import ADMIN_HEADERS, ADMIN_KEY, free_port
 
 pytestmark = pytest.mark.slow
 
@@ -47,12 +47,14 @@ async def _load(url: str, ids: list[str], acked: list[str], stop: asyncio.Event)
                 acked.append(tid)
 
     limits = httpx.Limits(max_connections=CLIENTS)
-    async with httpx.AsyncClient(base_url=url, timeout=10, limits=limits) as http:
+    async with httpx.AsyncClient(
+        base_url=url, timeout=10, limits=limits, headers=ADMIN_HEADERS
+    ) as http:
         await asyncio.gather(*(client(http) for _ in range(CLIENTS)))
 
 
 def test_sigkill_during_load_loses_no_acknowledged_transfer(tmp_path: Path, request) -> None:
-    env = dict(os.environ)
+    env = dict(os.environ, PAYNODE_API_KEY=ADMIN_KEY)
     if os.environ.get("DATABASE_URL"):
         env["DATABASE_URL"] = request.getfixturevalue("database_url")
     else:
@@ -63,7 +65,7 @@ def test_sigkill_during_load_loses_no_acknowledged_transfer(tmp_path: Path, requ
     node.start()
     try:
         ids = [f"d{i}" for i in range(ACCOUNTS)]
-        with httpx.Client(base_url=url, timeout=30) as http:
+        with httpx.Client(base_url=url, timeout=30, headers=ADMIN_HEADERS) as http:
             for i, a in enumerate(ids):
                 flags = ["debits_must_not_exceed_credits"] if i % 2 else []
                 body = {"id": a, "currency": "USD", "flags": flags}
@@ -94,7 +96,7 @@ def test_sigkill_during_load_loses_no_acknowledged_transfer(tmp_path: Path, requ
         lost = set(acked) - journaled
         assert not lost, f"{len(lost)} acknowledged transfers lost, e.g. {sorted(lost)[:5]}"
         journal = journal_balances(database_url)
-        with httpx.Client(base_url=url, timeout=30) as http:
+        with httpx.Client(base_url=url, timeout=30, headers=ADMIN_HEADERS) as http:
             for a in ids:
                 b = http.get(f"/v1/accounts/{a}").json()
                 mem = (b["debits_posted"], b["credits_posted"], b["debits_pending"],

@@ -16,7 +16,7 @@ import psycopg
 
 from storage.audit import journal_balances
 from storage.database import libpq_url
-from tests.conftest import wait_until
+from tests.conftest import ADMIN_HEADERS, wait_until
 
 
 def test_commit_failures_refuse_and_rebuild(make_node) -> None:
@@ -54,7 +54,7 @@ def test_commit_failures_refuse_and_rebuild(make_node) -> None:
                 )
 
     async def main() -> None:
-        async with httpx.AsyncClient(base_url=node.url, timeout=60) as http:
+        async with httpx.AsyncClient(base_url=node.url, timeout=60, headers=ADMIN_HEADERS) as http:
             await asyncio.gather(*(client(http, c) for c in range(16)), saboteur())
 
     asyncio.run(main())
