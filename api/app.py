@@ -37,6 +37,7 @@ from node.config import Settings
 from node.keyring import Keyring
 from storage import identity
 from storage.database import async_engine
+from storage.pii import SealError
 from storage.schema import TRANSFER_COLUMNS
 from storage.schema import transfers as transfers_t
 
@@ -200,6 +201,13 @@ def create_app(settings: Settings, shard_names: list[str], keys: Keyring) -> Fas
         errors = e.errors()
         loc = ".".join(str(x) for x in errors[0]["loc"]) if errors else ""
         return p.problem(p.INVALID_FIELD, errors[0]["msg"] if errors else "", loc)
+
+    @app.exception_handler(SealError)
+    async def _sealed(_: Request, e: SealError) -> Response:
+        # Tampering, a value moved between rows, or a key removed too early: an
+        # operator must look. The message names the column and key id, never data.
+        log.error("sealed value unreadable: %s", e)
+        return p.problem(p.SEALED_VALUE_UNREADABLE)
 
     @app.exception_handler(Exception)
     async def _crash(_: Request, e: Exception) -> Response:

@@ -57,6 +57,7 @@ API_KEY_NOT_FOUND = "api_key_not_found"
 KYC_ALREADY_VERIFIED = "kyc_already_verified"
 KYC_IN_REVIEW = "kyc_in_review"
 KYC_NOT_PENDING = "kyc_not_pending"
+SEALED_VALUE_UNREADABLE = "sealed_value_unreadable"
 
 _TABLE: dict[str, tuple[int, str]] = {
     MALFORMED_JSON: (400, "Request body is not valid JSON"),
@@ -95,6 +96,7 @@ _TABLE: dict[str, tuple[int, str]] = {
     KYC_ALREADY_VERIFIED: (409, "KYC already verified"),
     KYC_IN_REVIEW: (409, "KYC submission already in review"),
     KYC_NOT_PENDING: (409, "No KYC submission is pending review"),
+    SEALED_VALUE_UNREADABLE: (500, "Stored personal data failed authentication; reported"),
     Code.EXISTS_WITH_DIFFERENT_FIELDS: (409, "Id exists with different fields"),
     Code.EXISTS: (409, "Part of this linked chain already exists"),
     Code.TRANSFER_IN_FLIGHT: (409, "A transfer with this id is being decided; retry"),

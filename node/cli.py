@@ -1,7 +1,9 @@
-"""``paynode``: run the node, apply migrations.
+"""``paynode``: run the node, apply migrations, manage keys, benchmark.
 
 paynode run [--host H] [--port P] [--data-dir D] [--shards N]
 paynode migrate [--data-dir D]
+paynode keys show|rotate|reseal [--data-dir D] [--keyring F]
+paynode bench ...
 """
 
 from __future__ import annotations
@@ -30,6 +32,15 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--shards", type=int, help="ledger shard actors (default: one per core)")
     mig = sub.add_parser("migrate", help="apply schema migrations and exit")
     _common(mig)
+    keys = sub.add_parser("keys", help="show or rotate the PII and JWT keys (no downtime)")
+    keys.add_argument("action", choices=["show", "rotate", "reseal"], help=(
+        "show: key ids only; rotate: add new active keys to the keyring file, then re-seal "
+        "all PII under the new PII key; reseal: only re-seal (after you changed the keys)"
+    ))  # fmt: skip
+    _common(keys)
+    keys.add_argument("--keyring", help="keyring file (default <data-dir>/keyring.json)")
+    keys.add_argument("--only", choices=["pii", "jwt"], help="rotate one purpose only")
+    keys.add_argument("--batch", type=int, default=500, help="rows per transaction (default 500)")
     bench = sub.add_parser("bench", help="load a node, audit it, compare with a baseline")
     from benchmarks.bench import add_arguments
 
@@ -43,7 +54,50 @@ def _settings(args: argparse.Namespace) -> Settings:
         port=getattr(args, "port", None),
         data_dir=args.data_dir,
         shards=getattr(args, "shards", None),
+        keyring=getattr(args, "keyring", None),
     )
+
+
+def cmd_keys(settings: Settings, args: argparse.Namespace) -> int:
+    """Rotation keeps every record readable: old keys stay in the keyring for decryption.
+
+    Running nodes re-read the keyring file when it changes (within a second)
+    or when they meet a key id they do not know, so nothing needs a restart.
+    """
+    from storage.pii import reseal_all
+
+    from .keyring import describe, load, rotated, write_file
+    from .runtime import start_postgres
+
+    keys = load(settings.data_path(), settings.keyring, create=args.action != "show")
+    if args.action == "show":
+        print(describe(keys.doc))
+        return 0
+    if args.action == "rotate":
+        if keys.path is None:
+            print(
+                "paynode: the keyring comes from PAYNODE_KEYRING_JSON: add the new key there, "
+                "make it active, restart the nodes, then run `paynode keys reseal`",
+                file=sys.stderr,
+            )
+            return 2
+        doc = rotated(keys.doc, pii=args.only != "jwt", jwt=args.only != "pii")
+        write_file(keys.path, doc)
+        keys.refresh(force=True)
+        print(f"active keys now: {describe(keys.doc)}", flush=True)
+        if args.only == "jwt":
+            return 0
+    url, pg = start_postgres(settings)
+    try:
+        report, stale = reseal_all(url, keys, batch=args.batch)
+    finally:
+        if pg is not None:
+            pg.cleanup()  # type: ignore[attr-defined]
+    print(
+        f"resealed {report.values_resealed} values in {report.rows_seen} rows "
+        f"({report.raced} raced with writes and were retried); {stale} still under old keys"
+    )
+    return 0 if stale == 0 else 1
 
 
 def cmd_migrate(settings: Settings) -> int:
@@ -119,9 +173,19 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, msgspec.ValidationError) as e:
         print(f"paynode: {e}", file=sys.stderr)
         return 2
+    from .keyring import KeyringError
+
     if args.command == "migrate":
         return cmd_migrate(settings)
-    from .keyring import KeyringError
+    if args.command == "keys":
+        if args.batch < 1:
+            print("paynode: --batch must be >= 1", file=sys.stderr)
+            return 2
+        try:
+            return cmd_keys(settings, args)
+        except KeyringError as e:
+            print(f"paynode: {e}", file=sys.stderr)
+            return 2
     from .runtime import DatabaseInUse
 
     try:

@@ -177,3 +177,37 @@ def stale_values(conn: sa.Connection, keys: Keyring, specs: Iterable[SealedTable
         for row in conn.execute(sa.text(f"SELECT {cols} FROM {spec.table}")):
             stale += sum(1 for v in row if v is not None and kid_of(bytes(v)) != keys.pii_active)
     return stale
+
+
+def reseal_all(
+    database_url: str, keys: Keyring, batch: int = 500, max_passes: int = 5
+) -> tuple[RotationReport, int]:
+    """Move every sealed value to the active key, batch by batch, while the node runs.
+
+    Each batch is its own short transaction, so no row stays locked for long.
+    Passes repeat while values remain under old keys (a node that had not yet
+    seen the new key may have written some meanwhile). Returns the totals and
+    how many values are still stale (0 = done).
+    """
+    from .database import sync_engine
+
+    assert batch >= 1 and max_passes >= 1
+    engine = sync_engine(database_url)
+    total = RotationReport()
+    try:
+        for _ in range(max_passes):
+            for spec in SEALED_COLUMNS:
+                after: str | None = ""
+                while after is not None:
+                    with engine.begin() as conn:
+                        after, report = reseal_batch(conn, keys, spec, after, batch)
+                    total.rows_seen += report.rows_seen
+                    total.values_resealed += report.values_resealed
+                    total.raced += report.raced
+            with engine.connect() as conn:
+                stale = stale_values(conn, keys, SEALED_COLUMNS)
+            if stale == 0:
+                break
+    finally:
+        engine.dispose()
+    return total, stale
