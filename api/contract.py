@@ -13,6 +13,7 @@ from typing import Any
 import msgspec
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
+from fastapi.routing import APIRoute
 
 from .identity_schemas import IDENTITY_TYPES
 from .problems import PROBLEM_JSON
@@ -48,6 +49,37 @@ def replies(ok: dict[int, tuple[type, str]], errors: tuple[int, ...] = ()) -> di
     return out
 
 
+def required_scopes(app: FastAPI) -> dict[tuple[str, str], str]:
+    """(method, path) -> the scope a route requires: a scope name, "any" or "none"."""
+    out = {}
+    routes = list(app.routes)
+    while routes:
+        route = routes.pop(0)
+        # FastAPI >= 0.160 keeps included routers whole (no prefix is used here).
+        nested = getattr(route, "original_router", None)
+        if nested is not None:
+            routes.extend(nested.routes)
+        if not isinstance(route, APIRoute):
+            continue
+        found = "none"
+        for dep in route.dependant.dependencies:
+            found = getattr(dep.call, "required_scope", found)
+        for method in route.methods:
+            out[(method, route.path)] = found
+    return out
+
+
+def _document_scopes(app: FastAPI, schema: dict[str, Any]) -> None:
+    for (method, path), scope in required_scopes(app).items():
+        op = schema["paths"].get(path, {}).get(method.lower())
+        if op is None:
+            continue
+        op["x-required-scope"] = scope
+        if scope == "none":
+            op.pop("security", None)
+            op["security"] = []  # explicitly public
+
+
 def install(app: FastAPI) -> None:
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
@@ -59,6 +91,7 @@ def install(app: FastAPI) -> None:
                 PUBLIC_TYPES + IDENTITY_TYPES, ref_template=_REF
             )
             schema.setdefault("components", {}).setdefault("schemas", {}).update(components)
+            _document_scopes(app, schema)
             # FastAPI's default 422 (pydantic) never happens here: we answer with Problem.
             schema["components"]["schemas"].pop("HTTPValidationError", None)
             schema["components"]["schemas"].pop("ValidationError", None)

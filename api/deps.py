@@ -61,6 +61,7 @@ def require(scope: str | None = None):
             raise p.ApiError(p.INSUFFICIENT_SCOPE, f"needs {scope}")
         return principal
 
+    dependency.required_scope = scope or "any"  # type: ignore[attr-defined] # for the contract
     return dependency
 
 
