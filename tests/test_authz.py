@@ -553,3 +553,20 @@ def test_user_cannot_call_admin_endpoints(world: World) -> None:
     reviewed = ok(node.http.post(f"/v1/users/{a.id}/kyc/review", json=verdict))
     assert reviewed["status"] == "verified"
     assert ok(a.http.get(f"/v1/users/{a.id}"))["kyc_status"] == "verified"
+
+
+def test_zz_scratch(world: World) -> None:
+    node, a, b = world.node, world.a, world.b
+    r = b.http.post("/v1/transfers", json=xfer(f"fund-{world.acct_a}", world.acct_b, world.treasury, 1))
+    print("collide", r.status_code, r.text)
+    r = b.http.post("/v1/transfers", json=xfer(f"fund-{world.acct_a}", world.treasury, world.acct_a, FUNDING))
+    print("replay", r.status_code, r.text)
+    hold = xfer("h", world.acct_a, world.acct_b, 100, flags=["pending"], timeout_s=3600)
+    print(a.http.post("/v1/transfers", json=hold).status_code)
+    r = b.http.post("/v1/transfers", json={"id": "v", "flags": ["void_pending"], "pending_id": "h"})
+    print("payee void", r.status_code, r.text)
+    with node.anonymous() as anon:
+        print(anon.get("/metrics").text[:3000])
+    from actors.ledger.model import shard_key
+    print({x: shard_key(x) % 2 for x in ("treasury", "acct-a", "acct-b")})
+    assert False
