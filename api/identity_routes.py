@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import re
+from collections.abc import Callable
 from typing import Annotated
 
 import msgspec
@@ -388,6 +389,29 @@ async def _kyc_out(ctx: Context, conn, user_id: str) -> KycOut:
     )
 
 
+async def _move_kyc(
+    ctx: Context,
+    user_id: str,
+    refusal: Callable[[str], str | None],
+    to_status: str,
+    actor: str,
+    **details: str | None,
+) -> KycOut:
+    """One KYC transition and its audit row, in one transaction, under the user's row lock."""
+    async with ctx.engine.begin() as conn:
+        status = await identity.lock_kyc_status(conn, user_id)
+        if status is None:
+            raise p.ApiError(p.USER_NOT_FOUND)
+        code = refusal(status)
+        if code is not None:
+            raise p.ApiError(code)
+        await identity.set_kyc(
+            conn, ctx.keys, user_id, from_status=status, to_status=to_status, actor=actor,
+            **details,
+        )  # fmt: skip
+        return await _kyc_out(ctx, conn, user_id)
+
+
 @router.post(
     "/v1/users/{user_id}/kyc",
     openapi_extra=contract.body(KycIn),
@@ -407,19 +431,11 @@ async def submit_kyc(
     digits = body.id_number.replace("-", "")
     if body.id_type in ("ssn", "itin") and not (digits.isdigit() and len(digits) == 9):
         raise p.ApiError(p.INVALID_FIELD, "an SSN or ITIN has 9 digits", "$.id_number")
-    async with ctx.engine.begin() as conn:
-        status = await identity.lock_kyc_status(conn, user_id)
-        if status is None:
-            raise p.ApiError(p.USER_NOT_FOUND)
-        if status == "verified":
-            raise p.ApiError(p.KYC_ALREADY_VERIFIED)
-        if status == "pending":
-            raise p.ApiError(p.KYC_IN_REVIEW)
-        await identity.set_kyc(
-            conn, ctx.keys, user_id, from_status=status, to_status="pending",
-            actor=principal.id, id_type=body.id_type, id_number=digits,
-        )  # fmt: skip
-        out = await _kyc_out(ctx, conn, user_id)
+    refusals = {"verified": p.KYC_ALREADY_VERIFIED, "pending": p.KYC_IN_REVIEW}
+    out = await _move_kyc(
+        ctx, user_id, refusals.get, "pending", principal.id,
+        id_type=body.id_type, id_number=digits,
+    )  # fmt: skip
     return json_response(out)
 
 
@@ -455,15 +471,8 @@ async def review_kyc(
     if not _USER_ID.match(user_id):
         raise p.ApiError(p.USER_NOT_FOUND)
     body = await decode_body(request, KycReviewIn, BODY_LIMIT)
-    async with ctx.engine.begin() as conn:
-        status = await identity.lock_kyc_status(conn, user_id)
-        if status is None:
-            raise p.ApiError(p.USER_NOT_FOUND)
-        if status != "pending":
-            raise p.ApiError(p.KYC_NOT_PENDING)
-        await identity.set_kyc(
-            conn, ctx.keys, user_id, from_status=status, to_status=body.decision,
-            actor=principal.id, reason=body.reason,
-        )  # fmt: skip
-        out = await _kyc_out(ctx, conn, user_id)
+    out = await _move_kyc(
+        ctx, user_id, lambda status: None if status == "pending" else p.KYC_NOT_PENDING,
+        body.decision, principal.id, reason=body.reason,
+    )  # fmt: skip
     return json_response(out)
