@@ -470,6 +470,9 @@ async def review_kyc(
 ) -> Response:
     if not _USER_ID.match(user_id):
         raise p.ApiError(p.USER_NOT_FOUND)
+    if principal.user_id == user_id:
+        # Separation of duties: a reviewer key owned by this user cannot clear itself.
+        raise p.ApiError(p.FORBIDDEN, "nobody reviews their own KYC")
     body = await decode_body(request, KycReviewIn, BODY_LIMIT)
     out = await _move_kyc(
         ctx, user_id, lambda status: None if status == "pending" else p.KYC_NOT_PENDING,

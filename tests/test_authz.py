@@ -21,6 +21,7 @@ import pytest
 
 from storage.database import libpq_url
 
+from .asserts import problem, unauthorized
 from .conftest import ADMIN_KEY, RunningNode
 
 USD = "USD"
@@ -28,7 +29,6 @@ PASSWORD = "correct horse battery staple"
 FUNDING = 10_000
 UNKNOWN_USER = "usr_" + "0" * 32
 UNKNOWN_KEY = "pk_" + "0" * 32
-PROBLEM_JSON = "application/problem+json"
 
 # Reachable with no credentials at all; everything else under /v1 needs some.
 PUBLIC_V1 = {
@@ -46,21 +46,6 @@ HTTP_METHODS = {"get", "post", "put", "patch", "delete"}
 # -- helpers ----------------------------------------------------------------------------
 
 
-def problem(r: httpx.Response, status: int, code: str) -> dict:
-    """Assert ``r`` is a problem+json refusal with this status and code; return its body."""
-    assert r.status_code == status, (r.status_code, r.text)
-    assert r.headers["content-type"] == PROBLEM_JSON, r.headers
-    body = r.json()
-    assert body["code"] == code, body
-    assert body["status"] == status, body
-    return body
-
-
-def unauthorized(r: httpx.Response, code: str) -> None:
-    problem(r, 401, code)
-    assert r.headers.get("www-authenticate", "").startswith("Bearer"), r.headers
-
-
 def ok(r: httpx.Response, status: int = 200) -> dict:
     assert r.status_code == status, (r.status_code, r.text)
     return r.json() if r.content else {}
@@ -71,8 +56,6 @@ class User:
     id: str
     email: str
     http: httpx.Client  # Authorization: Bearer <access token>
-    access_token: str
-    refresh_token: str
 
 
 def bearer(node: RunningNode, token: str) -> httpx.Client:
@@ -95,11 +78,13 @@ def signup(node: RunningNode, clients: list[httpx.Client]):
     def make(handle: str) -> User:
         email = f"{handle}@example.com"
         with node.anonymous() as anon:
-            reg = ok(anon.post("/v1/auth/register", json={"email": email, "password": PASSWORD}), 201)
+            reg = ok(
+                anon.post("/v1/auth/register", json={"email": email, "password": PASSWORD}), 201
+            )
             pair = ok(anon.post("/v1/auth/login", json={"email": email, "password": PASSWORD}))
         http = bearer(node, pair["access_token"])
         clients.append(http)
-        return User(reg["user_id"], email, http, pair["access_token"], pair["refresh_token"])
+        return User(reg["user_id"], email, http)
 
     return make
 
@@ -116,7 +101,12 @@ def balances(node: RunningNode, *account_ids: str) -> dict[str, tuple[int, int, 
     out = {}
     for a in account_ids:
         b = ok(node.http.get(f"/v1/accounts/{a}"))
-        out[a] = (b["debits_posted"], b["credits_posted"], b["debits_pending"], b["credits_pending"])
+        out[a] = (
+            b["debits_posted"],
+            b["credits_posted"],
+            b["debits_pending"],
+            b["credits_pending"],
+        )
     return out
 
 
@@ -197,7 +187,7 @@ def test_every_v1_endpoint_needs_credentials(node: RunningNode) -> None:
         ("GET", "/v1/auth/me"),
     ]:
         assert expected in protected
-    assert PUBLIC_V1 <= set(operations)
+    assert set(operations) >= PUBLIC_V1
 
     # A JWT in the right shape, with the node's own key id, signed with the wrong key.
     now = int(time.time())
@@ -209,6 +199,12 @@ def test_every_v1_endpoint_needs_credentials(node: RunningNode) -> None:
         claims, "not-the-node-key-0123456789abcdef", "HS256", headers={"kid": node.keys.jwt_active}
     )
     unsigned = jwt.encode(claims, None, "none")
+    # Signed with the node's real key: valid tokens, but of no session, or expired.
+    kid = node.keys.jwt_active
+    real_key = node.keys.jwt_keys[kid]
+    no_session = jwt.encode(claims, real_key, "HS256", headers={"kid": kid})
+    old = {**claims, "iat": now - 7200, "nbf": now - 7200, "exp": now - 3600}
+    expired = jwt.encode(old, real_key, "HS256", headers={"kid": kid})
     bad_credentials: list[tuple[dict[str, str], str]] = [
         ({}, "unauthenticated"),
         ({"Authorization": ""}, "unauthenticated"),
@@ -222,6 +218,9 @@ def test_every_v1_endpoint_needs_credentials(node: RunningNode) -> None:
         ({"Authorization": "Bearer pk_garbage"}, "invalid_api_key"),
         ({"Authorization": f"Bearer {forged}"}, "invalid_token"),
         ({"Authorization": f"Bearer {unsigned}"}, "invalid_token"),
+        ({"Authorization": f"Bearer {no_session}"}, "session_revoked"),
+        ({"Authorization": f"Bearer {expired}"}, "token_expired"),
+        ({"Authorization": f"Bearer {ADMIN_KEY}x"}, "invalid_token"),
     ]
     with node.anonymous() as anon:
         for method, path in protected:
@@ -346,7 +345,10 @@ def test_other_user_cannot_debit_an_account(world: World) -> None:
         xfer("a-batch-2", world.acct_a, world.acct_b, 20),
     ]
     results = ok(a.http.post("/v1/transfers/batch", json={"transfers": own_batch}))["results"]
-    assert results == [{"id": "a-batch-1", "status": "posted"}, {"id": "a-batch-2", "status": "posted"}]
+    assert results == [
+        {"id": "a-batch-1", "status": "posted"},
+        {"id": "a-batch-2", "status": "posted"},
+    ]
     after = balances(node, *accounts)
     assert after[world.acct_a][:2] == (before[world.acct_a][0] + 70, before[world.acct_a][1] + 250)
     assert after[world.acct_b][:2] == (before[world.acct_b][0] + 250, before[world.acct_b][1] + 60)
@@ -383,6 +385,7 @@ def test_other_user_cannot_post_or_void_a_pending(world: World) -> None:
 
     assert journaled(node, attempts) == set()
     assert ok(node.http.get("/v1/transfers/hold-1"))["status"] == "pending"
+    problem(b.http.get("/v1/transfers/hold-1"), 403, "forbidden")
     assert balances(node, world.acct_a, world.acct_b, world.treasury) == before
 
     # A, the payer, may post one and void the other with nothing but the pending id.
@@ -445,6 +448,7 @@ def test_other_user_cannot_touch_profile_or_kyc(world: World) -> None:
     assert (profile["id"], profile["email"], profile["name"]) == (a.id, a.email, None)
     assert profile["kyc_status"] == "unverified"
     assert ok(a.http.get(f"/v1/users/{a.id}/kyc"))["history"] == []
+    assert ok(node.http.get(f"/v1/users/{a.id}/kyc"))["status"] == "unverified"
 
     # A edits and submits its own; B's attempts above changed nothing.
     assert ok(a.http.patch(f"/v1/users/{a.id}", json={"name": "Alice"}))["name"] == "Alice"
@@ -456,9 +460,7 @@ def test_other_user_cannot_touch_profile_or_kyc(world: World) -> None:
 # -- 5. API keys ------------------------------------------------------------------------------
 
 
-def test_api_key_scopes_listing_and_revocation(
-    world: World, clients: list[httpx.Client]
-) -> None:
+def test_api_key_scopes_listing_and_revocation(world: World, clients: list[httpx.Client]) -> None:
     node, a, b = world.node, world.a, world.b
     created = ok(a.http.post("/v1/api-keys", json={"name": "ro", "scopes": ["accounts:read"]}), 201)
     assert (created["owner_user_id"], created["scopes"]) == (a.id, ["accounts:read"])
@@ -484,31 +486,49 @@ def test_api_key_scopes_listing_and_revocation(
         problem(r, 403, "scope_not_grantable")
     for_b = {"name": "for-b", "scopes": ["accounts:read"], "owner_user_id": b.id}
     problem(a.http.post("/v1/api-keys", json=for_b), 403, "forbidden")
+    # Nor can a key: one that may make keys hands out at most its own scopes, as its user.
+    maker = {"name": "maker", "scopes": ["accounts:read", "api_keys:write"]}
+    maker = ok(a.http.post("/v1/api-keys", json=maker), 201)
+    with bearer(node, maker["key"]) as k:
+        wider = {"name": "wider", "scopes": ["accounts:read", "transfers:write"]}
+        problem(k.post("/v1/api-keys", json=wider), 403, "scope_not_grantable")
+        problem(k.post("/v1/api-keys", json={**wider, "owner_user_id": b.id}), 403,
+                "scope_not_grantable")  # fmt: skip
+        narrower = ok(k.post("/v1/api-keys", json={"name": "n", "scopes": ["accounts:read"]}), 201)
+        assert narrower["owner_user_id"] == a.id
+    for extra in (maker, narrower):
+        assert a.http.delete(f"/v1/api-keys/{extra['id']}").status_code == 204
 
     b_key = ok(b.http.post("/v1/api-keys", json={"name": "b", "scopes": ["accounts:read"]}), 201)
     admin_key = ok(node.http.post("/v1/api-keys", json={"name": "ops", "scopes": ["admin"]}), 201)
     assert admin_key["owner_user_id"] is None
 
+    # Revoked keys stay listed (with revoked_at), so A has three.
     listed_a = ok(a.http.get("/v1/api-keys"))["data"]
-    assert [(k["id"], k["owner_user_id"]) for k in listed_a] == [(created["id"], a.id)]
+    revoked = {k["id"]: k.get("revoked_at") is not None for k in listed_a}
+    assert revoked == {created["id"]: False, maker["id"]: True, narrower["id"]: True}
+    assert {k["owner_user_id"] for k in listed_a} == {a.id}
     listed_b = ok(b.http.get("/v1/api-keys"))["data"]
     assert [k["id"] for k in listed_b] == [b_key["id"]]
     listed_all = ok(node.http.get("/v1/api-keys"))["data"]
-    assert {k["id"] for k in listed_all} == {created["id"], b_key["id"], admin_key["id"]}
+    assert {k["id"] for k in listed_all} == {*revoked, b_key["id"], admin_key["id"]}
     for k in [*listed_a, *listed_b, *listed_all]:
         assert "key" not in k and "secret_hash" not in k, k
 
-    # B cannot revoke A's key (nor learn whether an id exists by trying).
+    # B cannot revoke A's key, nor A the admin's; both keep working.
     problem(b.http.delete(f"/v1/api-keys/{created['id']}"), 403, "forbidden")
+    problem(a.http.delete(f"/v1/api-keys/{admin_key['id']}"), 403, "forbidden")
     problem(b.http.delete(f"/v1/api-keys/{UNKNOWN_KEY}"), 404, "api_key_not_found")
     assert ok(key.get(f"/v1/accounts/{world.acct_a}"))["id"] == world.acct_a
+    with bearer(node, admin_key["key"]) as ops:
+        assert ok(ops.get(f"/v1/accounts/{world.acct_b}"))["owner_user_id"] == b.id
 
     # Revoked by its owner: refused on the very next request.
     assert a.http.delete(f"/v1/api-keys/{created['id']}").status_code == 204
     unauthorized(key.get(f"/v1/accounts/{world.acct_a}"), "invalid_api_key")
     unauthorized(key.get("/v1/auth/me"), "invalid_api_key")
     listed_a = ok(a.http.get("/v1/api-keys"))["data"]
-    assert listed_a[0]["revoked_at"] is not None
+    assert all(k.get("revoked_at") is not None for k in listed_a), listed_a
     # The right id with the wrong secret is refused the same way.
     forged = bearer(node, b_key["key"].split(".")[0] + ".not-the-secret")
     clients.append(forged)
@@ -534,6 +554,12 @@ def test_admin_key_sees_everything(world: World) -> None:
     ok(node.http.post("/v1/transfers", json=xfer("clawback", world.acct_b, world.treasury, 1)), 201)
     me = ok(node.http.get("/v1/auth/me"))
     assert (me["kind"], me["user_id"], me["scopes"]) == ("bootstrap", None, ["admin"])
+    # So does an admin API key made by it, which belongs to no user.
+    made = ok(node.http.post("/v1/api-keys", json={"name": "ops", "scopes": ["admin"]}), 201)
+    with bearer(node, made["key"]) as ops:
+        assert ok(ops.get(f"/v1/accounts/{world.acct_a}"))["owner_user_id"] == a.id
+        assert ok(ops.get(f"/v1/transfers/fund-{world.acct_b}"))["amount"] == FUNDING
+        assert ok(ops.get(f"/v1/users/{b.id}"))["id"] == b.id
 
 
 def test_user_cannot_call_admin_endpoints(world: World) -> None:
@@ -553,20 +579,3 @@ def test_user_cannot_call_admin_endpoints(world: World) -> None:
     reviewed = ok(node.http.post(f"/v1/users/{a.id}/kyc/review", json=verdict))
     assert reviewed["status"] == "verified"
     assert ok(a.http.get(f"/v1/users/{a.id}"))["kyc_status"] == "verified"
-
-
-def test_zz_scratch(world: World) -> None:
-    node, a, b = world.node, world.a, world.b
-    r = b.http.post("/v1/transfers", json=xfer(f"fund-{world.acct_a}", world.acct_b, world.treasury, 1))
-    print("collide", r.status_code, r.text)
-    r = b.http.post("/v1/transfers", json=xfer(f"fund-{world.acct_a}", world.treasury, world.acct_a, FUNDING))
-    print("replay", r.status_code, r.text)
-    hold = xfer("h", world.acct_a, world.acct_b, 100, flags=["pending"], timeout_s=3600)
-    print(a.http.post("/v1/transfers", json=hold).status_code)
-    r = b.http.post("/v1/transfers", json={"id": "v", "flags": ["void_pending"], "pending_id": "h"})
-    print("payee void", r.status_code, r.text)
-    with node.anonymous() as anon:
-        print(anon.get("/metrics").text[:3000])
-    from actors.ledger.model import shard_key
-    print({x: shard_key(x) % 2 for x in ("treasury", "acct-a", "acct-b")})
-    assert False

@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from node.keyring import rotated, write_file
 
+from .asserts import problem, unauthorized
 from .conftest import RunningNode, wait_until
 
 PASSWORD = "correct horse battery"
@@ -36,22 +37,6 @@ _DROP = object()  # a claim value meaning "leave this claim out"
 
 def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
-
-
-def problem(r: httpx.Response, status: int, code: str) -> dict:
-    """Assert an application/problem+json refusal with this status and code."""
-    assert r.status_code == status, (r.status_code, r.text)
-    assert r.headers["content-type"].startswith("application/problem+json"), r.headers
-    body = r.json()
-    assert body["code"] == code, body
-    assert body["status"] == status, body
-    return body
-
-
-def refused(r: httpx.Response, code: str) -> None:
-    """A 401 for a bearer credential: problem+json, the code, and a Bearer challenge."""
-    problem(r, 401, code)
-    assert r.headers.get("www-authenticate", "").startswith("Bearer"), r.headers
 
 
 def retry_after(r: httpx.Response) -> int:
@@ -198,16 +183,16 @@ def test_forged_access_tokens_are_refused(node: RunningNode) -> None:
             r = me(c, bad)
             assert r.status_code == 401, (what, r.status_code, r.text)
             assert r.json()["code"] == "invalid_token", (what, r.json())
-            refused(r, "invalid_token")
+            unauthorized(r, "invalid_token")
 
         past = int(time.time()) - 60
         expired = encode(
             hs256(kid), claims(alice, sid, iat=past - 900, nbf=past - 900, exp=past), key
         )
-        refused(me(c, expired), "token_expired")
+        unauthorized(me(c, expired), "token_expired")
 
         # A right-key token naming a session that does not exist is still refused.
-        refused(me(c, encode(hs256(kid), claims(alice, "ses_nosuch"), key)), "session_revoked")
+        unauthorized(me(c, encode(hs256(kid), claims(alice, "ses_nosuch"), key)), "session_revoked")
 
         # None of the above hurt the real session.
         me_ok(c, token, alice)
@@ -243,8 +228,8 @@ def test_refresh_rotates_and_reuse_revokes_the_session(node: RunningNode) -> Non
         # The used token comes back: someone has a copy, so the whole family ends.
         problem(refresh(c, first["refresh_token"]), 401, "refresh_token_reused")
         problem(refresh(c, second["refresh_token"]), 401, "invalid_refresh_token")
-        refused(me(c, second["access_token"]), "session_revoked")
-        refused(me(c, first["access_token"]), "session_revoked")
+        unauthorized(me(c, second["access_token"]), "session_revoked")
+        unauthorized(me(c, first["access_token"]), "session_revoked")
         # Once the session is over, the dead token is just invalid.
         problem(refresh(c, first["refresh_token"]), 401, "invalid_refresh_token")
 
@@ -274,10 +259,12 @@ def test_logout_ends_the_session(node: RunningNode) -> None:
         assert r.status_code == 204, r.text
         assert r.content == b""
 
-        refused(me(c, pair["access_token"]), "session_revoked")
+        unauthorized(me(c, pair["access_token"]), "session_revoked")
         problem(refresh(c, pair["refresh_token"]), 401, "invalid_refresh_token")
-        refused(c.post("/v1/auth/logout", headers=bearer(pair["access_token"])), "session_revoked")
-        refused(c.post("/v1/auth/logout"), "unauthenticated")
+        unauthorized(
+            c.post("/v1/auth/logout", headers=bearer(pair["access_token"])), "session_revoked"
+        )
+        unauthorized(c.post("/v1/auth/logout"), "unauthenticated")
 
         # Logging out one session leaves the user's other session alone.
         me_ok(c, kept["access_token"], user)
@@ -444,7 +431,7 @@ def test_requests_are_rate_limited_per_credential(make_node) -> None:
     with node.anonymous() as c:
         me_ok(c, token, user)
         # A request with no valid credential is refused as such, not as rate limited.
-        refused(c.get("/v1/auth/me"), "unauthenticated")
+        unauthorized(c.get("/v1/auth/me"), "unauthenticated")
     problem(node.http.get("/v1/auth/me"), 429, "rate_limited")
 
 
@@ -454,8 +441,8 @@ def test_requests_are_rate_limited_per_address(make_node) -> None:
         # Five requests from one address across three kinds of credential.
         assert node.http.get("/v1/auth/me").status_code == 200
         assert node.http.get("/v1/auth/me").status_code == 200
-        refused(c.get("/v1/auth/me"), "unauthenticated")
-        refused(c.get("/v1/auth/me", headers=bearer("a.b.c")), "invalid_token")
+        unauthorized(c.get("/v1/auth/me"), "unauthenticated")
+        unauthorized(c.get("/v1/auth/me", headers=bearer("a.b.c")), "invalid_token")
         assert node.http.get("/v1/auth/me").status_code == 200
 
         limited = c.get("/v1/auth/me")

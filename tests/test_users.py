@@ -7,6 +7,8 @@ import psycopg
 
 from storage.database import libpq_url
 
+from .asserts import problem
+
 
 def _login(node, email: str, password: str = "correct horse battery") -> tuple[str, httpx.Client]:
     with node.anonymous() as anon:
@@ -21,11 +23,6 @@ def _login(node, email: str, password: str = "correct horse battery") -> tuple[s
     return user_id, httpx.Client(
         base_url=node.url, timeout=30, headers={"Authorization": f"Bearer {token}"}
     )
-
-
-def _code(r: httpx.Response) -> tuple[int, str]:
-    assert r.headers["content-type"].startswith("application/problem+json"), r.text
-    return r.status_code, r.json()["code"]
 
 
 def test_profile_read_and_change_by_its_owner(node) -> None:
@@ -64,33 +61,35 @@ def test_profile_read_and_change_by_its_owner(node) -> None:
         with node.anonymous() as anon:
             creds = {"password": "correct horse battery"}
             old = anon.post("/v1/auth/login", json={"email": "owner@example.org", **creds})
-            assert _code(old) == (401, "invalid_credentials")
+            problem(old, 401, "invalid_credentials")
             new = anon.post("/v1/auth/login", json={"email": "owner.new@example.org", **creds})
             assert new.status_code == 200
 
         # Bad values are refused without echoing them, and change nothing.
         r = me.patch(f"/v1/users/{user_id}", json={"phone": "0044 7700 900123"})
-        assert _code(r) == (422, "invalid_field") and r.json()["field"] == "$.phone"
+        assert problem(r, 422, "invalid_field")["field"] == "$.phone"
         assert "7700" not in r.text
         r = me.patch(f"/v1/users/{user_id}", json={"email": None})
-        assert _code(r)[0] == 422
+        problem(r, 422, "invalid_field")
         r = me.patch(f"/v1/users/{user_id}", json={"birth_date": "1990-02-30"})
-        assert _code(r) == (422, "invalid_field")
+        problem(r, 422, "invalid_field")
         r = me.patch(f"/v1/users/{user_id}", json={"ssn": "219099999"})
-        assert _code(r) == (422, "unknown_field") and "219099999" not in r.text
+        problem(r, 422, "unknown_field")
+        assert "219099999" not in r.text
         assert me.get(f"/v1/users/{user_id}").json()["phone"] == "+447700900123"
 
     # An email that another user holds is refused, case-insensitively.
     other_id, other = _login(node, "second@example.org")
     with other:
         r = other.patch(f"/v1/users/{other_id}", json={"email": "OWNER.NEW@example.org"})
-        assert _code(r) == (409, "email_taken")
+        problem(r, 409, "email_taken")
 
 
 def test_kyc_submission_review_and_audit_trail(node) -> None:
     user_id, me = _login(node, "kyc@example.org")
     r = me.post(f"/v1/users/{user_id}/kyc", json={"id_type": "ssn", "id_number": "12345"})
-    assert _code(r) == (422, "invalid_field") and "12345" not in r.text
+    problem(r, 422, "invalid_field")
+    assert "12345" not in r.text
 
     r = me.post(f"/v1/users/{user_id}/kyc", json={"id_type": "ssn", "id_number": "078-05-1120"})
     assert r.status_code == 200, r.text
@@ -98,16 +97,16 @@ def test_kyc_submission_review_and_audit_trail(node) -> None:
     assert "078" not in r.text
 
     again = me.post(f"/v1/users/{user_id}/kyc", json={"id_type": "ssn", "id_number": "078051120"})
-    assert _code(again) == (409, "kyc_in_review")
+    problem(again, 409, "kyc_in_review")
     # A user cannot review their own submission.
     r = me.post(f"/v1/users/{user_id}/kyc/review", json={"decision": "verified"})
-    assert _code(r) == (403, "insufficient_scope")
+    problem(r, 403, "insufficient_scope")
 
     reject = {"decision": "rejected", "reason": "document unreadable"}
     r = node.http.post(f"/v1/users/{user_id}/kyc/review", json=reject)
     assert r.status_code == 200 and r.json()["status"] == "rejected"
     r = node.http.post(f"/v1/users/{user_id}/kyc/review", json={"decision": "verified"})
-    assert _code(r) == (409, "kyc_not_pending")
+    problem(r, 409, "kyc_not_pending")
 
     r = me.post(f"/v1/users/{user_id}/kyc", json={"id_type": "passport", "id_number": "X1234567"})
     assert r.status_code == 200 and r.json()["id_last4"] == "4567"
@@ -126,9 +125,21 @@ def test_kyc_submission_review_and_audit_trail(node) -> None:
     assert node.http.get(f"/v1/users/{user_id}").json()["kyc_status"] == "verified"
 
     r = me.post(f"/v1/users/{user_id}/kyc", json={"id_type": "ssn", "id_number": "078051120"})
-    assert _code(r) == (409, "kyc_already_verified")
+    problem(r, 409, "kyc_already_verified")
 
     # The trail is in PostgreSQL, one row per transition, with no identity numbers.
+    # Separation of duties: a reviewer key owned by the user cannot clear that user.
+    r = node.http.post(
+        "/v1/api-keys",
+        json={"name": "reviewer", "scopes": ["kyc:review", "users:read"], "owner_user_id": user_id},
+    )
+    assert r.status_code == 201, r.text
+    own_reviewer = {"Authorization": f"Bearer {r.json()['key']}"}
+    r = node.http.post(
+        f"/v1/users/{user_id}/kyc/review", json={"decision": "rejected"}, headers=own_reviewer
+    )
+    problem(r, 403, "forbidden")
+
     with psycopg.connect(libpq_url(node.database_url)) as conn:
         rows = conn.execute(
             "SELECT from_status, to_status, actor, coalesce(reason, '') FROM kyc_events"
@@ -146,9 +157,9 @@ def test_admin_creates_users_without_passwords_and_unknown_users_are_404(node) -
     with node.anonymous() as anon:
         r = anon.post("/v1/auth/login", json={"email": "platform.customer@example.org",
                                               "password": "anything-at-all"})  # fmt: skip
-        assert _code(r) == (401, "invalid_credentials")
-    assert _code(node.http.get("/v1/users/usr_" + "0" * 32)) == (404, "user_not_found")
-    assert _code(node.http.get("/v1/users/not-a-user-id")) == (404, "user_not_found")
+        problem(r, 401, "invalid_credentials")
+    problem(node.http.get("/v1/users/usr_" + "0" * 32), 404, "user_not_found")
+    problem(node.http.get("/v1/users/not-a-user-id"), 404, "user_not_found")
     r = node.http.post("/v1/users", json={"email": "PLATFORM.customer@example.org"})
-    assert _code(r) == (409, "email_taken")
+    problem(r, 409, "email_taken")
     assert node.http.get(f"/v1/users/{user_id}").json()["kyc_status"] == "unverified"
