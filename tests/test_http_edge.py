@@ -1,0 +1,97 @@
+"""The identity endpoints at the edge: body limits, bad input leaving no trace, CORS."""
+
+from __future__ import annotations
+
+import psycopg
+import pytest
+
+from storage.database import libpq_url
+
+from .asserts import problem
+from .conftest import RunningNode
+
+
+def _counts(node: RunningNode) -> tuple[int, ...]:
+    with psycopg.connect(libpq_url(node.database_url)) as conn:
+        return tuple(
+            conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
+            for t in ("users", "sessions", "refresh_tokens", "api_keys", "kyc_events")
+        )
+
+
+SECRET = "hunter2-but-longer-Zq9"
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "status", "code"),
+    [
+        ("/v1/auth/register", b'{"email": "a@b.co", "password": ', 400, "malformed_json"),
+        ("/v1/auth/register", b"[]", 422, "invalid_field"),
+        ("/v1/auth/register", b'{"email": "a@b.co"}', 422, "missing_field"),
+        (
+            "/v1/auth/register",
+            f'{{"email": "a@b.co", "password": "{SECRET}", "role": "admin"}}'.encode(),
+            422,
+            "unknown_field",
+        ),
+        ("/v1/auth/register", f'{{"email": "{SECRET}", "password": "{SECRET}"}}'.encode(), 422,
+         "invalid_field"),
+        ("/v1/auth/register", b'{"email": "a@b.co", "password": "' + b"x" * 300 + b'"}', 422,
+         "invalid_field"),
+        ("/v1/auth/register", b'{"email": "a@b.co", "password": "' + b"x" * 20_000 + b'"}', 413,
+         "body_too_large"),
+        ("/v1/auth/login", f'{{"email": "a@b.co", "password": {SECRET!r}}}'.encode(), 400,
+         "malformed_json"),
+        ("/v1/auth/refresh", f'{{"refresh_token": "{SECRET}"}}'.encode(), 401,
+         "invalid_refresh_token"),
+    ],
+)  # fmt: skip
+def test_bad_identity_requests_change_nothing_and_echo_nothing(
+    node: RunningNode, path: str, body: bytes, status: int, code: str
+) -> None:
+    before = _counts(node)
+    with node.anonymous() as anon:
+        r = anon.post(path, content=body, headers={"content-type": "application/json"})
+    problem(r, status, code)
+    assert SECRET not in r.text
+    assert _counts(node) == before
+
+
+def test_admin_only_bodies_are_checked_after_the_credential(node: RunningNode) -> None:
+    """A request without the right to act is refused before its body is read."""
+    with node.anonymous() as anon:
+        r = anon.post(
+            "/v1/users", content=b"{not json", headers={"content-type": "application/json"}
+        )
+    problem(r, 401, "unauthenticated")
+
+
+def test_cors_allows_only_configured_origins(make_node) -> None:
+    node = make_node(cors_origins="https://app.example.com, https://admin.example.com")
+    preflight = {
+        "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "authorization, content-type",
+    }
+    with node.anonymous() as anon:
+        ok = anon.options(
+            "/v1/transfers", headers={"Origin": "https://app.example.com", **preflight}
+        )
+        assert ok.status_code == 200
+        assert ok.headers["access-control-allow-origin"] == "https://app.example.com"
+        assert "authorization" in ok.headers["access-control-allow-headers"].lower()
+
+        bad = anon.options("/v1/transfers", headers={"Origin": "https://evil.example", **preflight})
+        assert "access-control-allow-origin" not in bad.headers
+
+        # Simple requests: the header is added for allowed origins only, errors included.
+        r = anon.get("/v1/auth/me", headers={"Origin": "https://admin.example.com"})
+        problem(r, 401, "unauthenticated")
+        assert r.headers["access-control-allow-origin"] == "https://admin.example.com"
+        r = anon.get("/v1/auth/me", headers={"Origin": "https://evil.example"})
+        assert "access-control-allow-origin" not in r.headers
+
+
+def test_cors_is_off_by_default(node: RunningNode) -> None:
+    with node.anonymous() as anon:
+        r = anon.get("/health", headers={"Origin": "https://app.example.com"})
+    assert r.status_code == 200 and "access-control-allow-origin" not in r.headers
