@@ -35,13 +35,14 @@ from actors.ledger.model import (
 from actors.messages import decode_stats
 from node.config import Settings
 from node.keyring import Keyring
+from node.runtime import ANALYTICS_NAME, RECONCILER_NAME
 from storage import identity
 from storage.database import async_engine
 from storage.pii import SealError
 from storage.schema import TRANSFER_COLUMNS
 from storage.schema import transfers as transfers_t
 
-from . import contract, identity_routes
+from . import contract, identity_routes, recon_routes
 from . import problems as p
 from .auth.authenticate import Authenticator
 from .auth.ratelimit import TokenBuckets, retry_after
@@ -123,6 +124,14 @@ def _cursor_decode(cursor: str) -> tuple[int, str]:
 _STORED_ID = re.compile(r"[A-Za-z0-9._:~-]{1,80}\Z")
 
 
+def _journal_columns() -> list:
+    """The journal's columns in JournalRow order, metadata as text."""
+    return [
+        sa.cast(transfers_t.c[n], sa.Text) if n == "metadata" else transfers_t.c[n]
+        for n in TRANSFER_COLUMNS
+    ]
+
+
 def _check_path_id(value: str, code: str) -> None:
     """An id that cannot exist is simply not found (and never reaches the database)."""
     if not _STORED_ID.match(value):
@@ -160,6 +169,8 @@ def create_app(settings: Settings, shard_names: list[str], keys: Keyring) -> Fas
             auth=Authenticator(keys, engine, settings.auth_cache_s, settings.api_key),
             per_principal=TokenBuckets(settings.rate_per_s, settings.rate_burst),
             per_ip_auth=TokenBuckets(settings.auth_rate_per_s, settings.auth_rate_burst),
+            analytics=ray.get_actor(ANALYTICS_NAME, namespace=settings.namespace),
+            reconciler=ray.get_actor(RECONCILER_NAME, namespace=settings.namespace),
         )
         try:
             yield
@@ -271,6 +282,7 @@ def create_app(settings: Settings, shard_names: list[str], keys: Keyring) -> Fas
         )
     app.add_middleware(CountRequests)
     app.include_router(identity_routes.router)
+    app.include_router(recon_routes.router)
 
     def may_debit(principal: Principal):
         """None for admins (no check); else a check that the debit account is theirs."""
@@ -337,7 +349,7 @@ def create_app(settings: Settings, shard_names: list[str], keys: Keyring) -> Fas
             raise p.ApiError(Code.ACCOUNT_NOT_FOUND, status=404)
         check_owner(principal, spec.owner)
         t = transfers_t
-        cols = [sa.cast(c, sa.Text) if c.name == "metadata" else c for c in t.columns]
+        cols = _journal_columns()
         sides = []
         for side in (t.c.debit_account_id, t.c.credit_account_id):
             q = sa.select(*cols).where(side == account_id)
@@ -407,7 +419,7 @@ def create_app(settings: Settings, shard_names: list[str], keys: Keyring) -> Fas
         transfer_id: str, principal: Annotated[Principal, Depends(require("transfers:read"))]
     ) -> Response:
         _check_path_id(transfer_id, p.TRANSFER_NOT_FOUND)
-        cols = [sa.cast(c, sa.Text) if c.name == "metadata" else c for c in transfers_t.columns]
+        cols = _journal_columns()
         q = sa.select(*cols).where(transfers_t.c.id == transfer_id)
         async with state["engine"].connect() as conn:
             row = (await conn.execute(q)).first()

@@ -17,6 +17,7 @@ from fastapi.routing import APIRoute
 
 from .identity_schemas import IDENTITY_TYPES
 from .problems import PROBLEM_JSON
+from .recon_schemas import RECON_TYPES
 from .schemas import PUBLIC_TYPES, Problem
 
 _REF = "#/components/schemas/{name}"
@@ -88,7 +89,7 @@ def install(app: FastAPI) -> None:
                 routes=app.routes,
             )  # fmt: skip
             _, components = msgspec.json.schema_components(
-                PUBLIC_TYPES + IDENTITY_TYPES, ref_template=_REF
+                PUBLIC_TYPES + IDENTITY_TYPES + RECON_TYPES, ref_template=_REF
             )
             schema.setdefault("components", {}).setdefault("schemas", {}).update(components)
             _document_scopes(app, schema)

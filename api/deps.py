@@ -8,6 +8,7 @@ valid credential is 401 before anything else, one without the scope is 403.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from fastapi import Request, Security
 from fastapi.security import HTTPBearer
@@ -35,6 +36,8 @@ class Context:
     auth: Authenticator
     per_principal: TokenBuckets
     per_ip_auth: TokenBuckets  # register, login, refresh: password and token guessing
+    analytics: Any  # Ray actor handles
+    reconciler: Any
 
 
 def context(request: Request) -> Context:

@@ -3,6 +3,9 @@
 paynode run [--host H] [--port P] [--data-dir D] [--shards N]
 paynode migrate [--data-dir D]
 paynode keys show|rotate|reseal [--data-dir D] [--keyring F]
+paynode sql "SELECT ..." [--data-dir D] [--format table|csv|json]
+paynode recon run|status [--full] [--url U]
+paynode report daily [--date YYYY-MM-DD] [--data-dir D]
 paynode bench ...
 """
 
@@ -41,6 +44,9 @@ def _parser() -> argparse.ArgumentParser:
     keys.add_argument("--keyring", help="keyring file (default <data-dir>/keyring.json)")
     keys.add_argument("--only", choices=["pii", "jwt"], help="rotate one purpose only")
     keys.add_argument("--batch", type=int, default=500, help="rows per transaction (default 500)")
+    from .analytics_cli import add_parsers
+
+    add_parsers(sub)
     bench = sub.add_parser("bench", help="load a node, audit it, compare with a baseline")
     from benchmarks.bench import add_arguments
 
@@ -165,6 +171,10 @@ def main(argv: list[str] | None = None) -> int:
         from benchmarks.bench import main as bench
 
         return bench(args)
+    if args.command == "recon":
+        from .analytics_cli import cmd_recon
+
+        return cmd_recon(args)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -177,6 +187,10 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command == "migrate":
         return cmd_migrate(settings)
+    if args.command in ("sql", "report"):
+        from .analytics_cli import cmd_report, cmd_sql
+
+        return cmd_sql(settings, args) if args.command == "sql" else cmd_report(settings, args)
     if args.command == "keys":
         if args.batch < 1:
             print("paynode: --batch must be >= 1", file=sys.stderr)

@@ -42,6 +42,16 @@ class Settings(msgspec.Struct, kw_only=True):
     commit_max_rows: int = 65_536  # rows coalesced into one transaction
     expiry_interval_ms: int = 200  # how often pendings are checked for timeout
 
+    # Analytics and reconciliation.
+    analytics_interval_ms: int = 250  # how often committed journal rows are published
+    analytics_max_rows: int = 100_000  # rows per Parquet segment written
+    analytics_max_segments: int = 64  # live segments per table before compaction
+    recon_interval_s: float = 30.0  # incremental reconciliation; 0 = on demand only
+    recon_full_every: int = 10  # every Nth scheduled run is a full one
+
+    def analytics_path(self) -> Path:
+        return self.data_path() / "analytics"
+
     # Identity and access.
     api_key: str | None = None  # bootstrap admin key (PAYNODE_API_KEY); never printed
     keyring: str = ""  # keyring file; "" = <data_dir>/keyring.json (see node/keyring.py)
@@ -114,6 +124,14 @@ def _check(s: Settings) -> None:
         problems.append("queue_limit must be >= batch_max_items")
     if not 1 <= s.max_batch_transfers <= 8190:
         problems.append("max_batch_transfers must be 1..8190")
+    if not 10 <= s.analytics_interval_ms <= 60_000:
+        problems.append("analytics_interval_ms must be 10..60000")
+    if not 1_000 <= s.analytics_max_rows <= 10_000_000:
+        problems.append("analytics_max_rows must be 1000..10000000")
+    if not 2 <= s.analytics_max_segments <= 10_000:
+        problems.append("analytics_max_segments must be 2..10000")
+    if s.recon_interval_s < 0 or s.recon_full_every < 1:
+        problems.append("recon_interval_s must be >= 0 and recon_full_every >= 1")
     if s.api_key is not None and len(s.api_key) < 16:
         problems.append("api_key must be at least 16 characters")
     if not 60 <= s.access_token_ttl_s <= 86400:

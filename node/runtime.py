@@ -55,6 +55,7 @@ class Services:
     database_url: str
     shard_names: list[str]
     shards: list[object] = field(default_factory=list)
+    helpers: list[object] = field(default_factory=list)  # analytics, reconciler
     _pg: object | None = None
     _ray_started: bool = False
     _owner: psycopg.Connection | None = None
@@ -62,6 +63,13 @@ class Services:
     def stop(self) -> None:
         import ray
 
+        for h in self.helpers:
+            try:
+                ray.get(h.stop.remote(), timeout=10)
+            except Exception as e:  # going away anyway
+                log.warning("a helper actor did not stop cleanly: %s", type(e).__name__)
+            ray.kill(h)
+        self.helpers = []
         if self.shards:
             try:
                 ray.get([s.stop.remote() for s in self.shards], timeout=10)
@@ -189,6 +197,47 @@ def start_shards(settings: Settings, database_url: str) -> tuple[list[str], list
     return names, shards
 
 
+ANALYTICS_NAME = "paynode-analytics"
+RECONCILER_NAME = "paynode-reconciler"
+
+
+def start_helpers(settings: Settings, database_url: str, shard_names: list[str]) -> list[object]:
+    """The analytics follower and the reconciler (after the shards: it reads them)."""
+    import ray
+
+    from actors.analytics import AnalyticsStreamer
+    from actors.reconciler import Reconciler
+
+    options = {"namespace": settings.namespace, "num_cpus": 0, "max_restarts": 0}
+    analytics = (
+        ray.remote(AnalyticsStreamer)
+        .options(name=ANALYTICS_NAME, max_concurrency=16, **options)
+        .remote(
+            database_url,
+            str(settings.analytics_path()),
+            settings.analytics_interval_ms,
+            settings.analytics_max_rows,
+            settings.analytics_max_segments,
+        )
+    )
+    ray.get(analytics.start.remote())
+    reconciler = (
+        ray.remote(Reconciler)
+        .options(name=RECONCILER_NAME, max_concurrency=16, **options)
+        .remote(
+            database_url,
+            str(settings.analytics_path()),
+            shard_names,
+            ANALYTICS_NAME,
+            settings.namespace,
+            settings.recon_interval_s,
+            settings.recon_full_every,
+        )
+    )
+    ray.get(reconciler.start.remote())
+    return [analytics, reconciler]
+
+
 def start(settings: Settings) -> Services:
     database_url, pg = start_postgres(settings)
     services = Services(settings, database_url, [], _pg=pg)
@@ -199,6 +248,7 @@ def start(settings: Settings) -> Services:
             log.info("applied migrations %s", applied)
         services._ray_started = start_ray(settings)
         services.shard_names, services.shards = start_shards(settings, database_url)
+        services.helpers = start_helpers(settings, database_url, services.shard_names)
     except BaseException:
         services.stop()
         raise

@@ -33,6 +33,7 @@ accounts = Table(
     Column("shard_key", BigInteger, nullable=False),
     Column("ts", BigInteger, nullable=False),
     Column("owner_user_id", Text),  # the user who may read and debit it; NULL: admins only
+    Column("txid", BigInteger, nullable=False),  # writing transaction (migration 3)
 )
 
 transfers = Table(
@@ -51,6 +52,44 @@ transfers = Table(
     Column("posted_amount", BigInteger, nullable=False),
     Column("pending_delta", BigInteger, nullable=False),
     Column("ts", BigInteger, nullable=False),
+    # The writing transaction's id, set by PostgreSQL: the commit order analytics follows.
+    Column("txid", BigInteger, nullable=False),
+)
+
+reconciliation_runs = Table(
+    "reconciliation_runs",
+    metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
+    Column("kind", Text, nullable=False),
+    Column("trigger", Text, nullable=False),
+    Column("started_at", DateTime(timezone=True), nullable=False),
+    Column("finished_at", DateTime(timezone=True)),
+    Column("status", Text, nullable=False),
+    Column("from_txid", BigInteger),
+    Column("to_txid", BigInteger),
+    Column("accounts_checked", Integer, nullable=False),
+    Column("transfers_checked", BigInteger, nullable=False),
+    Column("skipped_in_flight", Integer, nullable=False),
+    Column("found", Integer, nullable=False),
+    Column("resolved", Integer, nullable=False),
+    Column("error", Text),
+)
+
+discrepancies = Table(
+    "discrepancies",
+    metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
+    Column("kind", Text, nullable=False),
+    Column("object_type", Text, nullable=False),
+    Column("object_id", Text, nullable=False),
+    Column("sources", Text, nullable=False),
+    Column("expected", Text),
+    Column("actual", Text),
+    Column("first_run_id", BigInteger, nullable=False),
+    Column("last_run_id", BigInteger, nullable=False),
+    Column("found_at", DateTime(timezone=True), nullable=False),
+    Column("last_seen_at", DateTime(timezone=True), nullable=False),
+    Column("resolved_at", DateTime(timezone=True)),
 )
 
 # -- identity (migration 2). *_ct columns are storage.pii sealed values. --------
@@ -122,5 +161,6 @@ kyc_events = Table(
 )
 
 # Journal rows in the order JournalRow declares its fields (COPY and loads use it).
-TRANSFER_COLUMNS = tuple(c.name for c in transfers.columns)
-ACCOUNT_COLUMNS = tuple(c.name for c in accounts.columns)
+# (txid is left to its default: PostgreSQL fills it in.)
+TRANSFER_COLUMNS = tuple(c.name for c in transfers.columns if c.name != "txid")
+ACCOUNT_COLUMNS = tuple(c.name for c in accounts.columns if c.name != "txid")

@@ -101,6 +101,8 @@ class RunningNode:
     shards: list
     http: httpx.Client  # authenticated with the admin key
     keys: Keyring
+    analytics: object  # Ray actor handles
+    reconciler: object
 
     def anonymous(self) -> httpx.Client:
         """A client with no credentials (close it, or use it in a with block)."""
@@ -134,7 +136,7 @@ def make_node(
 
     from api.app import create_app
     from node.keyring import load
-    from node.runtime import start_shards
+    from node.runtime import start_helpers, start_shards
 
     running: list[tuple[uvicorn.Server, threading.Thread, list]] = []
 
@@ -149,6 +151,7 @@ def make_node(
         }
         settings = Settings(**(values | overrides))
         names, handles = start_shards(settings, database_url)
+        helpers = start_helpers(settings, database_url, names)
         keys = load(settings.data_path(), settings.keyring)
         app = create_app(settings, names, keys)
         server = uvicorn.Server(
@@ -156,13 +159,13 @@ def make_node(
         )
         thread = threading.Thread(target=server.run, daemon=True)
         thread.start()
-        running.append((server, thread, handles))
+        running.append((server, thread, helpers + handles))
         wait_until(lambda: server.started, what="uvicorn to start")
         url = f"http://127.0.0.1:{settings.port}"
         http = httpx.Client(
             base_url=url, timeout=30, headers={"Authorization": f"Bearer {settings.api_key}"}
         )
-        return RunningNode(url, database_url, settings, handles, http, keys)
+        return RunningNode(url, database_url, settings, handles, http, keys, *helpers)
 
     yield start
     for server, thread, handles in running:

@@ -20,10 +20,14 @@ Scope = Literal[
     "users:write",
     "api_keys:write",
     "kyc:review",
+    "reconciliation:read",
+    "reconciliation:write",
     "admin",
 ]
 ALL_SCOPES: tuple[str, ...] = Scope.__args__  # type: ignore[attr-defined]
-USER_SCOPES: tuple[str, ...] = tuple(s for s in ALL_SCOPES if s not in ("admin", "kyc:review"))
+# Operator scopes see or act on the whole node, not on one user's things.
+OPERATOR_SCOPES = frozenset({"admin", "kyc:review", "reconciliation:read", "reconciliation:write"})
+USER_SCOPES: tuple[str, ...] = tuple(s for s in ALL_SCOPES if s not in OPERATOR_SCOPES)
 
 
 class Principal(msgspec.Struct, frozen=True):

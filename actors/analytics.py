@@ -1,0 +1,210 @@
+"""The analytics actor: follows the committed journal into Parquet segments.
+
+It reads only what PostgreSQL has committed (``storage.analytics`` explains
+the ``(txid, id)`` watermark), in bulk (COPY to CSV, DuckDB to Parquet: no
+row-by-row work in Python), every ``interval_ms`` and at once when asked
+(:meth:`sync`). It never slows the ledger: shards do not wait for it, and
+if it falls behind it catches up in chunks of ``max_rows``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from pathlib import Path
+
+import msgspec
+import psycopg
+
+from storage.analytics import (
+    ACCOUNTS,
+    EXPORTED,
+    RECON_COLUMNS,
+    TRANSFERS,
+    Exported,
+    Store,
+    Watermark,
+    export_query,
+    xmin,
+)
+from storage.database import libpq_url
+
+log = logging.getLogger("paynode.analytics")
+
+LAG_BUCKETS_S = (0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
+
+
+class AnalyticsStats(msgspec.Struct):
+    watermark_txid: int
+    rows_published: int
+    segments_published: int
+    segments_live: int
+    compactions: int
+    cycles: int
+    errors: int
+    lag_last_s: float
+    lag_max_s: float
+    lag_buckets: list[int]  # cumulative counts of segments by lag, per LAG_BUCKETS_S
+    last_cycle_unix: float
+
+
+class AnalyticsStreamer:
+    def __init__(
+        self,
+        database_url: str,
+        root: str,
+        interval_ms: int = 250,
+        max_rows: int = 100_000,
+        max_segments: int = 64,
+    ) -> None:
+        assert interval_ms >= 10 and max_rows >= 1 and max_segments >= 2
+        self.database_url = database_url
+        self.store = Store(Path(root))
+        self.interval_s = interval_ms / 1000
+        self.max_rows = max_rows
+        self.max_segments = max_segments
+        self.watermarks: dict[str, Watermark] = {}
+        self._lock = asyncio.Lock()
+        self._conn: psycopg.Connection | None = None
+        self._task: asyncio.Task | None = None
+        self.rows = self.segments = self.compactions = self.cycles = self.errors = 0
+        self.lag_last = self.lag_max = 0.0
+        self.lag_buckets = [0] * len(LAG_BUCKETS_S)
+        self.last_cycle = 0.0
+
+    async def start(self) -> dict[str, Watermark]:
+        """Open the store, find where it stopped, and follow the journal from there."""
+        await asyncio.to_thread(self.store.open)
+        for table in EXPORTED:
+            self.watermarks[table.name] = await asyncio.to_thread(self.store.watermark, table)
+        self._task = asyncio.get_running_loop().create_task(self._follow())
+        log.info("analytics resumes after %s", self.watermarks)
+        return self.watermarks
+
+    async def ping(self) -> bool:
+        return True
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+        async with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    async def sync(self) -> dict[str, Watermark]:
+        """Publish everything committed so far, now; return the watermarks."""
+        async with self._lock:
+            await asyncio.to_thread(self._cycle)
+        return dict(self.watermarks)
+
+    async def export_recon(self) -> None:
+        """Republish the reconciliation tables (small) for the analysts' views."""
+        from storage.reconciliation import export_recon_table
+
+        def export() -> None:
+            conn = self._connection()
+            for name in RECON_COLUMNS:
+                path = self.store.tmp / f"export-{name}.csv"
+                export_recon_table(conn, name, path)
+                self.store.replace_recon_table(name, path)
+
+        async with self._lock:
+            await asyncio.to_thread(export)
+
+    async def _follow(self) -> None:
+        while True:
+            try:
+                async with self._lock:
+                    await asyncio.to_thread(self._cycle)
+            except Exception as e:  # keep following: PostgreSQL may come back
+                self.errors += 1
+                log.warning("analytics cycle failed (%s); retrying", type(e).__name__)
+                if self._conn is not None:
+                    self._conn.close()
+                    self._conn = None
+            await asyncio.sleep(self.interval_s)
+
+    # -- one cycle (in a worker thread, under the lock) ------------------------------------
+
+    def _connection(self) -> psycopg.Connection:
+        if self._conn is None or self._conn.closed:
+            self._conn = psycopg.connect(
+                libpq_url(self.database_url),
+                autocommit=True,
+                connect_timeout=5,
+                options="-c statement_timeout=60000",
+            )
+        return self._conn
+
+    def _cycle(self) -> None:
+        conn = self._connection()
+        below = xmin(conn)  # one bound for both tables: accounts never trail their transfers
+        for table in (ACCOUNTS, TRANSFERS):
+            while self._chunk(conn, table, below) == self.max_rows:
+                pass
+        for table in EXPORTED:
+            self.compactions += 1 if self.store.compact(table, self.max_segments) else 0
+        self.cycles += 1
+        self.last_cycle = time.time()
+
+    def _chunk(self, conn: psycopg.Connection, table: Exported, below: int) -> int:
+        """Export and publish one chunk after the watermark; the number of rows."""
+        path = self.store.tmp / f"export-{table.name}.csv"
+        after = self.watermarks[table.name]
+        with (
+            open(path, "wb") as f,
+            conn.cursor().copy(export_query(table, after, below, self.max_rows)) as copy,
+        ):
+            for data in copy:
+                f.write(data)
+        if path.stat().st_size == 0:
+            return 0
+        last = last_key(path)
+        assert last > after, "the watermark only moves forward"
+        published = self.store.append_csv(table, path, last_txid=last[0])
+        count, oldest_ts = self.store.summary(published)
+        self.watermarks[table.name] = last
+        self.rows += count
+        self.segments += 1
+        if table is TRANSFERS:
+            self._observe_lag(time.time() - oldest_ts / 1e9)
+        return int(count)
+
+    def _observe_lag(self, lag: float) -> None:
+        self.lag_last = lag
+        self.lag_max = max(self.lag_max, lag)
+        for i, bound in enumerate(LAG_BUCKETS_S):
+            if lag <= bound:
+                self.lag_buckets[i] += 1
+
+    async def stats(self) -> bytes:
+        return msgspec.msgpack.encode(
+            AnalyticsStats(
+                watermark_txid=self.watermarks.get("transfers", (-1, ""))[0],
+                rows_published=self.rows,
+                segments_published=self.segments,
+                segments_live=len(self.store.segments(TRANSFERS)),
+                compactions=self.compactions,
+                cycles=self.cycles,
+                errors=self.errors,
+                lag_last_s=self.lag_last,
+                lag_max_s=self.lag_max,
+                lag_buckets=self.lag_buckets,
+                last_cycle_unix=self.last_cycle,
+            )
+        )
+
+
+def last_key(csv_path: Path) -> Watermark:
+    """(txid, id) of an export's last row: its first two fields (ids hold no comma or quote)."""
+    with open(csv_path, "rb") as f:
+        f.seek(max(0, f.seek(0, 2) - 4096))
+        line = f.read().rstrip(b"\n").rsplit(b"\n", 1)[-1]
+    txid, row_id = line.split(b",", 2)[:2]
+    return int(txid), row_id.decode()
+
+
+def decode_stats(raw: bytes) -> AnalyticsStats:
+    return msgspec.msgpack.decode(raw, type=AnalyticsStats)

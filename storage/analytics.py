@@ -1,0 +1,405 @@
+"""The analytics store: the committed journal as Parquet segments, DuckDB views over them.
+
+DuckDB lets one process write a database file, and an analyst's ``duckdb``
+must be able to query while the node runs. So the node never keeps a DuckDB
+file open for writing: it appends immutable Parquet segments, and
+``views.duckdb`` holds only view definitions over them. Any number of
+processes open it read-only (``duckdb -readonly``, ``paynode sql``) and see
+every segment published so far.
+
+Layout under ``<data-dir>/analytics``::
+
+    live -> gen-000003/               symlink, swapped atomically by compaction
+    gen-000003/transfers-<txid>-<seq>.parquet, accounts-<txid>-<seq>.parquet
+    recon/reconciliation_runs.parquet, recon/discrepancies.parquet
+    views.duckdb                      views only, rewritten atomically at start
+    tmp/
+
+**No gaps, no duplicates.** Rows are read from PostgreSQL in ``(txid, id)``
+order, ``txid`` being the writing transaction's id, and only below the
+oldest transaction still running (``pg_snapshot_xmin``): every such
+transaction has finished, so no row can appear later behind the watermark.
+The watermark is the largest ``(txid, id)`` in the published segments, and a
+segment is published by an atomic rename: after a crash it is either there
+(and the watermark includes it) or not (and it is read again).
+
+No personal data: the journal's and accounts' free-form ``metadata`` is not
+exported (clients may put anything there); owners appear as user ids only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+import psycopg
+from psycopg import sql
+
+Watermark = tuple[int, str]  # (txid, id): everything up to here is published
+START: Watermark = (-1, "")
+
+
+@dataclass(frozen=True)
+class Exported:
+    """A journal table as exported: its PostgreSQL columns and their DuckDB types."""
+
+    name: str
+    columns: tuple[tuple[str, str], ...]
+
+    @property
+    def names(self) -> list[str]:
+        return [c for c, _ in self.columns]
+
+
+TRANSFERS = Exported(
+    "transfers",
+    (
+        ("txid", "BIGINT"),
+        ("id", "VARCHAR"),
+        ("debit_account_id", "VARCHAR"),
+        ("credit_account_id", "VARCHAR"),
+        ("amount", "BIGINT"),
+        ("currency", "VARCHAR"),
+        ("flags", "INTEGER"),
+        ("pending_id", "VARCHAR"),
+        ("timeout_s", "INTEGER"),
+        ("status", "VARCHAR"),
+        ("posted_amount", "BIGINT"),
+        ("pending_delta", "BIGINT"),
+        ("ts", "BIGINT"),
+    ),
+)
+ACCOUNTS = Exported(
+    "accounts",
+    (
+        ("txid", "BIGINT"),
+        ("id", "VARCHAR"),
+        ("currency", "VARCHAR"),
+        ("flags", "INTEGER"),
+        ("owner_user_id", "VARCHAR"),
+        ("ts", "BIGINT"),
+    ),
+)
+EXPORTED = (ACCOUNTS, TRANSFERS)
+_SEGMENT = re.compile(r"(?P<table>[a-z_]+)-(?P<txid>\d{20})-(?P<seq>\d{8})\.parquet\Z")
+GRACE_S = 120.0  # an old generation stays readable this long after a swap
+
+
+def xmin(conn: psycopg.Connection) -> int:
+    """Transactions below this id have all finished: their rows are final."""
+    row = conn.execute("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint").fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def export_query(table: Exported, after: Watermark, below_txid: int, limit: int) -> sql.Composed:
+    cols = sql.SQL(", ").join(sql.Identifier(c) for c in table.names)
+    return sql.SQL(
+        "COPY (SELECT {cols} FROM {table} WHERE (txid, id) > ({t}, {i}) AND txid < {x}"
+        " ORDER BY txid, id LIMIT {n}) TO STDOUT (FORMAT csv)"
+    ).format(
+        cols=cols,
+        table=sql.Identifier(table.name),
+        t=sql.Literal(after[0]),
+        i=sql.Literal(after[1]),
+        x=sql.Literal(below_txid),
+        n=sql.Literal(limit),
+    )
+
+
+def _csv_source(path: Path, table: Exported) -> str:
+    types = ", ".join(f"'{c}': '{t}'" for c, t in table.columns)
+    return (
+        f"read_csv('{path}', columns={{{types}}}, header=false, auto_detect=false,"
+        " quote='\"', escape='\"', allow_quoted_nulls=false)"
+    )
+
+
+class Store:
+    """The segment files. One writer (the analytics actor); readers anywhere."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.live = root / "live"
+        self.tmp = root / "tmp"
+        self.recon = root / "recon"
+        self._db = duckdb.connect()  # in memory: only converts and reads files
+        self._seq = 0
+
+    # -- set-up ---------------------------------------------------------------------
+
+    def open(self) -> None:
+        """Create the layout if new; drop leftovers of an interrupted write; publish views."""
+        for d in (self.root, self.tmp, self.recon):
+            d.mkdir(parents=True, exist_ok=True)
+        for leftover in self.tmp.iterdir():
+            leftover.unlink()
+        if not self.live.exists():
+            gen = self.root / "gen-000001"
+            gen.mkdir(exist_ok=True)
+            _swap_symlink(self.live, gen.name)
+        for table in EXPORTED:
+            if not self.segments(table):
+                self._write_empty(table)
+        for name, columns in RECON_COLUMNS.items():
+            if not (self.recon / f"{name}.parquet").exists():
+                empty = ", ".join(f"NULL::{t} AS {c}" for c, t in columns)
+                staged = self.tmp / f"{name}.parquet"
+                self._db.execute(f"COPY (SELECT {empty} LIMIT 0) TO '{staged}' (FORMAT parquet)")
+                os.replace(staged, self.recon / f"{name}.parquet")
+        self._seq = max((int(m["seq"]) for m in self._matches()), default=0)
+        write_views_file(self.root)
+
+    def _matches(self) -> list[re.Match]:
+        found = (_SEGMENT.match(p.name) for p in self.live.iterdir())
+        return [m for m in found if m is not None]
+
+    def segments(self, table: Exported) -> list[Path]:
+        names = sorted(m.string for m in self._matches() if m["table"] == table.name)
+        return [self.live / n for n in names]
+
+    def _write_empty(self, table: Exported) -> None:
+        cols = ", ".join(f"NULL::{t} AS {c}" for c, t in table.columns)
+        self._publish(table, f"SELECT {cols} LIMIT 0", txid=0)
+
+    # -- appending ------------------------------------------------------------------
+
+    def watermark(self, table: Exported) -> Watermark:
+        row = self._db.execute(
+            f"SELECT txid, id FROM read_parquet({_files(self.segments(table))})"
+            " ORDER BY txid DESC, id DESC LIMIT 1"
+        ).fetchone()
+        return START if row is None else (int(row[0]), str(row[1]))
+
+    def append_csv(self, table: Exported, csv_path: Path, last_txid: int) -> Path:
+        """Publish a segment from a CSV export (rows already in (txid, id) order)."""
+        return self._publish(table, f"SELECT * FROM {_csv_source(csv_path, table)}", last_txid)
+
+    def summary(self, segment: Path) -> tuple[int, int]:
+        """(rows, smallest ts) of a published segment."""
+        row = self._db.execute(
+            f"SELECT count(*), min(ts) FROM read_parquet('{segment}')"
+        ).fetchone()
+        assert row is not None
+        return int(row[0]), int(row[1])
+
+    def _publish(self, table: Exported, select: str, txid: int) -> Path:
+        self._seq += 1
+        name = f"{table.name}-{txid:020d}-{self._seq:08d}.parquet"
+        staged = self.tmp / name
+        self._db.execute(f"COPY ({select}) TO '{staged}' (FORMAT parquet, COMPRESSION zstd)")
+        with open(staged, "rb") as f:
+            os.fsync(f.fileno())
+        final = self.live / name
+        os.replace(staged, final)  # the publish: readers see the whole segment or none
+        return final
+
+    # -- compaction ------------------------------------------------------------------
+
+    def compact(self, table: Exported, max_segments: int) -> int:
+        """Merge all but the newest segment once there are more than ``max_segments``.
+
+        The merged set goes into a new generation directory (hard links for the
+        rest) and ``live`` is swapped to it in one rename: a reader sees the old
+        set or the new one, never both. Returns the segments merged (0 if none).
+        """
+        current = self.segments(table)
+        if len(current) <= max_segments:
+            return 0
+        merge, keep_newest = current[:-1], current[-1]
+        gen_now = self.live.resolve()
+        number = int(gen_now.name.split("-")[1]) + 1
+        gen_next = self.root / f"gen-{number:06d}"
+        gen_next.mkdir()
+        last = _SEGMENT.match(merge[-1].name)
+        assert last is not None
+        merged = self.tmp / f"{table.name}-{last['txid']}-{last['seq']}.parquet"
+        self._db.execute(
+            f"COPY (SELECT * FROM read_parquet({_files(merge)}) ORDER BY txid, id)"
+            f" TO '{merged}' (FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE 122880)"
+        )
+        os.replace(merged, gen_next / merged.name)
+        merged_names = {p.name for p in merge}
+        for p in gen_now.iterdir():
+            if p.name not in merged_names or p.name == keep_newest.name:
+                os.link(p, gen_next / p.name)
+        _swap_symlink(self.live, gen_next.name)
+        self.collect_garbage()
+        return len(merge)
+
+    def collect_garbage(self, grace_s: float = GRACE_S) -> None:
+        """Remove generations older than the live one once no reader can still be listing them."""
+        live = self.live.resolve().name
+        for gen in self.root.glob("gen-*"):
+            if gen.name != live and time.time() - gen.stat().st_mtime > grace_s:
+                shutil.rmtree(gen, ignore_errors=True)
+
+    # -- reconciliation tables ----------------------------------------------------------
+
+    def replace_recon_table(self, name: str, csv_path: Path) -> None:
+        """Replace a reconciliation table's file with a fresh CSV export of it."""
+        staged = self.tmp / f"{name}.parquet"
+        source = _csv_source(csv_path, Exported(name, RECON_COLUMNS[name]))
+        self._db.execute(f"COPY (SELECT * FROM {source}) TO '{staged}' (FORMAT parquet)")
+        os.replace(staged, self.recon / f"{name}.parquet")
+
+
+def _files(paths: list[Path]) -> str:
+    return "[" + ", ".join(f"'{p}'" for p in paths) + "]"
+
+
+def _swap_symlink(link: Path, target: str) -> None:
+    staged = link.with_name(f".{link.name}.{os.getpid()}")
+    with contextlib.suppress(FileNotFoundError):
+        staged.unlink()
+    os.symlink(target, staged)
+    os.replace(staged, link)
+
+
+# -- the views ------------------------------------------------------------------------
+
+RECON_COLUMNS: dict[str, tuple[tuple[str, str], ...]] = {
+    "reconciliation_runs": (
+        ("id", "BIGINT"),
+        ("kind", "VARCHAR"),
+        ("trigger", "VARCHAR"),
+        ("started_at", "TIMESTAMP"),
+        ("finished_at", "TIMESTAMP"),
+        ("status", "VARCHAR"),
+        ("from_txid", "BIGINT"),
+        ("to_txid", "BIGINT"),
+        ("accounts_checked", "INTEGER"),
+        ("transfers_checked", "BIGINT"),
+        ("skipped_in_flight", "INTEGER"),
+        ("found", "INTEGER"),
+        ("resolved", "INTEGER"),
+        ("error", "VARCHAR"),
+    ),
+    "discrepancies": (
+        ("id", "BIGINT"),
+        ("kind", "VARCHAR"),
+        ("object_type", "VARCHAR"),
+        ("object_id", "VARCHAR"),
+        ("sources", "VARCHAR"),
+        ("expected", "VARCHAR"),
+        ("actual", "VARCHAR"),
+        ("first_run_id", "BIGINT"),
+        ("last_run_id", "BIGINT"),
+        ("found_at", "TIMESTAMP"),
+        ("last_seen_at", "TIMESTAMP"),
+        ("resolved_at", "TIMESTAMP"),
+    ),
+}
+
+
+def view_statements(root: Path) -> list[str]:
+    """The analysts' views, over the segments under ``root`` (absolute paths)."""
+    live = root.resolve() / "live"
+    recon = root.resolve() / "recon"
+
+    def recon_source(name: str) -> str:
+        return f"SELECT * FROM read_parquet('{recon / name}.parquet')"
+
+    return [
+        "CREATE OR REPLACE VIEW journal AS"
+        f" SELECT * FROM read_parquet('{live}/transfers-*.parquet')",
+        f"""CREATE OR REPLACE VIEW accounts AS
+            SELECT id AS account_id, currency, flags, owner_user_id,
+                   (flags & 1) <> 0 AS no_overdraft, (flags & 2) <> 0 AS credit_limited,
+                   make_timestamp(ts // 1000) AS created_at, txid
+            FROM read_parquet('{live}/accounts-*.parquet')""",
+        """CREATE OR REPLACE VIEW transfers AS
+            SELECT id AS transfer_id, debit_account_id, credit_account_id, amount, currency,
+                   status,
+                   CASE WHEN flags & 2 <> 0 THEN 'post'
+                        WHEN flags & 4 <> 0 THEN 'void'
+                        WHEN status = 'expired' THEN 'expiry'
+                        WHEN flags & 1 <> 0 THEN 'pending'
+                        ELSE 'transfer' END AS kind,
+                   (flags & 8) <> 0 AS linked,
+                   pending_id, timeout_s, posted_amount, pending_delta,
+                   'ledger' AS rail,
+                   ts AS ts_ns, make_timestamp(ts // 1000) AS booked_at,
+                   CAST(make_timestamp(ts // 1000) AS DATE) AS day, txid
+            FROM journal""",
+        # Each journal row as two legs: what it did to each of its accounts.
+        """CREATE OR REPLACE VIEW legs AS
+            SELECT transfer_id, debit_account_id AS account_id, 'debit' AS side, currency,
+                   posted_amount AS debits_posted, 0::BIGINT AS credits_posted,
+                   pending_delta AS debits_pending, 0::BIGINT AS credits_pending, booked_at, day
+            FROM transfers
+            UNION ALL
+            SELECT transfer_id, credit_account_id, 'credit', currency, 0, posted_amount,
+                   0, pending_delta, booked_at, day
+            FROM transfers""",
+        """CREATE OR REPLACE MACRO balances_at(as_of) AS TABLE
+            SELECT a.account_id, a.currency, a.owner_user_id,
+                   COALESCE(SUM(l.debits_posted), 0)::BIGINT AS debits_posted,
+                   COALESCE(SUM(l.credits_posted), 0)::BIGINT AS credits_posted,
+                   COALESCE(SUM(l.debits_pending), 0)::BIGINT AS debits_pending,
+                   COALESCE(SUM(l.credits_pending), 0)::BIGINT AS credits_pending,
+                   (COALESCE(SUM(l.credits_posted), 0) - COALESCE(SUM(l.debits_posted), 0))::BIGINT
+                       AS balance,
+                   (COALESCE(SUM(l.credits_posted), 0) - COALESCE(SUM(l.debits_posted), 0)
+                    - COALESCE(SUM(l.debits_pending), 0))::BIGINT AS available
+            FROM accounts a
+            LEFT JOIN (SELECT * FROM legs WHERE booked_at <= as_of) l ON l.account_id = a.account_id
+            WHERE a.created_at <= as_of
+            GROUP BY a.account_id, a.currency, a.owner_user_id""",
+        "CREATE OR REPLACE VIEW balances AS SELECT * FROM balances_at(TIMESTAMP '9999-12-31')",
+        """CREATE OR REPLACE VIEW daily_volume AS
+            SELECT day, currency, rail, status, kind, COUNT(*) AS transfers,
+                   SUM(amount)::BIGINT AS amount, SUM(posted_amount)::BIGINT AS posted_amount
+            FROM transfers GROUP BY ALL""",
+        """CREATE OR REPLACE VIEW account_activity AS
+            SELECT account_id, day, currency,
+                   COUNT(*) FILTER (WHERE side = 'debit') AS debits,
+                   SUM(debits_posted)::BIGINT AS debited,
+                   COUNT(*) FILTER (WHERE side = 'credit') AS credits,
+                   SUM(credits_posted)::BIGINT AS credited,
+                   (SUM(credits_posted) - SUM(debits_posted))::BIGINT AS net
+            FROM legs GROUP BY ALL""",
+        """CREATE OR REPLACE VIEW pending_holds AS
+            SELECT p.transfer_id, p.debit_account_id, p.credit_account_id, p.amount,
+                   p.currency, p.booked_at AS held_at,
+                   timezone('UTC', current_timestamp) - p.booked_at AS age,
+                   CASE WHEN p.timeout_s > 0 THEN p.booked_at + to_seconds(p.timeout_s)
+                   END AS expires_at
+            FROM transfers p
+            WHERE p.kind = 'pending'
+              AND NOT EXISTS (SELECT 1 FROM journal r WHERE r.pending_id = p.transfer_id)""",
+        f"CREATE OR REPLACE VIEW reconciliation_runs AS {recon_source('reconciliation_runs')}",
+        f"CREATE OR REPLACE VIEW discrepancies AS {recon_source('discrepancies')}",
+    ]
+
+
+def connect_views(root: Path) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB with the views: what ``paynode sql`` and reconciliation use."""
+    con = duckdb.connect()
+    for stmt in view_statements(root):
+        con.execute(stmt)
+    return con
+
+
+def write_views_file(root: Path) -> Path:
+    """``views.duckdb`` for the plain CLI, replaced atomically (open readers keep the old one)."""
+    target = root / "views.duckdb"
+    staged = root / "tmp" / "views.duckdb"
+    for p in (staged, staged.with_suffix(".duckdb.wal")):
+        with contextlib.suppress(FileNotFoundError):
+            p.unlink()
+    con = duckdb.connect(str(staged))
+    try:
+        for stmt in view_statements(root):
+            con.execute(stmt)
+        con.execute("CHECKPOINT")
+    finally:
+        con.close()
+    os.replace(staged, target)
+    return target
