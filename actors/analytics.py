@@ -166,9 +166,9 @@ class AnalyticsStreamer:
         published = self.store.append_csv(table, path, last_txid=last[0])
         count, oldest_ts = self.store.summary(published)
         self.watermarks[table.name] = last
-        self.rows += count
         self.segments += 1
-        if table is TRANSFERS:
+        if table is TRANSFERS:  # journal rows; account rows are not counted
+            self.rows += count
             self._observe_lag(time.time() - oldest_ts / 1e9)
         return int(count)
 

@@ -23,6 +23,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
+from actors.analytics import decode_stats as decode_analytics
 from actors.ledger.model import (
     ACCOUNT_FLAGS,
     TRANSFER_FLAGS,
@@ -33,6 +34,7 @@ from actors.ledger.model import (
     flag_names,
 )
 from actors.messages import decode_stats
+from actors.reconciler import decode_status as decode_recon
 from node.config import Settings
 from node.keyring import Keyring
 from node.runtime import ANALYTICS_NAME, RECONCILER_NAME
@@ -51,7 +53,7 @@ from .batcher import Overloaded
 from .deps import Context, check_owner, require
 from .http import decode_body, json_response
 from .ledger_client import LedgerClient, Unavailable
-from .metrics import FrontMetrics, render
+from .metrics import FrontMetrics, render, render_helpers
 from .schemas import (
     AccountIn,
     AccountOut,
@@ -482,13 +484,21 @@ def create_app(settings: Settings, shard_names: list[str], keys: Keyring) -> Fas
 
     @app.get("/metrics", response_class=Response)
     async def prometheus() -> Response:
+        ctx: Context = app.state.ctx
         calls = [h.stats.remote() for h in client().shards]
+        calls += [ctx.analytics.stats.remote(), ctx.reconciler.status.remote()]
         try:
             raw = await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), 3)
         except TimeoutError:
             raw = [None] * len(calls)
-        stats = [decode_stats(r) if isinstance(r, bytes) else None for r in raw]
+        *shard_raw, analytics_raw, recon_raw = raw
+        stats = [decode_stats(r) if isinstance(r, bytes) else None for r in shard_raw]
         text = render(metrics, client().queue_depths(), stats)
+        helpers = render_helpers(
+            decode_analytics(analytics_raw) if isinstance(analytics_raw, bytes) else None,
+            decode_recon(recon_raw) if isinstance(recon_raw, bytes) else None,
+        )
+        text += "\n".join(helpers) + "\n"
         return Response(text, media_type="text/plain; version=0.0.4")
 
     assert set(TRANSFER_COLUMNS) == set(JournalRow.__struct_fields__)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from collections import Counter
 
+from actors.analytics import LAG_BUCKETS_S, AnalyticsStats
 from actors.messages import COMMIT_BUCKETS_S, ShardStats
+from actors.reconciler import ReconStats
 
 BATCH_BUCKETS = (1, 10, 100, 500, 1000, 2000, 4000, 8190)
 
@@ -37,6 +39,50 @@ def _histogram(name: str, bounds: tuple, counts: list[int], total: float, labels
     lines.append(f"{name}_sum{{{labels.rstrip(',')}}} {total}")
     lines.append(f"{name}_count{{{labels.rstrip(',')}}} {running}")
     return lines
+
+
+def render_helpers(analytics: AnalyticsStats | None, recon: ReconStats | None) -> list[str]:
+    """Analytics lag and reconciliation gauges (absent when the actor did not answer)."""
+    out: list[str] = []
+
+    def gauge(name: str, help_text: str, value: float, kind: str = "gauge") -> None:
+        out.extend([f"# HELP {name} {help_text}", f"# TYPE {name} {kind}", f"{name} {value}"])
+
+    if analytics is not None:
+        a = analytics
+        gauge("paynode_analytics_lag_seconds", "Commit to queryable, last segment.", a.lag_last_s)
+        gauge("paynode_analytics_lag_max_seconds", "Worst commit to queryable.", a.lag_max_s)
+        gauge("paynode_analytics_rows_total", "Journal rows published.", a.rows_published,
+              "counter")  # fmt: skip
+        gauge("paynode_analytics_segments", "Live Parquet segments (transfers).", a.segments_live)
+        gauge("paynode_analytics_errors_total", "Failed publish cycles.", a.errors, "counter")
+        gauge("paynode_analytics_watermark_txid", "Published up to this transaction.",
+              a.watermark_txid)  # fmt: skip
+        out += [
+            "# HELP paynode_analytics_lag_segments Segments by commit-to-queryable lag.",
+            "# TYPE paynode_analytics_lag_segments histogram",
+            *_histogram("paynode_analytics_lag_segments", LAG_BUCKETS_S,
+                        _uncumulate(a.lag_buckets, a.segments_published), 0.0, ""),
+        ]  # fmt: skip
+    if recon is not None:
+        gauge("paynode_recon_runs_total", "Reconciliation runs finished.", recon.runs, "counter")
+        gauge("paynode_recon_failures_total", "Reconciliation runs failed.", recon.failures,
+              "counter")  # fmt: skip
+        gauge("paynode_recon_open_discrepancies", "Discrepancies not resolved.",
+              recon.open_discrepancies)  # fmt: skip
+        gauge("paynode_recon_last_run_timestamp_seconds", "When the last run finished.",
+              recon.last_run_unix)  # fmt: skip
+        if recon.last is not None:
+            gauge("paynode_recon_last_run_seconds", "Duration of the last run.", recon.last.seconds)
+            gauge("paynode_recon_last_run_skipped_in_flight", "Accounts moving during it.",
+                  recon.last.skipped_in_flight)  # fmt: skip
+    return out
+
+
+def _uncumulate(cumulative: list[int], total: int) -> list[int]:
+    """The actor counts each segment in every bucket it fits; _histogram wants per-bucket."""
+    per = [c - (cumulative[i - 1] if i else 0) for i, c in enumerate(cumulative)]
+    return [*per, total - (cumulative[-1] if cumulative else 0)]
 
 
 def render(front: FrontMetrics, queues: list[int], shards: list[ShardStats | None]) -> str:

@@ -291,3 +291,19 @@ def test_cli_recon_and_daily_report(make_node, tmp_path: Path) -> None:
     assert "treasury" in text and "-1,000.00 USD" in text  # the operator account, funded alice
     assert "Open holds" in text and "7.00 USD" in text
     assert (out / md.name.replace(".md", ".png")).stat().st_size > 1000
+
+
+def test_metrics_carry_analytics_lag_and_reconciliation(make_node) -> None:
+    node = make_node(recon_interval_s=0)
+    _seed(node, n=3)
+    _sync(node)
+    _run(node, "incremental")
+    text = node.http.get("/metrics").text
+    values = dict(
+        line.rsplit(" ", 1) for line in text.splitlines() if line and not line.startswith("#")
+    )
+    assert float(values["paynode_analytics_rows_total"]) == _pg_count(node)
+    assert 0 <= float(values["paynode_analytics_lag_max_seconds"]) < 60
+    assert values["paynode_recon_runs_total"] == "1"
+    assert values["paynode_recon_open_discrepancies"] == "0"
+    assert 'paynode_analytics_lag_segments_bucket{le="+Inf"}' in values
