@@ -14,6 +14,7 @@ import json
 import os
 import re
 import tempfile
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -117,15 +118,99 @@ def _run_http(args: argparse.Namespace, w: Workload, target: Target, report: dic
     asyncio.run(_create_accounts(url, w))
     before = _scrape(url)
     print(f"{args.mode}: {args.concurrency} clients for {args.duration:.0f}s ...", flush=True)
-    with PeakRss(node.rss_bytes) if node else _NoRss() as rss:
+    with (
+        PeakRss(node.rss_bytes) if node else _NoRss() as rss,
+        _LagSampler(url) as lag,
+    ):
         runs = asyncio.run(_load(args, url, w))
     after = _scrape(url)
     report["node"] = [r.summary() for r in runs]
     report["peak_rss_mb"] = round(rss.peak / 2**20, 1) if node else None
     report["postgres"] = _commit_figures(before, after, runs[0].elapsed_s)
+    report["analytics"] = lag.summary() | _catch_up(url, target.database_url)
     print("auditing ...", flush=True)
     report["audit"] = asyncio.run(_audit_http(url, target.database_url, w))
+    if node is not None and target.database_url:
+        report["audit"]["problems"] += _audit_analytics(node.data_dir, target.database_url)
+        report["audit"]["analytics_checked"] = True
     return not report["audit"]["problems"]
+
+
+class _LagSampler:
+    """Samples the node's commit-to-queryable lag (its last published segment) every 0.5 s."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.samples: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> _LagSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        last_rows = -1.0
+        while not self._stop.wait(0.5):
+            with contextlib.suppress(Exception):
+                m = _scrape(self.url)
+                if m["analytics_rows"] != last_rows:  # a new segment since the last sample
+                    self.samples.append(m["analytics_lag"])
+                    last_rows = m["analytics_rows"]
+
+    def summary(self) -> dict:
+        s = sorted(self.samples)
+        if not s:
+            return {"lag_samples": 0}
+        return {
+            "lag_samples": len(s),
+            "lag_p50_s": round(s[len(s) // 2], 3),
+            "lag_p99_s": round(s[min(len(s) - 1, int(len(s) * 0.99))], 3),
+            "lag_max_s": round(s[-1], 3),
+        }
+
+
+def _catch_up(url: str, database_url: str | None, timeout: float = 60.0) -> dict:
+    """After the load: how long until every committed journal row is queryable in DuckDB."""
+    if not database_url:
+        return {}
+    import psycopg
+
+    from storage.database import libpq_url
+
+    with psycopg.connect(libpq_url(database_url)) as conn:
+        (journal_rows,) = conn.execute("SELECT count(*) FROM transfers").fetchone()
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        if _scrape(url)["analytics_rows"] >= journal_rows:
+            return {"catch_up_s": round(time.monotonic() - started, 3), "rows": journal_rows}
+        time.sleep(0.05)
+    return {"catch_up_s": None, "rows": journal_rows}
+
+
+def _audit_analytics(data_dir: Path, database_url: str) -> list[str]:
+    """DuckDB's per-account totals == the journal's, after the load."""
+    from storage.analytics import connect_views
+
+    journal = journal_balances(database_url)
+    con = connect_views(data_dir / "analytics")
+    try:
+        rows = con.execute(
+            "SELECT account_id, debits_posted, credits_posted, debits_pending, credits_pending"
+            " FROM balances"
+        ).fetchall()
+        (duck_rows,) = con.execute("SELECT count(*) FROM journal").fetchone()
+    finally:
+        con.close()
+    duck = {r[0]: tuple(r[1:]) for r in rows}
+    diff = [a for a, b in journal.items() if duck.get(a) != b]
+    problems = [f"{len(diff)} accounts differ in DuckDB, e.g. {diff[:3]}"] if diff else []
+    print(f"analytics: {duck_rows} journal rows in DuckDB, {len(duck)} accounts compared")
+    return problems
 
 
 async def _load(args: argparse.Namespace, url: str, w: Workload) -> list[drivers.RunResult]:
@@ -323,6 +408,10 @@ def _scrape(url: str) -> dict[str, float]:
                       ("paynode_shard_rows_committed_total", "rows")):  # fmt: skip
         for m in re.finditer(rf"^{name}{{[^}}]*}} ([0-9.e+]+)$", text, re.M):
             total[key] += float(m.group(1))
+    for name, key in (("paynode_analytics_lag_seconds", "analytics_lag"),
+                      ("paynode_analytics_rows_total", "analytics_rows")):  # fmt: skip
+        m = re.search(rf"^{name} ([0-9.e+-]+)$", text, re.M)
+        total[key] = float(m.group(1)) if m else -1.0
     return total
 
 
@@ -361,6 +450,14 @@ def _markdown(report: dict) -> str:
         extra.append(f"**node / baseline: {report['ratio_node_over_baseline']}x**")
     if report.get("peak_rss_mb") is not None:
         extra.append(f"peak RSS of the node's processes: {report['peak_rss_mb']} MB")
+    an = report.get("analytics")
+    if an and an.get("lag_samples"):
+        extra.append(
+            f"analytics (commit to queryable in DuckDB) during the load: p50 {an['lag_p50_s']} s, "
+            f"p99 {an['lag_p99_s']} s, max {an['lag_max_s']} s ({an['lag_samples']} segments "
+            f"sampled); all {an.get('rows', '?')} journal rows queryable "
+            f"{an.get('catch_up_s')} s after the load"
+        )
     if report.get("postgres"):
         pg = report["postgres"]
         extra.append(f"PostgreSQL: {pg['commits_per_s']} commits/s, "
@@ -369,7 +466,8 @@ def _markdown(report: dict) -> str:
     extra.append(
         "audit: "
         + ("OK" if not audit.get("problems") else "FAILED " + "; ".join(audit["problems"]))
-        + f" ({audit.get('accounts', 0)} accounts, journal checked: {audit.get('journal_checked')})"
+        + f" ({audit.get('accounts', 0)} accounts, journal checked: {audit.get('journal_checked')},"
+        f" DuckDB checked: {audit.get('analytics_checked', False)})"
     )
     if b and b.get("problems"):
         extra.append("baseline audit FAILED: " + "; ".join(b["problems"]))
