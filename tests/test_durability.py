@@ -19,9 +19,10 @@ import psycopg
 import pytest
 
 from benchmarks.node_process import NodeProcess
+from storage.analytics import connect_views
 from storage.audit import currency_totals, journal_balances
 from storage.database import libpq_url
-from tests.conftest import ADMIN_HEADERS, ADMIN_KEY, free_port
+from tests.conftest import ADMIN_HEADERS, ADMIN_KEY, free_port, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -109,6 +110,24 @@ def test_sigkill_during_load_loses_no_acknowledged_transfer(tmp_path: Path, requ
                           "credit_account_id": ids[1], "amount": 1, "currency": "USD"})  # fmt: skip
             assert r.status_code == 201
         assert currency_totals(database_url) == {"USD": 0}
+
+        # The analytics stream resumed where it stopped: every journal row, once.
+        with psycopg.connect(libpq_url(database_url)) as conn:
+            journaled = {r[0] for r in conn.execute("SELECT id FROM transfers")}
+
+        def duck_ids() -> list[str]:
+            con = connect_views(tmp_path / "data" / "analytics")
+            try:
+                return [r[0] for r in con.execute("SELECT id FROM journal").fetchall()]
+            finally:
+                con.close()
+
+        published = wait_until(
+            lambda: (ids_ := duck_ids()) and len(ids_) >= len(journaled) and ids_,
+            timeout=60, what="analytics to catch up after the restart",
+        )  # fmt: skip
+        assert len(published) == len(set(published)), "a journal row published twice"
+        assert set(published) == journaled, "a gap in the analytics stream"
     finally:
         assert node.stop() == 0, "SIGTERM should stop the node cleanly"
     if node.pgdata is not None:
