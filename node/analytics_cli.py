@@ -68,7 +68,17 @@ def format_rows(columns: list[str], rows: list[tuple], fmt: str) -> str:
         return buf.getvalue().rstrip("\n")
     cells = [columns] + [["" if v is None else str(v) for v in r] for r in plain]
     widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
-    lines = [" | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in cells]
+    numeric = [bool(plain) and all(isinstance(r[i], int | None) for r in plain)
+               for i in range(len(columns))]  # fmt: skip
+
+    def line(row: list[str]) -> str:
+        return " | ".join(
+            (c.rjust(w) if num else c.ljust(w)).rstrip() if i == len(row) - 1 else
+            (c.rjust(w) if num else c.ljust(w))
+            for i, (c, w, num) in enumerate(zip(row, widths, numeric, strict=True))
+        )  # fmt: skip
+
+    lines = [line(row) for row in cells]
     lines.insert(1, "-+-".join("-" * w for w in widths))
     return "\n".join(lines)
 

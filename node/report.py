@@ -50,7 +50,7 @@ def daily_report(root: Path, day: dt.date, days: int, out_dir: Path) -> tuple[Pa
         ).fetchall()
         system = con.execute(
             "SELECT account_id, currency, balance, available, debits_pending FROM balances_at(?)"
-            " WHERE owner_user_id IS NULL ORDER BY currency, account_id LIMIT 50",
+            " WHERE owner_user_id IS NULL ORDER BY abs(balance) DESC, account_id LIMIT 10",
             [end],
         ).fetchall()
         holds = con.execute(
@@ -95,7 +95,7 @@ def daily_report(root: Path, day: dt.date, days: int, out_dir: Path) -> tuple[Pa
             ["currency", "kind", "status", "rows", "amount", "posted"],
             [[c, k, s, f"{n:,}", money(a, c), money(pa, c)] for c, k, s, n, a, pa in detail],
         ),
-        "## Operator accounts (no owner) at the end of the day",
+        "## Operator accounts (no owner) at the end of the day, largest 10",
         "",
         *_table(
             ["account", "balance", "available", "held (pending debits)"],
@@ -132,10 +132,14 @@ def daily_report(root: Path, day: dt.date, days: int, out_dir: Path) -> tuple[Pa
 
 
 def _chart(volume: list[tuple], first: dt.date, last: dt.date, path: Path) -> None:
+    import logging
+
     import matplotlib
 
     matplotlib.use("Agg")
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter
 
     days = [first + dt.timedelta(days=i) for i in range((last - first).days + 1)]
     currencies = sorted({c for _, c, _, _ in volume}) or ["USD"]
@@ -149,6 +153,7 @@ def _chart(volume: list[tuple], first: dt.date, last: dt.date, path: Path) -> No
         ax.set_title(f"Posted volume per day, {cur} (whole units)")
         ax.tick_params(axis="x", labelrotation=45)
         ax.grid(axis="y", alpha=0.3)
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
