@@ -1,0 +1,122 @@
+"""Push providers: the exact APNs and FCM requests, written to a sink.
+
+APNs and FCM cannot be reached from here, so :class:`SinkProvider` builds the
+HTTP/2 request each service documents (APNs: ``POST /3/device/<token>`` with
+``apns-*`` headers; FCM HTTP v1: ``POST /v1/projects/<p>/messages:send``) and
+appends it to a JSON-lines file instead of sending it. The device token and
+the provider credential are secrets: the sink records their SHA-256
+fingerprints in their places, never the values.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any, Protocol
+
+import msgspec
+
+from storage.events import Event
+
+APNS_HOST = "api.push.apple.com"
+FCM_HOST = "fcm.googleapis.com"
+
+
+class PushResult(msgspec.Struct):
+    ok: bool
+    detail: str  # provider's answer (status and reason); no token, no payload
+
+
+class PushProvider(Protocol):
+    def send(self, platform: str, token: str, event: Event) -> PushResult: ...
+
+
+def _fingerprint(secret: str) -> str:
+    return "sha256:" + hashlib.sha256(secret.encode()).hexdigest()[:16]
+
+
+def alert(event: Event) -> tuple[str, str]:
+    """Title and body of the notification: amounts and ids only, no personal data."""
+    data = event.data
+    if "transfer" in data:
+        t = data["transfer"]
+        verb = {
+            "transfer.posted": "Transfer posted",
+            "transfer.pending": "Transfer pending",
+            "transfer.voided": "Transfer voided",
+            "transfer.expired": "Transfer expired",
+        }.get(event.type, event.type)
+        return verb, f"{t['amount']} {t['currency']} (minor units), transfer {t['id']}"
+    if "account" in data:
+        return "Account created", f"Account {data['account']['id']}"
+    return event.type, f"Event {event.id}"
+
+
+def apns_request(token: str, event: Event, topic: str) -> dict[str, Any]:
+    title, body = alert(event)
+    return {
+        "method": "POST",
+        "url": f"https://{APNS_HOST}/3/device/{_fingerprint(token)}",
+        "headers": {
+            "authorization": "bearer <provider token " + _fingerprint(topic) + ">",
+            "apns-push-type": "alert",
+            "apns-topic": topic,
+            "apns-priority": "10",
+            "apns-expiration": str(int(time.time()) + 86400),
+            "apns-collapse-id": event.id,
+        },
+        "body": {
+            "aps": {"alert": {"title": title, "body": body}, "sound": "default"},
+            "event_id": event.id,
+            "event_type": event.type,
+        },
+    }
+
+
+def fcm_request(token: str, event: Event, project: str) -> dict[str, Any]:
+    title, body = alert(event)
+    return {
+        "method": "POST",
+        "url": f"https://{FCM_HOST}/v1/projects/{project}/messages:send",
+        "headers": {
+            "authorization": "Bearer <oauth2 access token>",
+            "content-type": "application/json; UTF-8",
+        },
+        "body": {
+            "message": {
+                "token": _fingerprint(token),
+                "notification": {"title": title, "body": body},
+                "data": {"event_id": event.id, "event_type": event.type},
+                "android": {"priority": "high", "collapse_key": event.id},
+            }
+        },
+    }
+
+
+class SinkProvider:
+    """Writes each request it would send to ``path`` (JSON lines, mode 0600)."""
+
+    def __init__(
+        self, path: Path, apns_topic: str = "dev.paynode.app", fcm_project: str = "paynode"
+    ):
+        self.path = path
+        self.apns_topic = apns_topic
+        self.fcm_project = fcm_project
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        os.close(fd)
+
+    def send(self, platform: str, token: str, event: Event) -> PushResult:
+        if platform == "apns":
+            request = apns_request(token, event, self.apns_topic)
+        elif platform == "fcm":
+            request = fcm_request(token, event, self.fcm_project)
+        else:
+            return PushResult(False, f"unknown platform {platform}")
+        line = json.dumps({"platform": platform, "request": request}, sort_keys=True)
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(line + "\n")
+        return PushResult(True, "200 written to sink")

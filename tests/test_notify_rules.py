@@ -1,0 +1,85 @@
+"""Pure rules of the notifier: which deliveries may start, backoff, event ids, URLs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+
+from actors.notify.destinations import DestinationError, check_url
+from actors.notify.schedule import backoff_s, ready
+from storage.events import created_of, event_id
+
+
+@dataclass
+class D:
+    id: int
+    keys: tuple[str, ...]
+    due: float = 0.0
+
+
+def test_strict_order_with_one_in_flight() -> None:
+    q = [D(1, ("a",)), D(2, ("b",)), D(3, ("a",))]
+    assert [d.id for d in ready(q, set(), 1, now=1.0)] == [1]
+    assert ready(q, {1}, 1, now=1.0) == []  # nothing else while the head is out
+    q[0].due = 5.0  # the head failed and waits: everything behind it waits too
+    assert ready(q, set(), 1, now=1.0) == []
+    assert [d.id for d in ready(q, set(), 1, now=5.0)] == [1]
+
+
+def test_more_in_flight_keeps_order_per_account() -> None:
+    q = [D(1, ("a", "b")), D(2, ("c",)), D(3, ("b", "d")), D(4, ("e",)), D(5, ("c",))]
+    # 3 shares b with 1, 5 shares c with 2: they wait; 2 and 4 are unrelated.
+    assert [d.id for d in ready(q, set(), 4, now=0.0)] == [1, 2, 4]
+    assert [d.id for d in ready(q, set(), 2, now=0.0)] == [1, 2]
+    # 1 in flight: 3 still waits for it; a failed 2 (not due) still holds back 5.
+    q[1].due = 9.0
+    assert [d.id for d in ready(q, {1}, 4, now=0.0)] == [4]
+    assert ready(q, {1, 4}, 2, now=0.0) == []
+
+
+def test_backoff_is_exponential_capped_and_jittered() -> None:
+    assert backoff_s(1, 1.0, 3600, rand=lambda: 0.0) == 0.5
+    assert backoff_s(1, 1.0, 3600, rand=lambda: 1.0) == 1.0
+    assert backoff_s(4, 1.0, 3600, rand=lambda: 1.0) == 8.0
+    assert backoff_s(30, 1.0, 3600, rand=lambda: 1.0) == 3600
+    assert backoff_s(10_000, 1.0, 60, rand=lambda: 0.5) == 45.0  # no overflow
+    with pytest.raises(AssertionError):
+        backoff_s(0, 1.0, 60)
+
+
+def test_event_ids_are_time_ordered_and_distinct_per_subject() -> None:
+    a, b = event_id(1_700_000_000_000_000_000, "t1"), event_id(1_700_000_000_000_000_000, "t2")
+    assert a != b and len(a) == len(b) == 36
+    assert event_id(1_700_000_000_000_000_001, "t1") > a
+    assert created_of(a) == 1_700_000_000
+
+
+@pytest.mark.parametrize(
+    ("url", "code"),
+    [
+        ("https://hooks.example.com/x", None),
+        ("http://hooks.example.com/x", "invalid_url"),  # https only in production
+        ("https://user:pw@hooks.example.com/", "invalid_url"),
+        ("https://hooks.example.com/#frag", "invalid_url"),
+        ("ftp://hooks.example.com/", "invalid_url"),
+        ("https:///nohost", "invalid_url"),
+        ("https://127.0.0.1/x", "destination_not_allowed"),
+        ("https://10.1.2.3/x", "destination_not_allowed"),
+        ("https://192.168.0.1/x", "destination_not_allowed"),
+        ("https://169.254.169.254/latest", "destination_not_allowed"),
+        ("https://[::1]/x", "destination_not_allowed"),
+        ("https://[fd00::1]/x", "destination_not_allowed"),
+        ("https://localhost/x", "destination_not_allowed"),
+        ("https://a.localhost/x", "destination_not_allowed"),
+        ("https://" + "a" * 2050 + ".com/", "invalid_url"),
+    ],
+)
+def test_endpoint_urls(url: str, code: str | None) -> None:
+    if code is None:
+        assert check_url(url, allow_private=False) == url
+        return
+    with pytest.raises(DestinationError) as e:
+        check_url(url, allow_private=False)
+    assert e.value.code == code
+    assert url not in str(e.value)
