@@ -22,6 +22,7 @@ Bank files (settlement and returns) join this once the ACH rail exists.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 import time
 from collections import defaultdict
@@ -32,6 +33,7 @@ import psycopg
 
 from actors.ledger.model import shard_key
 from actors.messages import decode_balances, encode
+from actors.rails.calendar import add_business_days
 from storage import reconciliation as r
 from storage.analytics import connect_views
 from storage.audit import Balances
@@ -42,8 +44,11 @@ log = logging.getLogger("paynode.reconciler")
 CONFIRM_ATTEMPTS = 3
 CHECKED_KINDS = (
     "balance_drift", "missing_in_analytics", "missing_in_journal", "amount_mismatch",
-    "status_mismatch", "nonzero_total",
+    "status_mismatch", "nonzero_total", "missing_in_bank",
 )  # fmt: skip
+# A bank settles or returns an entry by its effective date; returns may come two
+# banking days later. Past that, silence is a discrepancy.
+ACH_GRACE_BUSINESS_DAYS = 2
 
 
 class RunSummary(msgspec.Struct):
@@ -248,7 +253,11 @@ class Reconciler:
         findings += r.compare_analytics(journal_at, analytics)
         findings += row_diffs
 
-        # 3. zero-sum per currency, where the whole ledger was read
+        # 3. ACH entries against the bank's answers and the journal (small: every run)
+        overdue = add_business_days(dt.date.today(), -ACH_GRACE_BUSINESS_DAYS)
+        findings += await asyncio.to_thread(r.compare_bank, conn, overdue)
+
+        # 4. zero-sum per currency, where the whole ledger was read
         if ids is None:
             currencies = await asyncio.to_thread(r.account_currencies, conn)
             findings += r.nonzero_totals(r.currency_totals_of(journal_at, currencies), "journal")

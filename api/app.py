@@ -34,17 +34,26 @@ from actors.ledger.model import (
     flag_names,
 )
 from actors.messages import decode_stats
+from actors.notifier import decode_stats as decode_notifier
+from actors.rails.ach_rules import CLEARING_ACCOUNT, MICRODEPOSIT_ACCOUNT
 from actors.reconciler import decode_status as decode_recon
 from node.config import Settings
 from node.keyring import Keyring
-from node.runtime import ANALYTICS_NAME, RECONCILER_NAME
+from node.runtime import (
+    ACH_NAME,
+    ANALYTICS_NAME,
+    BANK_SIM_NAME,
+    HANDLES_NAME,
+    NOTIFIER_NAME,
+    RECONCILER_NAME,
+)
 from storage import identity
 from storage.database import async_engine
 from storage.pii import SealError
 from storage.schema import TRANSFER_COLUMNS
 from storage.schema import transfers as transfers_t
 
-from . import contract, identity_routes, recon_routes
+from . import ach_routes, contract, identity_routes, notify_routes, rails_routes, recon_routes
 from . import problems as p
 from .auth.authenticate import Authenticator
 from .auth.ratelimit import TokenBuckets, retry_after
@@ -149,6 +158,14 @@ _NO_TELEMETRY: dict[str, Any] = (
 )
 
 
+async def _operator_accounts(client: LedgerClient) -> None:
+    """The accounts the rails move money through (created once; the same again is a no-op)."""
+    for account_id in (CLEARING_ACCOUNT, MICRODEPOSIT_ACCOUNT):
+        result = await client.create_account(AccountSpec(account_id, "USD", 0, "{}", 0, ""))
+        if result.code not in (Code.OK, Code.EXISTS):
+            raise RuntimeError(f"operator account {account_id}: {result.code}")
+
+
 def create_app(settings: Settings, shard_names: list[str], keys: Keyring) -> FastAPI:
     """The ASGI app. Ray must be initialized in this process (the shards are looked up)."""
     metrics = FrontMetrics()
@@ -173,7 +190,16 @@ def create_app(settings: Settings, shard_names: list[str], keys: Keyring) -> Fas
             per_ip_auth=TokenBuckets(settings.auth_rate_per_s, settings.auth_rate_burst),
             analytics=ray.get_actor(ANALYTICS_NAME, namespace=settings.namespace),
             reconciler=ray.get_actor(RECONCILER_NAME, namespace=settings.namespace),
+            notifier=ray.get_actor(NOTIFIER_NAME, namespace=settings.namespace),
+            handles=ray.get_actor(HANDLES_NAME, namespace=settings.namespace),
+            ach=ray.get_actor(ACH_NAME, namespace=settings.namespace),
+            bank_sim=(
+                ray.get_actor(BANK_SIM_NAME, namespace=settings.namespace)
+                if settings.bank_simulator
+                else None
+            ),
         )
+        await _operator_accounts(state["client"])
         try:
             yield
         finally:
@@ -285,6 +311,9 @@ def create_app(settings: Settings, shard_names: list[str], keys: Keyring) -> Fas
     app.add_middleware(CountRequests)
     app.include_router(identity_routes.router)
     app.include_router(recon_routes.router)
+    app.include_router(notify_routes.router)
+    app.include_router(rails_routes.router)
+    app.include_router(ach_routes.router)
 
     def may_debit(principal: Principal):
         """None for admins (no check); else a check that the debit account is theirs."""
@@ -486,17 +515,27 @@ def create_app(settings: Settings, shard_names: list[str], keys: Keyring) -> Fas
     async def prometheus() -> Response:
         ctx: Context = app.state.ctx
         calls = [h.stats.remote() for h in client().shards]
-        calls += [ctx.analytics.stats.remote(), ctx.reconciler.status.remote()]
-        try:
-            raw = await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), 3)
-        except TimeoutError:
-            raw = [None] * len(calls)
-        *shard_raw, analytics_raw, recon_raw = raw
+        calls += [
+            ctx.analytics.stats.remote(),
+            ctx.reconciler.status.remote(),
+            ctx.notifier.stats.remote(),
+        ]
+
+        async def bounded(call: Any) -> Any:
+            # Each on its own clock: one busy actor must not blank the others' figures.
+            try:
+                return await asyncio.wait_for(call, 3)
+            except Exception:  # a dead or busy actor: its series is absent this scrape
+                return None
+
+        raw = await asyncio.gather(*(bounded(c) for c in calls))
+        *shard_raw, analytics_raw, recon_raw, notifier_raw = raw
         stats = [decode_stats(r) if isinstance(r, bytes) else None for r in shard_raw]
         text = render(metrics, client().queue_depths(), stats)
         helpers = render_helpers(
             decode_analytics(analytics_raw) if isinstance(analytics_raw, bytes) else None,
             decode_recon(recon_raw) if isinstance(recon_raw, bytes) else None,
+            decode_notifier(notifier_raw) if isinstance(notifier_raw, bytes) else None,
         )
         text += "\n".join(helpers) + "\n"
         return Response(text, media_type="text/plain; version=0.0.4")

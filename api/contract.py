@@ -15,12 +15,23 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from fastapi.routing import APIRoute
 
+from .ach_schemas import ACH_TYPES
 from .identity_schemas import IDENTITY_TYPES
+from .notify_schemas import NOTIFY_TYPES
 from .problems import PROBLEM_JSON
+from .rails_schemas import RAILS_TYPES
 from .recon_schemas import RECON_TYPES
 from .schemas import PUBLIC_TYPES, Problem
 
 _REF = "#/components/schemas/{name}"
+SIGNED = "provider-signature"  # no bearer: the body's HMAC signature authenticates it
+
+
+def signed_by_provider() -> None:
+    """A route dependency that only marks the route in the contract (the route verifies)."""
+
+
+signed_by_provider.required_scope = SIGNED  # type: ignore[attr-defined]
 
 
 def _ref(t: type) -> dict[str, str]:
@@ -76,7 +87,7 @@ def _document_scopes(app: FastAPI, schema: dict[str, Any]) -> None:
         if op is None:
             continue
         op["x-required-scope"] = scope
-        if scope == "none":
+        if scope in ("none", SIGNED):
             op.pop("security", None)
             op["security"] = []  # explicitly public
 
@@ -89,7 +100,13 @@ def install(app: FastAPI) -> None:
                 routes=app.routes,
             )  # fmt: skip
             _, components = msgspec.json.schema_components(
-                PUBLIC_TYPES + IDENTITY_TYPES + RECON_TYPES, ref_template=_REF
+                PUBLIC_TYPES
+                + IDENTITY_TYPES
+                + RECON_TYPES
+                + NOTIFY_TYPES
+                + RAILS_TYPES
+                + ACH_TYPES,
+                ref_template=_REF,
             )
             schema.setdefault("components", {}).setdefault("schemas", {}).update(components)
             _document_scopes(app, schema)

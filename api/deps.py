@@ -38,6 +38,10 @@ class Context:
     per_ip_auth: TokenBuckets  # register, login, refresh: password and token guessing
     analytics: Any  # Ray actor handles
     reconciler: Any
+    notifier: Any
+    handles: Any
+    ach: Any
+    bank_sim: Any  # None when the simulator is off
 
 
 def context(request: Request) -> Context:

@@ -14,12 +14,17 @@ T = TypeVar("T")
 JSON = "application/json"
 
 
+def public(t: type[T], record: msgspec.Struct) -> T:
+    """A stored record as its public type (same field names, nested too; checked by msgspec)."""
+    return msgspec.convert(record, t, from_attributes=True)
+
+
 def json_response(obj: object, status: int = 200) -> Response:
     return Response(msgspec.json.encode(obj), status, media_type=JSON)
 
 
-async def decode_body(request: Request, t: type[T], limit: int) -> T:
-    """The body as ``t``, read with a size limit; problems for anything else."""
+async def read_body(request: Request, limit: int) -> bytes:
+    """The raw body, refused (413) as soon as it is known to exceed ``limit``."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise p.ApiError(p.BODY_TOO_LARGE, f"at most {limit} bytes")
@@ -29,8 +34,14 @@ async def decode_body(request: Request, t: type[T], limit: int) -> T:
         if size > limit:
             raise p.ApiError(p.BODY_TOO_LARGE, f"at most {limit} bytes")
         chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def decode_body(request: Request, t: type[T], limit: int) -> T:
+    """The body as ``t``, read with a size limit; problems for anything else."""
+    raw = await read_body(request, limit)
     try:
-        return msgspec.json.decode(b"".join(chunks), type=t)
+        return msgspec.json.decode(raw, type=t)
     except msgspec.ValidationError as e:
         raise p.from_validation(e) from None
     except (msgspec.DecodeError, UnicodeDecodeError):

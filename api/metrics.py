@@ -6,6 +6,7 @@ from collections import Counter
 
 from actors.analytics import LAG_BUCKETS_S, AnalyticsStats
 from actors.messages import COMMIT_BUCKETS_S, ShardStats
+from actors.notifier import NotifierStats
 from actors.reconciler import ReconStats
 
 BATCH_BUCKETS = (1, 10, 100, 500, 1000, 2000, 4000, 8190)
@@ -41,8 +42,12 @@ def _histogram(name: str, bounds: tuple, counts: list[int], total: float, labels
     return lines
 
 
-def render_helpers(analytics: AnalyticsStats | None, recon: ReconStats | None) -> list[str]:
-    """Analytics lag and reconciliation gauges (absent when the actor did not answer)."""
+def render_helpers(
+    analytics: AnalyticsStats | None,
+    recon: ReconStats | None,
+    notifier: NotifierStats | None = None,
+) -> list[str]:
+    """Analytics, reconciliation and notifier gauges (absent when an actor did not answer)."""
     out: list[str] = []
 
     def gauge(name: str, help_text: str, value: float, kind: str = "gauge") -> None:
@@ -76,6 +81,28 @@ def render_helpers(analytics: AnalyticsStats | None, recon: ReconStats | None) -
             gauge("paynode_recon_last_run_seconds", "Duration of the last run.", recon.last.seconds)
             gauge("paynode_recon_last_run_skipped_in_flight", "Accounts moving during it.",
                   recon.last.skipped_in_flight)  # fmt: skip
+    if notifier is not None:
+        n = notifier
+        gauge("paynode_webhook_endpoints", "Enabled webhook endpoints.", n.endpoints)
+        gauge("paynode_push_devices", "Registered devices.", n.devices)
+        gauge("paynode_events_scanned_total", "Outbox events fanned out.", n.events_scanned,
+              "counter")  # fmt: skip
+        gauge("paynode_webhook_deliveries_total", "Deliveries queued.", n.deliveries_created,
+              "counter")  # fmt: skip
+        gauge("paynode_webhook_delivered_total", "Deliveries answered 2xx.", n.delivered,
+              "counter")  # fmt: skip
+        gauge("paynode_webhook_failed_attempts_total", "Attempts that failed.",
+              n.failed_attempts, "counter")  # fmt: skip
+        gauge("paynode_webhook_dead_total", "Deliveries given up on.", n.dead, "counter")
+        gauge("paynode_webhook_in_flight", "Requests in flight.", n.in_flight)
+        gauge("paynode_push_sent_total", "Push notifications handed over.", n.pushes_sent,
+              "counter")  # fmt: skip
+        gauge("paynode_notifier_errors_total", "Notifier database errors.", n.errors, "counter")
+        if n.delivery_lag_p99_s is not None:
+            gauge("paynode_webhook_lag_p50_seconds", "Commit to first delivery, median.",
+                  n.delivery_lag_p50_s or 0.0)  # fmt: skip
+            gauge("paynode_webhook_lag_p99_seconds", "Commit to first delivery, p99.",
+                  n.delivery_lag_p99_s)  # fmt: skip
     return out
 
 

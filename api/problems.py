@@ -59,6 +59,36 @@ KYC_IN_REVIEW = "kyc_in_review"
 KYC_NOT_PENDING = "kyc_not_pending"
 SEALED_VALUE_UNREADABLE = "sealed_value_unreadable"
 
+# Notifications and inbound webhooks.
+EVENT_NOT_FOUND = "event_not_found"
+WEBHOOK_ENDPOINT_NOT_FOUND = "webhook_endpoint_not_found"
+DELIVERY_NOT_FOUND = "delivery_not_found"
+DEVICE_NOT_FOUND = "device_not_found"
+INVALID_URL = "invalid_url"
+DESTINATION_NOT_ALLOWED = "destination_not_allowed"
+UNKNOWN_PROVIDER = "unknown_provider"
+SIGNATURE_MISSING = "signature_missing"
+SIGNATURE_MALFORMED = "signature_malformed"
+SIGNATURE_STALE = "signature_timestamp_outside_tolerance"
+SIGNATURE_MISMATCH = "signature_mismatch"
+INVALID_WEBHOOK_BODY = "invalid_webhook_body"
+WEBHOOK_REPLAYED = "webhook_replayed"
+
+# Rails.
+HANDLE_TAKEN = "handle_taken"
+HANDLE_NOT_FOUND = "handle_not_found"
+RAIL_NOT_AVAILABLE = "rail_not_available"
+PAYMENT_NOT_FOUND = "payment_not_found"
+PAYMENT_NOT_COMPLETED = "payment_not_completed"
+REFUND_EXCEEDS_PAYMENT = "refund_exceeds_payment"
+BANK_ACCOUNT_NOT_FOUND = "bank_account_not_found"
+BANK_ACCOUNT_NOT_VERIFIED = "bank_account_not_verified"
+INVALID_ROUTING_NUMBER = "invalid_routing_number"
+VERIFICATION_FAILED = "verification_failed"
+VERIFICATION_LOCKED = "verification_locked"
+ACH_FILE_NOT_FOUND = "ach_file_not_found"
+INVALID_NACHA_FILE = "invalid_nacha_file"
+
 _TABLE: dict[str, tuple[int, str]] = {
     MALFORMED_JSON: (400, "Request body is not valid JSON"),
     BODY_TOO_LARGE: (413, "Request body too large"),
@@ -97,6 +127,38 @@ _TABLE: dict[str, tuple[int, str]] = {
     KYC_IN_REVIEW: (409, "KYC submission already in review"),
     KYC_NOT_PENDING: (409, "No KYC submission is pending review"),
     SEALED_VALUE_UNREADABLE: (500, "Stored personal data failed authentication; reported"),
+    EVENT_NOT_FOUND: (404, "Event not found"),
+    WEBHOOK_ENDPOINT_NOT_FOUND: (404, "Webhook endpoint not found"),
+    DELIVERY_NOT_FOUND: (404, "Delivery not found"),
+    DEVICE_NOT_FOUND: (404, "Device not found"),
+    INVALID_URL: (422, "Invalid endpoint URL"),
+    DESTINATION_NOT_ALLOWED: (422, "Endpoint URL points to a private or loopback address"),
+    UNKNOWN_PROVIDER: (404, "Unknown webhook provider"),
+    SIGNATURE_MISSING: (401, "Signature header missing"),
+    SIGNATURE_MALFORMED: (401, "Signature header malformed"),
+    SIGNATURE_STALE: (401, "Signature timestamp outside the tolerance window"),
+    SIGNATURE_MISMATCH: (401, "Signature does not match the body"),
+    INVALID_WEBHOOK_BODY: (422, "Webhook body is not a valid event envelope"),
+    WEBHOOK_REPLAYED: (409, "This event id was already accepted"),
+    HANDLE_TAKEN: (409, "Handle already taken"),
+    HANDLE_NOT_FOUND: (404, "Handle not found"),
+    "handle_too_short": (422, "Handle shorter than 3 characters"),
+    "handle_too_long": (422, "Handle longer than 30 characters"),
+    "handle_invalid_characters": (422, "Handle may hold a-z, 0-9, '_' and '.'"),
+    "handle_confusable": (422, "Handle holds a letter that imitates another"),
+    "handle_reserved": (422, "Handle reserved"),
+    "handle_empty": (422, "Handle empty"),
+    RAIL_NOT_AVAILABLE: (422, "Rail not available for these parties"),
+    PAYMENT_NOT_FOUND: (404, "Payment not found"),
+    PAYMENT_NOT_COMPLETED: (409, "Only a completed payment can be refunded"),
+    REFUND_EXCEEDS_PAYMENT: (422, "Refunds would exceed the payment"),
+    BANK_ACCOUNT_NOT_FOUND: (404, "Bank account not found"),
+    BANK_ACCOUNT_NOT_VERIFIED: (422, "Bank account not verified"),
+    INVALID_ROUTING_NUMBER: (422, "Routing number fails the ABA check digit"),
+    VERIFICATION_FAILED: (422, "Micro-deposit amounts do not match"),
+    VERIFICATION_LOCKED: (409, "Too many wrong attempts; link the account again"),
+    ACH_FILE_NOT_FOUND: (404, "ACH file not found"),
+    INVALID_NACHA_FILE: (400, "Not a valid NACHA return file"),
     Code.EXISTS_WITH_DIFFERENT_FIELDS: (409, "Id exists with different fields"),
     Code.EXISTS: (409, "Part of this linked chain already exists"),
     Code.TRANSFER_IN_FLIGHT: (409, "A transfer with this id is being decided; retry"),

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 from typing import Annotated, Literal
 
-import msgspec
 import sqlalchemy as sa
 from fastapi import APIRouter, Depends, Query, Request
 from starlette.responses import Response
@@ -18,7 +17,7 @@ from . import contract
 from . import problems as p
 from .auth.scopes import Principal
 from .deps import Context, context, require
-from .http import decode_body, json_response
+from .http import decode_body, json_response, public
 from .recon_schemas import (
     AnalyticsOut,
     DiscrepancyOut,
@@ -51,7 +50,7 @@ async def run(
         raw = await asyncio.wait_for(ctx.reconciler.run.remote(body.kind, "api"), RUN_TIMEOUT_S)
     except TimeoutError:
         raise p.ApiError(p.TIMEOUT, "the run goes on; see /v1/reconciliation/status") from None
-    return json_response(msgspec.convert(msgspec.structs.asdict(decode_summary(raw)), RunOut), 201)
+    return json_response(public(RunOut, decode_summary(raw)), 201)
 
 
 @router.get(
@@ -65,7 +64,7 @@ async def status(
         ctx.reconciler.status.remote(), ctx.analytics.stats.remote()
     )
     s, a = decode_status(recon), decode_analytics(analytics)
-    last = None if s.last is None else msgspec.convert(msgspec.structs.asdict(s.last), RunOut)
+    last = None if s.last is None else public(RunOut, s.last)
     return json_response(
         ReconStatusOut(
             runs=s.runs,

@@ -22,8 +22,9 @@ from pathlib import Path
 
 from storage.audit import journal_balances
 
-from . import drivers
+from . import drivers, handles_bench, webhooks
 from .node_process import NodeProcess, PeakRss, process_tree, total_rss
+from .receiver import Receiver, serve
 from .workload import AccountPlan, Workload
 
 
@@ -31,7 +32,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--url", help="target a running node instead of starting one")
     p.add_argument("--data-dir", help="data directory of the node started (default: a temp dir)")
     p.add_argument("--shards", type=int, default=os.cpu_count() or 2)
-    p.add_argument("--mode", choices=("single", "batch", "direct"), default="batch")
+    p.add_argument("--mode", choices=("single", "batch", "direct", "handles"), default="batch",
+                   help="handles: resolve @handles in the directory actor (no HTTP)")  # fmt: skip
     p.add_argument("--accounts", type=int, default=10_000)
     p.add_argument("-c", "--concurrency", type=int, default=None,
                    help="clients (default: 64 single, 4 batch/direct)")  # fmt: skip
@@ -45,6 +47,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--baseline", action="store_true",
                    help="also run a conventional PostgreSQL ledger, same server")  # fmt: skip
     p.add_argument("--baseline-concurrency", type=int, default=16)
+    p.add_argument("--webhooks", action="store_true",
+                   help="batch load 3 times: no endpoint, a healthy one, a hung one")  # fmt: skip
     p.add_argument("--results", default="results")
 
 
@@ -62,7 +66,7 @@ def main(args: argparse.Namespace) -> int:
     with contextlib.ExitStack() as stack:
         target = _open_target(args, stack)
         report["database_url"] = target.database_url
-        run = _run_direct if args.mode == "direct" else _run_http
+        run = {"direct": _run_direct, "handles": handles_bench.run}.get(args.mode, _run_http)
         ok = run(args, w, target, report)
         if args.baseline:
             ok = _run_baseline(args, w, target.database_url, report) and ok
@@ -87,6 +91,7 @@ class Target:
     node: NodeProcess | None = None
     shards: list | None = None
     pgdata: Path | None = None
+    namespace: str | None = None  # of the Ray actors started in this process
 
 
 def _open_target(args: argparse.Namespace, stack: contextlib.ExitStack) -> Target:
@@ -94,7 +99,7 @@ def _open_target(args: argparse.Namespace, stack: contextlib.ExitStack) -> Targe
         return Target(args.url.rstrip("/"), os.environ.get("DATABASE_URL"))
     drivers.ensure_api_key()
     data_dir = Path(args.data_dir or tempfile.mkdtemp(prefix="paynode-bench-"))
-    if args.mode == "direct":
+    if args.mode in ("direct", "handles"):
         from node.config import from_env
         from node.runtime import start
 
@@ -103,7 +108,11 @@ def _open_target(args: argparse.Namespace, stack: contextlib.ExitStack) -> Targe
         services = start(settings)
         stack.callback(services.stop)
         pgdata = None if settings.database_url else data_dir / "pg"
-        return Target(None, services.database_url, shards=services.shards, pgdata=pgdata)
+        return Target(None, services.database_url, shards=services.shards, pgdata=pgdata,
+                      namespace=settings.namespace)  # fmt: skip
+    if args.webhooks:  # the receivers listen on loopback; attempts to the hung one time out
+        os.environ.setdefault("PAYNODE_WEBHOOK_ALLOW_PRIVATE", "1")
+        os.environ.setdefault("PAYNODE_WEBHOOK_TIMEOUT_S", "2")
     node = NodeProcess(data_dir, _free_port(), args.shards)
     print(f"starting a node ({args.shards} shards) in {data_dir} ...", flush=True)
     node.start()
@@ -114,15 +123,19 @@ def _open_target(args: argparse.Namespace, stack: contextlib.ExitStack) -> Targe
 def _run_http(args: argparse.Namespace, w: Workload, target: Target, report: dict) -> bool:
     assert target.url is not None
     url, node = target.url, target.node
+    customer = asyncio.run(webhooks.create_customer(url)) if args.webhooks else None
     print(f"creating {args.accounts} accounts ...", flush=True)
-    asyncio.run(_create_accounts(url, w))
+    asyncio.run(_create_accounts(url, w, webhooks.owner_of(w, customer)))
     before = _scrape(url)
     print(f"{args.mode}: {args.concurrency} clients for {args.duration:.0f}s ...", flush=True)
     with (
         PeakRss(node.rss_bytes) if node else _NoRss() as rss,
         _LagSampler(url) as lag,
     ):
-        runs = asyncio.run(_load(args, url, w))
+        if customer is not None:
+            runs = _webhook_phases(args, w, url, target.database_url, customer, report)
+        else:
+            runs = asyncio.run(_load(args, url, w))
     after = _scrape(url)
     report["node"] = [r.summary() for r in runs]
     report["peak_rss_mb"] = round(rss.peak / 2**20, 1) if node else None
@@ -134,6 +147,47 @@ def _run_http(args: argparse.Namespace, w: Workload, target: Target, report: dic
         report["audit"]["problems"] += _audit_analytics(node.data_dir, target.database_url)
         report["audit"]["analytics_checked"] = True
     return not report["audit"]["problems"]
+
+
+def _webhook_phases(
+    args: argparse.Namespace,
+    w: Workload,
+    url: str,
+    database_url: str | None,
+    customer: webhooks.Customer,
+    report: dict,
+) -> list[drivers.RunResult]:
+    """The same batch load with no endpoint, a healthy one, then a hanging one."""
+    assert args.mode == "batch" and database_url, "--webhooks drives batch mode on a local node"
+    healthy, hung = Receiver(), Receiver(hang=True)
+    phases: list[dict] = []
+    runs: list[drivers.RunResult] = []
+    with serve(healthy) as ok_url, serve(hung) as hang_url:
+        last_id = None
+        # "off" again last: the journal grew meanwhile, and later phases run on a
+        # bigger ledger; the two "off" runs bound that drift.
+        plan = (("off", None, None), ("ok", healthy, ok_url), ("hang", hung, hang_url),
+                ("off again", None, None))  # fmt: skip
+        for name, receiver, hook in plan:
+            if hook is not None and receiver is not None:
+                created = asyncio.run(webhooks.endpoint(url, customer, hook, last_id))
+                receiver.secret, last_id = created["secret"], created["id"]
+            elif last_id is not None:
+                asyncio.run(webhooks.disable(url, customer, last_id))
+                last_id = None
+            print(f"webhooks phase {name}: batch load for {args.duration:.0f}s ...", flush=True)
+            since = time.time()
+            run = asyncio.run(_load(args, url, w))[0]
+            runs.append(run)
+            phase = {"phase": name, "transfers_per_s": round(run.rate, 1),
+                     "p99_ms": run.latency.summary_ms()["p99"]}  # fmt: skip
+            if name == "ok":
+                phase["catch_up_s"] = webhooks.wait_delivered(database_url, last_id)
+            if receiver is not None:
+                phase |= webhooks.lag_summary(receiver, since)
+            phases.append(phase)
+    report["webhooks"] = phases
+    return runs
 
 
 class _LagSampler:
@@ -228,14 +282,17 @@ async def _load(args: argparse.Namespace, url: str, w: Workload) -> list[drivers
     return runs
 
 
-async def _create_accounts(url: str, w: Workload) -> None:
+async def _create_accounts(url: str, w: Workload, owners: dict[str, str] | None = None) -> None:
     sem = asyncio.Semaphore(64)
+    owners = owners or {}
     async with drivers.session() as http:
 
         async def create(account_id: str, no_overdraft: bool) -> None:
             flags = ["debits_must_not_exceed_credits"] if no_overdraft else []
-            async with sem, http.post(f"{url}/v1/accounts", json={
-                "id": account_id, "currency": "USD", "flags": flags}) as r:  # fmt: skip
+            body: dict = {"id": account_id, "currency": "USD", "flags": flags}
+            if account_id in owners:
+                body["owner_user_id"] = owners[account_id]
+            async with sem, http.post(f"{url}/v1/accounts", json=body) as r:
                 assert r.status in (200, 201), await r.text()
 
         await create(w.treasury(), False)
@@ -282,14 +339,13 @@ async def _audit_http(url: str, database_url: str | None, w: Workload) -> dict:
 # -- shards without HTTP --------------------------------------------------------
 
 
-def _run_direct(args: argparse.Namespace, w: Workload, target: Target, report: dict) -> bool:
+def create_accounts_direct(shards: list, w: Workload, n: int) -> None:
+    """The workload's accounts and funding, straight through the shard actors."""
     import ray
 
     from actors.ledger.model import NO_METADATA, AccountFlags, AccountSpec, TransferOp
-    from actors.messages import decode_balances, decode_stats, encode
+    from actors.messages import encode
 
-    shards = target.shards
-    assert shards is not None and target.database_url is not None
     count = len(shards)
     specs: dict[int, list[AccountSpec]] = {}
     funding: dict[int, list[list[TransferOp]]] = {}
@@ -303,9 +359,19 @@ def _run_direct(args: argparse.Namespace, w: Workload, target: Target, report: d
         op = TransferOp(t["id"], t["debit_account_id"], t["credit_account_id"], t["amount"],
                         "USD", 0, None, 0, NO_METADATA)  # fmt: skip
         funding.setdefault(_shard(op.debit_account_id, count), []).append([op])
-    print(f"creating {args.accounts} accounts ...", flush=True)
+    print(f"creating {n} accounts ...", flush=True)
     ray.get([shards[s].create_accounts.remote(encode(v)) for s, v in specs.items()])
     ray.get([shards[s].execute.remote(encode(v)) for s, v in funding.items()])
+
+
+def _run_direct(args: argparse.Namespace, w: Workload, target: Target, report: dict) -> bool:
+    import ray
+
+    from actors.messages import decode_balances, decode_stats
+
+    shards = target.shards
+    assert shards is not None and target.database_url is not None
+    create_accounts_direct(shards, w, args.accounts)
     print(f"direct: {args.concurrency} clients for {args.duration:.0f}s ...", flush=True)
 
     def committed() -> dict[str, float]:
@@ -462,6 +528,31 @@ def _markdown(report: dict) -> str:
         pg = report["postgres"]
         extra.append(f"PostgreSQL: {pg['commits_per_s']} commits/s, "
                      f"{pg['rows_per_commit']} rows per commit")  # fmt: skip
+    if report.get("webhooks"):
+        rows = [
+            "| webhooks phase | transfers/s | p99 ms | delivered | lag p50 s | lag p99 s |"
+            " lag max s | catch-up s |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for ph in report["webhooks"]:
+            rows.append(
+                f"| {ph['phase']} | {ph['transfers_per_s']:,.0f} | {ph['p99_ms']} | "
+                f"{ph.get('delivered', '-')} | {ph.get('lag_p50_s', '-')} | "
+                f"{ph.get('lag_p99_s', '-')} | {ph.get('lag_max_s', '-')} | "
+                f"{ph.get('catch_up_s', '-')} |"
+            )
+        extra.append("\n".join(rows))
+    if report.get("handles"):
+        h = report["handles"]
+        rows = ["| @handle lookup | p50 us | p99 us | p99.9 us | max us | samples |",
+                "|---|---:|---:|---:|---:|---:|"]  # fmt: skip
+        for key, name in (("in_actor", "inside the actor"), ("ray_call_1", "1 per Ray call"),
+                          ("ray_call_1000", "1,000 per Ray call")):  # fmt: skip
+            q = h[key]
+            rows.append(f"| {name} | {q['p50_us']} | {q['p99_us']} | {q['p999_us']} | "
+                        f"{q['max_us']} | {q['samples']} |")  # fmt: skip
+        extra.append("\n".join(rows) + f"\n\n{h['handles']} handles; warm load at start "
+                     f"{h['warm_load_s']} s")  # fmt: skip
     audit = report.get("audit", {})
     extra.append(
         "audit: "
@@ -481,6 +572,8 @@ def _plot(report: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    if not report.get("node"):
+        return  # nothing over time to draw (--mode handles)
     main_run = report["node"][0]
     left.plot(range(len(main_run["per_second"])), main_run["per_second"], label="node")
     if report.get("baseline", {}).get("per_second"):

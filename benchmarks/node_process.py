@@ -71,7 +71,9 @@ class NodeProcess:
         deadline = time.monotonic() + timeout
         while True:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"node exited during start-up; see {log.name}")
+                log.close()
+                tail = Path(log.name).read_bytes()[-3000:].decode(errors="replace")
+                raise RuntimeError(f"node exited during start-up; {log.name} ends:\n{tail}")
             try:
                 if httpx.get(self.url + "/ready", timeout=2).status_code == 200:
                     return

@@ -49,6 +49,29 @@ class Settings(msgspec.Struct, kw_only=True):
     recon_interval_s: float = 30.0  # incremental reconciliation; 0 = on demand only
     recon_full_every: int = 10  # every Nth scheduled run is a full one
 
+    # Notifications: the outbox fan-out and webhook deliveries.
+    notify_interval_ms: int = 200  # how often the outbox is polled when idle
+    notify_batch: int = 5_000  # events fanned out per transaction
+    webhook_timeout_s: float = 10.0  # per attempt, connect to last byte
+    webhook_max_attempts: int = 8  # then the delivery is dead (replay by hand)
+    webhook_backoff_base_s: float = 1.0  # 1, 2, 4 ... s (half of it jitter)
+    webhook_backoff_cap_s: float = 3600.0
+    webhook_max_concurrency: int = 64  # requests in flight over all endpoints
+    webhook_window: int = 200  # pending deliveries per endpoint looked at per pass
+    webhook_allow_private: bool = False  # allow http:// and loopback/private endpoints (dev)
+    webhook_secret_overlap_s: int = 86_400  # old secret keeps signing after a rotation
+    webhook_providers: str = ""  # inbound: JSON {"provider": "signing secret"}; never printed
+    inbound_tolerance_s: int = 300  # inbound signature timestamp window (replays)
+
+    # ACH: our bank (the ODFI), the cutoff, and the simulated bank used without a real one.
+    ach_odfi_routing: str = "011000015"  # 9 digits with a valid check digit
+    ach_company_name: str = "PAYNODE"  # on the receiver's statement (<= 16)
+    ach_company_id: str = "1000000001"  # 10 characters, assigned by the ODFI
+    ach_cutoff_interval_s: float = 60.0  # build and send a NACHA file; 0 = on demand only
+    bank_simulator: bool = True  # answer our files with the simulator (no real bank here)
+    bank_sim_delay_s: float = 2.0  # how long the simulated bank takes to settle or return
+    bank_sim_returns: str = ""  # JSON {"account number": "R01"}; "" = the built-in table
+
     def analytics_path(self) -> Path:
         return self.data_path() / "analytics"
 
@@ -70,6 +93,15 @@ class Settings(msgspec.Struct, kw_only=True):
         fields = ", ".join(f"{f}={_redacted(f, getattr(self, f))}" for f in self.__struct_fields__)
         return f"Settings({fields})"
 
+    def providers(self) -> dict[str, str]:
+        """Inbound webhook providers and their signing secrets."""
+        if not self.webhook_providers:
+            return {}
+        try:
+            return msgspec.json.decode(self.webhook_providers, type=dict[str, str])
+        except msgspec.DecodeError as e:
+            raise ValueError("webhook_providers is not a JSON object of strings") from e
+
     def shard_count(self) -> int:
         return self.shards if self.shards > 0 else _cores()
 
@@ -78,7 +110,7 @@ class Settings(msgspec.Struct, kw_only=True):
 
 
 def _redacted(field: str, value: object) -> str:
-    if field == "api_key" and value:
+    if field in ("api_key", "webhook_providers") and value:
         return "<redacted>"
     if field == "database_url" and isinstance(value, str):
         from sqlalchemy.engine import make_url
@@ -146,5 +178,34 @@ def _check(s: Settings) -> None:
     for name in ("rate_burst", "ip_rate_burst", "auth_rate_burst"):
         if getattr(s, name) < 1:
             problems.append(f"{name} must be >= 1")
+    if not 10 <= s.notify_interval_ms <= 60_000 or not 1 <= s.notify_batch <= 100_000:
+        problems.append("notify_interval_ms must be 10..60000 and notify_batch 1..100000")
+    if not 0.1 <= s.webhook_timeout_s <= 120:
+        problems.append("webhook_timeout_s must be 0.1..120")
+    if not 1 <= s.webhook_max_attempts <= 100:
+        problems.append("webhook_max_attempts must be 1..100")
+    if not 0 < s.webhook_backoff_base_s <= s.webhook_backoff_cap_s <= 86_400:
+        problems.append("webhook backoff must be 0 < base <= cap <= 86400")
+    if not 1 <= s.webhook_max_concurrency <= 10_000 or not 1 <= s.webhook_window <= 10_000:
+        problems.append("webhook_max_concurrency and webhook_window must be 1..10000")
+    if not 0 <= s.webhook_secret_overlap_s <= 30 * 86_400:
+        problems.append("webhook_secret_overlap_s must be 0..30 days")
+    if not 1 <= s.inbound_tolerance_s <= 3600:
+        problems.append("inbound_tolerance_s must be 1..3600")
+    from actors.rails.nacha import aba_valid
+
+    if not aba_valid(s.ach_odfi_routing):
+        problems.append("ach_odfi_routing must be a 9-digit routing number (ABA check digit)")
+    if len(s.ach_company_id) != 10 or not 1 <= len(s.ach_company_name) <= 16:
+        problems.append("ach_company_id must be 10 characters, ach_company_name 1..16")
+    if s.ach_cutoff_interval_s < 0 or not 0 <= s.bank_sim_delay_s <= 3600:
+        problems.append("ach_cutoff_interval_s must be >= 0 and bank_sim_delay_s 0..3600")
+    try:
+        providers = s.providers()
+    except ValueError:
+        problems.append('webhook_providers must be JSON {"name": "secret"}')
+    else:
+        if any(len(v) < 16 for v in providers.values()):
+            problems.append("webhook_providers secrets must be at least 16 characters")
     if problems:
         raise ValueError("invalid configuration: " + "; ".join(problems))

@@ -15,6 +15,7 @@ import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import msgspec
 import psutil
 import psycopg
 
@@ -22,6 +23,7 @@ from storage.database import libpq_url
 from storage.migrations import migrate
 
 from .config import Settings
+from .keyring import load as load_keyring
 
 log = logging.getLogger("paynode.node")
 
@@ -55,7 +57,7 @@ class Services:
     database_url: str
     shard_names: list[str]
     shards: list[object] = field(default_factory=list)
-    helpers: list[object] = field(default_factory=list)  # analytics, reconciler
+    helpers: list[object] = field(default_factory=list)  # analytics, reconciler, notifier
     _pg: object | None = None
     _ray_started: bool = False
     _owner: psycopg.Connection | None = None
@@ -199,13 +201,27 @@ def start_shards(settings: Settings, database_url: str) -> tuple[list[str], list
 
 ANALYTICS_NAME = "paynode-analytics"
 RECONCILER_NAME = "paynode-reconciler"
+NOTIFIER_NAME = "paynode-notifier"
+HANDLES_NAME = "paynode-handles"
+ACH_NAME = "paynode-ach"
+BANK_SIM_NAME = "paynode-banksim"
+
+
+def resolved_paths(settings: Settings) -> Settings:
+    """Settings whose paths mean the same in an actor (its working directory differs)."""
+    keyring = str(Path(settings.keyring).expanduser().resolve()) if settings.keyring else ""
+    return msgspec.structs.replace(settings, data_dir=str(settings.data_path()), keyring=keyring)
 
 
 def start_helpers(settings: Settings, database_url: str, shard_names: list[str]) -> list[object]:
-    """The analytics follower and the reconciler (after the shards: it reads them)."""
+    """The analytics follower, the reconciler (after the shards: it reads them), the notifier
+    and the handle directory."""
     import ray
 
+    from actors.ach import AchOriginator
     from actors.analytics import AnalyticsStreamer
+    from actors.handles import HandleDirectory
+    from actors.notifier import Notifier
     from actors.reconciler import Reconciler
 
     options = {"namespace": settings.namespace, "num_cpus": 0, "max_restarts": 0}
@@ -235,7 +251,57 @@ def start_helpers(settings: Settings, database_url: str, shard_names: list[str])
         )
     )
     ray.get(reconciler.start.remote())
-    return [analytics, reconciler]
+    load_keyring(settings.data_path(), settings.keyring)  # exists before the notifier reads it
+    notifier = (
+        ray.remote(Notifier)
+        .options(name=NOTIFIER_NAME, max_concurrency=1000, **options)
+        .remote(resolved_paths(settings), database_url)
+    )
+    ray.get(notifier.start.remote())
+    handles = (
+        ray.remote(HandleDirectory)
+        .options(name=HANDLES_NAME, max_concurrency=1000, **options)
+        .remote(database_url)
+    )
+    ray.get(handles.start.remote())  # warm: every live handle in memory before the API opens
+    helpers = [analytics, reconciler, notifier, handles]
+    bank_name = None
+    if settings.bank_simulator:
+        helpers.append(_start_bank_simulator(settings, options))
+        bank_name = BANK_SIM_NAME
+    ach = (
+        ray.remote(AchOriginator)
+        .options(name=ACH_NAME, max_concurrency=16, **options)
+        .remote(resolved_paths(settings), database_url, bank_name)
+    )
+    ray.get(ach.start.remote())
+    helpers.append(ach)
+    return helpers
+
+
+def _start_bank_simulator(settings: Settings, options: dict) -> object:
+    """The simulated bank, and the secret it signs its webhooks with (added to ours)."""
+    import ray
+
+    from actors.bank_sim import PROVIDER, BankSimulator
+
+    providers = settings.providers()
+    if PROVIDER not in providers:
+        # Mutated in place: the HTTP front created afterwards reads the same settings.
+        providers[PROVIDER] = secrets.token_urlsafe(32)
+        settings.webhook_providers = json.dumps(providers)
+    returns = json.loads(settings.bank_sim_returns) if settings.bank_sim_returns else None
+    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
+    sim = (
+        ray.remote(BankSimulator)
+        .options(name=BANK_SIM_NAME, max_concurrency=100, **options)
+        .remote(
+            f"http://{host}:{settings.port}", providers[PROVIDER], settings.bank_sim_delay_s,
+            settings.ach_odfi_routing, returns,
+        )
+    )  # fmt: skip
+    ray.get(sim.ping.remote())
+    return sim
 
 
 def start(settings: Settings) -> Services:

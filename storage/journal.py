@@ -14,10 +14,12 @@ import psycopg
 
 from actors.ledger.model import AccountSpec, JournalRow, shard_key
 
+from .events import EVENT_COLUMNS, event_lines
 from .schema import ACCOUNT_COLUMNS, TRANSFER_COLUMNS
 
 _COPY_TRANSFERS = f"COPY transfers ({', '.join(TRANSFER_COLUMNS)}) FROM STDIN"
 _COPY_ACCOUNTS = f"COPY accounts ({', '.join(ACCOUNT_COLUMNS)}) FROM STDIN"
+_COPY_EVENTS = f"COPY events ({', '.join(EVENT_COLUMNS)}) FROM STDIN"
 assert JournalRow.__struct_fields__ == TRANSFER_COLUMNS, "COPY order must match JournalRow"
 
 
@@ -51,9 +53,11 @@ def account_lines(specs: Sequence[AccountSpec]) -> bytes:
 
 
 async def commit(
-    conn: psycopg.AsyncConnection, accounts: Sequence[AccountSpec], rows: Sequence[JournalRow]
+    conn: psycopg.AsyncConnection,
+    accounts: Sequence[AccountSpec],
+    rows: Sequence[JournalRow],
 ) -> None:
-    """Write accounts and journal rows in one transaction; return once durable."""
+    """Write accounts, journal rows and their events in one transaction; return once durable."""
     async with conn.transaction(), conn.cursor() as cur:
         if accounts:
             async with cur.copy(_COPY_ACCOUNTS) as copy:
@@ -61,6 +65,9 @@ async def commit(
         if rows:
             async with cur.copy(_COPY_TRANSFERS) as copy:
                 await copy.write(transfer_lines(rows))
+        if accounts or rows:
+            async with cur.copy(_COPY_EVENTS) as copy:
+                await copy.write(event_lines(accounts, rows))
 
 
 async def existing_ids(conn: psycopg.AsyncConnection, ids: Sequence[str]) -> set[str]:

@@ -195,6 +195,272 @@ MIGRATIONS: tuple[Migration, ...] = (
             " (kind, object_type, object_id, sources) WHERE resolved_at IS NULL",
         ),
     ),
+    Migration(
+        4,
+        "notifications: event outbox, webhook endpoints and deliveries, devices, inbound webhooks",
+        (
+            # The outbox. Written in the same transaction as the change it reports
+            # (storage/journal.py), read in (txid, id) order below pg_snapshot_xmin
+            # so a reader never skips an event that commits late.
+            """
+            CREATE TABLE events (
+                id            text PRIMARY KEY,
+                type          text NOT NULL,
+                subject_id    text NOT NULL,
+                owner_user_id text,
+                debit_account_id  text,
+                credit_account_id text,
+                data          json,
+                created       bigint NOT NULL,
+                txid          bigint NOT NULL DEFAULT pg_current_xact_id()::text::bigint
+            )
+            """,
+            "CREATE INDEX events_txid ON events (txid, id)",
+            # Who an event concerns, without a join: the owner (accounts, payments)
+            # or the two accounts (transfers). The notifier filters on these.
+            # secret_ct (and previous_secret_ct during a rotation) are storage.pii
+            # sealed values: the node must sign with them, so they are not hashes.
+            """
+            CREATE TABLE webhook_endpoints (
+                id                  text PRIMARY KEY,
+                owner_user_id       text REFERENCES users (id),
+                url                 text NOT NULL,
+                events              text[] NOT NULL,
+                secret_ct           bytea NOT NULL,
+                previous_secret_ct  bytea,
+                previous_expires_at timestamptz,
+                max_in_flight       integer NOT NULL DEFAULT 1
+                    CHECK (max_in_flight BETWEEN 1 AND 16),
+                enabled             boolean NOT NULL DEFAULT true,
+                start_txid          bigint NOT NULL DEFAULT pg_current_xact_id()::text::bigint,
+                created_at          timestamptz NOT NULL DEFAULT now(),
+                updated_at          timestamptz NOT NULL DEFAULT now(),
+                deleted_at          timestamptz
+            )
+            """,
+            "CREATE INDEX webhook_endpoints_owner ON webhook_endpoints (owner_user_id)",
+            """
+            CREATE TABLE webhook_deliveries (
+                id              bigserial PRIMARY KEY,
+                endpoint_id     text NOT NULL REFERENCES webhook_endpoints (id),
+                event_id        text NOT NULL REFERENCES events (id),
+                order_keys      text[] NOT NULL,
+                status          text NOT NULL DEFAULT 'pending'
+                    CHECK (status IN ('pending', 'delivered', 'dead')),
+                attempts        integer NOT NULL DEFAULT 0,
+                next_attempt_at timestamptz NOT NULL DEFAULT now(),
+                last_status     integer,
+                last_error      text,
+                created_at      timestamptz NOT NULL DEFAULT now(),
+                delivered_at    timestamptz,
+                UNIQUE (endpoint_id, event_id)
+            )
+            """,
+            "CREATE INDEX webhook_deliveries_pending ON webhook_deliveries (endpoint_id, id)"
+            " WHERE status = 'pending'",
+            """
+            CREATE TABLE webhook_attempts (
+                id          bigserial PRIMARY KEY,
+                delivery_id bigint NOT NULL REFERENCES webhook_deliveries (id),
+                attempt     integer NOT NULL,
+                at          timestamptz NOT NULL DEFAULT now(),
+                status_code integer,
+                error       text,
+                duration_ms integer NOT NULL
+            )
+            """,
+            "CREATE INDEX webhook_attempts_delivery ON webhook_attempts (delivery_id, id)",
+            # Where the notifier's fan-out stands in the outbox.
+            """
+            CREATE TABLE notifier_cursor (
+                name     text PRIMARY KEY,
+                txid     bigint NOT NULL,
+                event_id text NOT NULL
+            )
+            """,
+            # token_index is a blind index: one row per physical device token.
+            """
+            CREATE TABLE devices (
+                id          text PRIMARY KEY,
+                user_id     text NOT NULL REFERENCES users (id),
+                platform    text NOT NULL CHECK (platform IN ('apns', 'fcm')),
+                token_ct    bytea NOT NULL,
+                token_index bytea NOT NULL,
+                events      text[] NOT NULL,
+                start_txid  bigint NOT NULL DEFAULT pg_current_xact_id()::text::bigint,
+                created_at  timestamptz NOT NULL DEFAULT now(),
+                deleted_at  timestamptz
+            )
+            """,
+            "CREATE UNIQUE INDEX devices_one_token ON devices (token_index)"
+            " WHERE deleted_at IS NULL",
+            "CREATE INDEX devices_user ON devices (user_id)",
+            """
+            CREATE TABLE push_notifications (
+                id         bigserial PRIMARY KEY,
+                device_id  text NOT NULL REFERENCES devices (id),
+                event_id   text NOT NULL REFERENCES events (id),
+                status     text NOT NULL DEFAULT 'pending'
+                    CHECK (status IN ('pending', 'sent', 'failed')),
+                attempts   integer NOT NULL DEFAULT 0,
+                result     text,
+                created_at timestamptz NOT NULL DEFAULT now(),
+                sent_at    timestamptz,
+                UNIQUE (device_id, event_id)
+            )
+            """,
+            "CREATE INDEX push_notifications_pending ON push_notifications (id)"
+            " WHERE status = 'pending'",
+            # Every inbound webhook, accepted or refused (with why). The payload is
+            # sealed: a bank's event may name people.
+            """
+            CREATE TABLE inbound_webhooks (
+                id          bigserial PRIMARY KEY,
+                provider    text NOT NULL,
+                event_id    text,
+                event_type  text,
+                signed_at   bigint,
+                received_at timestamptz NOT NULL DEFAULT now(),
+                status      text NOT NULL CHECK (status IN ('accepted', 'refused')),
+                reason      text,
+                payload_ct  bytea,
+                handled_at  timestamptz,
+                handler     text
+            )
+            """,
+            "CREATE UNIQUE INDEX inbound_webhooks_once ON inbound_webhooks (provider, event_id)"
+            " WHERE status = 'accepted'",
+        ),
+    ),
+    Migration(
+        5,
+        "rails: handles, payments with their status history, refunds, bank accounts, ACH",
+        (
+            # A handle is unique among live ones; a released handle may be taken again.
+            """
+            CREATE TABLE handles (
+                handle        text NOT NULL,
+                account_id    text NOT NULL REFERENCES accounts (id),
+                owner_user_id text,
+                created_at    timestamptz NOT NULL DEFAULT now(),
+                released_at   timestamptz
+            )
+            """,
+            "CREATE UNIQUE INDEX handles_live ON handles (handle) WHERE released_at IS NULL",
+            """
+            CREATE TABLE payments (
+                id                text PRIMARY KEY,
+                owner_user_id     text,
+                from_ref          text NOT NULL,
+                to_ref            text NOT NULL,
+                debit_account_id  text NOT NULL,
+                credit_account_id text NOT NULL,
+                amount            bigint NOT NULL CHECK (amount > 0),
+                currency          char(3) NOT NULL,
+                rail              text NOT NULL CHECK (rail IN ('wallet', 'ach')),
+                memo              text NOT NULL DEFAULT '',
+                -- wallet: processing -> completed | failed; ACH: processing -> pending
+                -- (held) -> submitted (in a file) -> settled | returned, or failed.
+                status            text NOT NULL CHECK (status IN ('processing', 'completed',
+                    'failed', 'pending', 'submitted', 'settled', 'returned')),
+                failure_code      text,
+                bank_account_id   text,
+                ach_direction     text CHECK (ach_direction IN ('credit', 'debit')),
+                same_day          boolean NOT NULL DEFAULT false,
+                return_code       text,
+                transfer_id       text,
+                refunded_amount   bigint NOT NULL DEFAULT 0
+                    CHECK (refunded_amount >= 0 AND refunded_amount <= amount),
+                created_at        timestamptz NOT NULL DEFAULT now(),
+                updated_at        timestamptz NOT NULL DEFAULT now()
+            )
+            """,
+            "CREATE INDEX payments_owner ON payments (owner_user_id, created_at)",
+            """
+            CREATE TABLE payment_status_history (
+                id         bigserial PRIMARY KEY,
+                payment_id text NOT NULL REFERENCES payments (id),
+                status     text NOT NULL,
+                reason     text,
+                at         timestamptz NOT NULL DEFAULT now()
+            )
+            """,
+            "CREATE INDEX payment_history_payment ON payment_status_history (payment_id, id)",
+            # The CHECK on payments.refunded_amount is the last word: concurrent refunds
+            # reserve their amount under the payment's row lock first.
+            """
+            CREATE TABLE refunds (
+                id           text PRIMARY KEY,
+                payment_id   text NOT NULL REFERENCES payments (id),
+                amount       bigint NOT NULL CHECK (amount > 0),
+                status       text NOT NULL CHECK (status IN ('processing', 'completed',
+                    'failed')),
+                failure_code text,
+                transfer_id  text NOT NULL,
+                created_at   timestamptz NOT NULL DEFAULT now(),
+                updated_at   timestamptz NOT NULL DEFAULT now()
+            )
+            """,
+            "CREATE INDEX refunds_payment ON refunds (payment_id)",
+            # account_ct, holder_ct and micro_ct are storage.pii sealed values.
+            """
+            CREATE TABLE bank_accounts (
+                id              text PRIMARY KEY,
+                owner_user_id   text,
+                routing_number  char(9) NOT NULL,
+                account_ct      bytea NOT NULL,
+                account_last4   text NOT NULL,
+                account_type    text NOT NULL CHECK (account_type IN ('checking', 'savings')),
+                holder_type     text NOT NULL CHECK (holder_type IN ('individual', 'company')),
+                holder_ct       bytea NOT NULL,
+                status          text NOT NULL CHECK (status IN ('pending_verification',
+                    'verified', 'verification_failed', 'closed')),
+                micro_ct        bytea NOT NULL,
+                verify_attempts integer NOT NULL DEFAULT 0,
+                created_at      timestamptz NOT NULL DEFAULT now(),
+                verified_at     timestamptz
+            )
+            """,
+            "CREATE INDEX bank_accounts_owner ON bank_accounts (owner_user_id)",
+            # One NACHA entry each. A payment has one; a verification has two micro-deposits.
+            """
+            CREATE TABLE ach_entries (
+                id              bigserial PRIMARY KEY,
+                payment_id      text REFERENCES payments (id),
+                bank_account_id text NOT NULL REFERENCES bank_accounts (id),
+                kind            text NOT NULL CHECK (kind IN ('credit', 'debit',
+                    'microdeposit')),
+                amount          bigint NOT NULL CHECK (amount > 0),
+                same_day        boolean NOT NULL DEFAULT false,
+                status          text NOT NULL CHECK (status IN ('pending', 'submitted',
+                    'settled', 'returned')),
+                trace_number    char(15) UNIQUE,
+                file_id         text,
+                effective_date  date,
+                return_code     text,
+                created_at      timestamptz NOT NULL DEFAULT now(),
+                submitted_at    timestamptz,
+                settled_at      timestamptz,
+                returned_at     timestamptz
+            )
+            """,
+            "CREATE INDEX ach_entries_pending ON ach_entries (id) WHERE status = 'pending'",
+            "CREATE INDEX ach_entries_payment ON ach_entries (payment_id)",
+            # content_ct: the file holds account numbers, so it is sealed like any PII.
+            """
+            CREATE TABLE ach_files (
+                id             text PRIMARY KEY,
+                direction      text NOT NULL CHECK (direction IN ('outbound', 'return')),
+                content_ct     bytea NOT NULL,
+                entries        integer NOT NULL,
+                total_debit    bigint NOT NULL,
+                total_credit   bigint NOT NULL,
+                created_at     timestamptz NOT NULL DEFAULT now(),
+                transmitted_at timestamptz
+            )
+            """,
+        ),
+    ),
 )
 
 

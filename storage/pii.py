@@ -43,10 +43,17 @@ def _aad(table: str, column: str, row_id: str) -> bytes:
     return f"{table}.{column}:{row_id}".encode()
 
 
-def seal(keys: Keyring, plaintext: str, table: str, column: str, row_id: str) -> bytes:
+def seal(
+    keys: Keyring,
+    plaintext: str,
+    table: str,
+    column: str,
+    row_id: str,
+    limit: int = MAX_PLAINTEXT,
+) -> bytes:
     data = plaintext.encode()
-    if len(data) > MAX_PLAINTEXT:
-        raise ValueError(f"{table}.{column}: value longer than {MAX_PLAINTEXT} bytes")
+    if len(data) > limit:
+        raise ValueError(f"{table}.{column}: value longer than {limit} bytes")
     keys.refresh()
     kid = keys.pii_active
     nonce = os.urandom(_NONCE)  # random per value: a repeated (key, nonce) pair breaks GCM
@@ -112,6 +119,11 @@ SEALED_COLUMNS: tuple[SealedTable, ...] = (
         "id",
         ("email_ct", "name_ct", "phone_ct", "birth_date_ct", "address_ct", "kyc_id_ct"),
     ),
+    SealedTable("webhook_endpoints", "id", ("secret_ct", "previous_secret_ct")),
+    SealedTable("devices", "id", ("token_ct",)),
+    SealedTable("inbound_webhooks", "id", ("payload_ct",)),
+    SealedTable("bank_accounts", "id", ("account_ct", "holder_ct", "micro_ct")),
+    SealedTable("ach_files", "id", ("content_ct",)),
 )
 
 
@@ -133,10 +145,12 @@ def reseal_batch(
     """
     report = RotationReport()
     cols = ", ".join(spec.columns)
+    # Ids compared as text: one cursor type for text and bigint keys (AAD uses the text too).
+    key = f"{spec.id_column}::text"
     rows = conn.execute(
         sa.text(
-            f"SELECT {spec.id_column}, {cols} FROM {spec.table}"
-            f" WHERE {spec.id_column} > :after ORDER BY {spec.id_column} LIMIT :limit"
+            f"SELECT {key}, {cols} FROM {spec.table}"
+            f" WHERE {key} > :after ORDER BY {key} LIMIT :limit"
         ),
         {"after": after, "limit": limit},
     ).all()
@@ -149,7 +163,8 @@ def reseal_batch(
             if value is None or kid_of(bytes(value)) == active:
                 continue
             plain = open_(keys, bytes(value), spec.table, column, row_id)
-            changes[column] = seal(keys, plain, spec.table, column, row_id)
+            # Already stored, so already within its column's limit.
+            changes[column] = seal(keys, plain, spec.table, column, row_id, limit=len(plain) * 4)
         if not changes:
             continue
         sets = ", ".join(f"{c} = :new_{c}" for c in changes)
@@ -159,7 +174,7 @@ def reseal_batch(
             params[f"new_{c}"] = v
             params[f"old_{c}"] = bytes(values[spec.columns.index(c)])
         done = conn.execute(
-            sa.text(f"UPDATE {spec.table} SET {sets} WHERE {spec.id_column} = :id AND {same}"),
+            sa.text(f"UPDATE {spec.table} SET {sets} WHERE {key} = :id AND {same}"),
             params,
         ).rowcount
         if done:

@@ -11,6 +11,7 @@ that no longer finds it resolves it.
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -237,6 +238,46 @@ def last_watermark(conn: psycopg.Connection) -> int:
         " AND to_txid IS NOT NULL ORDER BY id DESC LIMIT 1"
     ).fetchone()
     return -1 if row is None else int(row[0])
+
+
+ACH_BANK = "ach/bank"
+ACH_JOURNAL = "ach/journal"
+# What the journal must hold for an ACH payment in each state (derived transfer ids).
+_ACH_MOVES = {"settled": "ach-settle:", "returned": "ach-return:"}
+
+
+def compare_bank(conn: psycopg.Connection, overdue_before: dt.date) -> list[Finding]:
+    """ACH entries against what the bank told us, and against the journal.
+
+    * an entry sent with an effective date before ``overdue_before`` that the
+      bank neither settled nor returned is ``missing_in_bank``;
+    * a payment settled or returned whose ledger move is not in the journal
+      (or an entry whose payment says otherwise) is a ``status_mismatch``.
+    """
+    findings = []
+    rows = conn.execute(
+        "SELECT e.trace_number, e.status, e.effective_date, p.id, p.status,"
+        " (SELECT t.status FROM transfers t WHERE t.id = 'ach-settle:' || p.id),"
+        " (SELECT t.status FROM transfers t WHERE t.id = 'ach-return:' || p.id)"
+        " FROM ach_entries e LEFT JOIN payments p ON p.id = e.payment_id"
+        " WHERE e.status <> 'pending'"
+    ).fetchall()
+    for trace, status, effective, pid, pay_status, settle_row, return_row in rows:
+        if status == "submitted" and effective is not None and effective < overdue_before:
+            expected = f"settled or returned by {overdue_before}"
+            findings.append(
+                Finding("missing_in_bank", "bank_entry", trace, ACH_BANK, expected, "nothing")
+            )
+        if pid is None:
+            continue  # a micro-deposit: no ledger move depends on the bank
+        if status in ("settled", "returned") and pay_status != status:
+            findings.append(Finding("status_mismatch", "bank_entry", trace, ACH_BANK,
+                                    status, pay_status))  # fmt: skip
+        move = settle_row if pay_status == "settled" else return_row
+        if pay_status in _ACH_MOVES and move is None:
+            findings.append(Finding("status_mismatch", "bank_entry", trace, ACH_JOURNAL,
+                                    _ACH_MOVES[pay_status] + pid, None))  # fmt: skip
+    return findings
 
 
 def record(conn: psycopg.Connection, run_id: int, findings: Iterable[Finding]) -> int:

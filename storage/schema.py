@@ -1,7 +1,9 @@
-"""PostgreSQL schema: SQLAlchemy Core tables for ordinary queries.
+"""PostgreSQL schema: SQLAlchemy Core tables for the queries built with them.
 
-The DDL that creates them lives in :mod:`storage.migrations` (versioned);
-these definitions must describe the schema those migrations leave behind.
+The DDL lives in :mod:`storage.migrations` (versioned); each table here must
+describe what those migrations leave behind. Tables queried only with SQL
+text (the outbox and notifications in storage/notify.py and events.py, the
+rails in payments.py and ach.py) are described by migrations 4 and 5 alone.
 """
 
 from __future__ import annotations

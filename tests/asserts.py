@@ -17,6 +17,16 @@ def problem(r: httpx.Response, status: int, code: str) -> dict:
     return body
 
 
+def signup(anon: httpx.Client, name: str) -> tuple[str, dict[str, str]]:
+    """Register ``name@example.com`` and log in: (user id, its Authorization header)."""
+    creds = {"email": f"{name}@example.com", "password": "a long enough passphrase"}
+    r = anon.post("/v1/auth/register", json=creds)
+    assert r.status_code == 201, r.text
+    token = anon.post("/v1/auth/login", json=creds)
+    assert token.status_code == 200, token.text
+    return r.json()["user_id"], {"Authorization": f"Bearer {token.json()['access_token']}"}
+
+
 def unauthorized(r: httpx.Response, code: str) -> None:
     """A 401 for a bearer credential: problem+json, the code, and a Bearer challenge."""
     problem(r, 401, code)

@@ -101,8 +101,19 @@ class RunningNode:
     shards: list
     http: httpx.Client  # authenticated with the admin key
     keys: Keyring
-    analytics: object  # Ray actor handles
-    reconciler: object
+    helpers: list  # Ray actor handles, in node.runtime.start_helpers order
+
+    @property
+    def analytics(self) -> object:
+        return self.helpers[0]
+
+    @property
+    def reconciler(self) -> object:
+        return self.helpers[1]
+
+    @property
+    def notifier(self) -> object:
+        return self.helpers[2]
 
     def anonymous(self) -> httpx.Client:
         """A client with no credentials (close it, or use it in a with block)."""
@@ -165,7 +176,7 @@ def make_node(
         http = httpx.Client(
             base_url=url, timeout=30, headers={"Authorization": f"Bearer {settings.api_key}"}
         )
-        return RunningNode(url, database_url, settings, handles, http, keys, *helpers)
+        return RunningNode(url, database_url, settings, handles, http, keys, helpers)
 
     yield start
     for server, thread, handles in running:

@@ -35,6 +35,8 @@ PUBLIC_V1 = {
     ("POST", "/v1/auth/register"),
     ("POST", "/v1/auth/login"),
     ("POST", "/v1/auth/refresh"),
+    # Authenticated by the provider's HMAC signature, not a bearer (tests/test_notify.py).
+    ("POST", "/v1/webhooks/{provider}"),
 }
 # Operational endpoints outside /v1 (probes and Prometheus), unauthenticated by design.
 # A new top-level path fails test_every_v1_endpoint_needs_credentials until it is listed

@@ -37,7 +37,10 @@ def test_profile_read_and_change_by_its_owner(node) -> None:
         assert me.get("/v1/auth/me").json() == {
             "kind": "user", "id": user_id, "user_id": user_id, "scopes": sorted(got and [
                 "accounts:read", "accounts:write", "transfers:read", "transfers:write",
-                "users:read", "users:write", "api_keys:write"])
+                "users:read", "users:write", "api_keys:write", "events:read",
+                "webhooks:read", "webhooks:write", "devices:read", "devices:write",
+                "handles:read", "handles:write", "payments:read", "payments:write",
+                "bank_accounts:read", "bank_accounts:write"])
         }  # fmt: skip
 
         r = me.patch(

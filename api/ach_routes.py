@@ -1,0 +1,386 @@
+"""Routes for bank accounts and ACH, and what settlements and returns do to the ledger.
+
+Settlement notices and return files arrive from the bank as signed webhooks
+(``api/inbound.py``) or, for returns, uploaded by an operator. Each is
+applied the same way: read the entries by trace number, move the ledger
+(post or void the hold, or reverse a settled entry: ids derived from the
+payment, so a repeat is a replay), then record the entries' and payments'
+new status with their events in one transaction.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import Sequence
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request
+from starlette.responses import Response
+
+from actors.ach import decode_cutoff
+from actors.bank_sim import PROVIDER, decode_statement
+from actors.rails.ach_rules import (
+    CLEARING_ACCOUNT,
+    MICRODEPOSIT_ACCOUNT,
+    hold_transfer_id,
+    return_transfer_id,
+    settle_transfer_id,
+)
+from actors.rails.nacha import RETURN_CODES, NachaError, Return, aba_valid, parse_returns
+from storage import ach, payments
+
+from . import contract, inbound
+from . import problems as p
+from .ach_schemas import (
+    AchFileList,
+    AchFileOut,
+    BankAccountIn,
+    BankAccountList,
+    BankAccountOut,
+    CutoffOut,
+    ReturnsOut,
+    StatementIn,
+    StatementLineOut,
+    StatementOut,
+    VerifyIn,
+)
+from .auth.scopes import Principal
+from .auth.tokens import new_id
+from .deps import Context, check_owner, context, require
+from .http import decode_body, json_response, public, read_body
+from .notify_schemas import InboundEvent
+from .schemas import TransferIn
+
+log = logging.getLogger("paynode.api.ach")
+router = APIRouter(tags=["ach"])
+Ctx = Annotated[Context, Depends(context)]
+_BODY_LIMIT = 16 * 1024
+_RETURN_FILE_LIMIT = 4 * 1024 * 1024
+
+
+def _bank_out(b: ach.BankAccount) -> BankAccountOut:
+    return BankAccountOut(
+        id=b.id, routing_number=b.routing_number, account_last4=b.account_last4,
+        account_type=b.account_type, holder_type=b.holder_type, status=b.status,  # type: ignore[arg-type]
+        verify_attempts_left=max(0, ach.MAX_VERIFY_ATTEMPTS - b.verify_attempts),
+        created_at=b.created_at, verified_at=b.verified_at,
+    )  # fmt: skip
+
+
+async def own_bank_account(ctx: Context, principal: Principal, bank_id: str) -> ach.BankAccount:
+    async with ctx.engine.connect() as conn:
+        found = await ach.get_bank_account(conn, bank_id) if len(bank_id) <= 64 else None
+    if found is None:
+        raise p.ApiError(p.BANK_ACCOUNT_NOT_FOUND)
+    check_owner(principal, found.owner_user_id or "")
+    return found
+
+
+# -- bank accounts -------------------------------------------------------------------------
+
+
+@router.post(
+    "/v1/bank-accounts",
+    openapi_extra=contract.body(BankAccountIn),
+    responses=contract.replies(
+        {201: (BankAccountOut, "Linked; two micro-deposits are on their way")},
+        (400, 401, 403, 413, 422, 429, 503),
+    ),
+    status_code=201,
+)
+async def link_bank_account(
+    request: Request,
+    ctx: Ctx,
+    principal: Annotated[Principal, Depends(require("bank_accounts:write"))],
+) -> Response:
+    body = await decode_body(request, BankAccountIn, _BODY_LIMIT)
+    if not aba_valid(body.routing_number):
+        raise p.ApiError(p.INVALID_ROUTING_NUMBER, field="$.routing_number")
+    bank_id = new_id("ba")
+    micro = (secrets.randbelow(99) + 1, secrets.randbelow(99) + 1)
+    async with ctx.engine.begin() as conn:
+        created = await ach.create_bank_account(
+            conn, ctx.keys, bank_id, principal.user_id, body.routing_number, body.account_number,
+            body.account_type, body.holder_type, body.holder_name, micro,
+        )  # fmt: skip
+    # The micro-deposits cost the operator: expense -> clearing, then two NACHA credits.
+    sends = [
+        TransferIn(
+            id=f"micro:{bank_id}:{i}",
+            debit_account_id=MICRODEPOSIT_ACCOUNT,
+            credit_account_id=CLEARING_ACCOUNT,
+            amount=amount,
+            currency="USD",
+            metadata={"bank_account_id": bank_id},
+        )
+        for i, amount in enumerate(micro, start=1)
+    ]
+    outcomes = await ctx.client.transfer(sends, None)
+    if any(o.code for o in outcomes):
+        raise p.ApiError(outcomes[0].code or outcomes[1].code)
+    async with ctx.engine.begin() as conn:
+        for amount in micro:
+            await ach.add_entry(conn, bank_id, "microdeposit", amount)
+    return json_response(_bank_out(created), 201)
+
+
+@router.get(
+    "/v1/bank-accounts",
+    responses=contract.replies({200: (BankAccountList, "Yours")}, (401, 403, 429)),
+)
+async def list_bank_accounts(
+    ctx: Ctx, principal: Annotated[Principal, Depends(require("bank_accounts:read"))]
+) -> Response:
+    async with ctx.engine.connect() as conn:
+        found = await ach.list_bank_accounts(conn, None if principal.admin else principal.user_id)
+    return json_response(BankAccountList([_bank_out(b) for b in found]))
+
+
+@router.get(
+    "/v1/bank-accounts/{bank_account_id}",
+    responses=contract.replies({200: (BankAccountOut, "The account")}, (401, 403, 404, 429)),
+)
+async def get_bank_account(
+    bank_account_id: str,
+    ctx: Ctx,
+    principal: Annotated[Principal, Depends(require("bank_accounts:read"))],
+) -> Response:
+    return json_response(_bank_out(await own_bank_account(ctx, principal, bank_account_id)))
+
+
+@router.post(
+    "/v1/bank-accounts/{bank_account_id}/verify",
+    openapi_extra=contract.body(VerifyIn),
+    responses=contract.replies(
+        {200: (BankAccountOut, "Verified")}, (400, 401, 403, 404, 409, 413, 422, 429)
+    ),
+)
+async def verify_bank_account(
+    bank_account_id: str,
+    request: Request,
+    ctx: Ctx,
+    principal: Annotated[Principal, Depends(require("bank_accounts:write"))],
+) -> Response:
+    found = await own_bank_account(ctx, principal, bank_account_id)
+    body = await decode_body(request, VerifyIn, _BODY_LIMIT)
+    if found.status in ("verification_failed", "closed"):
+        raise p.ApiError(p.VERIFICATION_LOCKED)
+    async with ctx.engine.begin() as conn:
+        updated, matched = await ach.verify(conn, ctx.keys, bank_account_id, body.amounts)
+    if not matched:
+        code = p.VERIFICATION_LOCKED if updated.status == "verification_failed" else (
+            p.VERIFICATION_FAILED)  # fmt: skip
+        left = max(0, ach.MAX_VERIFY_ATTEMPTS - updated.verify_attempts)
+        raise p.ApiError(code, f"{left} attempts left")
+    return json_response(_bank_out(updated))
+
+
+# -- operators: files, cutoff, returns, the simulated bank's statements ---------------------
+
+
+@router.post(
+    "/v1/ach/cutoff",
+    responses=contract.replies({200: (CutoffOut, "The file built now, if any")}, (401, 403, 429)),
+)
+async def cutoff(ctx: Ctx, _: Annotated[Principal, Depends(require("admin"))]) -> Response:
+    result = decode_cutoff(await ctx.ach.cutoff.remote())
+    return json_response(public(CutoffOut, result))
+
+
+@router.get(
+    "/v1/ach/files",
+    responses=contract.replies({200: (AchFileList, "Newest first")}, (401, 403, 429)),
+)
+async def list_files(ctx: Ctx, _: Annotated[Principal, Depends(require("admin"))]) -> Response:
+    async with ctx.engine.connect() as conn:
+        found = await ach.list_files(conn, 100)
+    return json_response(AchFileList([public(AchFileOut, f) for f in found]))
+
+
+@router.get(
+    "/v1/ach/files/{file_id}",
+    responses={
+        200: {
+            "description": "The NACHA file (94-character records)",
+            "content": {"text/plain": {"schema": {"type": "string"}}},
+        }
+    }
+    | contract.replies({}, (401, 403, 404, 429)),
+)
+async def download_file(
+    file_id: str, ctx: Ctx, _: Annotated[Principal, Depends(require("admin"))]
+) -> Response:
+    async with ctx.engine.connect() as conn:
+        found = await ach.get_file(conn, ctx.keys, file_id) if len(file_id) <= 64 else None
+    if found is None:
+        raise p.ApiError(p.ACH_FILE_NOT_FOUND)
+    return Response(
+        found[1], media_type="text/plain",
+        headers={"Content-Disposition": f'attachment; filename="{file_id}.ach"'},
+    )  # fmt: skip
+
+
+@router.post(
+    "/v1/ach/returns",
+    openapi_extra={"requestBody": {"required": True, "content": {
+        "text/plain": {"schema": {"type": "string", "description": "A NACHA return file"}}}}},
+    responses=contract.replies({200: (ReturnsOut, "Applied")}, (400, 401, 403, 413, 422, 429)),
+)  # fmt: skip
+async def upload_returns(
+    request: Request, ctx: Ctx, _: Annotated[Principal, Depends(require("admin"))]
+) -> Response:
+    raw = await read_body(request, _RETURN_FILE_LIMIT)
+    try:
+        text = raw.decode("ascii")
+        returns = parse_returns(text)
+    except (NachaError, UnicodeDecodeError):
+        # The parser's message may quote a record, and records hold account numbers.
+        raise p.ApiError(p.INVALID_NACHA_FILE) from None
+    await _keep_return_file(ctx, new_id("achr"), text, returns)
+    return json_response(await apply_returns(ctx, returns))
+
+
+async def _keep_return_file(ctx: Context, file_id: str, text: str, returns: list[Return]) -> None:
+    """Store a return file as received (sealed), beside our outbound files."""
+    credit = sum(r.amount for r in returns if r.transaction_code in (21, 31))
+    async with ctx.engine.begin() as conn:
+        await ach.store_file(
+            conn, ctx.keys, file_id[:64], "return", text, len(returns),
+            sum(r.amount for r in returns) - credit, credit,
+        )  # fmt: skip
+
+
+@router.post(
+    "/v1/bank-sim/statement",
+    openapi_extra=contract.body(StatementIn),
+    responses=contract.replies(
+        {200: (StatementOut, "What the simulated bank shows the account holder")},
+        (401, 403, 404, 422, 429),
+    ),
+)
+async def bank_statement(
+    request: Request, ctx: Ctx, _: Annotated[Principal, Depends(require("admin"))]
+) -> Response:
+    if ctx.bank_sim is None:
+        raise p.ApiError(p.NOT_FOUND, "the bank simulator is off")
+    body = await decode_body(request, StatementIn, _BODY_LIMIT)
+    lines = decode_statement(
+        await ctx.bank_sim.statement.remote(body.routing_number, body.account_number)
+    )
+    return json_response(StatementOut([public(StatementLineOut, x) for x in lines]))
+
+
+# -- what the bank tells us ---------------------------------------------------------------
+
+
+async def apply_settlement(ctx: Context, traces: Sequence[str]) -> int:
+    """Post the holds of settled entries; mark them and their payments settled."""
+    async with ctx.engine.connect() as conn:
+        found = await ach.entries_by_trace(conn, traces)
+    todo = [e for e in found.values() if e.status == "submitted"]
+    posts = [
+        TransferIn(
+            id=settle_transfer_id(e.payment_id),
+            pending_id=hold_transfer_id(e.payment_id),
+            flags=["post_pending"],
+        )
+        for e in todo
+        if e.payment_id is not None
+    ]
+    outcomes = {o.id: o for o in (await ctx.client.transfer(posts, None) if posts else [])}
+    settled = 0
+    async with ctx.engine.begin() as conn:
+        for e in todo:
+            if e.payment_id is not None:
+                o = outcomes[settle_transfer_id(e.payment_id)]
+                if o.code:
+                    log.error("ach: settlement of %s refused: %s", e.payment_id, o.code)
+                    continue
+                await payments.transition(conn, e.payment_id, "settled")
+            await ach.set_entry_status(conn, e.id, "settled")
+            settled += 1
+    return settled
+
+
+def _reversal(e: ach.EntryRef, pay: payments.Payment) -> TransferIn:
+    """A settled entry returned: move the money back the other way."""
+    return TransferIn(
+        id=return_transfer_id(pay.id), debit_account_id=pay.credit_account_id,
+        credit_account_id=pay.debit_account_id, amount=e.amount, currency=pay.currency,
+        metadata={"payment_id": pay.id},
+    )  # fmt: skip
+
+
+async def apply_returns(ctx: Context, returns: Sequence[Return]) -> ReturnsOut:
+    """Void the hold (or reverse a settled entry) of each returned entry; record the code."""
+    async with ctx.engine.connect() as conn:
+        found = await ach.entries_by_trace(conn, [r.original_trace for r in returns])
+        pays = {e.payment_id: await payments.get(conn, e.payment_id)
+                for e in found.values() if e.payment_id is not None}  # fmt: skip
+    unknown = sum(1 for r in returns if r.original_trace not in found)
+    todo = [(r, found[r.original_trace]) for r in returns if r.original_trace in found]
+    already = sum(1 for _, e in todo if e.status == "returned")
+    todo = [(r, e) for r, e in todo if e.status != "returned"]
+    moves = []
+    for _, e in todo:
+        pay = pays.get(e.payment_id)
+        if pay is None:
+            continue
+        if e.status == "settled":
+            moves.append(_reversal(e, pay))
+        else:
+            void = TransferIn(
+                id=return_transfer_id(pay.id),
+                pending_id=hold_transfer_id(pay.id),
+                flags=["void_pending"],
+            )
+            moves.append(void)
+    outcomes = {o.id: o for o in (await ctx.client.transfer(moves, None) if moves else [])}
+    async with ctx.engine.begin() as conn:
+        for r, e in todo:
+            if e.payment_id is not None:
+                o = outcomes[return_transfer_id(e.payment_id)]
+                if o.code:
+                    log.error("ach: return of %s not applied: %s", e.payment_id, o.code)
+                    continue
+                await payments.transition(
+                    conn, e.payment_id, "returned", r.return_code,
+                    extra={"return": {"code": r.return_code, "reason": r.reason}},
+                )  # fmt: skip
+            elif e.kind == "microdeposit":
+                await ach.fail_verification(conn, r.original_trace)
+            await ach.set_entry_status(conn, e.id, "returned", r.return_code)
+    return ReturnsOut(len(todo), already, unknown)
+
+
+async def _from_bank(ctx: Context, provider: str, event: InboundEvent) -> str:
+    if event.type == "ach.settlement":
+        traces = event.data.get("trace_numbers")
+        if not isinstance(traces, list) or not all(isinstance(t, str) for t in traces):
+            raise p.ApiError(p.INVALID_WEBHOOK_BODY, "trace_numbers")
+        await apply_settlement(ctx, traces[:100_000])
+        return "ach.settlement"
+    if event.type == "ach.returns":
+        text = event.data.get("file")
+        try:
+            returns = parse_returns(text) if isinstance(text, str) else None
+        except NachaError:
+            returns = None
+        if returns is None:
+            raise p.ApiError(p.INVALID_NACHA_FILE)
+        if not await _known_file(ctx, event.id):
+            await _keep_return_file(ctx, event.id, text, returns)
+        await apply_returns(ctx, returns)
+        return "ach.returns"
+    raise p.ApiError(p.INVALID_WEBHOOK_BODY, "unknown event type")
+
+
+async def _known_file(ctx: Context, file_id: str) -> bool:
+    async with ctx.engine.connect() as conn:
+        return await ach.get_file(conn, ctx.keys, file_id[:64]) is not None
+
+
+inbound.register(PROVIDER, "ach.", _from_bank)
+
+__all__ = ["RETURN_CODES", "apply_returns", "apply_settlement", "own_bank_account", "router"]

@@ -1,0 +1,97 @@
+"""The HTTP contract for bank accounts and ACH.
+
+An account number goes in and only its last 4 digits come out; a NACHA file
+(which holds account numbers) is served only to operators.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated, Literal
+
+import msgspec
+from msgspec import Meta
+
+Routing = Annotated[str, Meta(pattern=r"^[0-9]{9}$", description="ABA routing number")]
+AccountNumber = Annotated[str, Meta(pattern=r"^[0-9]{4,17}$", description="4-17 digits")]
+
+
+class BankAccountIn(msgspec.Struct, forbid_unknown_fields=True):
+    routing_number: Routing
+    account_number: AccountNumber
+    account_type: Literal["checking", "savings"]
+    holder_name: Annotated[str, Meta(min_length=1, max_length=100)]
+    holder_type: Literal["individual", "company"] = "individual"
+
+
+class BankAccountOut(msgspec.Struct, kw_only=True):
+    id: str
+    routing_number: str
+    account_last4: str
+    account_type: str
+    holder_type: str
+    status: Literal["pending_verification", "verified", "verification_failed", "closed"]
+    verify_attempts_left: int
+    created_at: dt.datetime
+    verified_at: dt.datetime | None
+
+
+class BankAccountList(msgspec.Struct):
+    bank_accounts: list[BankAccountOut]
+
+
+class VerifyIn(msgspec.Struct, forbid_unknown_fields=True):
+    """The two micro-deposit amounts, in cents, in any order."""
+
+    amounts: Annotated[list[Annotated[int, Meta(ge=1, le=99)]], Meta(min_length=2, max_length=2)]
+
+
+class AchFileOut(msgspec.Struct, kw_only=True):
+    id: str
+    direction: Literal["outbound", "return"]
+    entries: int
+    total_debit: int
+    total_credit: int
+    created_at: dt.datetime
+    transmitted_at: dt.datetime | None
+
+
+class AchFileList(msgspec.Struct):
+    files: list[AchFileOut]
+
+
+class CutoffOut(msgspec.Struct):
+    file_id: str | None  # None: nothing was pending
+    entries: int
+    total_debit: int
+    total_credit: int
+    transmitted: bool
+
+
+class ReturnsOut(msgspec.Struct):
+    returned: int  # entries returned now
+    already: int  # returned before (the same file again)
+    unknown: int  # trace numbers that are not ours
+
+
+class StatementIn(msgspec.Struct, forbid_unknown_fields=True):
+    routing_number: Routing
+    account_number: AccountNumber
+
+
+class StatementLineOut(msgspec.Struct):
+    amount: int
+    direction: Literal["credit", "debit"]
+    company_name: str
+    effective_date: str
+    trace_number: str
+
+
+class StatementOut(msgspec.Struct):
+    lines: list[StatementLineOut]
+
+
+ACH_TYPES = (
+    BankAccountIn, BankAccountOut, BankAccountList, VerifyIn, AchFileOut, AchFileList,
+    CutoffOut, ReturnsOut, StatementIn, StatementLineOut, StatementOut,
+)  # fmt: skip

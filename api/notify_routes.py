@@ -1,0 +1,536 @@
+"""Routes for events, webhook endpoints, devices and inbound webhooks.
+
+Outbound: clients poll ``/v1/events`` or register endpoints the notifier
+actor delivers to. Inbound: banks and processors POST signed events to
+``/v1/webhooks/{provider}``; each one is stored (accepted or refused, with
+why) before anything acts on it.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated, Literal, NoReturn
+
+import msgspec
+from fastapi import APIRouter, Depends, Query, Request
+from starlette.responses import Response
+
+from actors.notify.destinations import DestinationError, check_url
+from actors.notify.signature import HEADER, SignatureError, new_secret, verify_signature
+from storage import notify
+from storage.events import EVENT_ID_LENGTH, EVENT_TYPES, StoredEvent
+
+from . import contract
+from . import problems as p
+from .auth.scopes import Principal
+from .auth.tokens import new_id
+from .deps import Context, check_owner, context, require
+from .http import decode_body, json_response, public, read_body
+from .inbound import dispatch
+from .notify_schemas import (
+    DeliveryOut,
+    DeliveryPage,
+    DeviceIn,
+    DeviceList,
+    DeviceOut,
+    DevicePatch,
+    EventOut,
+    EventPage,
+    InboundAck,
+    InboundEvent,
+    RetryOut,
+    RotateSecretIn,
+    WebhookEndpointIn,
+    WebhookEndpointList,
+    WebhookEndpointOut,
+    WebhookEndpointPatch,
+    WebhookEndpointWithSecret,
+)
+
+log = logging.getLogger("paynode.api.notify")
+router = APIRouter(tags=["notifications"])
+Ctx = Annotated[Context, Depends(context)]
+_BODY_LIMIT = 16 * 1024
+_SCAN_LIMIT = 10_000  # events looked at per list request (a user's filter may keep few)
+
+
+def _event_out(e: StoredEvent) -> EventOut:
+    return EventOut(e.event.id, e.event.type, e.event.created, e.event.data)  # type: ignore[arg-type]
+
+
+def _may_see(principal: Principal, e: StoredEvent) -> bool:
+    return principal.admin or (principal.user_id is not None and principal.user_id in e.users)
+
+
+# -- events ---------------------------------------------------------------------------
+
+
+@router.get(
+    "/v1/events",
+    responses=contract.replies({200: (EventPage, "Oldest first")}, (400, 401, 403, 422, 429)),
+)
+async def list_events(
+    ctx: Ctx,
+    principal: Annotated[Principal, Depends(require("events:read"))],
+    after: Annotated[str | None, Query(max_length=64, description="An event id")] = None,
+    type: Annotated[
+        str | None, Query(max_length=1000, description="Comma-separated event types")
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> Response:
+    types = [t for t in (type or "").split(",") if t]
+    if any(t not in EVENT_TYPES for t in types):
+        raise p.ApiError(p.INVALID_FIELD, "unknown event type", "type")
+    async with ctx.engine.connect() as conn:
+        position: tuple[int, str] = (0, "")
+        if after:
+            found = await notify.event_position(conn, after) if _event_id_ok(after) else None
+            if found is None:
+                raise p.ApiError(p.INVALID_CURSOR, "after must be an event id you have seen")
+            position = found
+        user = None if principal.admin else principal.user_id
+        # An admin's page is the next events; a user's is theirs among the next
+        # _SCAN_LIMIT, so one request never reads an unbounded stretch.
+        scan = limit + 1 if user is None else _SCAN_LIMIT
+        users = None if user is None else [user]
+        events, last, scanned = await notify.read_events(conn, position, scan, types, users)
+    if len(events) > limit:
+        page, more = events[:limit], True
+        next_after: str | None = page[-1].event.id
+    else:
+        page, more = events, scanned == scan and user is not None
+        next_after = last[1] if last is not None else after
+    return json_response(EventPage([_event_out(e) for e in page], next_after, more))
+
+
+def _event_id_ok(value: str) -> bool:
+    return len(value) == EVENT_ID_LENGTH and value.startswith("evt_") and value[4:].isalnum()
+
+
+@router.get(
+    "/v1/events/{event_id}",
+    responses=contract.replies({200: (EventOut, "The event")}, (401, 403, 404, 429)),
+)
+async def get_event(
+    event_id: str, ctx: Ctx, principal: Annotated[Principal, Depends(require("events:read"))]
+) -> Response:
+    if not _event_id_ok(event_id):
+        raise p.ApiError(p.EVENT_NOT_FOUND)
+    async with ctx.engine.connect() as conn:
+        found = await notify.get_event(conn, event_id)
+    if found is None or not _may_see(principal, found):
+        raise p.ApiError(p.EVENT_NOT_FOUND)  # another user's event does not exist for you
+    return json_response(_event_out(found))
+
+
+# -- webhook endpoints ---------------------------------------------------------------------
+
+
+def _endpoint_out(e: notify.Endpoint) -> WebhookEndpointOut:
+    return WebhookEndpointOut(
+        id=e.id,
+        url=e.url,
+        events=e.events,
+        max_in_flight=e.max_in_flight,
+        enabled=e.enabled,
+        owner_user_id=e.owner_user_id,
+        created_at=e.created_at,
+        updated_at=e.updated_at,
+        previous_secret_valid_until=e.secret_rotating_until,
+    )
+
+
+def _with_secret(e: notify.Endpoint, secret: str) -> WebhookEndpointWithSecret:
+    return WebhookEndpointWithSecret(**msgspec.structs.asdict(_endpoint_out(e)), secret=secret)
+
+
+def _checked_url(ctx: Context, url: str) -> str:
+    try:
+        return check_url(url, ctx.settings.webhook_allow_private)
+    except DestinationError as e:
+        raise p.ApiError(e.code, e.detail, "$.url") from None
+
+
+async def _own_endpoint(ctx: Context, principal: Principal, endpoint_id: str) -> notify.Endpoint:
+    async with ctx.engine.connect() as conn:
+        found = await notify.get_endpoint(conn, endpoint_id) if len(endpoint_id) <= 64 else None
+    if found is None:
+        raise p.ApiError(p.WEBHOOK_ENDPOINT_NOT_FOUND)
+    check_owner(principal, found.owner_user_id or "")
+    return found
+
+
+async def _reload(ctx: Context) -> None:
+    """Tell the notifier now; it also re-reads every few seconds if this call is lost."""
+    try:
+        await ctx.notifier.reload.remote()
+    except Exception as e:  # the change is committed; the notifier's own poll picks it up
+        log.warning("notifier reload failed: %s", type(e).__name__)
+
+
+@router.post(
+    "/v1/webhook-endpoints",
+    openapi_extra=contract.body(WebhookEndpointIn),
+    responses=contract.replies(
+        {201: (WebhookEndpointWithSecret, "Created; the secret is shown only now")},
+        (400, 401, 403, 413, 422, 429),
+    ),
+    status_code=201,
+)
+async def create_endpoint(
+    request: Request,
+    ctx: Ctx,
+    principal: Annotated[Principal, Depends(require("webhooks:write"))],
+) -> Response:
+    body = await decode_body(request, WebhookEndpointIn, _BODY_LIMIT)
+    url = _checked_url(ctx, body.url)
+    secret = new_secret()
+    # An admin credential's endpoint hears every event; a user's, only theirs.
+    owner = None if principal.admin else principal.user_id
+    async with ctx.engine.begin() as conn:
+        created = await notify.create_endpoint(
+            conn, ctx.keys, new_id("we"), owner, url, sorted(set(body.events)),
+            body.max_in_flight, secret,
+        )  # fmt: skip
+    await _reload(ctx)
+    return json_response(_with_secret(created, secret), 201)
+
+
+@router.get(
+    "/v1/webhook-endpoints",
+    responses=contract.replies({200: (WebhookEndpointList, "Yours")}, (401, 403, 429)),
+)
+async def list_endpoints(
+    ctx: Ctx, principal: Annotated[Principal, Depends(require("webhooks:read"))]
+) -> Response:
+    async with ctx.engine.connect() as conn:
+        found = await notify.list_endpoints(conn, principal.user_id, principal.admin)
+    return json_response(WebhookEndpointList([_endpoint_out(e) for e in found]))
+
+
+@router.get(
+    "/v1/webhook-endpoints/{endpoint_id}",
+    responses=contract.replies({200: (WebhookEndpointOut, "The endpoint")}, (401, 403, 404, 429)),
+)
+async def get_endpoint(
+    endpoint_id: str,
+    ctx: Ctx,
+    principal: Annotated[Principal, Depends(require("webhooks:read"))],
+) -> Response:
+    return json_response(_endpoint_out(await _own_endpoint(ctx, principal, endpoint_id)))
+
+
+@router.patch(
+    "/v1/webhook-endpoints/{endpoint_id}",
+    openapi_extra=contract.body(WebhookEndpointPatch),
+    responses=contract.replies(
+        {200: (WebhookEndpointOut, "Updated")}, (400, 401, 403, 404, 413, 422, 429)
+    ),
+)
+async def update_endpoint(
+    endpoint_id: str,
+    request: Request,
+    ctx: Ctx,
+    principal: Annotated[Principal, Depends(require("webhooks:write"))],
+) -> Response:
+    await _own_endpoint(ctx, principal, endpoint_id)
+    body = await decode_body(request, WebhookEndpointPatch, _BODY_LIMIT)
+    changes = {k: v for k, v in msgspec.structs.asdict(body).items() if v is not msgspec.UNSET}
+    if "url" in changes:
+        changes["url"] = _checked_url(ctx, changes["url"])
+    if "events" in changes:
+        changes["events"] = sorted(set(changes["events"]))
+    async with ctx.engine.begin() as conn:
+        updated = (
+            await notify.update_endpoint(conn, endpoint_id, changes)
+            if changes
+            else await notify.get_endpoint(conn, endpoint_id)
+        )
+    if updated is None:
+        raise p.ApiError(p.WEBHOOK_ENDPOINT_NOT_FOUND)
+    await _reload(ctx)
+    return json_response(_endpoint_out(updated))
+
+
+@router.delete(
+    "/v1/webhook-endpoints/{endpoint_id}",
+    responses={204: {"description": "Deleted; no further deliveries"}}
+    | contract.replies({}, (401, 403, 404, 429)),
+    status_code=204,
+)
+async def delete_endpoint(
+    endpoint_id: str,
+    ctx: Ctx,
+    principal: Annotated[Principal, Depends(require("webhooks:write"))],
+) -> Response:
+    await _own_endpoint(ctx, principal, endpoint_id)
+    return await _deleted(ctx, notify.delete_endpoint, endpoint_id, p.WEBHOOK_ENDPOINT_NOT_FOUND)
+
+
+async def _deleted(ctx: Context, delete, object_id: str, missing: str) -> Response:
+    """Delete (soft) in one transaction, tell the notifier, answer 204."""
+    async with ctx.engine.begin() as conn:
+        if not await delete(conn, object_id):
+            raise p.ApiError(missing)
+    await _reload(ctx)
+    return Response(status_code=204)
+
+
+@router.post(
+    "/v1/webhook-endpoints/{endpoint_id}/rotate-secret",
+    openapi_extra=contract.body(RotateSecretIn),
+    responses=contract.replies(
+        {200: (WebhookEndpointWithSecret, "The new secret, shown only now")},
+        (400, 401, 403, 404, 413, 422, 429),
+    ),
+)
+async def rotate_secret(
+    endpoint_id: str,
+    request: Request,
+    ctx: Ctx,
+    principal: Annotated[Principal, Depends(require("webhooks:write"))],
+) -> Response:
+    await _own_endpoint(ctx, principal, endpoint_id)
+    body = await decode_body(request, RotateSecretIn, _BODY_LIMIT)
+    secret = new_secret()
+    async with ctx.engine.begin() as conn:
+        rotated = await notify.rotate_secret(conn, ctx.keys, endpoint_id, secret, body.overlap_s)
+    if rotated is None:
+        raise p.ApiError(p.WEBHOOK_ENDPOINT_NOT_FOUND)
+    await _reload(ctx)
+    return json_response(_with_secret(rotated, secret))
+
+
+@router.get(
+    "/v1/webhook-endpoints/{endpoint_id}/deliveries",
+    responses=contract.replies(
+        {200: (DeliveryPage, "Oldest first, with every attempt")}, (401, 403, 404, 422, 429)
+    ),
+)
+async def list_deliveries(
+    endpoint_id: str,
+    ctx: Ctx,
+    principal: Annotated[Principal, Depends(require("webhooks:read"))],
+    status: Annotated[Literal["pending", "delivered", "dead"] | None, Query()] = None,
+    after: Annotated[int, Query(ge=0, le=2**62)] = 0,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+) -> Response:
+    await _own_endpoint(ctx, principal, endpoint_id)
+    async with ctx.engine.connect() as conn:
+        rows = await notify.list_deliveries(conn, endpoint_id, after, limit + 1, status)
+    more = len(rows) > limit
+    rows = rows[:limit]
+    out = [public(DeliveryOut, r)
+           for r in rows]  # fmt: skip
+    return json_response(DeliveryPage(out, rows[-1].id if more and rows else None))
+
+
+@router.post(
+    "/v1/webhook-endpoints/{endpoint_id}/deliveries/{delivery_id}/retry",
+    responses=contract.replies(
+        {202: (RetryOut, "Queued for one more attempt now")}, (401, 403, 404, 429)
+    ),
+    status_code=202,
+)
+async def retry_delivery(
+    endpoint_id: str,
+    delivery_id: int,
+    ctx: Ctx,
+    principal: Annotated[Principal, Depends(require("webhooks:write"))],
+) -> Response:
+    await _own_endpoint(ctx, principal, endpoint_id)
+    if not 0 < delivery_id < 2**62:
+        raise p.ApiError(p.DELIVERY_NOT_FOUND)
+    async with ctx.engine.begin() as conn:
+        queued = await notify.retry_delivery(
+            conn, endpoint_id, delivery_id, ctx.settings.webhook_max_attempts
+        )
+    if not queued:
+        raise p.ApiError(p.DELIVERY_NOT_FOUND)
+    try:
+        await ctx.notifier.wake.remote(endpoint_id)
+    except Exception as e:  # queued in PostgreSQL; the worker finds it on its next pass
+        log.warning("notifier wake failed: %s", type(e).__name__)
+    return json_response(RetryOut(delivery_id, "pending"), 202)
+
+
+# -- devices -------------------------------------------------------------------------------
+
+
+def _device_user(principal: Principal) -> str:
+    if principal.user_id is None:
+        raise p.ApiError(p.FORBIDDEN, "devices belong to users; use a user's credential")
+    return principal.user_id
+
+
+def _device_out(d: notify.Device) -> DeviceOut:
+    return DeviceOut(
+        id=d.id, platform=d.platform, token_last4=d.token_last4, events=d.events,
+        created_at=d.created_at,
+    )  # fmt: skip
+
+
+@router.post(
+    "/v1/devices",
+    openapi_extra=contract.body(DeviceIn),
+    responses=contract.replies(
+        {201: (DeviceOut, "Registered"), 200: (DeviceOut, "Already registered; events updated")},
+        (400, 401, 403, 413, 422, 429),
+    ),
+    status_code=201,
+)
+async def register_device(
+    request: Request,
+    ctx: Ctx,
+    principal: Annotated[Principal, Depends(require("devices:write"))],
+) -> Response:
+    user = _device_user(principal)
+    body = await decode_body(request, DeviceIn, _BODY_LIMIT)
+    async with ctx.engine.begin() as conn:
+        device, created = await notify.register_device(
+            conn, ctx.keys, new_id("dev"), user, body.platform, body.token,
+            sorted(set(body.events)),
+        )  # fmt: skip
+    await _reload(ctx)
+    return json_response(_device_out(device), 201 if created else 200)
+
+
+@router.get(
+    "/v1/devices",
+    responses=contract.replies({200: (DeviceList, "Your devices")}, (401, 403, 429)),
+)
+async def list_devices(
+    ctx: Ctx, principal: Annotated[Principal, Depends(require("devices:read"))]
+) -> Response:
+    user = _device_user(principal)
+    async with ctx.engine.connect() as conn:
+        found = await notify.list_devices(conn, ctx.keys, user)
+    return json_response(DeviceList([_device_out(d) for d in found]))
+
+
+async def _own_device(ctx: Context, principal: Principal, device_id: str) -> notify.Device:
+    async with ctx.engine.connect() as conn:
+        found = await notify.get_device(conn, ctx.keys, device_id) if len(device_id) <= 64 else None
+    if found is None:
+        raise p.ApiError(p.DEVICE_NOT_FOUND)
+    check_owner(principal, found.user_id)
+    return found
+
+
+@router.patch(
+    "/v1/devices/{device_id}",
+    openapi_extra=contract.body(DevicePatch),
+    responses=contract.replies({200: (DeviceOut, "Updated")}, (400, 401, 403, 404, 413, 422, 429)),
+)
+async def update_device(
+    device_id: str,
+    request: Request,
+    ctx: Ctx,
+    principal: Annotated[Principal, Depends(require("devices:write"))],
+) -> Response:
+    await _own_device(ctx, principal, device_id)
+    body = await decode_body(request, DevicePatch, _BODY_LIMIT)
+    async with ctx.engine.begin() as conn:
+        updated = await notify.update_device_events(
+            conn, ctx.keys, device_id, sorted(set(body.events))
+        )
+    if updated is None:
+        raise p.ApiError(p.DEVICE_NOT_FOUND)
+    await _reload(ctx)
+    return json_response(_device_out(updated))
+
+
+@router.delete(
+    "/v1/devices/{device_id}",
+    responses={204: {"description": "Unregistered"}} | contract.replies({}, (401, 403, 404, 429)),
+    status_code=204,
+)
+async def delete_device(
+    device_id: str,
+    ctx: Ctx,
+    principal: Annotated[Principal, Depends(require("devices:write"))],
+) -> Response:
+    await _own_device(ctx, principal, device_id)
+    return await _deleted(ctx, notify.delete_device, device_id, p.DEVICE_NOT_FOUND)
+
+
+# -- inbound webhooks ----------------------------------------------------------------------
+
+
+@router.post(
+    "/v1/webhooks/{provider}",
+    openapi_extra={
+        **contract.body(InboundEvent),
+        "parameters": [
+            {
+                "name": HEADER,
+                "in": "header",
+                "required": True,
+                "schema": {"type": "string"},
+                "description": "t=<unix>,v1=<hex HMAC-SHA256 of '<t>.<raw body>'>",
+            }
+        ],
+    },
+    responses=contract.replies(
+        {200: (InboundAck, "Accepted and stored")}, (400, 401, 404, 409, 413, 422, 429)
+    ),
+)
+async def inbound_webhook(
+    provider: str,
+    request: Request,
+    ctx: Ctx,
+    _: Annotated[None, Depends(contract.signed_by_provider)],
+) -> Response:
+    """A provider's signed event. Authenticated by its signature, not a bearer token."""
+    secret = ctx.settings.providers().get(provider)
+    raw = await read_body(request, notify.INBOUND_MAX_BYTES)
+    envelope = _lenient(raw)
+    event_id = envelope.get("id") if isinstance(envelope.get("id"), str) else None
+    event_type = envelope.get("type") if isinstance(envelope.get("type"), str) else None
+
+    async def refuse(code: str, signed_at: int | None = None) -> NoReturn:
+        async with ctx.engine.begin() as conn:
+            await notify.record_inbound(
+                conn, ctx.keys, provider[:64], (event_id or "")[:200] or None,
+                (event_type or "")[:100] or None, signed_at, "refused", code, raw,
+            )  # fmt: skip
+        raise p.ApiError(code)
+
+    if secret is None:
+        await refuse(p.UNKNOWN_PROVIDER)
+    try:
+        signed_at = verify_signature(
+            secret, request.headers.get(HEADER, ""), raw, ctx.settings.inbound_tolerance_s
+        )
+    except SignatureError as e:
+        await refuse(e.code)
+    try:
+        event = msgspec.json.decode(raw, type=InboundEvent)
+    except (msgspec.ValidationError, msgspec.DecodeError):
+        await refuse(p.INVALID_WEBHOOK_BODY, signed_at=signed_at)
+    try:
+        async with ctx.engine.begin() as conn:
+            row_id = await notify.record_inbound(
+                conn, ctx.keys, provider, event.id, event.type, signed_at, "accepted", None, raw
+            )
+    except notify.InboundReplayed:
+        # Accepted before but never handled (we failed mid-way): handle it now.
+        async with ctx.engine.connect() as conn:
+            pending = await notify.unhandled_inbound(conn, provider, event.id)
+        if pending is None:
+            await refuse(p.WEBHOOK_REPLAYED, signed_at=signed_at)
+        row_id = pending
+    handled_by = await dispatch(ctx, provider, event)
+    # Done, even with no handler ("none": kept for one registered later to replay).
+    async with ctx.engine.begin() as conn:
+        await notify.mark_inbound_handled(conn, row_id, handled_by or "none")
+    return json_response(InboundAck(row_id, "accepted", handled_by))
+
+
+def _lenient(raw: bytes) -> dict:
+    """The envelope's fields for the record of a refusal (never trusted for anything else)."""
+    try:
+        value = msgspec.json.decode(raw)
+    except (msgspec.DecodeError, UnicodeDecodeError):
+        return {}
+    return value if isinstance(value, dict) else {}

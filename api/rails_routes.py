@@ -1,0 +1,369 @@
+"""Routes for @handles, payments and refunds.
+
+A payment names its parties as ``@handle`` or account id and picks a rail;
+the wallet rail is one ledger transfer whose id is derived from the
+payment's, so a retried or crashed payment is a replay, never a second
+movement. A refund reserves its amount under the payment's row lock before
+its reversing transfer, so concurrent refunds never exceed the payment.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Depends, Query, Request
+from starlette.responses import Response
+
+from actors.handles import decode_claimed, decode_handles
+from actors.ledger.model import RETRYABLE, Code
+from actors.rails.ach_rules import CLEARING_ACCOUNT, SAME_DAY_LIMIT, hold_transfer_id
+from actors.rails.handles_rules import HandleError, normalize_handle
+from actors.rails.nacha import RETURN_CODES
+from storage import ach, payments
+
+from . import ach_routes, contract
+from . import problems as p
+from .auth.scopes import Principal
+from .deps import Context, check_owner, context, require
+from .http import decode_body, json_response, public
+from .rails_schemas import (
+    HandleIn,
+    HandleOut,
+    PaymentIn,
+    PaymentOut,
+    PaymentPage,
+    RefundIn,
+    RefundOut,
+    StatusChangeOut,
+)
+from .schemas import TransferIn
+
+router = APIRouter(tags=["payments"])
+Ctx = Annotated[Context, Depends(context)]
+_BODY_LIMIT = 16 * 1024
+# Bank account ids as api/ach_routes.py makes them (new_id("ba")); anything else is an account.
+BANK_ACCOUNT_ID = re.compile(r"ba_[0-9a-f]{32}\Z")
+
+
+def _normalized(raw: str, field: str) -> str:
+    try:
+        return normalize_handle(raw)
+    except HandleError as e:
+        raise p.ApiError(e.code, str(e), field) from None
+
+
+async def _lookup(ctx: Context, name: str):
+    (found,) = decode_handles(await ctx.handles.resolve.remote([name]))
+    return found
+
+
+# -- handles ------------------------------------------------------------------------------
+
+
+@router.post(
+    "/v1/handles",
+    openapi_extra=contract.body(HandleIn),
+    responses=contract.replies({201: (HandleOut, "Claimed")}, (400, 401, 403, 409, 413, 422, 429)),
+    status_code=201,
+)
+async def claim_handle(
+    request: Request,
+    ctx: Ctx,
+    principal: Annotated[Principal, Depends(require("handles:write"))],
+) -> Response:
+    body = await decode_body(request, HandleIn, _BODY_LIMIT)
+    name = _normalized(body.handle, "$.handle")
+    spec = (await ctx.client.resolve({body.account_id})).get(body.account_id)
+    if spec is None:
+        raise p.ApiError(Code.ACCOUNT_NOT_FOUND, field="$.account_id")
+    check_owner(principal, spec.owner)
+    claimed = decode_claimed(await ctx.handles.claim.remote(name, spec.id, spec.owner))
+    if claimed.code or claimed.handle is None:
+        raise p.ApiError(p.HANDLE_TAKEN, field="$.handle")
+    h = claimed.handle
+    return json_response(HandleOut(h.handle, h.account_id, h.created_at), 201)
+
+
+@router.get(
+    "/v1/handles/{handle}",
+    responses=contract.replies({200: (HandleOut, "Whom to pay")}, (401, 403, 404, 422, 429)),
+)
+async def resolve_handle(
+    handle: str, ctx: Ctx, _: Annotated[Principal, Depends(require("handles:read"))]
+) -> Response:
+    found = await _lookup(ctx, _normalized(handle, "handle"))
+    if found is None:
+        raise p.ApiError(p.HANDLE_NOT_FOUND)
+    return json_response(HandleOut(found.handle, found.account_id, found.created_at))
+
+
+@router.delete(
+    "/v1/handles/{handle}",
+    responses={204: {"description": "Released"}} | contract.replies({}, (401, 403, 404, 422, 429)),
+    status_code=204,
+)
+async def release_handle(
+    handle: str,
+    ctx: Ctx,
+    principal: Annotated[Principal, Depends(require("handles:write"))],
+) -> Response:
+    name = _normalized(handle, "handle")
+    found = await _lookup(ctx, name)
+    if found is None:
+        raise p.ApiError(p.HANDLE_NOT_FOUND)
+    check_owner(principal, found.owner_user_id)
+    await ctx.handles.release.remote(name)
+    return Response(status_code=204)
+
+
+# -- payments -----------------------------------------------------------------------------
+
+
+async def _account_of(ctx: Context, ref: str, field: str) -> str:
+    if ref.startswith("@"):
+        found = await _lookup(ctx, _normalized(ref, field))
+        if found is None:
+            raise p.ApiError(p.HANDLE_NOT_FOUND, field=field, status=422)
+        return found.account_id
+    if not 1 <= len(ref) <= 64:
+        raise p.ApiError(Code.ACCOUNT_NOT_FOUND, field=field)
+    return ref
+
+
+async def _payment_out(ctx: Context, pay: payments.Payment) -> PaymentOut:
+    async with ctx.engine.connect() as conn:
+        history = await payments.history(conn, pay.id)
+        refunds = await payments.refunds_of(conn, pay.id)
+    return PaymentOut(
+        id=pay.id,
+        status=pay.status,  # type: ignore[arg-type]
+        from_=pay.from_ref,
+        to=pay.to_ref,
+        debit_account_id=pay.debit_account_id,
+        credit_account_id=pay.credit_account_id,
+        amount=pay.amount,
+        currency=pay.currency,
+        rail=pay.rail,  # type: ignore[arg-type]
+        memo=pay.memo,
+        failure_code=pay.failure_code,
+        transfer_id=pay.transfer_id,
+        refunded_amount=pay.refunded_amount,
+        created_at=pay.created_at,
+        history=[StatusChangeOut(h.status, h.reason, h.at) for h in history],
+        refunds=[_refund_out(r) for r in refunds],
+        bank_account_id=pay.bank_account_id,
+        ach_direction=pay.ach_direction,  # type: ignore[arg-type]
+        same_day=pay.same_day,
+        return_code=pay.return_code,
+        return_reason=RETURN_CODES.get(pay.return_code) if pay.return_code else None,
+    )
+
+
+def _refund_out(r: payments.Refund) -> RefundOut:
+    return public(RefundOut, r)
+
+
+_SAME_FIELDS = ("owner_user_id", "debit_account_id", "credit_account_id", "amount", "currency",
+                "rail", "memo")  # fmt: skip
+
+
+@router.post(
+    "/v1/payments",
+    openapi_extra=contract.body(PaymentIn),
+    responses=contract.replies(
+        {201: (PaymentOut, "Made (completed or failed)"), 200: (PaymentOut, "Replay")},
+        (400, 401, 403, 409, 413, 422, 429, 503),
+    ),
+    status_code=201,
+)
+async def create_payment(
+    request: Request,
+    ctx: Ctx,
+    principal: Annotated[Principal, Depends(require("payments:write"))],
+) -> Response:
+    body = await decode_body(request, PaymentIn, _BODY_LIMIT)
+    banks = [bool(BANK_ACCOUNT_ID.match(r)) for r in (body.from_, body.to)]
+    if all(banks) or (body.rail == "wallet" and any(banks)):
+        raise p.ApiError(p.RAIL_NOT_AVAILABLE, "one side must be a wallet", "$.rail")
+    if any(banks):
+        return await _ach_payment(ctx, principal, body, push=banks[1])
+    if body.rail == "ach":
+        raise p.ApiError(p.RAIL_NOT_AVAILABLE, "ACH needs a linked bank account", "$.rail")
+    debit = await _account_of(ctx, body.from_, "$.from")
+    credit = await _account_of(ctx, body.to, "$.to")
+    specs = await ctx.client.resolve({debit, credit})
+    for acct, field in ((debit, "$.from"), (credit, "$.to")):
+        if acct not in specs:
+            raise p.ApiError(Code.ACCOUNT_NOT_FOUND, field=field)
+    check_owner(principal, specs[debit].owner)
+    now = dt.datetime.now(dt.UTC)
+    wanted = payments.Payment(
+        id=body.id, owner_user_id=principal.user_id, from_ref=body.from_, to_ref=body.to,
+        debit_account_id=debit, credit_account_id=credit, amount=body.amount,
+        currency=body.currency, rail="wallet", memo=body.memo, status="processing",
+        failure_code=None, transfer_id=payments.transfer_id_of(body.id), refunded_amount=0,
+        created_at=now, updated_at=now,
+    )  # fmt: skip
+    async with ctx.engine.begin() as conn:
+        stored, created = await payments.create(conn, wanted)
+    if not created:
+        if any(getattr(stored, f) != getattr(wanted, f) for f in _SAME_FIELDS):
+            raise p.ApiError(Code.EXISTS_WITH_DIFFERENT_FIELDS, field="$.id")
+        if stored.status != "processing":
+            return json_response(await _payment_out(ctx, stored), 200)
+    transfer = TransferIn(
+        id=wanted.transfer_id or "", debit_account_id=debit, credit_account_id=credit,
+        amount=body.amount, currency=body.currency, metadata={"payment_id": body.id},
+    )  # fmt: skip
+    (outcome,) = await ctx.client.transfer([transfer], None if principal.admin else principal.owns)
+    if outcome.code in RETRYABLE:
+        raise p.ApiError(outcome.code)  # still processing: retry with the same id
+    async with ctx.engine.begin() as conn:
+        done = await payments.finish(conn, body.id, not outcome.code, outcome.code or None)
+    return json_response(await _payment_out(ctx, done), 201 if created else 200)
+
+
+async def _ach_payment(ctx: Context, principal: Principal, body: PaymentIn, push: bool):
+    """wallet -> bank is a NACHA credit (push); bank -> wallet a NACHA debit (pull).
+
+    The wallet is held now (push: its money; pull: the incoming credit, not
+    yet available); the entry waits for the next cutoff.
+    """
+    bank_ref, wallet_ref = (body.to, body.from_) if push else (body.from_, body.to)
+    field = "$.to" if push else "$.from"
+    bank = await ach_routes.own_bank_account(ctx, principal, bank_ref)
+    if bank.status != "verified":
+        raise p.ApiError(p.BANK_ACCOUNT_NOT_VERIFIED, field=field)
+    if body.currency != "USD":
+        raise p.ApiError(Code.CURRENCY_MISMATCH, "ACH moves USD", "$.currency")
+    if body.same_day and body.amount > SAME_DAY_LIMIT:
+        raise p.ApiError(p.INVALID_FIELD, "same-day ACH is limited to $1,000,000", "$.amount")
+    wallet = await _account_of(ctx, wallet_ref, "$.from" if push else "$.to")
+    spec = (await ctx.client.resolve({wallet})).get(wallet)
+    if spec is None:
+        raise p.ApiError(Code.ACCOUNT_NOT_FOUND, field="$.from" if push else "$.to")
+    check_owner(principal, spec.owner)  # pushes and pulls: only into or out of your wallet
+    debit, credit = (wallet, CLEARING_ACCOUNT) if push else (CLEARING_ACCOUNT, wallet)
+    now = dt.datetime.now(dt.UTC)
+    wanted = payments.Payment(
+        id=body.id, owner_user_id=principal.user_id, from_ref=body.from_, to_ref=body.to,
+        debit_account_id=debit, credit_account_id=credit, amount=body.amount,
+        currency=body.currency, rail="ach", memo=body.memo, status="processing",
+        failure_code=None, transfer_id=hold_transfer_id(body.id), refunded_amount=0,
+        created_at=now, updated_at=now, bank_account_id=bank.id,
+        ach_direction="credit" if push else "debit", same_day=body.same_day,
+    )  # fmt: skip
+    async with ctx.engine.begin() as conn:
+        stored, created = await payments.create(conn, wanted)
+    if not created:
+        if any(getattr(stored, f) != getattr(wanted, f) for f in (*_SAME_FIELDS, "same_day")):
+            raise p.ApiError(Code.EXISTS_WITH_DIFFERENT_FIELDS, field="$.id")
+        if stored.status != "processing":
+            return json_response(await _payment_out(ctx, stored), 200)
+    hold = TransferIn(
+        id=hold_transfer_id(body.id), debit_account_id=debit, credit_account_id=credit,
+        amount=body.amount, currency="USD", flags=["pending"], metadata={"payment_id": body.id},
+    )  # fmt: skip
+    (outcome,) = await ctx.client.transfer([hold], None)  # ownership checked above
+    if outcome.code in RETRYABLE:
+        raise p.ApiError(outcome.code)
+    async with ctx.engine.begin() as conn:
+        if outcome.code:
+            done = await payments.transition(conn, body.id, "failed", outcome.code)
+        else:
+            done = await payments.transition(conn, body.id, "pending")
+            if done.status == "pending" and not await ach.entry_of(conn, body.id):
+                await ach.add_entry(
+                    conn, bank.id, "credit" if push else "debit", body.amount, body.id,
+                    body.same_day,
+                )  # fmt: skip
+    return json_response(await _payment_out(ctx, done), 201 if created else 200)
+
+
+async def _visible_payment(ctx: Context, principal: Principal, payment_id: str):
+    async with ctx.engine.connect() as conn:
+        found = await payments.get(conn, payment_id) if len(payment_id) <= 64 else None
+    if found is None:
+        raise p.ApiError(p.PAYMENT_NOT_FOUND)
+    if not principal.admin:
+        specs = await ctx.client.resolve({found.debit_account_id, found.credit_account_id})
+        if not any(principal.owns(s.owner) for s in specs.values()):
+            raise p.ApiError(p.PAYMENT_NOT_FOUND)  # someone else's payment does not exist
+    return found
+
+
+@router.get(
+    "/v1/payments/{payment_id}",
+    responses=contract.replies({200: (PaymentOut, "The payment")}, (401, 403, 404, 429)),
+)
+async def get_payment(
+    payment_id: str,
+    ctx: Ctx,
+    principal: Annotated[Principal, Depends(require("payments:read"))],
+) -> Response:
+    return json_response(
+        await _payment_out(ctx, await _visible_payment(ctx, principal, payment_id))
+    )
+
+
+@router.get(
+    "/v1/payments",
+    responses=contract.replies({200: (PaymentPage, "Yours, by id")}, (401, 403, 422, 429)),
+)
+async def list_payments(
+    ctx: Ctx,
+    principal: Annotated[Principal, Depends(require("payments:read"))],
+    status: Annotated[Literal["processing", "completed", "failed"] | None, Query()] = None,
+    rail: Annotated[Literal["wallet", "ach"] | None, Query()] = None,
+    after: Annotated[str | None, Query(max_length=64)] = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+) -> Response:
+    user = None if principal.admin else principal.user_id
+    async with ctx.engine.connect() as conn:
+        found = await payments.list_for(conn, user, status, rail, after, limit + 1)
+    more = len(found) > limit
+    found = found[:limit]
+    out = [await _payment_out(ctx, x) for x in found]
+    return json_response(PaymentPage(out, found[-1].id if more and found else None))
+
+
+@router.post(
+    "/v1/payments/{payment_id}/refunds",
+    openapi_extra=contract.body(RefundIn),
+    responses=contract.replies(
+        {201: (RefundOut, "Refunded (completed or failed)"), 200: (RefundOut, "Replay")},
+        (400, 401, 403, 404, 409, 413, 422, 429, 503),
+    ),
+    status_code=201,
+)
+async def refund_payment(
+    payment_id: str,
+    request: Request,
+    ctx: Ctx,
+    principal: Annotated[Principal, Depends(require("payments:write"))],
+) -> Response:
+    body = await decode_body(request, RefundIn, _BODY_LIMIT)
+    pay = await _visible_payment(ctx, principal, payment_id)
+    # The payee gives the money back: only whoever may debit the credited account.
+    payee = (await ctx.client.resolve({pay.credit_account_id})).get(pay.credit_account_id)
+    check_owner(principal, payee.owner if payee else "")
+    try:
+        async with ctx.engine.begin() as conn:
+            refund, new = await payments.reserve_refund(conn, payment_id, body.id, body.amount)
+    except payments.RefundRefused as e:
+        raise p.ApiError(e.code) from None
+    if refund.status != "processing":
+        return json_response(_refund_out(refund), 200)
+    transfer = TransferIn(
+        id=refund.transfer_id, debit_account_id=pay.credit_account_id,
+        credit_account_id=pay.debit_account_id, amount=refund.amount, currency=pay.currency,
+        metadata={"payment_id": pay.id, "refund_id": refund.id},
+    )  # fmt: skip
+    (outcome,) = await ctx.client.transfer([transfer], None if principal.admin else principal.owns)
+    if outcome.code in RETRYABLE:
+        raise p.ApiError(outcome.code)  # reserved and processing: retry with the same id
+    async with ctx.engine.begin() as conn:
+        done = await payments.finish_refund(conn, refund.id, not outcome.code, outcome.code or None)
+    return json_response(_refund_out(done), 201 if new else 200)

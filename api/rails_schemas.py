@@ -1,0 +1,101 @@
+"""The HTTP contract for handles, payments and refunds."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated, Literal
+
+import msgspec
+from msgspec import Meta
+
+from .schemas import Id
+
+HandleIn_ = Annotated[str, Meta(min_length=1, max_length=64, description="alice or @alice")]
+Ref = Annotated[
+    str,
+    Meta(min_length=1, max_length=65, description="@handle, an account id or a bank account id"),
+]
+Amount = Annotated[int, Meta(ge=1, le=2**63 - 1, description="Minor units")]
+Currency = Annotated[str, Meta(pattern=r"^[A-Z]{3}$")]
+
+
+class HandleIn(msgspec.Struct, forbid_unknown_fields=True):
+    handle: HandleIn_
+    account_id: Id
+
+
+class HandleOut(msgspec.Struct):
+    handle: str  # normalized, without "@"
+    account_id: str
+    created_at: float  # unix seconds
+
+
+class PaymentIn(msgspec.Struct, forbid_unknown_fields=True):
+    id: Id  # idempotency key: the same id and body again returns the payment
+    to: Ref
+    amount: Amount
+    currency: Currency
+    from_: Ref = msgspec.field(name="from")
+    rail: Literal["auto", "wallet", "ach"] = "auto"
+    memo: Annotated[str, Meta(max_length=140)] = ""
+    same_day: bool = False  # ACH only: settle today if before the same-day cutoff
+
+
+class StatusChangeOut(msgspec.Struct):
+    status: str
+    reason: str | None
+    at: dt.datetime
+
+
+class RefundOut(msgspec.Struct, kw_only=True):
+    id: str
+    payment_id: str
+    amount: int
+    status: Literal["processing", "completed", "failed"]
+    failure_code: str | None
+    transfer_id: str
+    created_at: dt.datetime
+
+
+PaymentStatus = Literal[
+    "processing", "completed", "failed", "pending", "submitted", "settled", "returned"
+]
+
+
+class PaymentOut(msgspec.Struct, kw_only=True):
+    id: str
+    status: PaymentStatus
+    from_: str = msgspec.field(name="from")
+    to: str
+    debit_account_id: str
+    credit_account_id: str
+    amount: int
+    currency: str
+    rail: Literal["wallet", "ach"]
+    memo: str
+    failure_code: str | None
+    transfer_id: str | None
+    refunded_amount: int
+    created_at: dt.datetime
+    history: list[StatusChangeOut]
+    refunds: list[RefundOut]
+    bank_account_id: str | None = None
+    ach_direction: Literal["credit", "debit"] | None = None
+    same_day: bool = False
+    return_code: str | None = None
+    return_reason: str | None = None  # the NACHA meaning of return_code
+
+
+class PaymentPage(msgspec.Struct):
+    payments: list[PaymentOut]
+    next_after: str | None
+
+
+class RefundIn(msgspec.Struct, forbid_unknown_fields=True):
+    id: Id  # idempotency key of the refund
+    amount: Amount | None = None  # None: whatever is left to refund
+
+
+RAILS_TYPES = (
+    HandleIn, HandleOut, PaymentIn, PaymentOut, PaymentPage, RefundIn, RefundOut, StatusChangeOut,
+)  # fmt: skip

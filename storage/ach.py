@@ -1,0 +1,358 @@
+"""Bank accounts, ACH entries and NACHA files in PostgreSQL.
+
+Account numbers, holder names, micro-deposit amounts and whole NACHA files
+(which hold account numbers) are sealed with :mod:`storage.pii`; responses
+carry the last 4 digits only.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hmac
+from collections.abc import Sequence
+
+import msgspec
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from node.keyring import Keyring
+
+from . import pii
+from .rows import record
+
+MAX_VERIFY_ATTEMPTS = 3
+FILE_LIMIT = 8 * 1024 * 1024  # sealed NACHA file size (about 80,000 entries)
+
+
+class BankAccount(msgspec.Struct, kw_only=True):
+    id: str
+    owner_user_id: str | None
+    routing_number: str
+    account_last4: str
+    account_type: str
+    holder_type: str
+    status: str
+    verify_attempts: int
+    created_at: dt.datetime
+    verified_at: dt.datetime | None
+
+
+class BankDetails(msgspec.Struct, kw_only=True):
+    """What a NACHA entry needs: in memory only."""
+
+    routing_number: str
+    account_number: str
+    account_type: str
+    holder_type: str
+    holder_name: str
+
+
+_COLS = ", ".join(BankAccount.__struct_fields__)
+
+
+def _row(row: Sequence) -> BankAccount:
+    return record(BankAccount, row)
+
+
+def _seal(keys: Keyring, value: str, column: str, row_id: str) -> bytes:
+    return pii.seal(keys, value, "bank_accounts", column, row_id)
+
+
+async def create_bank_account(
+    conn: AsyncConnection,
+    keys: Keyring,
+    account_id: str,
+    owner: str | None,
+    routing: str,
+    account_number: str,
+    account_type: str,
+    holder_type: str,
+    holder_name: str,
+    micro: tuple[int, int],
+) -> BankAccount:
+    row = (
+        await conn.execute(
+            sa.text(
+                "INSERT INTO bank_accounts (id, owner_user_id, routing_number, account_ct,"
+                " account_last4, account_type, holder_type, holder_ct, status, micro_ct)"
+                " VALUES (:id, :owner, :routing, :acct, :last4, :type, :htype, :holder,"
+                f" 'pending_verification', :micro) RETURNING {_COLS}"
+            ),
+            {
+                "id": account_id,
+                "owner": owner,
+                "routing": routing,
+                "acct": _seal(keys, account_number, "account_ct", account_id),
+                "last4": account_number[-4:],
+                "type": account_type,
+                "htype": holder_type,
+                "holder": _seal(keys, holder_name, "holder_ct", account_id),
+                "micro": _seal(keys, f"{micro[0]},{micro[1]}", "micro_ct", account_id),
+            },
+        )
+    ).one()
+    return _row(row)
+
+
+async def get_bank_account(
+    conn: AsyncConnection, account_id: str, lock: bool = False
+) -> BankAccount | None:
+    row = (
+        await conn.execute(
+            sa.text(
+                f"SELECT {_COLS} FROM bank_accounts WHERE id = :id"
+                + (" FOR UPDATE" if lock else "")
+            ),
+            {"id": account_id},
+        )
+    ).first()
+    return None if row is None else _row(row)
+
+
+async def list_bank_accounts(conn: AsyncConnection, owner: str | None) -> list[BankAccount]:
+    where = "true" if owner is None else "owner_user_id = :owner"
+    rows = await conn.execute(
+        sa.text(f"SELECT {_COLS} FROM bank_accounts WHERE {where} ORDER BY created_at, id"),
+        {"owner": owner},
+    )
+    return [_row(r) for r in rows]
+
+
+async def details(conn: AsyncConnection, keys: Keyring, account_id: str) -> BankDetails:
+    row = (
+        await conn.execute(
+            sa.text(
+                "SELECT routing_number, account_ct, account_type, holder_type, holder_ct"
+                " FROM bank_accounts WHERE id = :id"
+            ),
+            {"id": account_id},
+        )
+    ).one()
+    return BankDetails(
+        routing_number=row[0],
+        account_number=pii.open_(keys, bytes(row[1]), "bank_accounts", "account_ct", account_id),
+        account_type=row[2],
+        holder_type=row[3],
+        holder_name=pii.open_(keys, bytes(row[4]), "bank_accounts", "holder_ct", account_id),
+    )
+
+
+async def verify(
+    conn: AsyncConnection, keys: Keyring, account_id: str, amounts: Sequence[int]
+) -> tuple[BankAccount, bool]:
+    """Check the two micro-deposit amounts (any order); (account, matched). Attempts are capped."""
+    row = (
+        await conn.execute(
+            sa.text(f"SELECT {_COLS}, micro_ct FROM bank_accounts WHERE id = :id FOR UPDATE"),
+            {"id": account_id},
+        )
+    ).one()
+    account, sealed = _row(row[:-1]), bytes(row[-1])
+    if account.status != "pending_verification":
+        return account, account.status == "verified"
+    expected = pii.open_(keys, sealed, "bank_accounts", "micro_ct", account_id)
+    given = ",".join(str(a) for a in sorted(amounts))
+    want = ",".join(sorted(expected.split(","), key=int))
+    matched = hmac.compare_digest(given, want)
+    attempts = account.verify_attempts + 1
+    if matched:
+        status = "verified"
+    else:
+        status = "verification_failed" if attempts >= MAX_VERIFY_ATTEMPTS else account.status
+    updated = (
+        await conn.execute(
+            sa.text(
+                "UPDATE bank_accounts SET verify_attempts = :n, status = :s,"
+                " verified_at = CASE WHEN :s = 'verified' THEN now() END"
+                f" WHERE id = :id RETURNING {_COLS}"
+            ),
+            {"n": attempts, "s": status, "id": account_id},
+        )
+    ).one()
+    return _row(updated), matched
+
+
+# -- entries -------------------------------------------------------------------------------
+
+
+class PendingEntry(msgspec.Struct, kw_only=True):
+    id: int
+    payment_id: str | None
+    bank_account_id: str
+    kind: str
+    amount: int
+    same_day: bool
+
+
+async def add_entry(
+    conn: AsyncConnection,
+    bank_account_id: str,
+    kind: str,
+    amount: int,
+    payment_id: str | None = None,
+    same_day: bool = False,
+) -> int:
+    return (
+        await conn.execute(
+            sa.text(
+                "INSERT INTO ach_entries (payment_id, bank_account_id, kind, amount, same_day,"
+                " status) VALUES (:p, :b, :k, :a, :sd, 'pending') RETURNING id"
+            ),
+            {"p": payment_id, "b": bank_account_id, "k": kind, "a": amount, "sd": same_day},
+        )
+    ).scalar_one()
+
+
+async def entry_of(conn: AsyncConnection, payment_id: str) -> int | None:
+    row = (
+        await conn.execute(
+            sa.text("SELECT id FROM ach_entries WHERE payment_id = :p"), {"p": payment_id}
+        )
+    ).first()
+    return None if row is None else row[0]
+
+
+async def pending_entries(conn: AsyncConnection, limit: int) -> list[PendingEntry]:
+    rows = await conn.execute(
+        sa.text(
+            "SELECT id, payment_id, bank_account_id, kind, amount, same_day FROM ach_entries"
+            " WHERE status = 'pending' ORDER BY id LIMIT :limit FOR UPDATE SKIP LOCKED"
+        ),
+        {"limit": limit},
+    )
+    return [record(PendingEntry, r) for r in rows]
+
+
+async def mark_submitted(
+    conn: AsyncConnection, file_id: str, traces: dict[int, tuple[str, dt.date]]
+) -> None:
+    await conn.execute(
+        sa.text(
+            "UPDATE ach_entries SET status = 'submitted', file_id = :f, trace_number = :t,"
+            " effective_date = :d, submitted_at = now() WHERE id = :id AND status = 'pending'"
+        ),
+        [{"f": file_id, "t": t, "d": d, "id": i} for i, (t, d) in traces.items()],
+    )
+
+
+class EntryRef(msgspec.Struct, kw_only=True):
+    id: int
+    payment_id: str | None
+    kind: str
+    amount: int
+    status: str
+
+
+async def entries_by_trace(conn: AsyncConnection, traces: Sequence[str]) -> dict[str, EntryRef]:
+    rows = await conn.execute(
+        sa.text(
+            "SELECT trace_number, id, payment_id, kind, amount, status FROM ach_entries"
+            " WHERE trace_number = ANY(:t) FOR UPDATE"
+        ),
+        {"t": list(traces)},
+    )
+    return {r[0]: EntryRef(id=r[1], payment_id=r[2], kind=r[3], amount=r[4], status=r[5])
+            for r in rows}  # fmt: skip
+
+
+async def entries_of_file(conn: AsyncConnection, file_id: str) -> list[str]:
+    rows = await conn.execute(
+        sa.text("SELECT trace_number FROM ach_entries WHERE file_id = :f ORDER BY id"),
+        {"f": file_id},
+    )
+    return [r[0] for r in rows]
+
+
+async def set_entry_status(
+    conn: AsyncConnection, entry_id: int, status: str, return_code: str | None = None
+) -> None:
+    column = {"settled": "settled_at", "returned": "returned_at"}[status]
+    await conn.execute(
+        sa.text(
+            f"UPDATE ach_entries SET status = :s, return_code = :c, {column} = now() WHERE id = :id"
+        ),
+        {"s": status, "c": return_code, "id": entry_id},
+    )
+
+
+async def fail_verification(conn: AsyncConnection, trace: str) -> None:
+    """A micro-deposit came back: the account cannot be verified."""
+    await conn.execute(
+        sa.text(
+            "UPDATE bank_accounts SET status = 'verification_failed' WHERE id = (SELECT"
+            " bank_account_id FROM ach_entries WHERE trace_number = :t)"
+            " AND status = 'pending_verification'"
+        ),
+        {"t": trace},
+    )
+
+
+# -- files ----------------------------------------------------------------------------------
+
+
+class AchFile(msgspec.Struct, kw_only=True):
+    id: str
+    direction: str
+    entries: int
+    total_debit: int
+    total_credit: int
+    created_at: dt.datetime
+    transmitted_at: dt.datetime | None
+
+
+_FILE_COLS = ", ".join(AchFile.__struct_fields__)
+
+
+async def store_file(
+    conn: AsyncConnection,
+    keys: Keyring,
+    file_id: str,
+    direction: str,
+    text: str,
+    entries: int,
+    total_debit: int,
+    total_credit: int,
+) -> None:
+    await conn.execute(
+        sa.text(
+            "INSERT INTO ach_files (id, direction, content_ct, entries, total_debit,"
+            " total_credit) VALUES (:id, :d, :ct, :n, :dr, :cr)"
+        ),
+        {
+            "id": file_id,
+            "d": direction,
+            "ct": pii.seal(keys, text, "ach_files", "content_ct", file_id, limit=FILE_LIMIT),
+            "n": entries,
+            "dr": total_debit,
+            "cr": total_credit,
+        },
+    )
+
+
+async def mark_transmitted(conn: AsyncConnection, file_id: str) -> None:
+    await conn.execute(
+        sa.text("UPDATE ach_files SET transmitted_at = now() WHERE id = :id"), {"id": file_id}
+    )
+
+
+async def get_file(
+    conn: AsyncConnection, keys: Keyring, file_id: str
+) -> tuple[AchFile, str] | None:
+    row = (
+        await conn.execute(
+            sa.text(f"SELECT {_FILE_COLS}, content_ct FROM ach_files WHERE id = :id"),
+            {"id": file_id},
+        )
+    ).first()
+    if row is None:
+        return None
+    meta = record(AchFile, row[:-1])
+    return meta, pii.open_(keys, bytes(row[-1]), "ach_files", "content_ct", file_id)
+
+
+async def list_files(conn: AsyncConnection, limit: int) -> list[AchFile]:
+    rows = await conn.execute(
+        sa.text(f"SELECT {_FILE_COLS} FROM ach_files ORDER BY created_at DESC LIMIT :l"),
+        {"l": limit},
+    )
+    return [record(AchFile, r) for r in rows]

@@ -1,0 +1,85 @@
+"""SIGKILL the node while it delivers webhooks; after the restart every event arrives.
+
+The node runs as the real ``paynode run`` process tree; the receiver is a
+real HTTP server in this process that verifies every signature and answers
+slowly, so the kill lands with deliveries in flight and queued.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import httpx
+import psycopg
+import pytest
+
+from benchmarks.node_process import NodeProcess
+from benchmarks.receiver import Receiver, serve
+from storage.database import libpq_url
+from tests.conftest import ADMIN_HEADERS, ADMIN_KEY, free_port, wait_until
+
+pytestmark = pytest.mark.slow
+
+TRANSFERS = 150
+
+
+def test_sigkill_mid_delivery_then_every_event_is_delivered(tmp_path: Path, request) -> None:
+    env = dict(
+        os.environ,
+        PAYNODE_API_KEY=ADMIN_KEY,
+        PAYNODE_WEBHOOK_ALLOW_PRIVATE="1",
+        PAYNODE_WEBHOOK_BACKOFF_BASE_S="0.1",
+        PAYNODE_WEBHOOK_BACKOFF_CAP_S="0.5",
+        PAYNODE_NOTIFY_INTERVAL_MS="20",
+    )
+    if os.environ.get("DATABASE_URL"):
+        env["DATABASE_URL"] = request.getfixturevalue("database_url")
+    else:
+        env.pop("DATABASE_URL", None)
+    node = NodeProcess(tmp_path / "data", free_port(), shards=2, env=env)
+    receiver = Receiver(delay_s=0.02, fail_first=0)
+    with serve(receiver) as hook_url:
+        node.start()
+        try:
+            with httpx.Client(base_url=node.url, timeout=30, headers=ADMIN_HEADERS) as http:
+                r = http.post("/v1/webhook-endpoints",
+                              json={"url": hook_url, "events": ["transfer.posted"],
+                                    "max_in_flight": 4})  # fmt: skip
+                assert r.status_code == 201, r.text
+                receiver.secret = r.json()["secret"]
+                for a in ("kd-a", "kd-b"):
+                    assert http.post("/v1/accounts", json={"id": a, "currency": "USD"}).is_success
+                acked = []
+                for i in range(TRANSFERS):
+                    body = {"id": f"kd-{i}", "debit_account_id": "kd-a", "amount": 1,
+                            "credit_account_id": "kd-b", "currency": "USD"}  # fmt: skip
+                    if http.post("/v1/transfers", json=body).status_code == 201:
+                        acked.append(f"kd-{i}")
+            wait_until(lambda: len(receiver.received) >= 10, what="deliveries to begin")
+            assert len(receiver.delivered()) < TRANSFERS, "the kill must land mid-delivery"
+        finally:
+            node.kill()
+        before_restart = len(receiver.delivered())
+
+        node.start()
+        try:
+            with psycopg.connect(libpq_url(node.database_url)) as conn:
+                outbox = {
+                    r[0]: r[1]
+                    for r in conn.execute(
+                        "SELECT id, subject_id FROM events WHERE type = 'transfer.posted'"
+                    )
+                }
+            assert set(outbox.values()) >= set(acked)
+
+            def all_arrived() -> bool:
+                return {r.event_id for r in receiver.delivered()} >= set(outbox)
+
+            wait_until(all_arrived, timeout=120, what="every event delivered after the restart")
+            assert all(r.verified for r in receiver.received)
+            transfers = {r.body["data"]["transfer"]["id"] for r in receiver.delivered()}
+            assert transfers >= set(acked), "an acknowledged transfer's event was never delivered"
+            assert before_restart < len(outbox)
+        finally:
+            assert node.stop() == 0
