@@ -31,13 +31,15 @@ from sqlalchemy.exc import SQLAlchemyError
 from node.config import Settings
 from node.keyring import load as load_keyring
 from storage import notify
+from storage import risk as risk_store
 from storage.database import async_engine
-from storage.events import created_of
+from storage.events import STEP_UP_EVENT, created_of
 
 from .notify.destinations import DestinationError, check_resolved
 from .notify.push import PushProvider, SinkProvider
 from .notify.schedule import backoff_s, ready
 from .notify.signature import HEADER, header
+from .risk import otp
 
 log = logging.getLogger("paynode.notifier")
 
@@ -383,7 +385,14 @@ class Notifier:
         async with self._engine.connect() as conn:
             batch = await notify.pending_pushes(conn, self._keys, 500)
         for p in batch:
-            result = self._push.send(p.platform, p.token, p.event.event)
+            code = None
+            if p.event.event.type == STEP_UP_EVENT:
+                code = await self._step_up_code(p.event.event.data["payment"]["id"])
+                if code is None:  # used, locked or expired meanwhile: nothing to send
+                    async with self._engine.begin() as conn:
+                        await notify.mark_push(conn, p.id, "failed", "challenge closed")
+                    continue
+            result = self._push.send(p.platform, p.token, p.event.event, code)
             if result.ok:
                 status = "sent"
             else:
@@ -392,6 +401,16 @@ class Notifier:
                 await notify.mark_push(conn, p.id, status, result.detail)
             self._counts["pushed"] += int(result.ok)
         return len(batch)
+
+    async def _step_up_code(self, payment_id: str) -> str | None:
+        """The payment's one-time code while its challenge is open, else None."""
+        async with self._engine.connect() as conn:
+            ch = await risk_store.load_challenge(conn, self._keys, payment_id)
+        if ch is None or ch.used or ch.attempts >= self.s.otp_max_attempts:
+            return None
+        if time.time() - ch.issued_at > self.s.otp_max_age_s:
+            return None
+        return otp.code_for(ch)
 
     # -- observability ----------------------------------------------------------------
 

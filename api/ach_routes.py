@@ -30,7 +30,7 @@ from actors.rails.ach_rules import (
 from actors.rails.nacha import RETURN_CODES, NachaError, Return, aba_valid, parse_returns
 from storage import ach, payments
 
-from . import contract, inbound
+from . import contract, inbound, risk_gate
 from . import problems as p
 from .ach_schemas import (
     AchFileList,
@@ -104,6 +104,8 @@ async def link_bank_account(
             conn, ctx.keys, bank_id, principal.user_id, body.routing_number, body.account_number,
             body.account_type, body.holder_type, body.holder_name, micro,
         )  # fmt: skip
+    # Screened once at link time; a payment screens again only if the list changed.
+    await risk_gate.screen_bank_holder(ctx, bank_id, body.holder_name)
     # The micro-deposits cost the operator: expense -> clearing, then two NACHA credits.
     sends = [
         TransferIn(

@@ -37,6 +37,7 @@ from actors.messages import decode_stats
 from actors.notifier import decode_stats as decode_notifier
 from actors.rails.ach_rules import CLEARING_ACCOUNT, MICRODEPOSIT_ACCOUNT
 from actors.reconciler import decode_status as decode_recon
+from actors.risk.actor import decode_policy
 from node.config import Settings
 from node.keyring import Keyring
 from node.runtime import (
@@ -46,6 +47,7 @@ from node.runtime import (
     HANDLES_NAME,
     NOTIFIER_NAME,
     RECONCILER_NAME,
+    RISK_NAME,
 )
 from storage import identity
 from storage.database import async_engine
@@ -53,7 +55,15 @@ from storage.pii import SealError
 from storage.schema import TRANSFER_COLUMNS
 from storage.schema import transfers as transfers_t
 
-from . import ach_routes, contract, identity_routes, notify_routes, rails_routes, recon_routes
+from . import (
+    ach_routes,
+    contract,
+    identity_routes,
+    notify_routes,
+    rails_routes,
+    recon_routes,
+    risk_routes,
+)
 from . import problems as p
 from .auth.authenticate import Authenticator
 from .auth.ratelimit import TokenBuckets, retry_after
@@ -63,6 +73,7 @@ from .deps import Context, check_owner, require
 from .http import decode_body, json_response
 from .ledger_client import LedgerClient, Unavailable
 from .metrics import FrontMetrics, render, render_helpers
+from .risk_gate import RiskStats
 from .schemas import (
     AccountIn,
     AccountOut,
@@ -180,6 +191,7 @@ def create_app(settings: Settings, shard_names: list[str], keys: Keyring) -> Fas
         engine = async_engine(settings.database_url or "", settings.db_pool_size)
         state["engine"] = engine
         state["client"] = LedgerClient(handles, engine, settings, on_batch=metrics.observe_batch)
+        risk = ray.get_actor(RISK_NAME, namespace=settings.namespace)
         app.state.ctx = Context(
             settings=settings,
             keys=keys,
@@ -198,6 +210,9 @@ def create_app(settings: Settings, shard_names: list[str], keys: Keyring) -> Fas
                 if settings.bank_simulator
                 else None
             ),
+            risk=risk,
+            policy=decode_policy(await risk.policy.remote()),
+            risk_stats=RiskStats(),
         )
         await _operator_accounts(state["client"])
         try:
@@ -314,6 +329,7 @@ def create_app(settings: Settings, shard_names: list[str], keys: Keyring) -> Fas
     app.include_router(notify_routes.router)
     app.include_router(rails_routes.router)
     app.include_router(ach_routes.router)
+    app.include_router(risk_routes.router)
 
     def may_debit(principal: Principal):
         """None for admins (no check); else a check that the debit account is theirs."""
@@ -537,6 +553,7 @@ def create_app(settings: Settings, shard_names: list[str], keys: Keyring) -> Fas
             decode_recon(recon_raw) if isinstance(recon_raw, bytes) else None,
             decode_notifier(notifier_raw) if isinstance(notifier_raw, bytes) else None,
         )
+        helpers += ctx.risk_stats.render()
         text += "\n".join(helpers) + "\n"
         return Response(text, media_type="text/plain; version=0.0.4")
 

@@ -21,6 +21,7 @@ from .notify_schemas import NOTIFY_TYPES
 from .problems import PROBLEM_JSON
 from .rails_schemas import RAILS_TYPES
 from .recon_schemas import RECON_TYPES
+from .risk_schemas import RISK_TYPES
 from .schemas import PUBLIC_TYPES, Problem
 
 _REF = "#/components/schemas/{name}"
@@ -105,7 +106,8 @@ def install(app: FastAPI) -> None:
                 + RECON_TYPES
                 + NOTIFY_TYPES
                 + RAILS_TYPES
-                + ACH_TYPES,
+                + ACH_TYPES
+                + RISK_TYPES,
                 ref_template=_REF,
             )
             schema.setdefault("components", {}).setdefault("schemas", {}).update(components)

@@ -8,12 +8,13 @@ valid credential is 401 before anything else, one without the scope is 403.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import Request, Security
 from fastapi.security import HTTPBearer
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from actors.risk.actor import RiskPolicy
 from node.config import Settings
 from node.keyring import Keyring
 
@@ -22,6 +23,9 @@ from .auth.authenticate import Authenticator
 from .auth.ratelimit import TokenBuckets, retry_after
 from .auth.scopes import Principal
 from .ledger_client import LedgerClient
+
+if TYPE_CHECKING:
+    from .risk_gate import RiskStats
 
 # Declares the scheme in /openapi.json; the header is read by Authenticator.
 _bearer = HTTPBearer(auto_error=False, description="Access token, API key or PAYNODE_API_KEY")
@@ -42,6 +46,9 @@ class Context:
     handles: Any
     ach: Any
     bank_sim: Any  # None when the simulator is off
+    risk: Any
+    policy: RiskPolicy  # the risk actor's rules, limits and list digest, taken at start
+    risk_stats: RiskStats
 
 
 def context(request: Request) -> Context:

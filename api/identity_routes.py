@@ -19,9 +19,10 @@ from fastapi import APIRouter, Depends, Request
 from starlette.responses import Response
 
 from storage import identity
+from storage import risk as risk_store
 from storage.identity import Profile, UserRecord
 
-from . import contract
+from . import contract, risk_gate
 from . import problems as p
 from .auth import tokens
 from .auth.passwords import MIN_PASSWORD_CHARS, hash_password, verify_password
@@ -436,6 +437,9 @@ async def submit_kyc(
         ctx, user_id, refusals.get, "pending", principal.id,
         id_type=body.id_type, id_number=digits,
     )  # fmt: skip
+    # Screened at every submission; a match opens a review (GET /v1/reviews) that must be
+    # cleared before the KYC can be verified.
+    await risk_gate.screen_user(ctx, user_id, force=True)
     return json_response(out)
 
 
@@ -474,6 +478,10 @@ async def review_kyc(
         # Separation of duties: a reviewer key owned by this user cannot clear itself.
         raise p.ApiError(p.FORBIDDEN, "nobody reviews their own KYC")
     body = await decode_body(request, KycReviewIn, BODY_LIMIT)
+    if body.decision == "verified":
+        async with ctx.engine.connect() as conn:
+            if await risk_store.open_review_of(conn, "user", user_id) is not None:
+                raise p.ApiError(p.SANCTIONS_REVIEW_OPEN)
     out = await _move_kyc(
         ctx, user_id, lambda status: None if status == "pending" else p.KYC_NOT_PENDING,
         body.decision, principal.id, reason=body.reason,

@@ -89,6 +89,19 @@ VERIFICATION_LOCKED = "verification_locked"
 ACH_FILE_NOT_FOUND = "ach_file_not_found"
 INVALID_NACHA_FILE = "invalid_nacha_file"
 
+# Risk and compliance.
+LIMIT_PER_TRANSACTION = "limit_per_transaction"
+LIMIT_DAILY = "limit_daily"
+LIMIT_MONTHLY = "limit_monthly"
+OTP_INVALID = "otp_invalid"
+OTP_EXPIRED = "otp_expired"
+OTP_REUSED = "otp_reused"
+OTP_LOCKED = "otp_locked"
+NO_ACTION_REQUIRED = "no_action_required"
+REVIEW_NOT_FOUND = "review_not_found"
+REVIEW_DECIDED = "review_already_decided"
+SANCTIONS_REVIEW_OPEN = "sanctions_review_open"
+
 _TABLE: dict[str, tuple[int, str]] = {
     MALFORMED_JSON: (400, "Request body is not valid JSON"),
     BODY_TOO_LARGE: (413, "Request body too large"),
@@ -159,6 +172,17 @@ _TABLE: dict[str, tuple[int, str]] = {
     VERIFICATION_LOCKED: (409, "Too many wrong attempts; link the account again"),
     ACH_FILE_NOT_FOUND: (404, "ACH file not found"),
     INVALID_NACHA_FILE: (400, "Not a valid NACHA return file"),
+    LIMIT_PER_TRANSACTION: (422, "Amount above the per-payment limit of your KYC level"),
+    LIMIT_DAILY: (422, "Payment would exceed your daily send limit"),
+    LIMIT_MONTHLY: (422, "Payment would exceed your monthly send limit"),
+    OTP_INVALID: (422, "One-time code is wrong"),
+    OTP_EXPIRED: (422, "One-time code expired; the payment failed"),
+    OTP_REUSED: (409, "One-time code already used"),
+    OTP_LOCKED: (422, "Too many wrong codes; the payment failed"),
+    NO_ACTION_REQUIRED: (409, "The payment is not waiting for a one-time code"),
+    REVIEW_NOT_FOUND: (404, "Review not found"),
+    REVIEW_DECIDED: (409, "Review already decided"),
+    SANCTIONS_REVIEW_OPEN: (409, "A sanctions review of this user is open"),
     Code.EXISTS_WITH_DIFFERENT_FIELDS: (409, "Id exists with different fields"),
     Code.EXISTS: (409, "Part of this linked chain already exists"),
     Code.TRANSFER_IN_FLIGHT: (409, "A transfer with this id is being decided; retry"),

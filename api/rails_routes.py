@@ -13,6 +13,7 @@ import datetime as dt
 import re
 from typing import Annotated, Literal
 
+import msgspec
 from fastapi import APIRouter, Depends, Query, Request
 from starlette.responses import Response
 
@@ -21,21 +22,25 @@ from actors.ledger.model import RETRYABLE, Code
 from actors.rails.ach_rules import CLEARING_ACCOUNT, SAME_DAY_LIMIT, hold_transfer_id
 from actors.rails.handles_rules import HandleError, normalize_handle
 from actors.rails.nacha import RETURN_CODES
-from storage import ach, payments
+from storage import ach, audit_log, payments
+from storage import risk as risk_store
 
-from . import ach_routes, contract
+from . import ach_routes, contract, risk_gate
 from . import problems as p
 from .auth.scopes import Principal
-from .deps import Context, check_owner, context, require
+from .deps import Context, check_owner, client_ip, context, require
 from .http import decode_body, json_response, public
 from .rails_schemas import (
     HandleIn,
     HandleOut,
+    NextActionOut,
     PaymentIn,
     PaymentOut,
     PaymentPage,
     RefundIn,
     RefundOut,
+    RiskOut,
+    RiskReasonOut,
     StatusChangeOut,
 )
 from .schemas import TransferIn
@@ -132,11 +137,29 @@ async def _account_of(ctx: Context, ref: str, field: str) -> str:
     return ref
 
 
-async def _payment_out(ctx: Context, pay: payments.Payment) -> PaymentOut:
+async def payment_out(ctx: Context, pay: payments.Payment) -> PaymentOut:
+    next_action = review = None
     async with ctx.engine.connect() as conn:
         history = await payments.history(conn, pay.id)
         refunds = await payments.refunds_of(conn, pay.id)
+        if pay.status == "requires_action":
+            state = await risk_store.challenge_state(conn, pay.id)
+            if state is not None:
+                next_action = NextActionOut(
+                    "confirm_otp", f"/v1/payments/{pay.id}/confirm",
+                    dt.datetime.fromtimestamp(state[0] + ctx.settings.otp_max_age_s, dt.UTC),
+                    max(0, ctx.settings.otp_max_attempts - state[1]),
+                )  # fmt: skip
+        elif pay.status == "in_review":
+            review = await risk_store.open_review_of(conn, "payment", pay.id)
+    risk = None
+    if pay.risk_score is not None and pay.risk_reasons is not None:
+        reasons = msgspec.json.decode(pay.risk_reasons, type=list[RiskReasonOut])
+        risk = RiskOut(pay.risk_score, pay.risk_level or "LOW", reasons)  # type: ignore[arg-type]
     return PaymentOut(
+        risk=risk,
+        next_action=next_action,
+        review_id=review.id if review else None,
         id=pay.id,
         status=pay.status,  # type: ignore[arg-type]
         from_=pay.from_ref,
@@ -166,18 +189,24 @@ def _refund_out(r: payments.Refund) -> RefundOut:
 
 
 _SAME_FIELDS = ("owner_user_id", "debit_account_id", "credit_account_id", "amount", "currency",
-                "rail", "memo")  # fmt: skip
+                "rail", "memo", "same_day")  # fmt: skip
+_WAITING = ("requires_action", "in_review")  # answered 202: money has not moved yet
 
 
 @router.post(
     "/v1/payments",
     openapi_extra=contract.body(PaymentIn),
     responses=contract.replies(
-        {201: (PaymentOut, "Made (completed or failed)"), 200: (PaymentOut, "Replay")},
+        {
+            201: (PaymentOut, "Made (completed or failed; ACH: pending)"),
+            200: (PaymentOut, "Replay"),
+            202: (PaymentOut, "Waiting: requires_action (confirm with the one-time code"
+                  " sent to your devices) or in_review (held for a compliance review)"),
+        },
         (400, 401, 403, 409, 413, 422, 429, 503),
     ),
     status_code=201,
-)
+)  # fmt: skip
 async def create_payment(
     request: Request,
     ctx: Ctx,
@@ -188,9 +217,66 @@ async def create_payment(
     if all(banks) or (body.rail == "wallet" and any(banks)):
         raise p.ApiError(p.RAIL_NOT_AVAILABLE, "one side must be a wallet", "$.rail")
     if any(banks):
-        return await _ach_payment(ctx, principal, body, push=banks[1])
-    if body.rail == "ach":
+        wanted, payee_owner = await _plan_ach(ctx, principal, body, push=banks[1])
+    elif body.rail == "ach":
         raise p.ApiError(p.RAIL_NOT_AVAILABLE, "ACH needs a linked bank account", "$.rail")
+    else:
+        wanted, payee_owner = await _plan_wallet(ctx, principal, body)
+    stored, created = await _record(ctx, request, principal, wanted, payee_owner)
+    if not created and any(getattr(stored, f) != getattr(wanted, f) for f in _SAME_FIELDS):
+        raise p.ApiError(Code.EXISTS_WITH_DIFFERENT_FIELDS, field="$.id")
+    if stored.status in _WAITING:
+        return json_response(await payment_out(ctx, stored), 202)
+    if stored.status != "processing":
+        return json_response(await payment_out(ctx, stored), 201 if created else 200)
+    done = await execute(ctx, stored)
+    return json_response(await payment_out(ctx, done), 201 if created else 200)
+
+
+async def _record(
+    ctx: Context, request: Request, principal: Principal, wanted: payments.Payment,
+    payee_owner: str | None,
+) -> tuple[payments.Payment, bool]:  # fmt: skip
+    """Decide (for a user) and record the payment; (stored, created). A replay changes nothing."""
+    async with ctx.engine.connect() as conn:
+        existing = await payments.get(conn, wanted.id)
+    if existing is not None:
+        return existing, False
+    gate = risk_gate.gated(principal)
+    hits = []
+    if gate:
+        assert principal.user_id is not None
+        hits = await risk_gate.screen_parties(
+            ctx, principal.user_id, payee_owner, wanted.bank_account_id
+        )
+    async with ctx.engine.begin() as conn:
+        if gate:
+            payee_key = wanted.bank_account_id or wanted.credit_account_id
+            wanted = await risk_gate.decide(ctx, conn, principal, wanted, payee_key, hits,
+                                            ctx.risk_stats)  # fmt: skip
+        stored, created = await payments.create(conn, wanted)
+        if created:
+            await risk_gate.after_create(ctx, conn, stored, hits)
+            await audit_log.append(
+                conn, actor=principal.id, action="payment.create", subject=stored.id,
+                source_ip=client_ip(request), after=_audited(stored),
+            )  # fmt: skip
+    return stored, created
+
+
+def _audited(pay: payments.Payment) -> dict:
+    """What the audit log keeps of a payment: ids, amounts, states; no memo (free text)."""
+    return {
+        "status": pay.status, "rail": pay.rail, "amount": pay.amount, "currency": pay.currency,
+        "debit_account_id": pay.debit_account_id, "credit_account_id": pay.credit_account_id,
+        "bank_account_id": pay.bank_account_id, "risk_score": pay.risk_score,
+        "risk_level": pay.risk_level, "failure_code": pay.failure_code,
+    }  # fmt: skip
+
+
+async def _plan_wallet(
+    ctx: Context, principal: Principal, body: PaymentIn
+) -> tuple[payments.Payment, str | None]:
     debit = await _account_of(ctx, body.from_, "$.from")
     credit = await _account_of(ctx, body.to, "$.to")
     specs = await ctx.client.resolve({debit, credit})
@@ -206,31 +292,13 @@ async def create_payment(
         failure_code=None, transfer_id=payments.transfer_id_of(body.id), refunded_amount=0,
         created_at=now, updated_at=now,
     )  # fmt: skip
-    async with ctx.engine.begin() as conn:
-        stored, created = await payments.create(conn, wanted)
-    if not created:
-        if any(getattr(stored, f) != getattr(wanted, f) for f in _SAME_FIELDS):
-            raise p.ApiError(Code.EXISTS_WITH_DIFFERENT_FIELDS, field="$.id")
-        if stored.status != "processing":
-            return json_response(await _payment_out(ctx, stored), 200)
-    transfer = TransferIn(
-        id=wanted.transfer_id or "", debit_account_id=debit, credit_account_id=credit,
-        amount=body.amount, currency=body.currency, metadata={"payment_id": body.id},
-    )  # fmt: skip
-    (outcome,) = await ctx.client.transfer([transfer], None if principal.admin else principal.owns)
-    if outcome.code in RETRYABLE:
-        raise p.ApiError(outcome.code)  # still processing: retry with the same id
-    async with ctx.engine.begin() as conn:
-        done = await payments.finish(conn, body.id, not outcome.code, outcome.code or None)
-    return json_response(await _payment_out(ctx, done), 201 if created else 200)
+    return wanted, specs[credit].owner or None
 
 
-async def _ach_payment(ctx: Context, principal: Principal, body: PaymentIn, push: bool):
-    """wallet -> bank is a NACHA credit (push); bank -> wallet a NACHA debit (pull).
-
-    The wallet is held now (push: its money; pull: the incoming credit, not
-    yet available); the entry waits for the next cutoff.
-    """
+async def _plan_ach(
+    ctx: Context, principal: Principal, body: PaymentIn, push: bool
+) -> tuple[payments.Payment, str | None]:
+    """wallet -> bank is a NACHA credit (push); bank -> wallet a NACHA debit (pull)."""
     bank_ref, wallet_ref = (body.to, body.from_) if push else (body.from_, body.to)
     field = "$.to" if push else "$.from"
     bank = await ach_routes.own_bank_account(ctx, principal, bank_ref)
@@ -255,34 +323,40 @@ async def _ach_payment(ctx: Context, principal: Principal, body: PaymentIn, push
         created_at=now, updated_at=now, bank_account_id=bank.id,
         ach_direction="credit" if push else "debit", same_day=body.same_day,
     )  # fmt: skip
-    async with ctx.engine.begin() as conn:
-        stored, created = await payments.create(conn, wanted)
-    if not created:
-        if any(getattr(stored, f) != getattr(wanted, f) for f in (*_SAME_FIELDS, "same_day")):
-            raise p.ApiError(Code.EXISTS_WITH_DIFFERENT_FIELDS, field="$.id")
-        if stored.status != "processing":
-            return json_response(await _payment_out(ctx, stored), 200)
-    hold = TransferIn(
-        id=hold_transfer_id(body.id), debit_account_id=debit, credit_account_id=credit,
-        amount=body.amount, currency="USD", flags=["pending"], metadata={"payment_id": body.id},
+    return wanted, None
+
+
+async def execute(ctx: Context, pay: payments.Payment) -> payments.Payment:
+    """Move the money of a processing payment; safe to repeat (the transfer id is fixed).
+
+    Wallet: one transfer, then completed or failed. ACH: the wallet is held now
+    (push: its money; pull: the incoming credit, not yet available) and the
+    entry waits for the next cutoff. Ownership was checked when it was made.
+    """
+    assert pay.status == "processing", pay.status
+    ach_rail = pay.rail == "ach"
+    transfer = TransferIn(
+        id=pay.transfer_id or "", debit_account_id=pay.debit_account_id,
+        credit_account_id=pay.credit_account_id, amount=pay.amount, currency=pay.currency,
+        flags=["pending"] if ach_rail else [], metadata={"payment_id": pay.id},
     )  # fmt: skip
-    (outcome,) = await ctx.client.transfer([hold], None)  # ownership checked above
+    (outcome,) = await ctx.client.transfer([transfer], None)
     if outcome.code in RETRYABLE:
-        raise p.ApiError(outcome.code)
+        raise p.ApiError(outcome.code)  # still processing: retry with the same id
     async with ctx.engine.begin() as conn:
+        if not ach_rail:
+            return await payments.finish(conn, pay.id, not outcome.code, outcome.code or None)
         if outcome.code:
-            done = await payments.transition(conn, body.id, "failed", outcome.code)
-        else:
-            done = await payments.transition(conn, body.id, "pending")
-            if done.status == "pending" and not await ach.entry_of(conn, body.id):
-                await ach.add_entry(
-                    conn, bank.id, "credit" if push else "debit", body.amount, body.id,
-                    body.same_day,
-                )  # fmt: skip
-    return json_response(await _payment_out(ctx, done), 201 if created else 200)
+            return await payments.transition(conn, pay.id, "failed", outcome.code)
+        done = await payments.transition(conn, pay.id, "pending")
+        if done.status == "pending" and not await ach.entry_of(conn, pay.id):
+            assert pay.bank_account_id is not None and pay.ach_direction is not None
+            await ach.add_entry(conn, pay.bank_account_id, pay.ach_direction, pay.amount, pay.id,
+                                pay.same_day)  # fmt: skip
+    return done
 
 
-async def _visible_payment(ctx: Context, principal: Principal, payment_id: str):
+async def visible_payment(ctx: Context, principal: Principal, payment_id: str):
     async with ctx.engine.connect() as conn:
         found = await payments.get(conn, payment_id) if len(payment_id) <= 64 else None
     if found is None:
@@ -304,7 +378,7 @@ async def get_payment(
     principal: Annotated[Principal, Depends(require("payments:read"))],
 ) -> Response:
     return json_response(
-        await _payment_out(ctx, await _visible_payment(ctx, principal, payment_id))
+        await payment_out(ctx, await visible_payment(ctx, principal, payment_id))
     )
 
 
@@ -325,7 +399,7 @@ async def list_payments(
         found = await payments.list_for(conn, user, status, rail, after, limit + 1)
     more = len(found) > limit
     found = found[:limit]
-    out = [await _payment_out(ctx, x) for x in found]
+    out = [await payment_out(ctx, x) for x in found]
     return json_response(PaymentPage(out, found[-1].id if more and found else None))
 
 
@@ -345,7 +419,7 @@ async def refund_payment(
     principal: Annotated[Principal, Depends(require("payments:write"))],
 ) -> Response:
     body = await decode_body(request, RefundIn, _BODY_LIMIT)
-    pay = await _visible_payment(ctx, principal, payment_id)
+    pay = await visible_payment(ctx, principal, payment_id)
     # The payee gives the money back: only whoever may debit the credited account.
     payee = (await ctx.client.resolve({pay.credit_account_id})).get(pay.credit_account_id)
     check_owner(principal, payee.owner if payee else "")

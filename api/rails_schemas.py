@@ -58,8 +58,36 @@ class RefundOut(msgspec.Struct, kw_only=True):
 
 
 PaymentStatus = Literal[
-    "processing", "completed", "failed", "pending", "submitted", "settled", "returned"
+    "processing", "completed", "failed", "pending", "submitted", "settled", "returned",
+    "requires_action", "in_review",
 ]
+
+
+class RiskReasonOut(msgspec.Struct):
+    rule: str
+    points: int
+    detail: str
+
+
+class RiskOut(msgspec.Struct):
+    """The risk decision made before the payment moved money (user payments only)."""
+
+    score: int
+    level: Literal["LOW", "HIGH"]
+    reasons: list[RiskReasonOut]
+
+
+class NextActionOut(msgspec.Struct):
+    """What the payer must do: confirm with the code pushed to their devices."""
+
+    type: Literal["confirm_otp"]
+    confirm_url: str
+    expires_at: dt.datetime
+    attempts_left: int
+
+
+class ConfirmIn(msgspec.Struct, forbid_unknown_fields=True):
+    otp: Annotated[str, Meta(min_length=1, max_length=16, description="The 6-digit code")]
 
 
 class PaymentOut(msgspec.Struct, kw_only=True):
@@ -84,6 +112,9 @@ class PaymentOut(msgspec.Struct, kw_only=True):
     same_day: bool = False
     return_code: str | None = None
     return_reason: str | None = None  # the NACHA meaning of return_code
+    risk: RiskOut | None = None  # None: an operator's payment (not gated)
+    next_action: NextActionOut | None = None  # set while status is requires_action
+    review_id: str | None = None  # set while status is in_review
 
 
 class PaymentPage(msgspec.Struct):
@@ -98,4 +129,5 @@ class RefundIn(msgspec.Struct, forbid_unknown_fields=True):
 
 RAILS_TYPES = (
     HandleIn, HandleOut, PaymentIn, PaymentOut, PaymentPage, RefundIn, RefundOut, StatusChangeOut,
+    ConfirmIn, RiskOut, RiskReasonOut, NextActionOut,
 )  # fmt: skip

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from storage.audit import journal_balances
 
-from . import drivers, handles_bench, webhooks
+from . import drivers, handles_bench, risk_bench, webhooks
 from .node_process import NodeProcess, PeakRss, process_tree, total_rss
 from .receiver import Receiver, serve
 from .workload import AccountPlan, Workload
@@ -32,8 +32,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--url", help="target a running node instead of starting one")
     p.add_argument("--data-dir", help="data directory of the node started (default: a temp dir)")
     p.add_argument("--shards", type=int, default=os.cpu_count() or 2)
-    p.add_argument("--mode", choices=("single", "batch", "direct", "handles"), default="batch",
-                   help="handles: resolve @handles in the directory actor (no HTTP)")  # fmt: skip
+    p.add_argument("--mode", choices=("single", "batch", "direct", "handles", "risk"),
+                   default="batch",
+                   help="handles: resolve @handles in the directory actor (no HTTP); risk:"
+                        " user payments through the risk gate vs operator payments")  # fmt: skip
     p.add_argument("--accounts", type=int, default=10_000)
     p.add_argument("-c", "--concurrency", type=int, default=None,
                    help="clients (default: 64 single, 4 batch/direct)")  # fmt: skip
@@ -66,7 +68,8 @@ def main(args: argparse.Namespace) -> int:
     with contextlib.ExitStack() as stack:
         target = _open_target(args, stack)
         report["database_url"] = target.database_url
-        run = {"direct": _run_direct, "handles": handles_bench.run}.get(args.mode, _run_http)
+        modes = {"direct": _run_direct, "handles": handles_bench.run, "risk": risk_bench.run}
+        run = modes.get(args.mode, _run_http)
         ok = run(args, w, target, report)
         if args.baseline:
             ok = _run_baseline(args, w, target.database_url, report) and ok
@@ -553,6 +556,17 @@ def _markdown(report: dict) -> str:
                         f"{q['max_us']} | {q['samples']} |")  # fmt: skip
         extra.append("\n".join(rows) + f"\n\n{h['handles']} handles; warm load at start "
                      f"{h['warm_load_s']} s")  # fmt: skip
+    if report.get("risk"):
+        r = report["risk"]
+        rows = ["| payments | per s | p50 ms | p99 ms | errors |", "|---|---:|---:|---:|---|"]
+        for key, name in (("gated", "users (risk gate)"), ("baseline", "operator (no gate)")):
+            q = r[key]
+            rows.append(f"| {name} | {q['per_s']} | {q['p50_ms']} | {q['p99_ms']} |"
+                        f" {q['errors'] or '-'} |")  # fmt: skip
+        g = r["gate_in_node"]
+        extra.append("\n".join(rows) + f"\n\ngate inside the node: p50 {g['p50_ms']} ms, p99 "
+                     f"{g['p99_ms']} ms ({g['samples']} decisions); added end to end: p50 "
+                     f"{r['added_p50_ms']} ms, p99 {r['added_p99_ms']} ms")  # fmt: skip
     audit = report.get("audit", {})
     extra.append(
         "audit: "

@@ -72,6 +72,15 @@ class Settings(msgspec.Struct, kw_only=True):
     bank_sim_delay_s: float = 2.0  # how long the simulated bank takes to settle or return
     bank_sim_returns: str = ""  # JSON {"account number": "R01"}; "" = the built-in table
 
+    # Risk and compliance: files in the layouts of actors/risk/ ("" = the shipped seeds).
+    risk_rules: str = ""  # JSON rules table (actors/risk/default_rules.json)
+    risk_limits: str = ""  # JSON send limits by KYC level (actors/risk/default_limits.json)
+    sanctions_sdn: str = ""  # OFAC SDN CSV (sdn.csv layout); "" = the fictional sample list
+    sanctions_alt: str = ""  # OFAC ALT CSV (alt.csv layout): aliases; "" = the sample's
+    sanctions_threshold: float = 0.90  # name similarity (0..1) that counts as a match
+    otp_max_age_s: int = 300  # a step-up code's life
+    otp_max_attempts: int = 5  # codes tried per challenge before it locks
+
     def analytics_path(self) -> Path:
         return self.data_path() / "analytics"
 
@@ -200,6 +209,10 @@ def _check(s: Settings) -> None:
         problems.append("ach_company_id must be 10 characters, ach_company_name 1..16")
     if s.ach_cutoff_interval_s < 0 or not 0 <= s.bank_sim_delay_s <= 3600:
         problems.append("ach_cutoff_interval_s must be >= 0 and bank_sim_delay_s 0..3600")
+    if not 0.5 <= s.sanctions_threshold <= 1.0:
+        problems.append("sanctions_threshold must be 0.5..1.0")
+    if not 30 <= s.otp_max_age_s <= 3600 or not 1 <= s.otp_max_attempts <= 20:
+        problems.append("otp_max_age_s must be 30..3600 and otp_max_attempts 1..20")
     try:
         providers = s.providers()
     except ValueError:

@@ -205,6 +205,7 @@ NOTIFIER_NAME = "paynode-notifier"
 HANDLES_NAME = "paynode-handles"
 ACH_NAME = "paynode-ach"
 BANK_SIM_NAME = "paynode-banksim"
+RISK_NAME = "paynode-risk"
 
 
 def resolved_paths(settings: Settings) -> Settings:
@@ -223,6 +224,7 @@ def start_helpers(settings: Settings, database_url: str, shard_names: list[str])
     from actors.handles import HandleDirectory
     from actors.notifier import Notifier
     from actors.reconciler import Reconciler
+    from actors.risk.actor import RiskActor
 
     options = {"namespace": settings.namespace, "num_cpus": 0, "max_restarts": 0}
     analytics = (
@@ -276,6 +278,16 @@ def start_helpers(settings: Settings, database_url: str, shard_names: list[str])
     )
     ray.get(ach.start.remote())
     helpers.append(ach)
+    risk = (
+        ray.remote(RiskActor)
+        .options(name=RISK_NAME, max_concurrency=8, **options)
+        .remote(
+            settings.risk_rules, settings.risk_limits, settings.sanctions_sdn,
+            settings.sanctions_alt, settings.sanctions_threshold,
+        )
+    )  # fmt: skip
+    ray.get(risk.ping.remote())  # a bad rules, limits or list file stops the start here
+    helpers.append(risk)
     return helpers
 
 

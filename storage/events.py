@@ -42,7 +42,12 @@ PAYMENT_EVENTS = (
     "payment.refunded", "payment.refund_failed",
     # ACH: held, in a file sent to the bank, settled, or returned with a NACHA code.
     "payment.pending", "payment.submitted", "payment.settled", "payment.returned",
+    # Risk: waiting for the payer's one-time code (pushed to their devices), or held for
+    # a sanctions review; then processing again once confirmed or approved.
+    "payment.requires_action", "payment.in_review", "payment.processing",
 )  # fmt: skip
+# Pushed to every device of the user whatever the device's event choice: the code is in it.
+STEP_UP_EVENT = "payment.requires_action"
 EVENT_TYPES: tuple[str, ...] = (*TRANSFER_EVENT.values(), ACCOUNT_CREATED, *PAYMENT_EVENTS)
 MAX_TYPES_PER_SUBSCRIPTION = 64
 

@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from node.keyring import Keyring
 
 from . import pii
-from .events import SELECT_EVENTS, VISIBLE, StoredEvent, stored_event
+from .events import SELECT_EVENTS, STEP_UP_EVENT, VISIBLE, StoredEvent, stored_event
 from .rows import record
 
 # -- endpoints ------------------------------------------------------------------------
@@ -605,11 +605,13 @@ class LiveDevice(msgspec.Struct, kw_only=True):
     start_txid: int
 
     def wants(self, event: StoredEvent) -> bool:
+        # A step-up code goes to every device of the payer, whatever it chose to hear.
         return (
             event.txid > self.start_txid
             and self.user_id in event.users
-            and ("*" in self.events or event.event.type in self.events)
-        )
+            and ("*" in self.events or event.event.type in self.events
+                 or event.event.type == STEP_UP_EVENT)
+        )  # fmt: skip
 
 
 async def live_devices(conn: AsyncConnection) -> list[LiveDevice]:

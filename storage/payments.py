@@ -41,6 +41,10 @@ class Payment(msgspec.Struct, kw_only=True):
     ach_direction: str | None = None
     same_day: bool = False
     return_code: str | None = None
+    session_id: str | None = None  # the login session that made it (risk: new device)
+    risk_score: int | None = None  # None: not gated (an operator's payment)
+    risk_level: str | None = None
+    risk_reasons: str | None = None  # JSON list of {"rule", "points", "detail"}
 
 
 class StatusChange(msgspec.Struct):
@@ -83,7 +87,8 @@ def payment_data(p: Payment, extra: dict[str, Any] | None = None) -> dict[str, A
     }  # fmt: skip
 
 
-async def _event(conn: AsyncConnection, kind: str, p: Payment, extra: dict | None = None) -> None:
+async def emit(conn: AsyncConnection, kind: str, p: Payment, extra: dict | None = None) -> None:
+    """Record a ``payment.*`` event about ``p`` in ``conn``'s transaction."""
     now = time.time_ns()
     await conn.execute(
         sa.text(insert_statement()),
@@ -141,14 +146,16 @@ async def create(conn: AsyncConnection, p: Payment) -> tuple[Payment, bool]:
         return existing, False
     stored = record(Payment, row)
     await _history(conn, stored.id, stored.status, None)
-    await _event(conn, "payment.created", stored)
+    await emit(conn, "payment.created", stored)
     return stored, True
 
 
 # Which status may follow which: anything else is a no-op (a replayed step).
 TRANSITIONS: dict[str, frozenset[str]] = {
+    # requires_action (a code) and in_review (an operator) wait before money moves.
+    "processing": frozenset({"requires_action", "in_review"}),
     "completed": frozenset({"processing"}),
-    "failed": frozenset({"processing"}),
+    "failed": frozenset({"processing", "requires_action", "in_review"}),
     "pending": frozenset({"processing"}),
     "submitted": frozenset({"pending"}),
     "settled": frozenset({"submitted"}),
@@ -184,7 +191,7 @@ async def transition(
     ).one()
     done = record(Payment, row)
     await _history(conn, payment_id, status, reason)
-    await _event(conn, f"payment.{status}", done, extra)
+    await emit(conn, f"payment.{status}", done, extra)
     return done
 
 
@@ -314,7 +321,7 @@ async def finish_refund(
     assert p is not None
     await _history(conn, p.id, f"refund_{status}", f"{refund_id}:{r.amount}")
     kind = "payment.refunded" if ok else "payment.refund_failed"
-    await _event(conn, kind, p, {"refund": {"id": refund_id, "amount": r.amount,
+    await emit(conn, kind, p, {"refund": {"id": refund_id, "amount": r.amount,
                                              "failure_code": failure_code}})  # fmt: skip
     return msgspec.structs.replace(r, status=status, failure_code=failure_code)
 

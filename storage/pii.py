@@ -124,6 +124,7 @@ SEALED_COLUMNS: tuple[SealedTable, ...] = (
     SealedTable("inbound_webhooks", "id", ("payload_ct",)),
     SealedTable("bank_accounts", "id", ("account_ct", "holder_ct", "micro_ct")),
     SealedTable("ach_files", "id", ("content_ct",)),
+    SealedTable("otp_challenges", "payment_id", ("secret_ct",)),
 )
 
 

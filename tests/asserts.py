@@ -27,6 +27,15 @@ def signup(anon: httpx.Client, name: str) -> tuple[str, dict[str, str]]:
     return r.json()["user_id"], {"Authorization": f"Bearer {token.json()['access_token']}"}
 
 
+def kyc_verified(admin: httpx.Client, user_id: str, headers: dict[str, str]) -> None:
+    """Take a user through KYC: submitted with their token, verified by the admin credential."""
+    r = admin.post(f"/v1/users/{user_id}/kyc", json={"id_type": "ssn", "id_number": "123456789"},
+                   headers=headers)  # fmt: skip
+    assert r.status_code == 200, r.text
+    r = admin.post(f"/v1/users/{user_id}/kyc/review", json={"decision": "verified"})
+    assert r.status_code == 200, r.text
+
+
 def unauthorized(r: httpx.Response, code: str) -> None:
     """A 401 for a bearer credential: problem+json, the code, and a Bearer challenge."""
     problem(r, 401, code)

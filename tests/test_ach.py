@@ -12,7 +12,7 @@ import datetime as dt
 
 from actors.rails.nacha import FileHeader, build_return_file, parse_file
 from tests import nacha_layout
-from tests.asserts import problem, signup
+from tests.asserts import kyc_verified, problem, signup
 from tests.conftest import RunningNode, wait_until
 
 ROUTING = "021000021"
@@ -22,8 +22,11 @@ R03_ACCOUNT = "000333333335"  # and everything to it with R03
 
 
 def _user(node: RunningNode, name: str) -> dict[str, str]:
+    """A KYC-verified user: these tests are about the rails, not the risk gate."""
     with node.anonymous() as anon:
-        return signup(anon, name)[1]
+        user_id, headers = signup(anon, name)
+    kyc_verified(node.http, user_id, headers)
+    return headers
 
 
 def _cutoff(node: RunningNode) -> dict:

@@ -31,16 +31,28 @@ class PushResult(msgspec.Struct):
 
 
 class PushProvider(Protocol):
-    def send(self, platform: str, token: str, event: Event) -> PushResult: ...
+    def send(
+        self, platform: str, token: str, event: Event, code: str | None = None
+    ) -> PushResult: ...
 
 
 def _fingerprint(secret: str) -> str:
     return "sha256:" + hashlib.sha256(secret.encode()).hexdigest()[:16]
 
 
-def alert(event: Event) -> tuple[str, str]:
-    """Title and body of the notification: amounts and ids only, no personal data."""
+def alert(event: Event, code: str | None = None) -> tuple[str, str]:
+    """Title and body of the notification: amounts and ids only, no personal data.
+
+    ``code`` is a step-up one-time code: it is the point of that notification, so it
+    is in the body (and so in the sink, which stands for the user's device).
+    """
     data = event.data
+    if code is not None:
+        pay = data["payment"]
+        return "Confirm your payment", (
+            f"Code {code} confirms payment {pay['id']} of {pay['amount']} {pay['currency']}"
+            " (minor units). Never share it."
+        )
     if "transfer" in data:
         t = data["transfer"]
         verb = {
@@ -55,8 +67,8 @@ def alert(event: Event) -> tuple[str, str]:
     return event.type, f"Event {event.id}"
 
 
-def apns_request(token: str, event: Event, topic: str) -> dict[str, Any]:
-    title, body = alert(event)
+def apns_request(token: str, event: Event, topic: str, code: str | None = None) -> dict[str, Any]:
+    title, body = alert(event, code)
     return {
         "method": "POST",
         "url": f"https://{APNS_HOST}/3/device/{_fingerprint(token)}",
@@ -76,8 +88,8 @@ def apns_request(token: str, event: Event, topic: str) -> dict[str, Any]:
     }
 
 
-def fcm_request(token: str, event: Event, project: str) -> dict[str, Any]:
-    title, body = alert(event)
+def fcm_request(token: str, event: Event, project: str, code: str | None = None) -> dict[str, Any]:
+    title, body = alert(event, code)
     return {
         "method": "POST",
         "url": f"https://{FCM_HOST}/v1/projects/{project}/messages:send",
@@ -109,11 +121,11 @@ class SinkProvider:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         os.close(fd)
 
-    def send(self, platform: str, token: str, event: Event) -> PushResult:
+    def send(self, platform: str, token: str, event: Event, code: str | None = None) -> PushResult:
         if platform == "apns":
-            request = apns_request(token, event, self.apns_topic)
+            request = apns_request(token, event, self.apns_topic, code)
         elif platform == "fcm":
-            request = fcm_request(token, event, self.fcm_project)
+            request = fcm_request(token, event, self.fcm_project, code)
         else:
             return PushResult(False, f"unknown platform {platform}")
         line = json.dumps({"platform": platform, "request": request}, sort_keys=True)

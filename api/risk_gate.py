@@ -1,0 +1,217 @@
+"""The risk gate in front of every user payment: screening, limits, score, what happens next.
+
+Order, for a payment a user initiates (operator credentials are not gated):
+
+1. :func:`screen_parties` screens the payer, the payee's owner and the bank
+   account holder against the sanctions list, unless PostgreSQL already holds
+   a result against this list (a Ray call to the risk actor only on a miss).
+2. In the transaction that records the payment, :func:`decide` locks the user,
+   reads their standing, refuses a payment over a limit (422, nothing written),
+   and scores it with the pure rules. A sanctions match holds the payment for
+   review; otherwise HIGH asks for a one-time code; otherwise it proceeds.
+3. :func:`after_create` opens the review or the code challenge in that same
+   transaction, so neither exists without its payment nor the other way round.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from collections import Counter, deque
+
+import msgspec
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from actors.risk import limits, otp, rules
+from actors.risk.actor import decode_screened
+from storage import ach, identity, payments
+from storage import risk as store
+from storage.events import STEP_UP_EVENT
+from storage.payments import Payment
+
+from . import problems as p
+from .auth.scopes import Principal
+from .deps import Context
+
+_LIMIT_CODES = {
+    limits.PER_TRANSACTION: p.LIMIT_PER_TRANSACTION,
+    limits.DAILY: p.LIMIT_DAILY,
+    limits.MONTHLY: p.LIMIT_MONTHLY,
+}
+STEP_UP_UNAVAILABLE = "step_up_unavailable"  # HIGH, and no device to send the code to
+
+
+class RiskStats:
+    """What the gate costs and decides, for /metrics (in this front process)."""
+
+    def __init__(self, window: int = 10_000) -> None:
+        self.seconds: deque[float] = deque(maxlen=window)  # lock + read + limits + score
+        self.decisions: Counter[str] = Counter()  # by the status they led to
+        self.otp: Counter[str] = Counter()  # by check outcome
+
+    def quantile(self, q: float) -> float:
+        if not self.seconds:
+            return 0.0
+        ordered = sorted(self.seconds)
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+    def render(self) -> list[str]:
+        out = [
+            "# HELP paynode_risk_decision_seconds Risk gate time per user payment (recent).",
+            "# TYPE paynode_risk_decision_seconds summary",
+            *(f'paynode_risk_decision_seconds{{quantile="{q}"}} {self.quantile(q)}'
+              for q in (0.5, 0.99)),
+            f"paynode_risk_decision_seconds_count {len(self.seconds)}",
+            "# HELP paynode_risk_decisions_total User payments by what the risk gate decided.",
+            "# TYPE paynode_risk_decisions_total counter",
+            *(f'paynode_risk_decisions_total{{status="{k}"}} {v}'
+              for k, v in sorted(self.decisions.items())),
+            "# HELP paynode_otp_checks_total One-time code checks by outcome.",
+            "# TYPE paynode_otp_checks_total counter",
+            *(f'paynode_otp_checks_total{{outcome="{k}"}} {v}'
+              for k, v in sorted(self.otp.items())),
+        ]  # fmt: skip
+        return out
+
+
+class Hit(msgspec.Struct, frozen=True):
+    party: str  # payer | payee | bank_account
+    matches: list[dict]  # the listed entries (public list data), never the screened name
+
+
+def _match_list(screened) -> list[dict]:
+    return [
+        {"ent_num": m.ent_num, "listed_name": m.listed_name, "matched_name": m.matched_name,
+         "score": round(m.score, 4), "program": m.program}
+        for m in screened.matches
+    ]  # fmt: skip
+
+
+async def _screen(ctx: Context, name: str | None) -> list[dict]:
+    if not name:
+        return []
+    (screened,) = decode_screened(await ctx.risk.screen.remote([name]))
+    return _match_list(screened)
+
+
+async def screen_user(ctx: Context, user_id: str, force: bool = False) -> list[dict]:
+    """The user's matches against the current list (stored; screened again only if stale)."""
+    version = ctx.policy.list_version
+    async with ctx.engine.connect() as conn:
+        cached = await store.user_screening(conn, user_id, version)
+        if cached is False and not force:
+            return []
+        user = await identity.get_user(conn, ctx.keys, user_id)
+    if user is None:
+        return []
+    matches = await _screen(ctx, user.profile.name)
+    async with ctx.engine.begin() as conn:
+        await store.set_user_screening(conn, user_id, bool(matches), version)
+        if matches:
+            await store.open_review(conn, "user", user_id, user_id, "sanctions_match", matches)
+    return matches
+
+
+async def screen_bank_holder(ctx: Context, bank_id: str, holder: str | None = None) -> list[dict]:
+    """The holder's matches; ``holder`` is given at link time, else read from the account."""
+    version = ctx.policy.list_version
+    if holder is None:
+        async with ctx.engine.connect() as conn:
+            if await store.bank_screening(conn, bank_id, version) is False:
+                return []
+            holder = (await ach.details(conn, ctx.keys, bank_id)).holder_name
+    matches = await _screen(ctx, holder)
+    async with ctx.engine.begin() as conn:
+        await store.set_bank_screening(conn, bank_id, bool(matches), version)
+    return matches
+
+
+async def screen_parties(
+    ctx: Context, payer: str, payee_owner: str | None, bank_id: str | None
+) -> list[Hit]:
+    hits = []
+    if m := await screen_user(ctx, payer):
+        hits.append(Hit("payer", m))
+    if payee_owner and payee_owner != payer and (m := await screen_user(ctx, payee_owner)):
+        hits.append(Hit("payee", m))
+    if bank_id and (m := await screen_bank_holder(ctx, bank_id)):
+        hits.append(Hit("bank_account", m))
+    return hits
+
+
+def gated(principal: Principal) -> bool:
+    """User payments are gated; an operator's (admin key, no user) are not."""
+    return principal.user_id is not None and not principal.admin
+
+
+async def decide(
+    ctx: Context,
+    conn: AsyncConnection,
+    principal: Principal,
+    wanted: Payment,
+    payee_key: str,
+    hits: list[Hit],
+    stats: RiskStats,
+) -> Payment:
+    """``wanted`` with its decision and next status; raises a 422 over a limit."""
+    t0 = time.perf_counter()
+    user = principal.user_id
+    assert user is not None
+    policy = ctx.policy
+    await store.lock_user(conn, user)
+    now = dt.datetime.now(dt.UTC)
+    f = await store.features(
+        conn, user, session_id=principal.session_id, payee_account=payee_key,
+        currency=policy.limits.currency, list_version=policy.list_version, now=now,
+    )  # fmt: skip
+    if f is None:
+        raise p.ApiError(p.USER_NOT_FOUND)
+    usage = limits.Usage(f.amount_today, f.amount_month)
+    refusal = limits.check(wanted.amount, wanted.currency, f.kyc_status, usage, policy.limits)
+    if refusal is not None:
+        raise p.ApiError(
+            _LIMIT_CODES[refusal.code],
+            f"limit {refusal.limit}, remaining {refusal.remaining} {policy.limits.currency}"
+            " minor units",
+            "$.amount",
+        )
+    decision = rules.score(
+        rules.RiskInput(
+            amount=wanted.amount, currency=wanted.currency, payments_today=f.payments_today,
+            amount_today=f.amount_today, sanctions_hit=bool(hits), kyc_status=f.kyc_status,
+            new_payee=not f.paid_payee_before,
+            # A device is new when the user has paid before, but never from this session.
+            new_device=f.paid_before and not f.paid_from_session,
+        ),
+        policy.rules,
+    )  # fmt: skip
+    status, failure = "processing", None
+    if hits:
+        status = "in_review"
+    elif decision.level == "HIGH" and f.devices:
+        status = "requires_action"
+    elif decision.level == "HIGH":
+        status, failure = "failed", STEP_UP_UNAVAILABLE
+    stats.seconds.append(time.perf_counter() - t0)
+    stats.decisions[status] += 1
+    return msgspec.structs.replace(
+        wanted, status=status, failure_code=failure, session_id=principal.session_id,
+        risk_score=decision.score, risk_level=decision.level,
+        risk_reasons=msgspec.json.encode(decision.reasons).decode(),
+    )  # fmt: skip
+
+
+async def after_create(ctx: Context, conn: AsyncConnection, pay: Payment, hits: list[Hit]) -> None:
+    """The review or the code challenge of a newly recorded payment (same transaction)."""
+    if pay.status == "in_review":
+        matches = [{"party": h.party, **m} for h in hits for m in h.matches]
+        review = await store.open_review(conn, "payment", pay.id, pay.owner_user_id,
+                                         "sanctions_match", matches)  # fmt: skip
+        await payments.emit(conn, "payment.in_review", pay, {"review_id": review.id})
+    elif pay.status == "requires_action":
+        ch = otp.new_challenge(time.time())
+        await store.store_challenge(conn, ctx.keys, pay.id, ch)
+        # The event carries no code: the notifier derives it from the sealed secret
+        # when it builds the push, so the code exists only in that notification.
+        expires = dt.datetime.fromtimestamp(ch.issued_at + ctx.settings.otp_max_age_s, dt.UTC)
+        await payments.emit(conn, STEP_UP_EVENT, pay, {"expires_at": expires.isoformat()})

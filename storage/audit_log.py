@@ -1,0 +1,87 @@
+"""The audit log in PostgreSQL: appended in the transaction of the action it records.
+
+Every privileged or money-moving action calls :func:`append` inside its own
+transaction, so the record exists if and only if the action committed. Appends
+take one transaction-scoped advisory lock: the chain needs each record to know
+the hash of the one before, so appends are serialized, but only for the moment
+between the lock and the commit (callers append last, just before committing).
+
+:func:`verify_database` walks the stored chain with
+:func:`storage.audit_chain.verify`; ``paynode audit verify`` prints its result.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import msgspec
+import psycopg
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from .audit_chain import GENESIS_HASH, AuditRecord, chain, verify
+from .database import libpq_url
+
+_LOCK_KEY = 0x61756469746C6F67  # "auditlog"
+_FIELDS = AuditRecord.__struct_fields__
+_COLS = ", ".join(_FIELDS)
+_INSERT = sa.text(
+    f"INSERT INTO audit_log ({_COLS}) VALUES ({', '.join(':' + f for f in _FIELDS)})"
+).bindparams(sa.bindparam("before", type_=sa.JSON), sa.bindparam("after", type_=sa.JSON))
+MAX_VALUE_BYTES = 16 * 1024  # a record's before/after each, JSON-encoded
+
+
+async def append(
+    conn: AsyncConnection,
+    *,
+    actor: str,
+    action: str,
+    subject: str,
+    source_ip: str,
+    before: dict[str, Any] | None = None,
+    after: dict[str, Any] | None = None,
+) -> AuditRecord:
+    """Chain and insert one record in ``conn``'s transaction (which must be open)."""
+    for value in (before, after):
+        if value is not None and len(msgspec.json.encode(value)) > MAX_VALUE_BYTES:
+            raise ValueError(f"audit {action}: before/after above {MAX_VALUE_BYTES} bytes")
+    await conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _LOCK_KEY})
+    last = (
+        await conn.execute(sa.text("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1"))
+    ).first()
+    prev_seq, prev_hash = (0, GENESIS_HASH) if last is None else (last[0], last[1])
+    rec = chain(prev_hash, prev_seq + 1, actor=actor, action=action, subject=subject,
+                source_ip=source_ip, before=before, after=after)  # fmt: skip
+    await conn.execute(_INSERT, msgspec.structs.asdict(rec))
+    return rec
+
+
+def read_records(database_url: str, batch: int = 5_000) -> Iterator[AuditRecord]:
+    """Every stored record in seq order, streamed (a server-side cursor)."""
+    with psycopg.connect(libpq_url(database_url)) as conn, conn.transaction():
+        cur = conn.cursor(name="audit_walk")
+        cur.itersize = batch
+        cur.execute(f"SELECT {_COLS} FROM audit_log ORDER BY seq")
+        for row in cur:
+            yield AuditRecord(*row)
+
+
+class Verification(msgspec.Struct):
+    records: int  # records read (up to the first broken one)
+    first_broken_seq: int | None  # None: the chain is intact
+    head_hash: str  # hash of the last record read (GENESIS_HASH if none)
+
+
+def verify_database(database_url: str) -> Verification:
+    """Walk the chain; stop at the first record that breaks it."""
+    count = 0
+    head = GENESIS_HASH
+    prev_seq = 0
+    for rec in read_records(database_url):
+        broken = verify([rec], prev_hash=head, prev_seq=prev_seq)
+        if broken is not None:
+            return Verification(count, broken, head)
+        count += 1
+        head, prev_seq = rec.hash, rec.seq
+    return Verification(count, None, head)

@@ -1,0 +1,253 @@
+"""The risk gate over HTTP against a real node: limits, step-up with a one-time code,
+sanctions holds and reviews, and the audit trail they leave."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+import secrets
+from pathlib import Path
+
+import psycopg
+
+from storage.audit_log import verify_database
+from storage.database import libpq_url
+from tests.asserts import kyc_verified, problem
+from tests.conftest import RunningNode, wait_until
+
+
+def _register(node: RunningNode, name: str, display: str | None = None) -> tuple[str, dict]:
+    creds = {"email": f"{name}@example.com", "password": "a long enough passphrase"}
+    with node.anonymous() as anon:
+        r = anon.post("/v1/auth/register", json=creds | ({"name": display} if display else {}))
+        assert r.status_code == 201, r.text
+        token = anon.post("/v1/auth/login", json=creds).json()["access_token"]
+    return r.json()["user_id"], {"Authorization": f"Bearer {token}"}
+
+
+def _wallet(node: RunningNode, headers: dict, account_id: str, funds: int = 0) -> None:
+    body = {"id": account_id, "currency": "USD", "flags": ["debits_must_not_exceed_credits"]}
+    assert node.http.post("/v1/accounts", json=body, headers=headers).status_code == 201
+    if funds:
+        node.http.post("/v1/accounts", json={"id": "treasury-risk", "currency": "USD"})
+        fund = {"id": f"fund-{account_id}", "debit_account_id": "treasury-risk",
+                "credit_account_id": account_id, "amount": funds, "currency": "USD"}  # fmt: skip
+        assert node.http.post("/v1/transfers", json=fund).status_code == 201
+
+
+def _balance(node: RunningNode, account_id: str) -> int:
+    return node.http.get(f"/v1/accounts/{account_id}").json()["balance"]
+
+
+def _pay(node: RunningNode, headers: dict, pid: str, src: str, dst: str, amount: int):
+    body = {"id": pid, "from": src, "to": dst, "amount": amount, "currency": "USD"}
+    return node.http.post("/v1/payments", json=body, headers=headers)
+
+
+def _code_pushed(node: RunningNode, payment_id: str) -> str:
+    """The code from the push the notifier sent (the sink stands for the user's phone)."""
+    sink = Path(node.settings.data_dir) / "push-sink.jsonl"
+    found: list[str] = []
+
+    def pushed() -> bool:
+        if not sink.exists():
+            return False
+        for line in sink.read_text().splitlines():
+            body = json.loads(line)["request"]["body"]["aps"]["alert"]["body"]
+            if f"payment {payment_id} " in body:
+                found.append(re.search(r"Code (\d{6}) ", body).group(1))  # type: ignore[union-attr]
+                return True
+        return False
+
+    wait_until(pushed, what=f"the code for {payment_id}")
+    return found[0]
+
+
+def _db(node: RunningNode) -> psycopg.Connection:
+    return psycopg.connect(libpq_url(node.database_url), autocommit=True)
+
+
+def test_limits_by_kyc_level(node: RunningNode) -> None:
+    uid, user = _register(node, "lim-ann")
+    _, payee = _register(node, "lim-bob")
+    _wallet(node, user, "lim-ann-w", 10_000_000)
+    _wallet(node, payee, "lim-bob-w")
+    # Unverified: 2,500.00 a payment, 5,000.00 a day.
+    problem(_pay(node, user, "lim-1", "lim-ann-w", "lim-bob-w", 250_001), 422,
+            "limit_per_transaction")  # fmt: skip
+    problem(node.http.get("/v1/payments/lim-1", headers=user), 404, "payment_not_found")
+    # The first payment to bob steps up (unverified + new payee); the next one does not.
+    dev = {"platform": "apns", "token": secrets.token_hex(32), "events": ["transfer.posted"]}
+    assert node.http.post("/v1/devices", json=dev, headers=user).status_code == 201
+    assert _pay(node, user, "lim-ok-0", "lim-ann-w", "lim-bob-w", 240_000).status_code == 202
+    r = node.http.post("/v1/payments/lim-ok-0/confirm", json={"otp": _code_pushed(
+        node, "lim-ok-0")}, headers=user)  # fmt: skip
+    assert r.status_code == 200 and r.json()["status"] == "completed", r.text
+    r = _pay(node, user, "lim-ok-1", "lim-ann-w", "lim-bob-w", 240_000)
+    assert r.status_code == 201 and r.json()["status"] == "completed", r.text
+    assert r.json()["risk"] == {"score": 40, "level": "LOW", "reasons": [
+        {"rule": "kyc_not_verified", "points": 40, "detail": "identity not verified"}]}
+    over = _pay(node, user, "lim-2", "lim-ann-w", "lim-bob-w", 20_001)
+    problem(over, 422, "limit_daily")
+    assert "remaining 20000" in over.json()["detail"]
+    assert _balance(node, "lim-ann-w") == 10_000_000 - 480_000
+    # Verified: 50,000.00 a payment, 100,000.00 a day, 500,000.00 a month.
+    kyc_verified(node.http, uid, user)
+    r = _pay(node, user, "lim-3", "lim-ann-w", "lim-bob-w", 400_000)
+    assert r.status_code == 201 and r.json()["status"] == "completed", r.text
+    assert r.json()["risk"]["score"] == 0
+    problem(_pay(node, user, "lim-4", "lim-ann-w", "lim-bob-w", 5_000_001), 422,
+            "limit_per_transaction")  # fmt: skip
+    # A month's total: an earlier payment this month counts (unless today is the 1st).
+    now = dt.datetime.now(dt.UTC)
+    if now.day != 1:
+        with _db(node) as conn:
+            conn.execute(
+                "INSERT INTO payments (id, owner_user_id, from_ref, to_ref, debit_account_id,"
+                " credit_account_id, amount, currency, rail, status, created_at) VALUES"
+                " ('lim-old', %s, 'x', 'y', 'lim-ann-w', 'lim-bob-w', 49500000, 'USD',"
+                " 'wallet', 'completed', %s)",
+                (uid, now.replace(day=1, hour=0, minute=0)),
+            )
+        problem(_pay(node, user, "lim-5", "lim-ann-w", "lim-bob-w", 1_000_000), 422,
+                "limit_monthly")  # fmt: skip
+
+
+def test_step_up_with_a_one_time_code(node: RunningNode) -> None:
+    _, user = _register(node, "otp-ann")
+    _, payee = _register(node, "otp-bob")
+    _wallet(node, user, "otp-ann-w", 100_000)
+    _wallet(node, payee, "otp-bob-w")
+    # Unverified (+40) paying someone new (+10): HIGH. With no device to send a code
+    # to, the payment cannot step up and fails without moving money.
+    r = _pay(node, user, "otp-0", "otp-ann-w", "otp-bob-w", 1_000)
+    assert r.status_code == 201 and r.json()["failure_code"] == "step_up_unavailable", r.text
+    token = secrets.token_hex(32)
+    dev = {"platform": "apns", "token": token, "events": ["transfer.posted"]}
+    assert node.http.post("/v1/devices", json=dev, headers=user).status_code == 201
+
+    r = _pay(node, user, "otp-1", "otp-ann-w", "otp-bob-w", 1_000)
+    assert r.status_code == 202, r.text
+    body = r.json()
+    assert body["status"] == "requires_action"
+    assert body["risk"]["score"] == 50 and body["risk"]["level"] == "HIGH"
+    assert {x["rule"] for x in body["risk"]["reasons"]} == {"kyc_not_verified", "new_payee"}
+    assert body["next_action"]["type"] == "confirm_otp"
+    assert body["next_action"]["attempts_left"] == 5
+    assert _balance(node, "otp-ann-w") == 100_000  # nothing moved yet
+    code = _code_pushed(node, "otp-1")
+    wrong = "000000" if code != "000000" else "111111"
+    confirm = "/v1/payments/otp-1/confirm"
+    bad = node.http.post(confirm, json={"otp": wrong}, headers=user)
+    problem(bad, 422, "otp_invalid")
+    assert "4 attempts left" in bad.json()["detail"]
+    problem(node.http.post(confirm, json={"otp": code}, headers=payee), 403, "forbidden")
+    ok = node.http.post(confirm, json={"otp": code}, headers=user)
+    assert ok.status_code == 200 and ok.json()["status"] == "completed", ok.text
+    assert _balance(node, "otp-ann-w") == 99_000 and _balance(node, "otp-bob-w") == 1_000
+    assert [h["status"] for h in ok.json()["history"]] == [
+        "requires_action", "processing", "completed"]  # fmt: skip
+    problem(node.http.post(confirm, json={"otp": code}, headers=user), 409, "otp_reused")
+    # The same idempotency key again: the completed payment, nothing moves twice.
+    again = _pay(node, user, "otp-1", "otp-ann-w", "otp-bob-w", 1_000)
+    assert again.status_code == 200 and again.json()["status"] == "completed"
+    assert _balance(node, "otp-ann-w") == 99_000
+
+    # Expired: the code dies 300 s after it was issued (moved back in time here).
+    _, carol = _register(node, "otp-carol")
+    _wallet(node, carol, "otp-carol-w")
+    assert _pay(node, user, "otp-2", "otp-ann-w", "otp-carol-w", 500).status_code == 202
+    code2 = _code_pushed(node, "otp-2")
+    with _db(node) as conn:
+        conn.execute("UPDATE otp_challenges SET issued_at = issued_at - 301"
+                     " WHERE payment_id = 'otp-2'")  # fmt: skip
+    problem(node.http.post("/v1/payments/otp-2/confirm", json={"otp": code2}, headers=user),
+            422, "otp_expired")  # fmt: skip
+    assert node.http.get("/v1/payments/otp-2", headers=user).json()["failure_code"] == "otp_expired"
+
+    # Locked: the fifth wrong code fails the payment; the right one is refused after.
+    _, dave = _register(node, "otp-dave")
+    _wallet(node, dave, "otp-dave-w")
+    assert _pay(node, user, "otp-3", "otp-ann-w", "otp-dave-w", 500).status_code == 202
+    code3 = _code_pushed(node, "otp-3")
+    wrong3 = "000000" if code3 != "000000" else "111111"
+    for left in (4, 3, 2, 1):
+        r = node.http.post("/v1/payments/otp-3/confirm", json={"otp": wrong3}, headers=user)
+        problem(r, 422, "otp_invalid")
+        assert f"{left} attempts left" in r.json()["detail"]
+    r = node.http.post("/v1/payments/otp-3/confirm", json={"otp": "12a456"}, headers=user)
+    problem(r, 422, "otp_locked")  # malformed codes count too
+    problem(node.http.post("/v1/payments/otp-3/confirm", json={"otp": code3}, headers=user),
+            422, "otp_locked")  # fmt: skip
+    assert node.http.get("/v1/payments/otp-3", headers=user).json()["status"] == "failed"
+    assert _balance(node, "otp-ann-w") == 99_000
+
+    with _db(node) as conn:
+        actions = [r[0] for r in conn.execute(
+            "SELECT action FROM audit_log WHERE subject IN ('otp-1', 'otp-3') ORDER BY seq")]
+        # The secret is sealed; the code itself is stored nowhere.
+        (sealed,) = conn.execute(
+            "SELECT secret_ct FROM otp_challenges WHERE payment_id = 'otp-1'").fetchone()
+        assert code.encode() not in bytes(sealed)
+    assert actions[:4] == ["payment.create", "payment.confirm", "payment.confirm",
+                           "payment.confirm"]  # fmt: skip
+    assert verify_database(node.database_url).first_broken_seq is None
+
+
+def test_sanctions_hold_payments_for_review(node: RunningNode) -> None:
+    listed_id, listed = _register(node, "sdn-volkov", "Dmitriy Volkov")  # variant of VOLKOV
+    near_id, near = _register(node, "sdn-petrov", "Dmitri Petrov")  # a near miss
+    payer_id, payer = _register(node, "sdn-payer", "Jane Payer")
+    kyc_verified(node.http, payer_id, payer)
+    _wallet(node, payer, "sdn-payer-w", 100_000)
+    _wallet(node, listed, "sdn-volkov-w")
+    _wallet(node, near, "sdn-petrov-w")
+
+    # Screened at KYC: the listed name opens a review and KYC cannot be verified past it.
+    for uid, hdr in ((listed_id, listed), (near_id, near)):
+        r = node.http.post(f"/v1/users/{uid}/kyc", json={"id_type": "ssn",
+                           "id_number": "123456789"}, headers=hdr)  # fmt: skip
+        assert r.status_code == 200, r.text
+    reviews = node.http.get("/v1/reviews").json()["reviews"]
+    mine = [x for x in reviews if x["subject_id"] in (listed_id, near_id)]
+    assert [(x["kind"], x["subject_id"]) for x in mine] == [("user", listed_id)]
+    assert mine[0]["matches"][0]["listed_name"] == "VOLKOV, Dmitri Ivanovich"
+    assert "Dmitriy" not in json.dumps(mine)  # the screened name itself is not shown
+    problem(node.http.post(f"/v1/users/{listed_id}/kyc/review", json={"decision": "verified"}),
+            409, "sanctions_review_open")  # fmt: skip
+    problem(node.http.get("/v1/reviews", headers=payer), 403, "insufficient_scope")
+
+    # Paying the near miss goes through; paying the listed person is held.
+    r = _pay(node, payer, "sdn-1", "sdn-payer-w", "sdn-petrov-w", 1_000)
+    assert r.status_code == 201 and r.json()["status"] == "completed", r.text
+    held = _pay(node, payer, "sdn-2", "sdn-payer-w", "sdn-volkov-w", 2_000)
+    assert held.status_code == 202 and held.json()["status"] == "in_review", held.text
+    assert {x["rule"] for x in held.json()["risk"]["reasons"]} >= {"sanctions_hit"}
+    review_id = held.json()["review_id"]
+    assert _balance(node, "sdn-payer-w") == 99_000
+    review = node.http.get(f"/v1/reviews/{review_id}").json()
+    assert review["kind"] == "payment" and review["matches"][0]["party"] == "payee"
+    problem(node.http.post(f"/v1/reviews/{review_id}", json={"decision": "maybe"}), 422,
+            "invalid_field")  # fmt: skip
+    r = node.http.post(f"/v1/reviews/{review_id}", json={"decision": "reject", "note": "true hit"})
+    assert r.status_code == 200 and r.json()["status"] == "rejected", r.text
+    got = node.http.get("/v1/payments/sdn-2", headers=payer).json()
+    assert (got["status"], got["failure_code"]) == ("failed", "rejected_in_review")
+    problem(node.http.post(f"/v1/reviews/{review_id}", json={"decision": "approve"}), 409,
+            "review_already_decided")  # fmt: skip
+    # Another one, approved: the money moves.
+    held = _pay(node, payer, "sdn-3", "sdn-payer-w", "sdn-volkov-w", 3_000).json()
+    r = node.http.post(f"/v1/reviews/{held['review_id']}", json={"decision": "approve"})
+    assert r.status_code == 200
+    assert node.http.get("/v1/payments/sdn-3", headers=payer).json()["status"] == "completed"
+    assert _balance(node, "sdn-volkov-w") == 3_000
+    # Clearing the user's own review (a false positive) lets KYC be verified.
+    (user_review,) = [x for x in mine if x["kind"] == "user"]
+    assert node.http.post(f"/v1/reviews/{user_review['id']}",
+                          json={"decision": "approve"}).status_code == 200  # fmt: skip
+    r = node.http.post(f"/v1/users/{listed_id}/kyc/review", json={"decision": "verified"})
+    assert r.status_code == 200, r.text
+    with _db(node) as conn:
+        actions = {r[0] for r in conn.execute("SELECT action FROM audit_log")}
+    assert {"payment.create", "review.approve", "review.reject"} <= actions
