@@ -1,4 +1,4 @@
-"""The analytics actor: follows the committed journal into Parquet segments.
+"""The analytics actor: follows the committed journal (and audit log) into Parquet segments.
 
 It reads only what PostgreSQL has committed (``storage.analytics`` explains
 the ``(txid, id)`` watermark), in bulk (COPY to CSV, DuckDB to Parquet: no
@@ -10,6 +10,8 @@ if it falls behind it catches up in chunks of ``max_rows``.
 from __future__ import annotations
 
 import asyncio
+import csv
+import io
 import logging
 import time
 from pathlib import Path
@@ -18,7 +20,6 @@ import msgspec
 import psycopg
 
 from storage.analytics import (
-    ACCOUNTS,
     EXPORTED,
     RECON_COLUMNS,
     TRANSFERS,
@@ -140,8 +141,10 @@ class AnalyticsStreamer:
 
     def _cycle(self) -> None:
         conn = self._connection()
-        below = xmin(conn)  # one bound for both tables: accounts never trail their transfers
-        for table in (ACCOUNTS, TRANSFERS):
+        # One bound for every table: accounts never trail their transfers, nor audit
+        # records the actions they record.
+        below = xmin(conn)
+        for table in EXPORTED:
             while self._chunk(conn, table, below) == self.max_rows:
                 pass
         for table in EXPORTED:
@@ -198,12 +201,33 @@ class AnalyticsStreamer:
 
 
 def last_key(csv_path: Path) -> Watermark:
-    """(txid, id) of an export's last row: its first two fields (ids hold no comma or quote)."""
+    """(txid, id) of an export's last row: its first two fields.
+
+    Usually read off the last line. A quoted field may span lines (audit records
+    can carry any text), so when that line holds a quote, or is longer than the
+    tail read, the row's start is found by quote parity over the whole file:
+    PostgreSQL doubles quotes inside quoted fields, so a newline ends a row exactly
+    when an even number of quotes comes before it.
+    """
     with open(csv_path, "rb") as f:
-        f.seek(max(0, f.seek(0, 2) - 4096))
-        line = f.read().rstrip(b"\n").rsplit(b"\n", 1)[-1]
-    txid, row_id = line.split(b",", 2)[:2]
-    return int(txid), row_id.decode()
+        size = f.seek(0, 2)
+        f.seek(max(0, size - 4096))
+        tail = f.read().removesuffix(b"\n")
+        nl = tail.rfind(b"\n")
+        if b'"' not in tail[nl + 1 :] and (nl >= 0 or size <= 4096):
+            txid, row_id = tail[nl + 1 :].split(b",", 2)[:2]
+            return int(txid), row_id.decode()
+        f.seek(0)
+        data = f.read().removesuffix(b"\n")
+    quotes_before, start, pos = data.count(b'"'), 0, len(data)
+    while (nl := data.rfind(b"\n", 0, pos)) >= 0:
+        quotes_before -= data.count(b'"', nl, pos)
+        if quotes_before % 2 == 0:
+            start = nl + 1
+            break
+        pos = nl
+    row = next(csv.reader(io.StringIO(data[start:].decode(), newline="")))
+    return int(row[0]), row[1]
 
 
 def decode_stats(raw: bytes) -> AnalyticsStats:

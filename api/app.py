@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import hashlib
 import inspect
 import logging
 import re
@@ -50,6 +51,7 @@ from node.runtime import (
     RISK_NAME,
 )
 from storage import identity
+from storage.audit_log import Entry
 from storage.database import async_engine
 from storage.pii import SealError
 from storage.schema import TRANSFER_COLUMNS
@@ -65,11 +67,12 @@ from . import (
     risk_routes,
 )
 from . import problems as p
+from .audit_writer import AuditWriter
 from .auth.authenticate import Authenticator
 from .auth.ratelimit import TokenBuckets, retry_after
 from .auth.scopes import Principal
 from .batcher import Overloaded
-from .deps import Context, check_owner, require
+from .deps import Context, check_owner, client_ip, require
 from .http import decode_body, json_response
 from .ledger_client import LedgerClient, Unavailable
 from .metrics import FrontMetrics, render, render_helpers
@@ -213,11 +216,14 @@ def create_app(settings: Settings, shard_names: list[str], keys: Keyring) -> Fas
             risk=risk,
             policy=decode_policy(await risk.policy.remote()),
             risk_stats=RiskStats(),
+            audit=AuditWriter(engine),
         )
+        app.state.ctx.audit.start()
         await _operator_accounts(state["client"])
         try:
             yield
         finally:
+            await app.state.ctx.audit.stop()
             await engine.dispose()
 
     app = FastAPI(
@@ -415,6 +421,19 @@ def create_app(settings: Settings, shard_names: list[str], keys: Keyring) -> Fas
 
     # -- transfers --------------------------------------------------------
 
+    async def _audit_transfers(
+        request: Request, principal: Principal, transfers: list[TransferIn]
+    ) -> None:
+        """One audit record per request (group-committed): who asked for which ids."""
+        ids = "\n".join(t.id for t in transfers)
+        await app.state.ctx.audit.record(
+            Entry(
+                principal.id, "transfers.submit", transfers[0].id, client_ip(request),
+                after={"count": len(transfers), "last_id": transfers[-1].id,
+                       "ids_sha256": hashlib.sha256(ids.encode()).hexdigest()},
+            )
+        )  # fmt: skip
+
     @app.post(
         "/v1/transfers",
         openapi_extra=contract.body(TransferIn),
@@ -428,7 +447,10 @@ def create_app(settings: Settings, shard_names: list[str], keys: Keyring) -> Fas
         request: Request, principal: Annotated[Principal, Depends(require("transfers:write"))]
     ) -> Response:
         body = await decode_body(request, TransferIn, settings.max_body_bytes)
-        (outcome,) = await client().transfer([body], may_debit(principal))
+        (outcome,), _ = await asyncio.gather(
+            client().transfer([body], may_debit(principal)),
+            _audit_transfers(request, principal, [body]),
+        )
         metrics.outcomes[outcome.code] += 1
         if outcome.code or outcome.row is None:
             raise p.ApiError(outcome.code)
@@ -446,7 +468,10 @@ def create_app(settings: Settings, shard_names: list[str], keys: Keyring) -> Fas
         request: Request, principal: Annotated[Principal, Depends(require("transfers:write"))]
     ) -> Response:
         body = await decode_body(request, TransferBatchIn, settings.max_body_bytes)
-        outcomes = await client().transfer(body.transfers, may_debit(principal))
+        outcomes, _ = await asyncio.gather(
+            client().transfer(body.transfers, may_debit(principal)),
+            _audit_transfers(request, principal, body.transfers),
+        )
         results = []
         for o in outcomes:
             metrics.outcomes[o.code] += 1

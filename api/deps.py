@@ -25,6 +25,7 @@ from .auth.scopes import Principal
 from .ledger_client import LedgerClient
 
 if TYPE_CHECKING:
+    from .audit_writer import AuditWriter
     from .risk_gate import RiskStats
 
 # Declares the scheme in /openapi.json; the header is read by Authenticator.
@@ -49,6 +50,7 @@ class Context:
     risk: Any
     policy: RiskPolicy  # the risk actor's rules, limits and list digest, taken at start
     risk_stats: RiskStats
+    audit: AuditWriter  # group commit of the transfers' audit records
 
 
 def context(request: Request) -> Context:

@@ -377,9 +377,7 @@ async def get_payment(
     ctx: Ctx,
     principal: Annotated[Principal, Depends(require("payments:read"))],
 ) -> Response:
-    return json_response(
-        await payment_out(ctx, await visible_payment(ctx, principal, payment_id))
-    )
+    return json_response(await payment_out(ctx, await visible_payment(ctx, principal, payment_id)))
 
 
 @router.get(

@@ -58,8 +58,15 @@ class RefundOut(msgspec.Struct, kw_only=True):
 
 
 PaymentStatus = Literal[
-    "processing", "completed", "failed", "pending", "submitted", "settled", "returned",
-    "requires_action", "in_review",
+    "processing",
+    "completed",
+    "failed",
+    "pending",
+    "submitted",
+    "settled",
+    "returned",
+    "requires_action",
+    "in_review",
 ]
 
 

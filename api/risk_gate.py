@@ -45,23 +45,33 @@ class RiskStats:
     """What the gate costs and decides, for /metrics (in this front process)."""
 
     def __init__(self, window: int = 10_000) -> None:
-        self.seconds: deque[float] = deque(maxlen=window)  # lock + read + limits + score
+        self.seconds: deque[float] = deque(maxlen=window)  # read + limits + score
+        self.score_seconds: deque[float] = deque(maxlen=window)  # rules.score alone
         self.decisions: Counter[str] = Counter()  # by the status they led to
         self.otp: Counter[str] = Counter()  # by check outcome
 
-    def quantile(self, q: float) -> float:
-        if not self.seconds:
+    @staticmethod
+    def quantile(values: deque[float], q: float) -> float:
+        if not values:
             return 0.0
-        ordered = sorted(self.seconds)
+        ordered = sorted(values)
         return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+    def _summary(self, name: str, help_text: str, values: deque[float]) -> list[str]:
+        return [
+            f"# HELP {name} {help_text}",
+            f"# TYPE {name} summary",
+            *(f'{name}{{quantile="{q}"}} {self.quantile(values, q)}' for q in (0.5, 0.99)),
+            f"{name}_count {len(values)}",
+        ]
 
     def render(self) -> list[str]:
         out = [
-            "# HELP paynode_risk_decision_seconds Risk gate time per user payment (recent).",
-            "# TYPE paynode_risk_decision_seconds summary",
-            *(f'paynode_risk_decision_seconds{{quantile="{q}"}} {self.quantile(q)}'
-              for q in (0.5, 0.99)),
-            f"paynode_risk_decision_seconds_count {len(self.seconds)}",
+            *self._summary("paynode_risk_decision_seconds",
+                           "Risk gate per user payment: usage read, limits, score (recent).",
+                           self.seconds),
+            *self._summary("paynode_risk_score_seconds", "The rules' score alone (recent).",
+                           self.score_seconds),
             "# HELP paynode_risk_decisions_total User payments by what the risk gate decided.",
             "# TYPE paynode_risk_decisions_total counter",
             *(f'paynode_risk_decisions_total{{status="{k}"}} {v}'
@@ -153,28 +163,33 @@ async def decide(
     hits: list[Hit],
     stats: RiskStats,
 ) -> Payment:
-    """``wanted`` with its decision and next status; raises a 422 over a limit."""
+    """``wanted`` with its decision and next status; raises a 422 over a limit.
+
+    Run in the transaction that records the payment: the usage it counts is then
+    committed with the payment, or rolled back with it.
+    """
     t0 = time.perf_counter()
     user = principal.user_id
     assert user is not None
     policy = ctx.policy
-    await store.lock_user(conn, user)
+    counted = wanted.amount if wanted.currency == policy.limits.currency else 0
     now = dt.datetime.now(dt.UTC)
-    f = await store.features(
-        conn, user, session_id=principal.session_id, payee_account=payee_key,
-        currency=policy.limits.currency, list_version=policy.list_version, now=now,
+    f = await store.take_usage(
+        conn, user, amount=counted, session_id=principal.session_id, payee_account=payee_key,
+        list_version=policy.list_version, now=now,
     )  # fmt: skip
     if f is None:
         raise p.ApiError(p.USER_NOT_FOUND)
     usage = limits.Usage(f.amount_today, f.amount_month)
     refusal = limits.check(wanted.amount, wanted.currency, f.kyc_status, usage, policy.limits)
-    if refusal is not None:
+    if refusal is not None:  # the caller's transaction rolls back: nothing was counted
         raise p.ApiError(
             _LIMIT_CODES[refusal.code],
             f"limit {refusal.limit}, remaining {refusal.remaining} {policy.limits.currency}"
             " minor units",
             "$.amount",
         )
+    t1 = time.perf_counter()
     decision = rules.score(
         rules.RiskInput(
             amount=wanted.amount, currency=wanted.currency, payments_today=f.payments_today,
@@ -185,6 +200,7 @@ async def decide(
         ),
         policy.rules,
     )  # fmt: skip
+    stats.score_seconds.append(time.perf_counter() - t1)
     status, failure = "processing", None
     if hits:
         status = "in_review"
@@ -192,11 +208,12 @@ async def decide(
         status = "requires_action"
     elif decision.level == "HIGH":
         status, failure = "failed", STEP_UP_UNAVAILABLE
+        await store.release_usage(conn, user, counted, now)
     stats.seconds.append(time.perf_counter() - t0)
     stats.decisions[status] += 1
     return msgspec.structs.replace(
         wanted, status=status, failure_code=failure, session_id=principal.session_id,
-        risk_score=decision.score, risk_level=decision.level,
+        usage_amount=counted, risk_score=decision.score, risk_level=decision.level,
         risk_reasons=msgspec.json.encode(decision.reasons).decode(),
     )  # fmt: skip
 

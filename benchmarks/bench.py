@@ -563,9 +563,10 @@ def _markdown(report: dict) -> str:
             q = r[key]
             rows.append(f"| {name} | {q['per_s']} | {q['p50_ms']} | {q['p99_ms']} |"
                         f" {q['errors'] or '-'} |")  # fmt: skip
-        g = r["gate_in_node"]
+        g, sc = r["gate_in_node"]["gate"], r["gate_in_node"]["score"]
         extra.append("\n".join(rows) + f"\n\ngate inside the node: p50 {g['p50_ms']} ms, p99 "
-                     f"{g['p99_ms']} ms ({g['samples']} decisions); added end to end: p50 "
+                     f"{g['p99_ms']} ms ({g['samples']} decisions); score alone: p50 "
+                     f"{sc['p50_ms']} ms, p99 {sc['p99_ms']} ms; added end to end: p50 "
                      f"{r['added_p50_ms']} ms, p99 {r['added_p99_ms']} ms")  # fmt: skip
     audit = report.get("audit", {})
     extra.append(

@@ -11,7 +11,9 @@ duration and concurrency:
   does not apply to (``api.risk_gate.gated``).
 
 It reports both throughputs and latency quantiles, and the gate's own time per
-payment as the node measures it (``paynode_risk_decision_seconds``).
+payment as the node measures it: the whole gate (``paynode_risk_decision_seconds``:
+the usage statement, the limits and the score) and the score alone
+(``paynode_risk_score_seconds``).
 """
 
 from __future__ import annotations
@@ -51,11 +53,27 @@ async def _user(s: aiohttp.ClientSession, url: str, i: int, tag: str) -> tuple[s
     await _check(await s.post(f"{url}/v1/users/{uid}/kyc/review",
                               json={"decision": "verified"}), 200)  # fmt: skip
     wallet = f"risk-{tag}-w{i}"
-    await _check(await s.post(f"{url}/v1/accounts", headers=auth, json={
-        "id": wallet, "currency": "USD", "flags": ["debits_must_not_exceed_credits"]}), 201)
-    await _check(await s.post(f"{url}/v1/transfers", json={
-        "id": f"risk-{tag}-fund{i}", "debit_account_id": f"risk-{tag}-treasury",
-        "credit_account_id": wallet, "amount": 10_000_000, "currency": "USD"}), 201)
+    await _check(
+        await s.post(
+            f"{url}/v1/accounts",
+            headers=auth,
+            json={"id": wallet, "currency": "USD", "flags": ["debits_must_not_exceed_credits"]},
+        ),
+        201,
+    )
+    await _check(
+        await s.post(
+            f"{url}/v1/transfers",
+            json={
+                "id": f"risk-{tag}-fund{i}",
+                "debit_account_id": f"risk-{tag}-treasury",
+                "credit_account_id": wallet,
+                "amount": 10_000_000,
+                "currency": "USD",
+            },
+        ),
+        201,
+    )
     return wallet, auth
 
 
@@ -89,22 +107,32 @@ async def _phase(
             "errors": errors}  # fmt: skip
 
 
-async def _gate_quantiles(s: aiohttp.ClientSession, url: str) -> dict:
-    text = await (await s.get(f"{url}/metrics")).text()
-    out = {}
-    for q in ("0.5", "0.99"):
-        m = re.search(rf'paynode_risk_decision_seconds{{quantile="{q}"}} (\S+)', text)
-        out[f"p{q[2:].ljust(2, '0')}_ms"] = round(float(m.group(1)) * 1000, 3) if m else None
-    m = re.search(r"paynode_risk_decision_seconds_count (\d+)", text)
+def _summary(text: str, name: str) -> dict:
+    """p50/p99 (ms) and count of a summary in the node's /metrics text."""
+    out: dict = {}
+    for q, key in (("0.5", "p50_ms"), ("0.99", "p99_ms")):
+        m = re.search(rf'{name}{{quantile="{q}"}} (\S+)', text)
+        out[key] = round(float(m.group(1)) * 1000, 4) if m else None
+    m = re.search(rf"{name}_count (\d+)", text)
     out["samples"] = int(m.group(1)) if m else 0
     return out
+
+
+async def _gate_quantiles(s: aiohttp.ClientSession, url: str) -> dict:
+    text = await (await s.get(f"{url}/metrics")).text()
+    return {"gate": _summary(text, "paynode_risk_decision_seconds"),
+            "score": _summary(text, "paynode_risk_score_seconds")}  # fmt: skip
 
 
 async def _main(url: str, concurrency: int, duration: float) -> dict:
     tag = hex(time.time_ns())[-8:]
     async with drivers.session(concurrency) as s:
-        await _check(await s.post(f"{url}/v1/accounts",
-                                  json={"id": f"risk-{tag}-treasury", "currency": "USD"}), 201)
+        await _check(
+            await s.post(
+                f"{url}/v1/accounts", json={"id": f"risk-{tag}-treasury", "currency": "USD"}
+            ),
+            201,
+        )
         payee = f"risk-{tag}-payee"
         await _check(await s.post(f"{url}/v1/accounts", json={"id": payee, "currency": "USD"}),
                      201)  # fmt: skip
@@ -127,13 +155,23 @@ def run(args: argparse.Namespace, w: Workload, target, report: dict) -> bool:
     assert target.url is not None
     result = asyncio.run(_main(target.url, args.concurrency, args.duration))
     report["risk"] = result
-    g, b, gate = result["gated"], result["baseline"], result["gate_in_node"]
-    print(f"gated:    {g['per_s']:>8} payments/s  p50 {g['p50_ms']} ms  p99 {g['p99_ms']} ms"
-          f"  errors {g['errors']}")
-    print(f"baseline: {b['per_s']:>8} payments/s  p50 {b['p50_ms']} ms  p99 {b['p99_ms']} ms"
-          f"  errors {b['errors']}")
-    print(f"gate inside the node: p50 {gate['p50_ms']} ms  p99 {gate['p99_ms']} ms"
-          f"  ({gate['samples']} decisions)")
-    print(f"added by the gate, end to end: p50 {result['added_p50_ms']} ms"
-          f"  p99 {result['added_p99_ms']} ms")
+    g, b = result["gated"], result["baseline"]
+    gate, score = result["gate_in_node"]["gate"], result["gate_in_node"]["score"]
+    print(
+        f"gated:    {g['per_s']:>8} payments/s  p50 {g['p50_ms']} ms  p99 {g['p99_ms']} ms"
+        f"  errors {g['errors']}"
+    )
+    print(
+        f"baseline: {b['per_s']:>8} payments/s  p50 {b['p50_ms']} ms  p99 {b['p99_ms']} ms"
+        f"  errors {b['errors']}"
+    )
+    print(
+        f"gate inside the node (usage read + limits + score): p50 {gate['p50_ms']} ms"
+        f"  p99 {gate['p99_ms']} ms  ({gate['samples']} decisions)"
+    )
+    print(f"score alone: p50 {score['p50_ms']} ms  p99 {score['p99_ms']} ms")
+    print(
+        f"added by the gate, end to end: p50 {result['added_p50_ms']} ms"
+        f"  p99 {result['added_p99_ms']} ms"
+    )
     return not g["errors"] and not b["errors"]

@@ -6,6 +6,7 @@ paynode keys show|rotate|reseal [--data-dir D] [--keyring F]
 paynode sql "SELECT ..." [--data-dir D] [--format table|csv|json]
 paynode recon run|status [--full] [--url U]
 paynode report daily [--date YYYY-MM-DD] [--data-dir D]
+paynode audit verify [--data-dir D]
 paynode bench ...
 """
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import socket
 import sys
 from types import FrameType
 
@@ -47,6 +49,9 @@ def _parser() -> argparse.ArgumentParser:
     from .analytics_cli import add_parsers
 
     add_parsers(sub)
+    from .audit_cli import add_parsers as add_audit_parsers
+
+    add_audit_parsers(sub)
     bench = sub.add_parser("bench", help="load a node, audit it, compare with a baseline")
     from benchmarks.bench import add_arguments
 
@@ -137,6 +142,9 @@ def cmd_run(settings: Settings) -> int:
     from .runtime import start
 
     keys = load(settings.data_path(), settings.keyring)  # before anything starts: fail fast
+    # Bound before Ray and PostgreSQL start: a taken port fails at once, and none of the
+    # ports Ray picks for itself while starting can land on ours.
+    sock = _listen(settings.host, settings.port)
     services = start(settings)
     try:
         settings = msgspec.structs.replace(settings, database_url=services.database_url)
@@ -158,11 +166,24 @@ def cmd_run(settings: Settings) -> int:
             f"({len(services.shard_names)} shards; data in {settings.data_path()})",
             flush=True,
         )
-        server.run()  # returns on SIGINT/SIGTERM after draining
+        server.run(sockets=[sock])  # returns on SIGINT/SIGTERM after draining
     finally:
         services.stop()
         print("paynode stopped", flush=True)
     return 0
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    sock.set_inheritable(True)
+    return sock
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -191,6 +212,10 @@ def main(argv: list[str] | None = None) -> int:
         from .analytics_cli import cmd_report, cmd_sql
 
         return cmd_sql(settings, args) if args.command == "sql" else cmd_report(settings, args)
+    if args.command == "audit":
+        from .audit_cli import cmd_audit
+
+        return cmd_audit(settings, args)
     if args.command == "keys":
         if args.batch < 1:
             print("paynode: --batch must be >= 1", file=sys.stderr)

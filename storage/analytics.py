@@ -10,7 +10,8 @@ every segment published so far.
 Layout under ``<data-dir>/analytics``::
 
     live -> gen-000003/               symlink, swapped atomically by compaction
-    gen-000003/transfers-<txid>-<seq>.parquet, accounts-<txid>-<seq>.parquet
+    gen-000003/transfers-<txid>-<seq>.parquet, accounts-<txid>-<seq>.parquet,
+               audit-<txid>-<seq>.parquet
     recon/reconciliation_runs.parquet, recon/discrepancies.parquet
     views.duckdb                      views only, rewritten atomically at start
     tmp/
@@ -24,7 +25,8 @@ segment is published by an atomic rename: after a crash it is either there
 (and the watermark includes it) or not (and it is read again).
 
 No personal data: the journal's and accounts' free-form ``metadata`` is not
-exported (clients may put anything there); owners appear as user ids only.
+exported (clients may put anything there); owners appear as user ids only. The
+audit log goes out without source IPs and with only the keys of before/after.
 """
 
 from __future__ import annotations
@@ -86,7 +88,28 @@ ACCOUNTS = Exported(
         ("ts", "BIGINT"),
     ),
 )
-EXPORTED = (ACCOUNTS, TRANSFERS)
+# The audit log without personal data (storage.audit_chain.redact_for_analytics):
+# PostgreSQL's view ``audit`` over ``audit_log`` drops source_ip and keeps only the
+# keys of before/after, comma-joined and sorted ('' for {}, NULL for none); ``id`` is
+# seq zero-padded to 20 digits so that (txid, id) orders like the other tables.
+AUDIT = Exported(
+    "audit",
+    (
+        ("txid", "BIGINT"),
+        ("id", "VARCHAR"),
+        ("seq", "BIGINT"),
+        ("at", "VARCHAR"),
+        ("actor", "VARCHAR"),
+        ("action", "VARCHAR"),
+        ("subject", "VARCHAR"),
+        ("before_keys", "VARCHAR"),
+        ("after_keys", "VARCHAR"),
+        ("prev_hash", "VARCHAR"),
+        ("hash", "VARCHAR"),
+        ("ts", "BIGINT"),
+    ),
+)
+EXPORTED = (ACCOUNTS, TRANSFERS, AUDIT)  # exported in this order, below one xmin
 _SEGMENT = re.compile(r"(?P<table>[a-z_]+)-(?P<txid>\d{20})-(?P<seq>\d{8})\.parquet\Z")
 GRACE_S = 120.0  # an old generation stays readable this long after a swap
 
@@ -374,6 +397,19 @@ def view_statements(root: Path) -> list[str]:
             FROM transfers p
             WHERE p.kind = 'pending'
               AND NOT EXISTS (SELECT 1 FROM journal r WHERE r.pending_id = p.transfer_id)""",
+        # The audit log as storage.audit_chain.redact_for_analytics gives it: which
+        # fields an action touched (keys only), never the values or the source IP.
+        # "at" (a keyword in DuckDB) is the hashed text; occurred_at the same as a TIMESTAMP.
+        f"""CREATE OR REPLACE VIEW audit AS
+            SELECT seq, "at", actor, action, subject,
+                   CASE WHEN before_keys = '' THEN []::VARCHAR[]
+                        ELSE string_split(before_keys, ',') END AS before_keys,
+                   CASE WHEN after_keys = '' THEN []::VARCHAR[]
+                        ELSE string_split(after_keys, ',') END AS after_keys,
+                   prev_hash, hash,
+                   make_timestamp(ts // 1000) AS occurred_at,
+                   CAST(make_timestamp(ts // 1000) AS DATE) AS day, txid
+            FROM read_parquet('{live}/audit-*.parquet')""",
         f"CREATE OR REPLACE VIEW reconciliation_runs AS {recon_source('reconciliation_runs')}",
         f"CREATE OR REPLACE VIEW discrepancies AS {recon_source('discrepancies')}",
     ]

@@ -28,8 +28,45 @@ _FIELDS = AuditRecord.__struct_fields__
 _COLS = ", ".join(_FIELDS)
 _INSERT = sa.text(
     f"INSERT INTO audit_log ({_COLS}) VALUES ({', '.join(':' + f for f in _FIELDS)})"
-).bindparams(sa.bindparam("before", type_=sa.JSON), sa.bindparam("after", type_=sa.JSON))
+).bindparams(
+    # None is stored as SQL NULL, not JSON null (both read back as None: same hash).
+    sa.bindparam("before", type_=sa.JSON(none_as_null=True)),
+    sa.bindparam("after", type_=sa.JSON(none_as_null=True)),
+)
 MAX_VALUE_BYTES = 16 * 1024  # a record's before/after each, JSON-encoded
+
+
+class Entry(msgspec.Struct, frozen=True):
+    """One action to record; :func:`append_many` chains and stores it."""
+
+    actor: str
+    action: str
+    subject: str
+    source_ip: str
+    before: dict[str, Any] | None = None
+    after: dict[str, Any] | None = None
+
+
+async def append_many(conn: AsyncConnection, entries: list[Entry]) -> list[AuditRecord]:
+    """Chain and insert records in ``conn``'s transaction (which must be open), in order."""
+    for e in entries:
+        for value in (e.before, e.after):
+            if value is not None and len(msgspec.json.encode(value)) > MAX_VALUE_BYTES:
+                raise ValueError(f"audit {e.action}: before/after above {MAX_VALUE_BYTES} bytes")
+    await conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _LOCK_KEY})
+    last = (
+        await conn.execute(sa.text("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1"))
+    ).first()
+    seq, prev = (0, GENESIS_HASH) if last is None else (last[0], last[1])
+    out = []
+    for e in entries:
+        seq += 1
+        rec = chain(prev, seq, actor=e.actor, action=e.action, subject=e.subject,
+                    source_ip=e.source_ip, before=e.before, after=e.after)  # fmt: skip
+        out.append(rec)
+        prev = rec.hash
+    await conn.execute(_INSERT, [msgspec.structs.asdict(r) for r in out])
+    return out
 
 
 async def append(
@@ -43,17 +80,7 @@ async def append(
     after: dict[str, Any] | None = None,
 ) -> AuditRecord:
     """Chain and insert one record in ``conn``'s transaction (which must be open)."""
-    for value in (before, after):
-        if value is not None and len(msgspec.json.encode(value)) > MAX_VALUE_BYTES:
-            raise ValueError(f"audit {action}: before/after above {MAX_VALUE_BYTES} bytes")
-    await conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _LOCK_KEY})
-    last = (
-        await conn.execute(sa.text("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1"))
-    ).first()
-    prev_seq, prev_hash = (0, GENESIS_HASH) if last is None else (last[0], last[1])
-    rec = chain(prev_hash, prev_seq + 1, actor=actor, action=action, subject=subject,
-                source_ip=source_ip, before=before, after=after)  # fmt: skip
-    await conn.execute(_INSERT, msgspec.structs.asdict(rec))
+    (rec,) = await append_many(conn, [Entry(actor, action, subject, source_ip, before, after)])
     return rec
 
 

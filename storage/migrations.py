@@ -477,11 +477,26 @@ MIGRATIONS: tuple[Migration, ...] = (
             """
             ALTER TABLE payments
                 ADD COLUMN session_id   text,
+                ADD COLUMN usage_amount bigint,  -- counted toward the payer's limits; NULL: not
                 ADD COLUMN risk_score   integer,
                 ADD COLUMN risk_level   text CHECK (risk_level IN ('LOW', 'HIGH')),
                 ADD COLUMN risk_reasons text  -- JSON: [{"rule", "points", "detail"}]
             """,
             "CREATE INDEX payments_owner_payee ON payments (owner_user_id, credit_account_id)",
+            "CREATE INDEX payments_session ON payments (session_id) WHERE session_id IS NOT NULL",
+            # Each user's sends today and this month (UTC), kept in step with their payments:
+            # the gate reads and bumps it in one statement, which also locks the row, so a
+            # user's payments are decided one after the other and limits hold.
+            """
+            CREATE TABLE risk_usage (
+                user_id      text PRIMARY KEY,
+                day          date NOT NULL,
+                day_count    integer NOT NULL CHECK (day_count >= 0),
+                day_amount   bigint NOT NULL CHECK (day_amount >= 0),
+                month        date NOT NULL,
+                month_amount bigint NOT NULL CHECK (month_amount >= 0)
+            )
+            """,
             # Screening results, tied to the list they were made against (its digest):
             # NULL or another digest means "screen again".
             "ALTER TABLE users ADD COLUMN sanctions_hit boolean, ADD COLUMN sanctions_list text",
@@ -539,14 +554,17 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX audit_log_txid ON audit_log (txid, seq)",
             # What analytics exports (storage/analytics.py AUDIT): no source_ip, and of
             # before/after only their keys; id is seq padded so (txid, id) orders rows.
+            # JSON null (not only SQL NULL) has no keys; COLLATE "C" sorts them as Python does.
             """
             CREATE VIEW audit AS
             SELECT txid, lpad(seq::text, 20, '0') AS id, seq, at, actor, action, subject,
-                   CASE WHEN before IS NOT NULL THEN coalesce((SELECT string_agg(k, ','
-                       ORDER BY k) FROM jsonb_object_keys(before) k), '') END AS before_keys,
-                   CASE WHEN after IS NOT NULL THEN coalesce((SELECT string_agg(k, ','
-                       ORDER BY k) FROM jsonb_object_keys(after) k), '') END AS after_keys,
-                   prev_hash, hash,
+                   CASE WHEN jsonb_typeof(before) = 'object' THEN coalesce((SELECT
+                       string_agg(k, ',' ORDER BY k COLLATE "C")
+                       FROM jsonb_object_keys(before) AS k), '') END AS before_keys,
+                   CASE WHEN jsonb_typeof(after) = 'object' THEN coalesce((SELECT
+                       string_agg(k, ',' ORDER BY k COLLATE "C")
+                       FROM jsonb_object_keys(after) AS k), '') END AS after_keys,
+                   prev_hash::text AS prev_hash, hash::text AS hash,
                    (extract(epoch FROM at::timestamptz) * 1000000000)::bigint AS ts
             FROM audit_log
             """,

@@ -16,6 +16,7 @@ import msgspec
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from . import risk
 from .events import event_id, insert_statement
 from .rows import record
 
@@ -42,6 +43,7 @@ class Payment(msgspec.Struct, kw_only=True):
     same_day: bool = False
     return_code: str | None = None
     session_id: str | None = None  # the login session that made it (risk: new device)
+    usage_amount: int | None = None  # counted toward the payer's limits; None: not gated
     risk_score: int | None = None  # None: not gated (an operator's payment)
     risk_level: str | None = None
     risk_reasons: str | None = None  # JSON list of {"rule", "points", "detail"}
@@ -190,6 +192,9 @@ async def transition(
         )
     ).one()
     done = record(Payment, row)
+    if status == "failed" and done.usage_amount is not None and done.owner_user_id:
+        # No money moved: the payment stops counting toward the payer's limits.
+        await risk.release_usage(conn, done.owner_user_id, done.usage_amount, done.created_at)
     await _history(conn, payment_id, status, reason)
     await emit(conn, f"payment.{status}", done, extra)
     return done

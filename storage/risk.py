@@ -1,9 +1,11 @@
 """Risk state in PostgreSQL: what scoring reads, one-time codes, reviews, screening results.
 
-Scoring reads a user's history with :func:`features` inside the transaction
-that records the payment, after :func:`lock_user`: two payments of one user
-are decided one after the other, so daily and monthly limits hold under
-concurrency. Other users are not serialized with each other.
+The gate reads a user's standing with :func:`take_usage`, one statement in the
+transaction that records the payment. It bumps the user's ``risk_usage`` row
+by this payment and returns the totals before it: the upsert locks that row
+until commit, so two payments of one user are decided one after the other and
+daily and monthly limits hold under concurrency, while other users never wait.
+A payment that fails gives its usage back (:func:`release_usage`).
 """
 
 from __future__ import annotations
@@ -21,8 +23,6 @@ from . import pii
 from .pii import Keyring
 from .rows import record
 
-_USER_LOCK = 0x7269736B  # "risk": namespace of the per-user advisory lock
-
 
 class Features(msgspec.Struct, frozen=True):
     """One user's standing before a payment (the payment itself excluded)."""
@@ -38,60 +38,82 @@ class Features(msgspec.Struct, frozen=True):
     devices: int  # registered devices: where a one-time code can be sent
 
 
-async def lock_user(conn: AsyncConnection, user_id: str) -> None:
-    await conn.execute(
-        sa.text("SELECT pg_advisory_xact_lock(:ns, hashtext(:u))"), {"ns": _USER_LOCK, "u": user_id}
-    )
-
-
 # A payee or a device becomes known only by money that moved: a payment still waiting
 # for its code must not vouch for the next one.
 _MOVED = "('completed', 'pending', 'submitted', 'settled')"
-# Limits count every payment not failed, waiting ones included (conservative).
-_FEATURES = sa.text(
-    """
+# The upsert sees the latest committed row even under READ COMMITTED (it locks it
+# first), so the totals are exact; the EXISTS reads use the statement's snapshot and
+# can only miss a payment committed meanwhile, which scores higher, never lower.
+# A clock a little behind another front's keeps adding to the later day.
+_TAKE = sa.text(
+    f"""
+    WITH usage AS (
+        INSERT INTO risk_usage AS r (user_id, day, day_count, day_amount, month, month_amount)
+        VALUES (:u, :day, 1, :amt, :month, :amt)
+        ON CONFLICT (user_id) DO UPDATE SET
+            day_count = CASE WHEN r.day >= :day THEN r.day_count + 1 ELSE 1 END,
+            day_amount = CASE WHEN r.day >= :day THEN r.day_amount + :amt ELSE :amt END,
+            month_amount = CASE WHEN r.month >= :month THEN r.month_amount + :amt ELSE :amt END,
+            day = greatest(r.day, :day),
+            month = greatest(r.month, :month)
+        RETURNING day_count, day_amount, month_amount
+    )
     SELECT u.kyc_status,
            CASE WHEN u.sanctions_list = :list THEN u.sanctions_hit END,
-           (SELECT count(*) FROM payments p WHERE p.owner_user_id = u.id
-               AND p.created_at >= :day AND p.status <> 'failed'),
-           (SELECT coalesce(sum(amount), 0) FROM payments p WHERE p.owner_user_id = u.id
-               AND p.created_at >= :day AND p.status <> 'failed' AND p.currency = :cur),
-           (SELECT coalesce(sum(amount), 0) FROM payments p WHERE p.owner_user_id = u.id
-               AND p.created_at >= :month AND p.status <> 'failed' AND p.currency = :cur),
+           usage.day_count - 1, usage.day_amount - :amt, usage.month_amount - :amt,
            EXISTS (SELECT 1 FROM payments p WHERE p.owner_user_id = u.id
-               AND p.credit_account_id = :payee AND p.status IN {MOVED}),
+               AND p.credit_account_id = :payee AND p.status IN {_MOVED}),
            EXISTS (SELECT 1 FROM payments p WHERE p.owner_user_id = u.id
-               AND p.status IN {MOVED}),
-           EXISTS (SELECT 1 FROM payments p WHERE p.owner_user_id = u.id
-               AND p.session_id = :session AND p.status IN {MOVED}),
+               AND p.status IN {_MOVED}),
+           EXISTS (SELECT 1 FROM payments p WHERE p.session_id = :session
+               AND p.owner_user_id = u.id AND p.status IN {_MOVED}),
            (SELECT count(*) FROM devices d WHERE d.user_id = u.id AND d.deleted_at IS NULL)
-    FROM users u WHERE u.id = :u
-    """.replace("{MOVED}", _MOVED)
+    FROM users u CROSS JOIN usage WHERE u.id = :u
+    """
+)
+_RELEASE = sa.text(
+    """
+    UPDATE risk_usage SET
+        day_count = day_count - CASE WHEN day = :day THEN 1 ELSE 0 END,
+        day_amount = day_amount - CASE WHEN day = :day THEN :amt ELSE 0 END,
+        month_amount = month_amount - CASE WHEN month = :month THEN :amt ELSE 0 END
+    WHERE user_id = :u
+    """
 )
 
 
-def day_and_month(now: dt.datetime) -> tuple[dt.datetime, dt.datetime]:
-    """Start of the UTC day and of the UTC month containing ``now``."""
-    day = now.astimezone(dt.UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+def day_and_month(now: dt.datetime) -> tuple[dt.date, dt.date]:
+    """The UTC day and the first day of the UTC month containing ``now``."""
+    day = now.astimezone(dt.UTC).date()
     return day, day.replace(day=1)
 
 
-async def features(
+async def take_usage(
     conn: AsyncConnection,
     user_id: str,
     *,
+    amount: int,
     session_id: str | None,
     payee_account: str,
-    currency: str,
     list_version: str,
     now: dt.datetime,
 ) -> Features | None:
-    """The user's standing (None if the user does not exist). Call after :func:`lock_user`."""
+    """Count a payment of ``amount`` (minor units of the limits' currency, 0 for another)
+    toward the user's usage and return their standing before it; None if no such user
+    (then nothing was counted that outlives the caller's rollback)."""
     day, month = day_and_month(now)
-    params = {"u": user_id, "day": day, "month": month, "cur": currency, "payee": payee_account,
+    params = {"u": user_id, "day": day, "month": month, "amt": amount, "payee": payee_account,
               "session": session_id or "", "list": list_version}  # fmt: skip
-    row = (await conn.execute(_FEATURES, params)).first()
+    row = (await conn.execute(_TAKE, params)).first()
     return None if row is None else Features(*row)
+
+
+async def release_usage(
+    conn: AsyncConnection, user_id: str, amount: int, made_at: dt.datetime
+) -> None:
+    """Give back what a failed payment made on ``made_at`` counted toward the usage."""
+    day, month = day_and_month(made_at)
+    await conn.execute(_RELEASE, {"u": user_id, "day": day, "month": month, "amt": amount})
 
 
 # -- screening results ----------------------------------------------------------------

@@ -3,7 +3,7 @@ sanctions holds and reviews, and the audit trail they leave."""
 
 from __future__ import annotations
 
-import datetime as dt
+import concurrent.futures
 import json
 import re
 import secrets
@@ -86,8 +86,11 @@ def test_limits_by_kyc_level(node: RunningNode) -> None:
     assert r.status_code == 200 and r.json()["status"] == "completed", r.text
     r = _pay(node, user, "lim-ok-1", "lim-ann-w", "lim-bob-w", 240_000)
     assert r.status_code == 201 and r.json()["status"] == "completed", r.text
-    assert r.json()["risk"] == {"score": 40, "level": "LOW", "reasons": [
-        {"rule": "kyc_not_verified", "points": 40, "detail": "identity not verified"}]}
+    assert r.json()["risk"] == {
+        "score": 40,
+        "level": "LOW",
+        "reasons": [{"rule": "kyc_not_verified", "points": 40, "detail": "identity not verified"}],
+    }
     over = _pay(node, user, "lim-2", "lim-ann-w", "lim-bob-w", 20_001)
     problem(over, 422, "limit_daily")
     assert "remaining 20000" in over.json()["detail"]
@@ -99,19 +102,15 @@ def test_limits_by_kyc_level(node: RunningNode) -> None:
     assert r.json()["risk"]["score"] == 0
     problem(_pay(node, user, "lim-4", "lim-ann-w", "lim-bob-w", 5_000_001), 422,
             "limit_per_transaction")  # fmt: skip
-    # A month's total: an earlier payment this month counts (unless today is the 1st).
-    now = dt.datetime.now(dt.UTC)
-    if now.day != 1:
-        with _db(node) as conn:
-            conn.execute(
-                "INSERT INTO payments (id, owner_user_id, from_ref, to_ref, debit_account_id,"
-                " credit_account_id, amount, currency, rail, status, created_at) VALUES"
-                " ('lim-old', %s, 'x', 'y', 'lim-ann-w', 'lim-bob-w', 49500000, 'USD',"
-                " 'wallet', 'completed', %s)",
-                (uid, now.replace(day=1, hour=0, minute=0)),
-            )
-        problem(_pay(node, user, "lim-5", "lim-ann-w", "lim-bob-w", 1_000_000), 422,
-                "limit_monthly")  # fmt: skip
+    # A month's total: 490,000.00 sent earlier this month (written into the usage the
+    # gate keeps; days before today count toward the month only).
+    with _db(node) as conn:
+        conn.execute("UPDATE risk_usage SET month_amount = month_amount + 49000000"
+                     " WHERE user_id = %s", (uid,))  # fmt: skip
+    problem(_pay(node, user, "lim-5", "lim-ann-w", "lim-bob-w", 1_000_000), 422,
+            "limit_monthly")  # fmt: skip
+    r = _pay(node, user, "lim-6", "lim-ann-w", "lim-bob-w", 100_000)  # what is left fits
+    assert r.status_code == 201 and r.json()["status"] == "completed", r.text
 
 
 def test_step_up_with_a_one_time_code(node: RunningNode) -> None:
@@ -184,11 +183,16 @@ def test_step_up_with_a_one_time_code(node: RunningNode) -> None:
     assert _balance(node, "otp-ann-w") == 99_000
 
     with _db(node) as conn:
-        actions = [r[0] for r in conn.execute(
-            "SELECT action FROM audit_log WHERE subject IN ('otp-1', 'otp-3') ORDER BY seq")]
+        actions = [
+            r[0]
+            for r in conn.execute(
+                "SELECT action FROM audit_log WHERE subject IN ('otp-1', 'otp-3') ORDER BY seq"
+            )
+        ]
         # The secret is sealed; the code itself is stored nowhere.
         (sealed,) = conn.execute(
-            "SELECT secret_ct FROM otp_challenges WHERE payment_id = 'otp-1'").fetchone()
+            "SELECT secret_ct FROM otp_challenges WHERE payment_id = 'otp-1'"
+        ).fetchone()
         assert code.encode() not in bytes(sealed)
     assert actions[:4] == ["payment.create", "payment.confirm", "payment.confirm",
                            "payment.confirm"]  # fmt: skip
@@ -251,3 +255,44 @@ def test_sanctions_hold_payments_for_review(node: RunningNode) -> None:
     with _db(node) as conn:
         actions = {r[0] for r in conn.execute("SELECT action FROM audit_log")}
     assert {"payment.create", "review.approve", "review.reject"} <= actions
+
+
+def test_concurrent_payments_cannot_overrun_a_daily_limit(node: RunningNode) -> None:
+    uid, user = _register(node, "race-ann")
+    _, payee = _register(node, "race-bob")
+    kyc_verified(node.http, uid, user)
+    dev = {"platform": "apns", "token": secrets.token_hex(32), "events": ["transfer.posted"]}
+    assert node.http.post("/v1/devices", json=dev, headers=user).status_code == 201
+    _wallet(node, user, "race-ann-w", 50_000_000)
+    _wallet(node, payee, "race-bob-w")
+    # Verified: 100,000.00 a day. Eight 20,000.00 payments at once: whatever each one's
+    # score (some step up), only five fit, and the rest are refused whole.
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        replies = list(pool.map(
+            lambda i: _pay(node, user, f"race-{i}", "race-ann-w", "race-bob-w", 2_000_000),
+            range(8)))  # fmt: skip
+    codes = sorted(r.status_code for r in replies)
+    assert len([c for c in codes if c in (201, 202)]) == 5, [r.text for r in replies]
+    for r in replies:
+        if r.status_code == 422:
+            problem(r, 422, "limit_daily")
+    with _db(node) as conn:
+        (n, total) = conn.execute(
+            "SELECT count(*), sum(amount) FROM payments WHERE owner_user_id = %s", (uid,)
+        ).fetchone()
+        (day_amount,) = conn.execute(
+            "SELECT day_amount FROM risk_usage WHERE user_id = %s", (uid,)
+        ).fetchone()
+    assert (n, total, day_amount) == (5, 10_000_000, 10_000_000)
+    # A payment that fails gives its share back: one waiting for a code, refused.
+    waiting = next(r.json()["id"] for r in replies if r.status_code == 202)
+    with _db(node) as conn:
+        conn.execute("UPDATE otp_challenges SET issued_at = issued_at - 301"
+                     " WHERE payment_id = %s", (waiting,))  # fmt: skip
+    problem(node.http.post(f"/v1/payments/{waiting}/confirm", json={"otp": "000000"},
+                           headers=user), 422, "otp_expired")  # fmt: skip
+    with _db(node) as conn:
+        (day_amount,) = conn.execute(
+            "SELECT day_amount FROM risk_usage WHERE user_id = %s", (uid,)
+        ).fetchone()
+    assert day_amount == 8_000_000

@@ -1,0 +1,73 @@
+"""Group commit for the audit records of the hot path (transfers).
+
+A transfer request cannot afford a transaction of its own under the audit
+log's lock, so requests hand their record to this writer and wait: one
+transaction stores everything queued since the last one, in arrival order.
+Routes await the record alongside the ledger call, and answer only when both
+are done, so an acknowledged transfer has its audit record. A failed flush
+fails the requests waiting on it (503: retried with the same ids, they replay
+in the ledger and are recorded again).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from storage.audit_log import Entry, append_many
+
+from .batcher import Overloaded
+
+log = logging.getLogger("paynode.audit")
+
+MAX_BATCH = 2_000  # records per transaction
+MAX_QUEUE = 50_000  # records waiting; beyond this requests are refused (503)
+
+
+class AuditWriter:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+        self._queue: list[tuple[Entry, asyncio.Future[None]]] = []
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def record(self, entry: Entry) -> None:
+        """Return once ``entry`` is committed; raise if it could not be."""
+        if len(self._queue) >= MAX_QUEUE:
+            raise Overloaded("audit queue full")
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queue.append((entry, done))
+        self._wake.set()
+        await done
+
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._queue:
+                batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
+                try:
+                    async with self._engine.begin() as conn:
+                        await append_many(conn, [e for e, _ in batch])
+                except Exception as e:  # every waiter learns; the loop goes on
+                    log.warning("audit flush of %d records failed: %s", len(batch),
+                                type(e).__name__)  # fmt: skip
+                    for _, fut in batch:
+                        if not fut.done():
+                            fut.set_exception(Overloaded("audit log unavailable"))
+                else:
+                    for _, fut in batch:
+                        if not fut.done():
+                            fut.set_result(None)
