@@ -45,6 +45,7 @@ from .ach_schemas import (
     StatementOut,
     VerifyIn,
 )
+from .audit_writer import audit
 from .auth.scopes import Principal
 from .auth.tokens import new_id
 from .deps import Context, check_owner, context, require
@@ -104,6 +105,9 @@ async def link_bank_account(
             conn, ctx.keys, bank_id, principal.user_id, body.routing_number, body.account_number,
             body.account_type, body.holder_type, body.holder_name, micro,
         )  # fmt: skip
+        await audit(conn, request, principal, "bank_account.link", bank_id,
+                    after={"routing_number": body.routing_number, "last4": created.account_last4,
+                           "account_type": body.account_type})  # fmt: skip
     # Screened once at link time; a payment screens again only if the list changed.
     await risk_gate.screen_bank_holder(ctx, bank_id, body.holder_name)
     # The micro-deposits cost the operator: expense -> clearing, then two NACHA credits.
@@ -170,6 +174,9 @@ async def verify_bank_account(
         raise p.ApiError(p.VERIFICATION_LOCKED)
     async with ctx.engine.begin() as conn:
         updated, matched = await ach.verify(conn, ctx.keys, bank_account_id, body.amounts)
+        await audit(conn, request, principal, "bank_account.verify", bank_account_id,
+                    before={"status": found.status},
+                    after={"status": updated.status, "matched": matched})  # fmt: skip
     if not matched:
         code = p.VERIFICATION_LOCKED if updated.status == "verification_failed" else (
             p.VERIFICATION_FAILED)  # fmt: skip
@@ -230,7 +237,7 @@ async def download_file(
     responses=contract.replies({200: (ReturnsOut, "Applied")}, (400, 401, 403, 413, 422, 429)),
 )  # fmt: skip
 async def upload_returns(
-    request: Request, ctx: Ctx, _: Annotated[Principal, Depends(require("admin"))]
+    request: Request, ctx: Ctx, principal: Annotated[Principal, Depends(require("admin"))]
 ) -> Response:
     raw = await read_body(request, _RETURN_FILE_LIMIT)
     try:
@@ -239,11 +246,15 @@ async def upload_returns(
     except (NachaError, UnicodeDecodeError):
         # The parser's message may quote a record, and records hold account numbers.
         raise p.ApiError(p.INVALID_NACHA_FILE) from None
-    await _keep_return_file(ctx, new_id("achr"), text, returns)
+    file_id = new_id("achr")
+    await _keep_return_file(ctx, file_id, text, returns, (request, principal))
     return json_response(await apply_returns(ctx, returns))
 
 
-async def _keep_return_file(ctx: Context, file_id: str, text: str, returns: list[Return]) -> None:
+async def _keep_return_file(
+    ctx: Context, file_id: str, text: str, returns: list[Return],
+    uploaded_by: tuple[Request, Principal] | None = None,
+) -> None:  # fmt: skip
     """Store a return file as received (sealed), beside our outbound files."""
     credit = sum(r.amount for r in returns if r.transaction_code in (21, 31))
     async with ctx.engine.begin() as conn:
@@ -251,6 +262,9 @@ async def _keep_return_file(ctx: Context, file_id: str, text: str, returns: list
             conn, ctx.keys, file_id[:64], "return", text, len(returns),
             sum(r.amount for r in returns) - credit, credit,
         )  # fmt: skip
+        if uploaded_by is not None:
+            await audit(conn, *uploaded_by, "ach.returns_upload", file_id[:64],
+                        after={"entries": len(returns)})  # fmt: skip
 
 
 @router.post(

@@ -14,12 +14,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from starlette.requests import Request
 
-from storage.audit_log import Entry, append_many
+from storage.audit_log import Entry, append, append_many
 
+from .auth.scopes import Principal
 from .batcher import Overloaded
+from .deps import client_ip
 
 log = logging.getLogger("paynode.audit")
 
@@ -71,3 +75,18 @@ class AuditWriter:
                     for _, fut in batch:
                         if not fut.done():
                             fut.set_result(None)
+
+
+async def audit(
+    conn: AsyncConnection,
+    request: Request,
+    principal: Principal,
+    action: str,
+    subject: str,
+    *,
+    before: dict[str, Any] | None = None,
+    after: dict[str, Any] | None = None,
+) -> None:
+    """Record a privileged action in the transaction that performs it (ids, no PII)."""
+    await append(conn, actor=principal.id, action=action, subject=subject,
+                 source_ip=client_ip(request), before=before, after=after)  # fmt: skip

@@ -24,6 +24,7 @@ from storage.identity import Profile, UserRecord
 
 from . import contract, risk_gate
 from . import problems as p
+from .audit_writer import audit
 from .auth import tokens
 from .auth.passwords import MIN_PASSWORD_CHARS, hash_password, verify_password
 from .auth.scopes import USER_SCOPES, Principal
@@ -230,6 +231,8 @@ async def create_api_key(
             raise p.ApiError(p.USER_NOT_FOUND, field="$.owner_user_id")
         await identity.create_api_key(conn, row)
         stored = await identity.get_api_key(conn, key_id)
+        await audit(conn, request, principal, "api_key.create", key_id,
+                    after={"scopes": scopes, "owner_user_id": owner})  # fmt: skip
     assert stored is not None
     return json_response(_key_out(stored, key), 201)
 
@@ -259,7 +262,10 @@ async def list_api_keys(
     tags=["api-keys"],
 )
 async def revoke_api_key(
-    key_id: str, ctx: Ctx, principal: Annotated[Principal, Depends(require("api_keys:write"))]
+    key_id: str,
+    request: Request,
+    ctx: Ctx,
+    principal: Annotated[Principal, Depends(require("api_keys:write"))],
 ) -> Response:
     if not _KEY_ID.match(key_id):
         raise p.ApiError(p.API_KEY_NOT_FOUND)
@@ -270,6 +276,7 @@ async def revoke_api_key(
         if not principal.admin and row.owner_user_id != principal.user_id:
             raise p.ApiError(p.FORBIDDEN)
         await identity.revoke_api_key(conn, key_id)
+        await audit(conn, request, principal, "api_key.revoke", key_id)
     ctx.auth.forget_api_key(key_id)
     return Response(status_code=204)
 
@@ -333,6 +340,7 @@ async def create_user(
         except identity.EmailTaken:
             raise p.ApiError(p.EMAIL_TAKEN) from None
         user = await _load_user(ctx, conn, user_id)
+        await audit(conn, request, principal, "user.create", user_id)
     return json_response(_user_out(user), 201)
 
 
@@ -392,6 +400,8 @@ async def _kyc_out(ctx: Context, conn, user_id: str) -> KycOut:
 
 async def _move_kyc(
     ctx: Context,
+    request: Request,
+    principal: Principal,
     user_id: str,
     refusal: Callable[[str], str | None],
     to_status: str,
@@ -410,6 +420,8 @@ async def _move_kyc(
             conn, ctx.keys, user_id, from_status=status, to_status=to_status, actor=actor,
             **details,
         )  # fmt: skip
+        await audit(conn, request, principal, "kyc." + to_status, user_id,
+                    before={"kyc_status": status}, after={"kyc_status": to_status})  # fmt: skip
         return await _kyc_out(ctx, conn, user_id)
 
 
@@ -434,7 +446,7 @@ async def submit_kyc(
         raise p.ApiError(p.INVALID_FIELD, "an SSN or ITIN has 9 digits", "$.id_number")
     refusals = {"verified": p.KYC_ALREADY_VERIFIED, "pending": p.KYC_IN_REVIEW}
     out = await _move_kyc(
-        ctx, user_id, refusals.get, "pending", principal.id,
+        ctx, request, principal, user_id, refusals.get, "pending", principal.id,
         id_type=body.id_type, id_number=digits,
     )  # fmt: skip
     # Screened at every submission; a match opens a review (GET /v1/reviews) that must be
@@ -483,7 +495,8 @@ async def review_kyc(
             if await risk_store.open_review_of(conn, "user", user_id) is not None:
                 raise p.ApiError(p.SANCTIONS_REVIEW_OPEN)
     out = await _move_kyc(
-        ctx, user_id, lambda status: None if status == "pending" else p.KYC_NOT_PENDING,
+        ctx, request, principal, user_id,
+        lambda status: None if status == "pending" else p.KYC_NOT_PENDING,
         body.decision, principal.id, reason=body.reason,
     )  # fmt: skip
     return json_response(out)

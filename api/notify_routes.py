@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from typing import Annotated, Literal, NoReturn
+from urllib.parse import urlsplit
 
 import msgspec
 from fastapi import APIRouter, Depends, Query, Request
@@ -22,6 +23,7 @@ from storage.events import EVENT_ID_LENGTH, EVENT_TYPES, StoredEvent
 
 from . import contract
 from . import problems as p
+from .audit_writer import audit
 from .auth.scopes import Principal
 from .auth.tokens import new_id
 from .deps import Context, check_owner, context, require
@@ -192,6 +194,8 @@ async def create_endpoint(
             conn, ctx.keys, new_id("we"), owner, url, sorted(set(body.events)),
             body.max_in_flight, secret,
         )  # fmt: skip
+        await audit(conn, request, principal, "webhook_endpoint.create", created.id,
+                    after={"host": urlsplit(url).hostname, "events": created.events})  # fmt: skip
     await _reload(ctx)
     return json_response(_with_secret(created, secret), 201)
 
@@ -246,6 +250,9 @@ async def update_endpoint(
             if changes
             else await notify.get_endpoint(conn, endpoint_id)
         )
+        if updated is not None and changes:
+            await audit(conn, request, principal, "webhook_endpoint.update", endpoint_id,
+                        after={"changed": sorted(changes), "enabled": updated.enabled})  # fmt: skip
     if updated is None:
         raise p.ApiError(p.WEBHOOK_ENDPOINT_NOT_FOUND)
     await _reload(ctx)
@@ -260,18 +267,25 @@ async def update_endpoint(
 )
 async def delete_endpoint(
     endpoint_id: str,
+    request: Request,
     ctx: Ctx,
     principal: Annotated[Principal, Depends(require("webhooks:write"))],
 ) -> Response:
     await _own_endpoint(ctx, principal, endpoint_id)
-    return await _deleted(ctx, notify.delete_endpoint, endpoint_id, p.WEBHOOK_ENDPOINT_NOT_FOUND)
+    return await _deleted(ctx, notify.delete_endpoint, endpoint_id, p.WEBHOOK_ENDPOINT_NOT_FOUND,
+                          (request, principal, "webhook_endpoint.delete"))  # fmt: skip
 
 
-async def _deleted(ctx: Context, delete, object_id: str, missing: str) -> Response:
-    """Delete (soft) in one transaction, tell the notifier, answer 204."""
+async def _deleted(
+    ctx: Context, delete, object_id: str, missing: str,
+    audited: tuple[Request, Principal, str] | None = None,
+) -> Response:  # fmt: skip
+    """Delete (soft) in one transaction (with its audit record), tell the notifier, 204."""
     async with ctx.engine.begin() as conn:
         if not await delete(conn, object_id):
             raise p.ApiError(missing)
+        if audited is not None:
+            await audit(conn, *audited, object_id)
     await _reload(ctx)
     return Response(status_code=204)
 
@@ -295,6 +309,9 @@ async def rotate_secret(
     secret = new_secret()
     async with ctx.engine.begin() as conn:
         rotated = await notify.rotate_secret(conn, ctx.keys, endpoint_id, secret, body.overlap_s)
+        if rotated is not None:
+            await audit(conn, request, principal, "webhook_endpoint.rotate_secret", endpoint_id,
+                        after={"overlap_s": body.overlap_s})  # fmt: skip
     if rotated is None:
         raise p.ApiError(p.WEBHOOK_ENDPOINT_NOT_FOUND)
     await _reload(ctx)

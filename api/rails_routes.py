@@ -22,13 +22,14 @@ from actors.ledger.model import RETRYABLE, Code
 from actors.rails.ach_rules import CLEARING_ACCOUNT, SAME_DAY_LIMIT, hold_transfer_id
 from actors.rails.handles_rules import HandleError, normalize_handle
 from actors.rails.nacha import RETURN_CODES
-from storage import ach, audit_log, payments
+from storage import ach, payments
 from storage import risk as risk_store
 
 from . import ach_routes, contract, risk_gate
 from . import problems as p
+from .audit_writer import audit
 from .auth.scopes import Principal
-from .deps import Context, check_owner, client_ip, context, require
+from .deps import Context, check_owner, context, require
 from .http import decode_body, json_response, public
 from .rails_schemas import (
     HandleIn,
@@ -257,10 +258,8 @@ async def _record(
         stored, created = await payments.create(conn, wanted)
         if created:
             await risk_gate.after_create(ctx, conn, stored, hits)
-            await audit_log.append(
-                conn, actor=principal.id, action="payment.create", subject=stored.id,
-                source_ip=client_ip(request), after=_audited(stored),
-            )  # fmt: skip
+            await audit(conn, request, principal, "payment.create", stored.id,
+                        after=_audited(stored))  # fmt: skip
     return stored, created
 
 
@@ -424,6 +423,9 @@ async def refund_payment(
     try:
         async with ctx.engine.begin() as conn:
             refund, new = await payments.reserve_refund(conn, payment_id, body.id, body.amount)
+            if new:
+                await audit(conn, request, principal, "refund.create", refund.id,
+                            after={"payment_id": payment_id, "amount": refund.amount})  # fmt: skip
     except payments.RefundRefused as e:
         raise p.ApiError(e.code) from None
     if refund.status != "processing":

@@ -17,13 +17,14 @@ from fastapi import APIRouter, Depends, Query, Request
 from starlette.responses import Response
 
 from actors.risk import otp
-from storage import audit_log, identity, payments
+from storage import identity, payments
 from storage import risk as store
 
 from . import contract, rails_routes
 from . import problems as p
+from .audit_writer import audit
 from .auth.scopes import Principal
-from .deps import Context, client_ip, context, require
+from .deps import Context, context, require
 from .http import decode_body, json_response
 from .rails_schemas import ConfirmIn, PaymentOut
 from .risk_schemas import MatchOut, ReviewDecisionIn, ReviewOut, ReviewPage
@@ -75,10 +76,8 @@ async def confirm_payment(
             pay = await payments.transition(conn, payment_id, "processing")
         elif outcome in ("otp_expired", "otp_locked"):
             pay = await payments.transition(conn, payment_id, "failed", outcome)
-        await audit_log.append(
-            conn, actor=principal.id, action="payment.confirm", subject=payment_id,
-            source_ip=client_ip(request), after={"outcome": outcome, "status": pay.status},
-        )  # fmt: skip
+        await audit(conn, request, principal, "payment.confirm", payment_id,
+                    after={"outcome": outcome, "status": pay.status})  # fmt: skip
     ctx.risk_stats.otp[outcome] += 1
     # A retry after a confirm whose transfer did not finish (503): the code was accepted
     # then, so the payment goes on instead of being refused as a reuse.
@@ -183,11 +182,10 @@ async def decide_review(
                     conn, ctx.keys, review.subject_id, from_status=status, to_status="rejected",
                     actor=principal.id, reason="sanctions match confirmed in review",
                 )  # fmt: skip
-        await audit_log.append(
-            conn, actor=principal.id, action=f"review.{body.decision}", subject=review_id,
-            source_ip=client_ip(request), before={"status": review.status},
-            after={"status": decided.status, "kind": review.kind, "subject": review.subject_id},
-        )  # fmt: skip
+        await audit(conn, request, principal, f"review.{body.decision}", review_id,
+                    before={"status": review.status},
+                    after={"status": decided.status, "kind": review.kind,
+                           "subject": review.subject_id})  # fmt: skip
     if proceed is not None and proceed.status == "processing":
         await rails_routes.execute(ctx, proceed)
     return json_response(_review_out(decided))
