@@ -32,6 +32,7 @@ from actors.ledger.model import (
     AccountSpec,
     Code,
     JournalRow,
+    Outcome,
     flag_names,
 )
 from actors.messages import decode_stats
@@ -64,6 +65,7 @@ from . import (
     notify_routes,
     rails_routes,
     recon_routes,
+    risk_gate,
     risk_routes,
 )
 from . import problems as p
@@ -421,6 +423,26 @@ def create_app(settings: Settings, shard_names: list[str], keys: Keyring) -> Fas
 
     # -- transfers --------------------------------------------------------
 
+    async def _submit(
+        request: Request, principal: Principal, transfers: list[TransferIn]
+    ) -> list[Outcome]:
+        """A user's sends count toward their limits; every request is audited."""
+        ctx: Context = app.state.ctx
+        gated = risk_gate.gated(principal)
+        counted = await risk_gate.take_transfer_usage(ctx, principal, transfers) if gated else None
+        try:
+            outcomes, _ = await asyncio.gather(
+                client().transfer(transfers, may_debit(principal)),
+                _audit_transfers(request, principal, transfers),
+            )
+        except p.ApiError as e:
+            if counted is not None and e.code == p.FORBIDDEN:  # refused before anything ran
+                await risk_gate.release_unmoved(ctx, principal, counted, None)
+            raise
+        if counted is not None:
+            await risk_gate.release_unmoved(ctx, principal, counted, outcomes)
+        return outcomes
+
     async def _audit_transfers(
         request: Request, principal: Principal, transfers: list[TransferIn]
     ) -> None:
@@ -447,10 +469,7 @@ def create_app(settings: Settings, shard_names: list[str], keys: Keyring) -> Fas
         request: Request, principal: Annotated[Principal, Depends(require("transfers:write"))]
     ) -> Response:
         body = await decode_body(request, TransferIn, settings.max_body_bytes)
-        (outcome,), _ = await asyncio.gather(
-            client().transfer([body], may_debit(principal)),
-            _audit_transfers(request, principal, [body]),
-        )
+        (outcome,) = await _submit(request, principal, [body])
         metrics.outcomes[outcome.code] += 1
         if outcome.code or outcome.row is None:
             raise p.ApiError(outcome.code)
@@ -468,10 +487,7 @@ def create_app(settings: Settings, shard_names: list[str], keys: Keyring) -> Fas
         request: Request, principal: Annotated[Principal, Depends(require("transfers:write"))]
     ) -> Response:
         body = await decode_body(request, TransferBatchIn, settings.max_body_bytes)
-        outcomes, _ = await asyncio.gather(
-            client().transfer(body.transfers, may_debit(principal)),
-            _audit_transfers(request, principal, body.transfers),
-        )
+        outcomes = await _submit(request, principal, body.transfers)
         results = []
         for o in outcomes:
             metrics.outcomes[o.code] += 1

@@ -22,6 +22,7 @@ from collections import Counter, deque
 import msgspec
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from actors.ledger.model import Outcome
 from actors.risk import limits, otp, rules
 from actors.risk.actor import decode_screened
 from storage import ach, identity, payments
@@ -32,6 +33,7 @@ from storage.payments import Payment
 from . import problems as p
 from .auth.scopes import Principal
 from .deps import Context
+from .schemas import TransferIn
 
 _LIMIT_CODES = {
     limits.PER_TRANSACTION: p.LIMIT_PER_TRANSACTION,
@@ -149,6 +151,11 @@ async def screen_parties(
     return hits
 
 
+def _limit_error(refusal: limits.Refusal, currency: str, field: str) -> p.ApiError:
+    detail = f"limit {refusal.limit}, remaining {refusal.remaining} {currency} minor units"
+    return p.ApiError(_LIMIT_CODES[refusal.code], detail, field)
+
+
 def gated(principal: Principal) -> bool:
     """User payments are gated; an operator's (admin key, no user) are not."""
     return principal.user_id is not None and not principal.admin
@@ -183,12 +190,7 @@ async def decide(
     usage = limits.Usage(f.amount_today, f.amount_month)
     refusal = limits.check(wanted.amount, wanted.currency, f.kyc_status, usage, policy.limits)
     if refusal is not None:  # the caller's transaction rolls back: nothing was counted
-        raise p.ApiError(
-            _LIMIT_CODES[refusal.code],
-            f"limit {refusal.limit}, remaining {refusal.remaining} {policy.limits.currency}"
-            " minor units",
-            "$.amount",
-        )
+        raise _limit_error(refusal, policy.limits.currency, "$.amount")
     t1 = time.perf_counter()
     decision = rules.score(
         rules.RiskInput(
@@ -232,3 +234,71 @@ async def after_create(ctx: Context, conn: AsyncConnection, pay: Payment, hits: 
         # when it builds the push, so the code exists only in that notification.
         expires = dt.datetime.fromtimestamp(ch.issued_at + ctx.settings.otp_max_age_s, dt.UTC)
         await payments.emit(conn, STEP_UP_EVENT, pay, {"expires_at": expires.isoformat()})
+
+
+# -- transfers a user makes directly ------------------------------------------------------
+
+
+class Counted(msgspec.Struct, frozen=True):
+    """What a user's transfer request counted toward their limits."""
+
+    amounts: dict[str, int]  # transfer id -> minor units counted (limits' currency)
+    count: int
+    at: dt.datetime
+
+
+def _new_sends(transfers: list[TransferIn]) -> list[TransferIn]:
+    """The transfers that send money (plain or pending); posts and voids settle a pending
+    that was counted when it was made."""
+    return [t for t in transfers if not {"post_pending", "void_pending"} & set(t.flags)]
+
+
+async def take_transfer_usage(
+    ctx: Context, principal: Principal, transfers: list[TransferIn]
+) -> Counted | None:
+    """Count a user's transfer request toward their limits, or refuse it (422) whole.
+
+    Transfers are the ledger's primitive, not payments: they get the limits but not
+    the score or a step-up (those need the payment's states); ``POST /v1/payments`` is
+    the path for paying people. Counted before the ledger call, so a crash in between
+    over-counts (never under-counts) until the day or month turns.
+    """
+    user = principal.user_id
+    assert user is not None
+    sends = _new_sends(transfers)
+    if not sends:
+        return None
+    cur = ctx.policy.limits.currency
+    amounts = {t.id: (t.amount or 0) if t.currency == cur else 0 for t in sends}
+    now = dt.datetime.now(dt.UTC)
+    async with ctx.engine.begin() as conn:
+        f = await store.take_usage(
+            conn, user, amount=sum(amounts.values()), session_id=principal.session_id,
+            payee_account=sends[0].credit_account_id or "", list_version=ctx.policy.list_version,
+            now=now, count=len(sends),
+        )  # fmt: skip
+        if f is None:
+            raise p.ApiError(p.USER_NOT_FOUND)
+        usage = limits.Usage(f.amount_today, f.amount_month)
+        counted = [a for a in amounts.values() if a > 0]
+        refusal = limits.check_many(counted, f.kyc_status, usage, ctx.policy.limits)
+        if refusal is not None:
+            raise _limit_error(refusal, cur, "$.amount")
+    return Counted(amounts, len(sends), now)
+
+
+async def release_unmoved(
+    ctx: Context, principal: Principal, counted: Counted, outcomes: list[Outcome] | None
+) -> None:
+    """Give back what refused or replayed transfers counted (they moved nothing now);
+    ``outcomes`` None: the whole request was refused."""
+    if outcomes is None:
+        unmoved = list(counted.amounts)
+    else:
+        unmoved = [o.id for o in outcomes if o.id in counted.amounts and (o.code or o.replayed)]
+    if not unmoved or principal.user_id is None:
+        return
+    async with ctx.engine.begin() as conn:
+        await store.release_usage(conn, principal.user_id,
+                                  sum(counted.amounts[i] for i in unmoved), counted.at,
+                                  len(unmoved))  # fmt: skip

@@ -49,9 +49,9 @@ _TAKE = sa.text(
     f"""
     WITH usage AS (
         INSERT INTO risk_usage AS r (user_id, day, day_count, day_amount, month, month_amount)
-        VALUES (:u, :day, 1, :amt, :month, :amt)
+        VALUES (:u, :day, :n, :amt, :month, :amt)
         ON CONFLICT (user_id) DO UPDATE SET
-            day_count = CASE WHEN r.day >= :day THEN r.day_count + 1 ELSE 1 END,
+            day_count = CASE WHEN r.day >= :day THEN r.day_count + :n ELSE :n END,
             day_amount = CASE WHEN r.day >= :day THEN r.day_amount + :amt ELSE :amt END,
             month_amount = CASE WHEN r.month >= :month THEN r.month_amount + :amt ELSE :amt END,
             day = greatest(r.day, :day),
@@ -60,7 +60,7 @@ _TAKE = sa.text(
     )
     SELECT u.kyc_status,
            CASE WHEN u.sanctions_list = :list THEN u.sanctions_hit END,
-           usage.day_count - 1, usage.day_amount - :amt, usage.month_amount - :amt,
+           usage.day_count - :n, usage.day_amount - :amt, usage.month_amount - :amt,
            EXISTS (SELECT 1 FROM payments p WHERE p.owner_user_id = u.id
                AND p.credit_account_id = :payee AND p.status IN {_MOVED}),
            EXISTS (SELECT 1 FROM payments p WHERE p.owner_user_id = u.id
@@ -74,9 +74,9 @@ _TAKE = sa.text(
 _RELEASE = sa.text(
     """
     UPDATE risk_usage SET
-        day_count = day_count - CASE WHEN day = :day THEN 1 ELSE 0 END,
-        day_amount = day_amount - CASE WHEN day = :day THEN :amt ELSE 0 END,
-        month_amount = month_amount - CASE WHEN month = :month THEN :amt ELSE 0 END
+        day_count = greatest(0, day_count - CASE WHEN day = :day THEN :n ELSE 0 END),
+        day_amount = greatest(0, day_amount - CASE WHEN day = :day THEN :amt ELSE 0 END),
+        month_amount = greatest(0, month_amount - CASE WHEN month = :month THEN :amt ELSE 0 END)
     WHERE user_id = :u
     """
 )
@@ -97,23 +97,26 @@ async def take_usage(
     payee_account: str,
     list_version: str,
     now: dt.datetime,
+    count: int = 1,
 ) -> Features | None:
-    """Count a payment of ``amount`` (minor units of the limits' currency, 0 for another)
-    toward the user's usage and return their standing before it; None if no such user
-    (then nothing was counted that outlives the caller's rollback)."""
+    """Count ``count`` sends of ``amount`` in all (minor units of the limits' currency, 0
+    for another) toward the user's usage and return their standing before them; None if
+    no such user (then nothing was counted that outlives the caller's rollback)."""
     day, month = day_and_month(now)
     params = {"u": user_id, "day": day, "month": month, "amt": amount, "payee": payee_account,
-              "session": session_id or "", "list": list_version}  # fmt: skip
+              "session": session_id or "", "list": list_version, "n": count}  # fmt: skip
     row = (await conn.execute(_TAKE, params)).first()
     return None if row is None else Features(*row)
 
 
 async def release_usage(
-    conn: AsyncConnection, user_id: str, amount: int, made_at: dt.datetime
+    conn: AsyncConnection, user_id: str, amount: int, made_at: dt.datetime, count: int = 1
 ) -> None:
-    """Give back what a failed payment made on ``made_at`` counted toward the usage."""
+    """Give back what failed sends made on ``made_at`` counted toward the usage."""
     day, month = day_and_month(made_at)
-    await conn.execute(_RELEASE, {"u": user_id, "day": day, "month": month, "amt": amount})
+    await conn.execute(
+        _RELEASE, {"u": user_id, "day": day, "month": month, "amt": amount, "n": count}
+    )
 
 
 # -- screening results ----------------------------------------------------------------

@@ -296,3 +296,47 @@ def test_concurrent_payments_cannot_overrun_a_daily_limit(node: RunningNode) -> 
             "SELECT day_amount FROM risk_usage WHERE user_id = %s", (uid,)
         ).fetchone()
     assert day_amount == 8_000_000
+
+
+def test_transfers_by_users_count_toward_their_limits(node: RunningNode) -> None:
+    uid, user = _register(node, "tx-ann")
+    _, other = _register(node, "tx-bob")
+    _wallet(node, user, "tx-ann-w", 2_000_000)
+    _wallet(node, other, "tx-bob-w", 1_000)
+
+    def xfer(tid: str, amount: int, src: str = "tx-ann-w", dst: str = "tx-bob-w") -> dict:
+        return {"id": tid, "debit_account_id": src, "credit_account_id": dst,
+                "amount": amount, "currency": "USD"}  # fmt: skip
+
+    def used() -> tuple[int, int]:
+        with _db(node) as conn:
+            row = conn.execute("SELECT day_count, day_amount FROM risk_usage WHERE user_id = %s",
+                               (uid,)).fetchone()  # fmt: skip
+        return (row[0], row[1]) if row else (0, 0)
+
+    problem(node.http.post("/v1/transfers", json=xfer("tx-1", 250_001), headers=user), 422,
+            "limit_per_transaction")  # fmt: skip
+    assert node.http.get("/v1/transfers/tx-1").status_code == 404
+    batch = {"transfers": [xfer(f"tx-b{i}", 200_000) for i in range(3)]}  # 6,000.00 > 5,000.00
+    problem(node.http.post("/v1/transfers/batch", json=batch, headers=user), 422, "limit_daily")
+    assert used() == (0, 0)
+    assert (
+        node.http.post("/v1/transfers", json=xfer("tx-2", 200_000), headers=user).status_code == 201
+    )
+    assert used() == (1, 200_000)
+    # A replay, a refusal by the ledger and a 403 move nothing and count nothing.
+    assert (
+        node.http.post("/v1/transfers", json=xfer("tx-2", 200_000), headers=user).status_code == 200
+    )
+    problem(node.http.post("/v1/transfers", json=xfer("tx-3", 240_000, "tx-bob-w", "tx-ann-w"),
+                           headers=user), 403, "forbidden")  # fmt: skip
+    assert used() == (1, 200_000)
+    with _db(node) as conn:
+        conn.execute("UPDATE risk_usage SET day_amount = 0 WHERE user_id = %s", (uid,))
+    poor = {"transfers": [xfer("tx-4", 240_000), xfer("tx-5", 240_000)]}  # the second: no funds
+    # The operator's transfer (not limited) leaves her 3,000.00: enough for one of the two.
+    drain = xfer("tx-drain", 1_500_000)
+    assert node.http.post("/v1/transfers", json=drain).status_code == 201
+    results = node.http.post("/v1/transfers/batch", json=poor, headers=user).json()["results"]
+    assert [r.get("code") for r in results] == [None, "insufficient_funds"], results
+    assert used() == (2, 240_000)

@@ -71,10 +71,19 @@ def check(amount: int, currency: str, kyc_status: str, usage: Usage, cfg: Limits
     assert amount > 0, amount
     if currency != cfg.currency:
         return None
+    return check_many([amount], kyc_status, usage, cfg)
+
+
+def check_many(amounts: list[int], kyc_status: str, usage: Usage, cfg: Limits) -> Refusal | None:
+    """The first limit these sends together would break (amounts in the limits' currency)."""
+    if not amounts:
+        return None
+    assert min(amounts) > 0, amounts
     # Unknown statuses fail closed: they get the strictest level.
     level = cfg.levels.get(kyc_status, cfg.levels["rejected"])
-    if amount > level.per_transaction:
+    if max(amounts) > level.per_transaction:
         return Refusal(PER_TRANSACTION, level.per_transaction, level.per_transaction)
+    amount = sum(amounts)
     if usage.today + amount > level.daily:
         return Refusal(DAILY, level.daily, max(0, level.daily - usage.today))
     if usage.month + amount > level.monthly:
