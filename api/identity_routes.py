@@ -451,7 +451,7 @@ async def submit_kyc(
     )  # fmt: skip
     # Screened at every submission; a match opens a review (GET /v1/reviews) that must be
     # cleared before the KYC can be verified.
-    await risk_gate.screen_user(ctx, user_id, force=True)
+    await risk_gate.screen_user(ctx, user_id)
     return json_response(out)
 
 

@@ -244,17 +244,11 @@ async def _record(
     if existing is not None:
         return existing, False
     gate = risk_gate.gated(principal)
-    hits = []
-    if gate:
-        assert principal.user_id is not None
-        hits = await risk_gate.screen_parties(
-            ctx, principal.user_id, payee_owner, wanted.bank_account_id
-        )
+    hits: list[risk_gate.Hit] = []
     async with ctx.engine.begin() as conn:
         if gate:
-            payee_key = wanted.bank_account_id or wanted.credit_account_id
-            wanted = await risk_gate.decide(ctx, conn, principal, wanted, payee_key, hits,
-                                            ctx.risk_stats)  # fmt: skip
+            wanted, hits = await risk_gate.decide(ctx, conn, principal, wanted, payee_owner,
+                                                  ctx.risk_stats)  # fmt: skip
         stored, created = await payments.create(conn, wanted)
         if created:
             await risk_gate.after_create(ctx, conn, stored, hits)

@@ -2,14 +2,15 @@
 
 Order, for a payment a user initiates (operator credentials are not gated):
 
-1. :func:`screen_parties` screens the payer, the payee's owner and the bank
-   account holder against the sanctions list, unless PostgreSQL already holds
-   a result against this list (a Ray call to the risk actor only on a miss).
-2. In the transaction that records the payment, :func:`decide` locks the user,
-   reads their standing, refuses a payment over a limit (422, nothing written),
-   and scores it with the pure rules. A sanctions match holds the payment for
+1. In the transaction that records the payment, :func:`decide` counts the
+   payment toward the user's usage and reads their standing in one statement
+   (which locks the user's usage row), with the stored screening results of
+   the payer, the payee's owner and the bank account holder. A party not yet
+   screened against this list is screened now (a call to the risk actor only
+   then). A payment over a limit is refused (422, nothing written); otherwise
+   it is scored with the pure rules. A sanctions match holds the payment for
    review; otherwise HIGH asks for a one-time code; otherwise it proceeds.
-3. :func:`after_create` opens the review or the code challenge in that same
+2. :func:`after_create` opens the review or the code challenge in that same
    transaction, so neither exists without its payment nor the other way round.
 """
 
@@ -106,48 +107,51 @@ async def _screen(ctx: Context, name: str | None) -> list[dict]:
     return _match_list(screened)
 
 
-async def screen_user(ctx: Context, user_id: str, force: bool = False) -> list[dict]:
-    """The user's matches against the current list (stored; screened again only if stale)."""
-    version = ctx.policy.list_version
-    async with ctx.engine.connect() as conn:
-        cached = await store.user_screening(conn, user_id, version)
-        if cached is False and not force:
-            return []
-        user = await identity.get_user(conn, ctx.keys, user_id)
-    if user is None:
-        return []
-    matches = await _screen(ctx, user.profile.name)
-    async with ctx.engine.begin() as conn:
-        await store.set_user_screening(conn, user_id, bool(matches), version)
-        if matches:
-            await store.open_review(conn, "user", user_id, user_id, "sanctions_match", matches)
+async def screen_row(
+    ctx: Context, conn: AsyncConnection, table: str, row_id: str, name: str | None = None
+) -> list[dict]:
+    """Screen a user's or a bank account holder's name now and store the result in
+    ``conn``'s transaction; a user's match also opens a review of the user."""
+    if name is None and table == "users":
+        user = await identity.get_user(conn, ctx.keys, row_id)
+        name = user.profile.name if user else None
+    elif name is None:
+        name = (await ach.details(conn, ctx.keys, row_id)).holder_name
+    matches = await _screen(ctx, name)
+    await store.set_screening(conn, table, row_id, bool(matches), ctx.policy.list_version)
+    if matches and table == "users":
+        await store.open_review(conn, "user", row_id, row_id, "sanctions_match", matches)
     return matches
 
 
-async def screen_bank_holder(ctx: Context, bank_id: str, holder: str | None = None) -> list[dict]:
-    """The holder's matches; ``holder`` is given at link time, else read from the account."""
-    version = ctx.policy.list_version
-    if holder is None:
-        async with ctx.engine.connect() as conn:
-            if await store.bank_screening(conn, bank_id, version) is False:
-                return []
-            holder = (await ach.details(conn, ctx.keys, bank_id)).holder_name
-    matches = await _screen(ctx, holder)
+async def screen_user(ctx: Context, user_id: str) -> list[dict]:
+    """Screen a user now (at every KYC submission), whatever was stored before."""
     async with ctx.engine.begin() as conn:
-        await store.set_bank_screening(conn, bank_id, bool(matches), version)
-    return matches
+        return await screen_row(ctx, conn, "users", user_id)
 
 
-async def screen_parties(
-    ctx: Context, payer: str, payee_owner: str | None, bank_id: str | None
-) -> list[Hit]:
+async def screen_bank_holder(ctx: Context, bank_id: str, holder: str) -> list[dict]:
+    """Screen a bank account's holder (at link time, when the name is at hand)."""
+    async with ctx.engine.begin() as conn:
+        return await screen_row(ctx, conn, "bank_accounts", bank_id, holder)
+
+
+async def _hits(
+    ctx: Context, conn: AsyncConnection, f: store.Features, payer: str,
+    payee_owner: str | None, bank_id: str | None,
+) -> list[Hit]:  # fmt: skip
+    """Parties matching the list. The stored results came with the usage statement; a
+    party not screened against this list (or a stored match, to name its entries) is
+    screened now, which costs a call to the risk actor only then."""
+    parties = [("payer", "users", payer, f.sanctions_hit)]
+    if payee_owner and payee_owner != payer:
+        parties.append(("payee", "users", payee_owner, f.payee_hit))
+    if bank_id:
+        parties.append(("bank_account", "bank_accounts", bank_id, f.bank_hit))
     hits = []
-    if m := await screen_user(ctx, payer):
-        hits.append(Hit("payer", m))
-    if payee_owner and payee_owner != payer and (m := await screen_user(ctx, payee_owner)):
-        hits.append(Hit("payee", m))
-    if bank_id and (m := await screen_bank_holder(ctx, bank_id)):
-        hits.append(Hit("bank_account", m))
+    for party, table, row_id, stored in parties:
+        if stored is not False and (matches := await screen_row(ctx, conn, table, row_id)):
+            hits.append(Hit(party, matches))
     return hits
 
 
@@ -166,10 +170,9 @@ async def decide(
     conn: AsyncConnection,
     principal: Principal,
     wanted: Payment,
-    payee_key: str,
-    hits: list[Hit],
+    payee_owner: str | None,
     stats: RiskStats,
-) -> Payment:
+) -> tuple[Payment, list[Hit]]:
     """``wanted`` with its decision and next status; raises a 422 over a limit.
 
     Run in the transaction that records the payment: the usage it counts is then
@@ -182,11 +185,14 @@ async def decide(
     counted = wanted.amount if wanted.currency == policy.limits.currency else 0
     now = dt.datetime.now(dt.UTC)
     f = await store.take_usage(
-        conn, user, amount=counted, session_id=principal.session_id, payee_account=payee_key,
+        conn, user, amount=counted, session_id=principal.session_id,
+        payee_account=wanted.bank_account_id or wanted.credit_account_id,
+        payee_owner=payee_owner, bank_id=wanted.bank_account_id,
         list_version=policy.list_version, now=now,
     )  # fmt: skip
     if f is None:
         raise p.ApiError(p.USER_NOT_FOUND)
+    hits = await _hits(ctx, conn, f, user, payee_owner, wanted.bank_account_id)
     usage = limits.Usage(f.amount_today, f.amount_month)
     refusal = limits.check(wanted.amount, wanted.currency, f.kyc_status, usage, policy.limits)
     if refusal is not None:  # the caller's transaction rolls back: nothing was counted
@@ -213,11 +219,12 @@ async def decide(
         await store.release_usage(conn, user, counted, now)
     stats.seconds.append(time.perf_counter() - t0)
     stats.decisions[status] += 1
-    return msgspec.structs.replace(
+    decided = msgspec.structs.replace(
         wanted, status=status, failure_code=failure, session_id=principal.session_id,
         usage_amount=counted, risk_score=decision.score, risk_level=decision.level,
         risk_reasons=msgspec.json.encode(decision.reasons).decode(),
     )  # fmt: skip
+    return decided, hits
 
 
 async def after_create(ctx: Context, conn: AsyncConnection, pay: Payment, hits: list[Hit]) -> None:

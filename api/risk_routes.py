@@ -83,7 +83,8 @@ async def confirm_payment(
     # then, so the payment goes on instead of being refused as a reuse.
     if outcome != "ok" and not (outcome == "otp_reused" and pay.status == "processing"):
         left = max(0, s.otp_max_attempts - checked.attempts)
-        raise p.ApiError(_OUTCOME_CODES[outcome], f"{left} attempts left", "$.otp")
+        detail = f"{left} attempts left" if outcome == "otp_invalid" else ""
+        raise p.ApiError(_OUTCOME_CODES[outcome], detail, "$.otp")
     if pay.status == "processing":
         pay = await rails_routes.execute(ctx, pay)
     return json_response(await rails_routes.payment_out(ctx, pay))
@@ -173,8 +174,8 @@ async def decide_review(
             proceed = await payments.transition(conn, review.subject_id, status, reason)
         elif review.kind == "user" and approve:
             # A false positive: cleared for this list; a new list screens the user again.
-            await store.set_user_screening(conn, review.subject_id, False,
-                                           ctx.policy.list_version)  # fmt: skip
+            await store.set_screening(conn, "users", review.subject_id, False,
+                                      ctx.policy.list_version)  # fmt: skip
         elif review.kind == "user":
             status = await identity.lock_kyc_status(conn, review.subject_id)
             if status is not None and status != "rejected":

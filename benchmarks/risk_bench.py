@@ -83,6 +83,7 @@ async def _phase(
 ) -> dict:  # fmt: skip
     latencies: list[float] = []
     errors: dict[str, int] = {}
+    completed = 0
     deadline = time.perf_counter() + duration
 
     async def client(n: int, wallet: str, auth: dict | None) -> None:
@@ -94,6 +95,8 @@ async def _phase(
             async with s.post(f"{url}/v1/payments", json=body, headers=auth or {}) as r:
                 got = await r.json(content_type=None)
             latencies.append(time.perf_counter() - t0)
+            nonlocal completed
+            completed += r.status == 201 and got.get("status") == "completed"
             if r.status != 201 or got.get("status") != "completed":
                 key = f"{r.status}:{got.get('code') or got.get('status')}"
                 errors[key] = errors.get(key, 0) + 1
@@ -104,7 +107,7 @@ async def _phase(
     elapsed = time.perf_counter() - t0
     return {"payments": len(latencies), "per_s": round(len(latencies) / elapsed, 1),
             "p50_ms": _q(latencies, 0.5), "p99_ms": _q(latencies, 0.99),
-            "errors": errors}  # fmt: skip
+            "errors": errors, "completed": completed}  # fmt: skip
 
 
 def _summary(text: str, name: str) -> dict:
@@ -139,14 +142,19 @@ async def _main(url: str, concurrency: int, duration: float) -> dict:
         print(f"risk: {concurrency} verified users ...", flush=True)
         users = [await _user(s, url, i, tag) for i in range(concurrency)]
         # One payment each first: the payee is then known (no new_payee points).
-        await _phase(s, url, users, payee, 0.5, f"risk-{tag}-warm")
+        warm = await _phase(s, url, users, payee, 0.5, f"risk-{tag}-warm")
         print(f"risk: gated, {concurrency} users for {duration:.0f}s ...", flush=True)
         gated = await _phase(s, url, users, payee, duration, f"risk-{tag}-g")
         gate = await _gate_quantiles(s, url)
         print(f"risk: baseline (operator key, not gated) for {duration:.0f}s ...", flush=True)
         base = await _phase(s, url, [(w, None) for w, _ in users], payee, duration,
                             f"risk-{tag}-b")  # fmt: skip
-    return {"gated": gated, "baseline": base, "gate_in_node": gate,
+        got = await _check(await s.get(f"{url}/v1/accounts/{payee}"), 200)
+    paid = warm["completed"] + gated["completed"] + base["completed"]
+    problems = [] if got["credits_posted"] == paid else [
+        f"payee credited {got['credits_posted']}, {paid} payments completed"]  # fmt: skip
+    return {
+        "problems": problems,"gated": gated, "baseline": base, "gate_in_node": gate,
             "added_p50_ms": round(gated["p50_ms"] - base["p50_ms"], 3),
             "added_p99_ms": round(gated["p99_ms"] - base["p99_ms"], 3)}  # fmt: skip
 
@@ -155,6 +163,18 @@ def run(args: argparse.Namespace, w: Workload, target, report: dict) -> bool:
     assert target.url is not None
     result = asyncio.run(_main(target.url, args.concurrency, args.duration))
     report["risk"] = result
+    problems = list(result["problems"])
+    if target.database_url:
+        from storage.audit_log import verify_database
+
+        chain = verify_database(target.database_url)
+        if chain.first_broken_seq is not None:
+            problems.append(f"audit chain broken at seq {chain.first_broken_seq}")
+        print(f"audit log: {chain.records} records, chain "
+              f"{'intact' if chain.first_broken_seq is None else 'BROKEN'}")  # fmt: skip
+    # Every completed payment 1 minor unit to one payee: its balance counts them.
+    report["audit"] = {"accounts": 1, "journal_checked": bool(target.database_url),
+                       "problems": problems}  # fmt: skip
     g, b = result["gated"], result["baseline"]
     gate, score = result["gate_in_node"]["gate"], result["gate_in_node"]["score"]
     print(
@@ -174,4 +194,4 @@ def run(args: argparse.Namespace, w: Workload, target, report: dict) -> bool:
         f"added by the gate, end to end: p50 {result['added_p50_ms']} ms"
         f"  p99 {result['added_p99_ms']} ms"
     )
-    return not g["errors"] and not b["errors"]
+    return not g["errors"] and not b["errors"] and not problems

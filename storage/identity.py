@@ -152,6 +152,8 @@ async def update_profile(
     """Apply profile changes (a None value clears a field). False if there is no such user."""
     assert "email" not in changes or changes["email"] is not None, "email cannot be cleared"
     values = _seal_profile(keys, user_id, changes)
+    if "name" in changes:
+        values["sanctions_list"] = None  # a new name is screened again at its next payment
     try:
         async with conn.begin_nested():
             done = await conn.execute(

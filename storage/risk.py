@@ -36,6 +36,8 @@ class Features(msgspec.Struct, frozen=True):
     paid_before: bool
     paid_from_session: bool
     devices: int  # registered devices: where a one-time code can be sent
+    payee_hit: bool | None  # the payee's owner, like sanctions_hit (None also: no owner)
+    bank_hit: bool | None  # the bank account's holder (None also: no bank account)
 
 
 # A payee or a device becomes known only by money that moved: a payment still waiting
@@ -67,7 +69,11 @@ _TAKE = sa.text(
                AND p.status IN {_MOVED}),
            EXISTS (SELECT 1 FROM payments p WHERE p.session_id = :session
                AND p.owner_user_id = u.id AND p.status IN {_MOVED}),
-           (SELECT count(*) FROM devices d WHERE d.user_id = u.id AND d.deleted_at IS NULL)
+           (SELECT count(*) FROM devices d WHERE d.user_id = u.id AND d.deleted_at IS NULL),
+           (SELECT CASE WHEN pu.sanctions_list = :list THEN pu.sanctions_hit END
+               FROM users pu WHERE pu.id = :payee_owner),
+           (SELECT CASE WHEN b.sanctions_list = :list THEN b.sanctions_hit END
+               FROM bank_accounts b WHERE b.id = :bank)
     FROM users u CROSS JOIN usage WHERE u.id = :u
     """
 )
@@ -98,13 +104,16 @@ async def take_usage(
     list_version: str,
     now: dt.datetime,
     count: int = 1,
+    payee_owner: str | None = None,
+    bank_id: str | None = None,
 ) -> Features | None:
     """Count ``count`` sends of ``amount`` in all (minor units of the limits' currency, 0
     for another) toward the user's usage and return their standing before them; None if
     no such user (then nothing was counted that outlives the caller's rollback)."""
     day, month = day_and_month(now)
     params = {"u": user_id, "day": day, "month": month, "amt": amount, "payee": payee_account,
-              "session": session_id or "", "list": list_version, "n": count}  # fmt: skip
+              "session": session_id or "", "list": list_version, "n": count,
+              "payee_owner": payee_owner or "", "bank": bank_id or ""}  # fmt: skip
     row = (await conn.execute(_TAKE, params)).first()
     return None if row is None else Features(*row)
 
@@ -122,48 +131,33 @@ async def release_usage(
 # -- screening results ----------------------------------------------------------------
 
 
-async def user_screening(conn: AsyncConnection, user_id: str, list_version: str) -> bool | None:
-    """Whether the user matched the current list; None if not screened against it."""
+_SCREENED = ("users", "bank_accounts")  # tables holding a screened name
+
+
+async def screening(
+    conn: AsyncConnection, table: str, row_id: str, list_version: str
+) -> bool | None:
+    """Whether the row's name matched the current list; None if not screened against it."""
+    assert table in _SCREENED, table
     row = (
         await conn.execute(
             sa.text(
-                "SELECT CASE WHEN sanctions_list = :l THEN sanctions_hit END FROM users"
-                " WHERE id = :u"
+                f"SELECT CASE WHEN sanctions_list = :l THEN sanctions_hit END FROM {table}"
+                " WHERE id = :id"
             ),
-            {"u": user_id, "l": list_version},
+            {"id": row_id, "l": list_version},
         )
     ).first()
     return None if row is None else row[0]
 
 
-async def set_user_screening(
-    conn: AsyncConnection, user_id: str, hit: bool, list_version: str
+async def set_screening(
+    conn: AsyncConnection, table: str, row_id: str, hit: bool, list_version: str
 ) -> None:
+    assert table in _SCREENED, table
     await conn.execute(
-        sa.text("UPDATE users SET sanctions_hit = :h, sanctions_list = :l WHERE id = :u"),
-        {"u": user_id, "h": hit, "l": list_version},
-    )
-
-
-async def bank_screening(conn: AsyncConnection, bank_id: str, list_version: str) -> bool | None:
-    row = (
-        await conn.execute(
-            sa.text(
-                "SELECT CASE WHEN sanctions_list = :l THEN sanctions_hit END FROM bank_accounts"
-                " WHERE id = :b"
-            ),
-            {"b": bank_id, "l": list_version},
-        )
-    ).first()
-    return None if row is None else row[0]
-
-
-async def set_bank_screening(
-    conn: AsyncConnection, bank_id: str, hit: bool, list_version: str
-) -> None:
-    await conn.execute(
-        sa.text("UPDATE bank_accounts SET sanctions_hit = :h, sanctions_list = :l WHERE id = :b"),
-        {"b": bank_id, "h": hit, "l": list_version},
+        sa.text(f"UPDATE {table} SET sanctions_hit = :h, sanctions_list = :l WHERE id = :id"),
+        {"id": row_id, "h": hit, "l": list_version},
     )
 
 

@@ -13,6 +13,7 @@ from sqlalchemy import (
     CHAR,
     JSON,
     BigInteger,
+    Boolean,
     Column,
     DateTime,
     ForeignKey,
@@ -113,6 +114,9 @@ users = Table(
     Column("kyc_id_type", Text),
     Column("kyc_id_ct", LargeBinary),
     Column("created_at", _ts, nullable=False),
+    # Migration 6: the last screening and the list (digest) it was made against.
+    Column("sanctions_hit", Boolean),
+    Column("sanctions_list", Text),
     Column("updated_at", _ts, nullable=False),
 )
 

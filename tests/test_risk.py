@@ -340,3 +340,36 @@ def test_transfers_by_users_count_toward_their_limits(node: RunningNode) -> None
     results = node.http.post("/v1/transfers/batch", json=poor, headers=user).json()["results"]
     assert [r.get("code") for r in results] == [None, "insufficient_funds"], results
     assert used() == (2, 240_000)
+
+
+def test_a_listed_bank_account_holder_holds_an_ach_payment(node: RunningNode) -> None:
+    uid, user = _register(node, "sdn-ach")
+    kyc_verified(node.http, uid, user)
+    _wallet(node, user, "sdn-ach-w", 10_000)
+    r = node.http.post(
+        "/v1/bank-accounts",
+        headers=user,
+        json={
+            "routing_number": "021000021",
+            "account_number": "000987654321",
+            "account_type": "checking",
+            "holder_type": "company",
+            "holder_name": "Northwind Shipping",
+        },
+    )  # fmt: skip  (a former name of a listed entity)
+    assert r.status_code == 201, r.text
+    bank_id = r.json()["id"]
+    with _db(node) as conn:
+        (hit,) = conn.execute("SELECT sanctions_hit FROM bank_accounts WHERE id = %s",
+                              (bank_id,)).fetchone()  # fmt: skip
+        # Verification by micro-deposits is test_ach's subject; here it is taken as done.
+        conn.execute("UPDATE bank_accounts SET status = 'verified' WHERE id = %s", (bank_id,))
+    assert hit is True
+    push = {"id": "sdn-ach-1", "from": "sdn-ach-w", "to": bank_id, "amount": 1_000,
+            "currency": "USD"}  # fmt: skip
+    held = node.http.post("/v1/payments", json=push, headers=user)
+    assert held.status_code == 202 and held.json()["status"] == "in_review", held.text
+    review = node.http.get(f"/v1/reviews/{held.json()['review_id']}").json()
+    assert review["matches"][0]["party"] == "bank_account"
+    assert review["matches"][0]["matched_name"] == "NORTHWIND SHIPPING"
+    assert _balance(node, "sdn-ach-w") == 10_000  # no hold placed while held
