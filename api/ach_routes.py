@@ -272,7 +272,7 @@ async def _keep_return_file(
     openapi_extra=contract.body(StatementIn),
     responses=contract.replies(
         {200: (StatementOut, "What the simulated bank shows the account holder")},
-        (401, 403, 404, 422, 429),
+        (400, 401, 403, 404, 413, 422, 429),
     ),
 )
 async def bank_statement(

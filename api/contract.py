@@ -48,6 +48,14 @@ def body(t: type) -> dict[str, Any]:
     }
 
 
+def _problem_for_validation(schema: dict[str, Any]) -> None:
+    """Where FastAPI documented its own 422 (path or query parameters), say what we send."""
+    for operation in (op for item in schema.get("paths", {}).values() for op in item.values()):
+        reply = operation.get("responses", {}).get("422")
+        if reply is not None and PROBLEM_JSON not in reply.get("content", {}):
+            operation["responses"]["422"] = replies({}, (422,))[422]
+
+
 def replies(ok: dict[int, tuple[type, str]], errors: tuple[int, ...] = ()) -> dict[int | str, Any]:
     """Success bodies by status, plus problem+json for each error status."""
     out: dict[int | str, Any] = {
@@ -115,6 +123,7 @@ def install(app: FastAPI) -> None:
             # FastAPI's default 422 (pydantic) never happens here: we answer with Problem.
             schema["components"]["schemas"].pop("HTTPValidationError", None)
             schema["components"]["schemas"].pop("ValidationError", None)
+            _problem_for_validation(schema)
             app.openapi_schema = schema
         return app.openapi_schema
 

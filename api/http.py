@@ -40,6 +40,8 @@ async def read_body(request: Request, limit: int) -> bytes:
 async def decode_body(request: Request, t: type[T], limit: int) -> T:
     """The body as ``t``, read with a size limit; problems for anything else."""
     raw = await read_body(request, limit)
+    if b"\\u0000" in raw:  # JSON's spelling of NUL: no field may hold it (PostgreSQL text cannot)
+        raise p.ApiError(p.INVALID_FIELD, "text fields may not hold NUL (\\u0000)")
     try:
         return msgspec.json.decode(raw, type=t)
     except msgspec.ValidationError as e:

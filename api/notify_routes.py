@@ -508,8 +508,8 @@ async def inbound_webhook(
     async def refuse(code: str, signed_at: int | None = None) -> NoReturn:
         async with ctx.engine.begin() as conn:
             await notify.record_inbound(
-                conn, ctx.keys, provider[:64], (event_id or "")[:200] or None,
-                (event_type or "")[:100] or None, signed_at, "refused", code, raw,
+                conn, ctx.keys, _storable(provider, 64), _storable(event_id, 200),
+                _storable(event_type, 100), signed_at, "refused", code, raw,
             )  # fmt: skip
         raise p.ApiError(code)
 
@@ -542,6 +542,11 @@ async def inbound_webhook(
     async with ctx.engine.begin() as conn:
         await notify.mark_inbound_handled(conn, row_id, handled_by or "none")
     return json_response(InboundAck(row_id, "accepted", handled_by))
+
+
+def _storable(text: str | None, limit: int) -> str | None:
+    """Untrusted text cut to ``limit`` and without NUL (PostgreSQL text cannot hold it)."""
+    return (text or "").replace("\x00", "")[:limit] or None
 
 
 def _lenient(raw: bytes) -> dict:

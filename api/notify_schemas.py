@@ -168,8 +168,9 @@ class DeviceList(msgspec.Struct):
 class InboundEvent(msgspec.Struct):
     """What a provider sends: the same envelope we send."""
 
-    id: Annotated[str, Meta(min_length=1, max_length=200)]
-    type: Annotated[str, Meta(min_length=1, max_length=100)]
+    # No control characters: they have no place in an id, and PostgreSQL refuses NUL.
+    id: Annotated[str, Meta(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]+$")]
+    type: Annotated[str, Meta(min_length=1, max_length=100, pattern=r"^[^\x00-\x1f\x7f]+$")]
     created: int
     data: dict[str, Any]
 

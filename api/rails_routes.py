@@ -38,6 +38,7 @@ from .rails_schemas import (
     PaymentIn,
     PaymentOut,
     PaymentPage,
+    PaymentStatus,
     RefundIn,
     RefundOut,
     RiskOut,
@@ -380,7 +381,7 @@ async def get_payment(
 async def list_payments(
     ctx: Ctx,
     principal: Annotated[Principal, Depends(require("payments:read"))],
-    status: Annotated[Literal["processing", "completed", "failed"] | None, Query()] = None,
+    status: Annotated[PaymentStatus | None, Query()] = None,
     rail: Annotated[Literal["wallet", "ach"] | None, Query()] = None,
     after: Annotated[str | None, Query(max_length=64)] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,

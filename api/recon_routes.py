@@ -92,7 +92,7 @@ async def list_discrepancies(
     _: Annotated[Principal, Depends(require("reconciliation:read"))],
     state: Annotated[Literal["open", "resolved", "all"], Query()] = "open",
     kind: Annotated[str | None, Query(max_length=40)] = None,
-    after: Annotated[int, Query(ge=0)] = 0,
+    after: Annotated[int, Query(ge=0, le=2**63 - 1)] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> Response:
     d = discrepancies
