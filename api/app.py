@@ -21,6 +21,7 @@ import msgspec
 import sqlalchemy as sa
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
+from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
@@ -268,6 +269,15 @@ def create_app(settings: Settings, shard_names: list[str], keys: Keyring) -> Fas
         errors = e.errors()
         loc = ".".join(str(x) for x in errors[0]["loc"]) if errors else ""
         return p.problem(p.INVALID_FIELD, errors[0]["msg"] if errors else "", loc)
+
+    @app.exception_handler(sa_exc.OperationalError)
+    @app.exception_handler(sa_exc.InterfaceError)
+    @app.exception_handler(sa_exc.TimeoutError)
+    async def _database_down(_: Request, e: Exception) -> Response:
+        # PostgreSQL unreachable (an outage, a restart, a full pool): nothing was written
+        # in the failed transaction; the client retries with the same ids.
+        log.warning("database unavailable: %s", type(e).__name__)
+        return p.problem(Code.STORAGE_UNAVAILABLE, "the database is unavailable")
 
     @app.exception_handler(SealError)
     async def _sealed(_: Request, e: SealError) -> Response:

@@ -5,8 +5,8 @@ log's lock, so requests hand their record to this writer and wait: one
 transaction stores everything queued since the last one, in arrival order.
 Routes await the record alongside the ledger call, and answer only when both
 are done, so an acknowledged transfer has its audit record. A failed flush
-fails the requests waiting on it (503: retried with the same ids, they replay
-in the ledger and are recorded again).
+fails the requests waiting on it (503 ``storage_unavailable``: retried with
+the same ids, they replay in the ledger and are recorded again).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from storage.audit_log import Entry, append, append_many
 from .auth.scopes import Principal
 from .batcher import Overloaded
 from .deps import client_ip
+from .ledger_client import Unavailable
 
 log = logging.getLogger("paynode.audit")
 
@@ -70,7 +71,7 @@ class AuditWriter:
                                 type(e).__name__)  # fmt: skip
                     for _, fut in batch:
                         if not fut.done():
-                            fut.set_exception(Overloaded("audit log unavailable"))
+                            fut.set_exception(Unavailable())
                 else:
                     for _, fut in batch:
                         if not fut.done():
