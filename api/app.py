@@ -183,11 +183,6 @@ async def _operator_accounts(client: LedgerClient) -> None:
             raise RuntimeError(f"operator account {account_id}: {result.code}")
 
 
-def _holds_nul(scope: dict) -> bool:
-    query = scope.get("query_string", b"")
-    return "\x00" in scope["path"] or b"%00" in query or b"\x00" in query
-
-
 def create_app(settings: Settings, shard_names: list[str], keys: Keyring) -> FastAPI:
     """The ASGI app. Ray must be initialized in this process (the shards are looked up)."""
     metrics = FrontMetrics()
@@ -279,6 +274,15 @@ def create_app(settings: Settings, shard_names: list[str], keys: Keyring) -> Fas
         log.warning("database unavailable: %s", type(e).__name__)
         return p.problem(Code.STORAGE_UNAVAILABLE, "the database is unavailable")
 
+    @app.exception_handler(sa_exc.DataError)
+    async def _unstorable(_: Request, e: sa_exc.DataError) -> Response:
+        # Bodies holding NUL are refused when decoded; a path or query value holding it
+        # reaches PostgreSQL, whose text cannot, so nothing can match it.
+        if "NUL" in str(e.orig):
+            return p.problem(p.INVALID_FIELD, "a value holds a NUL character")
+        log.exception("database refused a value")
+        return p.problem(p.INTERNAL)
+
     @app.exception_handler(SealError)
     async def _sealed(_: Request, e: SealError) -> Response:
         # Tampering, a value moved between rows, or a key removed too early: an
@@ -324,11 +328,6 @@ def create_app(settings: Settings, shard_names: list[str], keys: Keyring) -> Fas
             self.inner = inner
 
         async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-            if scope["type"] == "http" and _holds_nul(scope):
-                # No id, handle or filter holds NUL, and PostgreSQL text cannot store it.
-                response = p.problem(p.INVALID_FIELD, "the URL holds a NUL character")
-                await response(scope, receive, send)
-                return
             if scope["type"] == "http" and scope["path"] not in _PUBLIC_PATHS:
                 client = scope.get("client")
                 wait = per_ip.take(client[0] if client else "unknown")
