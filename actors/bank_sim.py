@@ -76,6 +76,11 @@ class BankSimulator:
     async def ping(self) -> bool:
         return True
 
+    async def signing_secret(self) -> str:
+        """For API processes that did not start this simulator (cluster mode): the secret
+        its webhooks are signed with. Crosses Ray's token-authenticated channel only."""
+        return self._secret
+
     async def stop(self) -> None:
         for t in self._tasks:
             t.cancel()

@@ -81,9 +81,12 @@ class LedgerShard:
         namespace: str,
         commit_max_rows: int = 65_536,
         expiry_interval_ms: int = 200,
+        peer_names: Sequence[str] = (),
     ) -> None:
         assert 0 <= index < count
+        assert not peer_names or len(peer_names) == count
         self.index = index
+        self._peer_names = list(peer_names)
         self.count = count
         self._url = database_url
         self._namespace = namespace
@@ -105,29 +108,74 @@ class LedgerShard:
         self._buckets = [0] * (len(COMMIT_BUCKETS_S) + 1)
         self._rebuilds = 0
         self._phase: dict[str, float] = {"durable_wait": 0.0, "forward": 0.0, "calls": 0}
+        self._starting: asyncio.Task[None] | None = None
 
     # -- life cycle -------------------------------------------------------
 
     async def start(self) -> int:
-        """Rebuild from the journal and start the commit and expiry loops."""
+        """Rebuild from the journal and start the commit and expiry loops (idempotent).
+
+        Every other entry point calls this too: when Ray restarts a crashed
+        shard it runs ``__init__`` again and nobody calls ``start``, so the
+        first message to the new incarnation triggers its rebuild and waits
+        for it.
+        """
+        if self._starting is None:
+            self._starting = asyncio.create_task(self._start())
+        await asyncio.shield(self._starting)
+        return len(self.ledger.accounts)
+
+    async def _start(self) -> None:
         await self._rebuild()
         self._tasks = [
             asyncio.create_task(self._commit_loop()),
             asyncio.create_task(self._expiry_loop()),
         ]
-        return len(self.ledger.accounts)
+        if _restarted():
+            self._tasks.append(asyncio.create_task(self._tell_peers_to_resync()))
 
-    async def set_peers(self, names: list[str]) -> None:
-        import ray
+    async def _tell_peers_to_resync(self) -> None:
+        """After a crash: rows the previous incarnation committed may never have reached
+        their credit shards (it died between commit and forward). Each peer re-reads the
+        journal; until it has, its credit balances can only be short, never long."""
+        log.warning("shard %d: restarted after a crash; peers re-read the journal", self.index)
+        others = [i for i in range(self.count) if i != self.index]
+        await self._call_peers({i: self._peer(i).resync.remote() for i in others})
 
-        self._peers = {
-            i: ray.get_actor(name, namespace=self._namespace)
-            for i, name in enumerate(names)
-            if i != self.index
-        }
+    async def resync(self) -> int:
+        """Re-read this shard's accounts from the journal without losing decided work.
+
+        New work is refused (``storage_unavailable``) from here on; everything
+        already applied is committed first, then memory is rebuilt. Returns the
+        number of rebuilds so far.
+        """
+        await self.start()
+        self._ready = False
+        deadline = time.monotonic() + 60
+        while (self._queue or self._committing) and time.monotonic() < deadline:
+            await asyncio.sleep(0.002)
+        await self._rebuild()
+        return self._rebuilds
+
+    def _peer(self, index: int) -> object:
+        """The actor handle of shard ``index``, looked up by name once."""
+        handle = self._peers.get(index)
+        if handle is None:
+            import ray
+
+            handle = ray.get_actor(self._peer_names[index], namespace=self._namespace)
+            self._peers[index] = handle
+        return handle
 
     async def ping(self) -> bool:
+        await self.start()
         return self._ready
+
+    async def identity(self) -> tuple[int, int, int]:
+        """(index, count, pid): how fronts discover the shard set, and tests find the process."""
+        import os
+
+        return self.index, self.count, os.getpid()
 
     async def _rebuild(self) -> None:
         """Replace the in-memory ledger with the journal's state; retry until it works."""
@@ -239,6 +287,7 @@ class LedgerShard:
 
     async def execute(self, payload: bytes) -> bytes:
         """Decide, journal and answer groups whose every decision is local to this shard."""
+        await self.start()
         groups = decode_groups(payload)
         if not self._ready:
             return encode([_unavailable(g) for g in groups])
@@ -304,7 +353,7 @@ class LedgerShard:
                 remote[shard_of(row.credit_account_id, self.count)].append(row)
         if remote:
             await self._call_peers(
-                {i: self._peers[i].apply_rows.remote(encode(r)) for i, r in remote.items()}
+                {i: self._peer(i).apply_rows.remote(encode(r)) for i, r in remote.items()}
             )
 
     async def _call_peers(self, calls: dict) -> None:
@@ -316,6 +365,7 @@ class LedgerShard:
 
     async def apply_rows(self, payload: bytes) -> int:
         """Credit legs of rows another shard has committed. Idempotent by transfer id."""
+        await self.start()
         rows = decode_rows(payload)
         await self._rebuilt.wait()
         return sum(self.ledger.apply(r) for r in rows)
@@ -323,6 +373,7 @@ class LedgerShard:
     # -- transfers: two-phase groups across shards -------------------------
 
     async def prepare(self, payload: bytes) -> bytes:
+        await self.start()
         items = decode_prepares(payload)
         if not self._ready:
             return encode([_unavailable(p.ops) for p in items])
@@ -331,6 +382,7 @@ class LedgerShard:
 
     async def commit(self, payload: bytes) -> bytes:
         """Primary of prepared groups: journal their rows, then finish them everywhere."""
+        await self.start()
         items = decode_commits(payload)
         rows = [r for c in items for r in c.rows]
         try:
@@ -350,7 +402,7 @@ class LedgerShard:
                 if p != self.index:
                     calls[p].append([c.gid, c.rows])
         await self._call_peers(
-            {p: self._peers[p].finish.remote(encode(v)) for p, v in calls.items()}
+            {p: self._peer(p).finish.remote(encode(v)) for p, v in calls.items()}
         )
         return encode([[] for _ in items])
 
@@ -372,6 +424,7 @@ class LedgerShard:
         return out
 
     async def finish(self, payload: bytes) -> int:
+        await self.start()
         items = decode_finishes(payload)
         await self._rebuilt.wait()
         applied = 0
@@ -380,13 +433,38 @@ class LedgerShard:
             applied += sum(self.ledger.apply(r) for r in f.rows)
         return applied
 
+    async def settle(self, payload: bytes) -> int:
+        """Groups whose primary died during commit: apply what the journal holds, release.
+
+        The front cannot know whether the primary committed before it died; the
+        journal does. Rows present are applied (idempotent by id), absent ones
+        were never committed, and the reservation is released either way.
+        """
+        items = decode_finishes(payload)
+        await self.start()
+        await self._rebuilt.wait()
+        try:
+            # Its own connection: the commit loop's may be inside a transaction.
+            async with await connect(self._url) as conn:
+                present = await journal.existing_ids(conn, [r.id for f in items for r in f.rows])
+        except (psycopg.Error, OSError):
+            await self.resync()  # the journal decides, one way or another
+            return 0
+        applied = 0
+        for f in items:
+            self.ledger.release(f.gid)
+            applied += sum(self.ledger.apply(r) for r in f.rows if r.id in present)
+        return applied
+
     async def abort(self, payload: bytes) -> None:
+        await self.start()
         for gid in decode_ids(payload):
             self.ledger.release(gid)
 
     # -- accounts -----------------------------------------------------------
 
     async def create_accounts(self, payload: bytes) -> bytes:
+        await self.start()
         specs = decode_specs(payload)
         if not self._ready:
             return encode([AccountResult(Code.STORAGE_UNAVAILABLE, s) for s in specs])
@@ -416,6 +494,7 @@ class LedgerShard:
 
     async def get_accounts(self, payload: bytes) -> bytes:
         """Balances as of now, answered once everything they reflect is durable."""
+        await self.start()
         ids = decode_ids(payload)
         accounts = self.ledger.accounts
         snap = [accounts[i].balances() if i in accounts else None for i in ids]
@@ -427,6 +506,7 @@ class LedgerShard:
 
     async def balances(self) -> bytes:
         """Every local account's balances at a durable point (for checks and tests)."""
+        await self.start()
         await self._barrier()
         return encode(self.ledger.balances())
 
@@ -447,6 +527,7 @@ class LedgerShard:
             await self._forward(rows)
 
     async def stats(self) -> bytes:
+        await self.start()
         lg = self.ledger
         return encode(
             ShardStats(
@@ -472,6 +553,20 @@ class LedgerShard:
             t.cancel()
         if self._conn is not None:
             await self._conn.close()
+
+
+def _restarted() -> bool:
+    """Whether Ray restarted this actor after its process died."""
+    import warnings
+
+    try:
+        import ray
+
+        with warnings.catch_warnings():  # Ray's own property uses a deprecated one inside
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return ray.get_runtime_context().was_current_actor_reconstructed
+    except Exception:  # not running under Ray (pure tests)
+        return False
 
 
 def _unavailable(ops: Sequence) -> list[Outcome]:

@@ -253,7 +253,7 @@ def create_app(settings: Settings, shard_names: list[str], keys: Keyring) -> Fas
 
     @app.exception_handler(Unavailable)
     async def _unavailable(_: Request, e: Unavailable) -> Response:
-        return p.problem(Code.STORAGE_UNAVAILABLE)
+        return p.problem(e.code)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, e: StarletteHTTPException) -> Response:

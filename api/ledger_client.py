@@ -35,6 +35,7 @@ from actors.ledger.rules import refuse_group
 from actors.messages import (
     AccountResult,
     Commit,
+    Finish,
     Group,
     Prepare,
     decode_account_results,
@@ -59,7 +60,35 @@ _Segment = dict[int, list[tuple[int, Group]]] | tuple[int, Group, list[int], lis
 
 
 class Unavailable(Exception):
-    """The shard could not make its answer durable."""
+    """The shard could not make its answer durable: nothing was applied."""
+
+    code = Code.STORAGE_UNAVAILABLE
+
+
+class ShardLost(Unavailable):
+    """The shard died before answering (Ray restarts it): the outcome is unknown."""
+
+    code = p.SHARD_RESTARTED
+
+
+def _actor_errors() -> tuple[type[BaseException], ...]:
+    """Ray's errors for a call whose actor died or cannot be reached (imported late:
+    Ray reads its auth settings at import)."""
+    from ray.exceptions import ActorUnavailableError, RayActorError
+
+    return (RayActorError, ActorUnavailableError)
+
+
+async def _call(ref) -> object:
+    """Await a shard call; a shard that died under it (Ray restarts it) is a 503.
+
+    The outcome of such a call is unknown: it may have committed before the
+    process died. Clients retry with the same ids and get the journal's answer.
+    """
+    try:
+        return await ref
+    except _actor_errors() as e:
+        raise ShardLost(type(e).__name__) from None
 
 
 @dataclass
@@ -114,7 +143,7 @@ class LedgerClient:
         remote = getattr(handle, method)
 
         async def send(items: list) -> list:
-            return decode(await remote.remote(encode(items)))
+            return decode(await _call(remote.remote(encode(items))))
 
         return send
 
@@ -124,7 +153,7 @@ class LedgerClient:
 
         async def send(items: list[list[Group]]) -> list[list[list[Outcome]]]:
             flat = [g for item in items for g in item]
-            outcomes = decode_outcomes(await handle.execute.remote(encode(flat)))
+            outcomes = decode_outcomes(await _call(handle.execute.remote(encode(flat))))
             out, i = [], 0
             for item in items:
                 out.append(outcomes[i : i + len(item)])
@@ -136,7 +165,7 @@ class LedgerClient:
     @staticmethod
     def _read_caller(handle):
         async def send(ids: list[str]) -> list:
-            result = decode_balances(await handle.get_accounts.remote(encode(ids)))
+            result = decode_balances(await _call(handle.get_accounts.remote(encode(ids))))
             if result is None:
                 raise Unavailable
             return result
@@ -393,9 +422,14 @@ class LedgerClient:
     ) -> list[Outcome]:
         gid = uuid.uuid4().hex
         prep = Prepare(gid, ops)
-        answers: list[list[Outcome]] = await asyncio.gather(
-            *(self._prepare[s].submit(prep, weight=len(ops)) for s in deciders)
+        prepared = await asyncio.gather(
+            *(self._prepare[s].submit(prep, weight=len(ops)) for s in deciders),
+            return_exceptions=True,
         )
+        if any(isinstance(a, BaseException) for a in prepared):
+            await self._abort(gid, deciders)  # a dead decider kept nothing; free the others
+            raise next(a for a in prepared if isinstance(a, BaseException))
+        answers: list[list[Outcome]] = prepared  # type: ignore[assignment]
         failure = _first_failure(answers)
         by_id = {
             o.id: o
@@ -414,9 +448,15 @@ class LedgerClient:
             return refuse_group(ops, *failure)
         rows = [by_id[op.id].row for op in ops]
         assert all(r is not None for r in rows), "a debit decider returned no row"
-        committed: list[Outcome] = await self._commit[deciders[0]].submit(
-            Commit(gid, rows, participants), weight=len(ops)
-        )
+        try:
+            committed: list[Outcome] = await self._commit[deciders[0]].submit(
+                Commit(gid, rows, participants), weight=len(ops)
+            )
+        except Unavailable:
+            # The primary died while committing: only the journal knows whether the
+            # group is in. The others apply it if it is, and free their reservations.
+            await self._settle(gid, rows, [s for s in participants if s != deciders[0]])
+            raise
         if committed:
             await self._abort(gid, deciders)
             return committed
@@ -424,7 +464,25 @@ class LedgerClient:
 
     async def _abort(self, gid: str, shards: list[int]) -> None:
         payload = encode([gid])
-        await asyncio.gather(*(self.shards[s].abort.remote(payload) for s in shards))
+        results = await asyncio.gather(
+            *(_call(self.shards[s].abort.remote(payload)) for s in shards),
+            return_exceptions=True,
+        )
+        _raise_unexpected(results)  # a dead shard's reservations died with it
+
+    async def _settle(self, gid: str, rows: list, shards: list[int]) -> None:
+        payload = encode([Finish(gid, rows)])
+        results = await asyncio.gather(
+            *(_call(self.shards[s].settle.remote(payload)) for s in shards),
+            return_exceptions=True,
+        )
+        _raise_unexpected(results)  # a dead shard re-reads the journal when it restarts
+
+
+def _raise_unexpected(results: list) -> None:
+    for r in results:
+        if isinstance(r, BaseException) and not isinstance(r, Unavailable):
+            raise r
 
 
 def _chains(drafts: Sequence[_Draft]) -> list[tuple[int, int]]:

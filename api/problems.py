@@ -35,6 +35,7 @@ NOT_FOUND = "not_found"
 METHOD_NOT_ALLOWED = "method_not_allowed"
 OVERLOADED = "overloaded"
 TIMEOUT = "timeout"
+SHARD_RESTARTED = "shard_restarted"
 INTERNAL = "internal_error"
 
 # Identity and access.
@@ -119,6 +120,7 @@ _TABLE: dict[str, tuple[int, str]] = {
     METHOD_NOT_ALLOWED: (405, "Method not allowed"),
     OVERLOADED: (503, "Node overloaded, retry later"),
     TIMEOUT: (503, "No answer in time; retry with the same id"),
+    SHARD_RESTARTED: (503, "A ledger shard restarted before answering; retry with the same id"),
     INTERNAL: (500, "Internal error"),
     UNAUTHENTICATED: (401, "Authentication required: Authorization: Bearer <token or key>"),
     INVALID_TOKEN: (401, "Invalid access token"),
@@ -205,7 +207,7 @@ _TABLE: dict[str, tuple[int, str]] = {
     Code.STORAGE_UNAVAILABLE: (503, "Journal unavailable; nothing was applied"),
 }
 
-_RETRYABLE = RETRYABLE | {OVERLOADED, TIMEOUT, RATE_LIMITED}
+_RETRYABLE = RETRYABLE | {OVERLOADED, TIMEOUT, SHARD_RESTARTED, RATE_LIMITED}
 
 
 def status_of(code: str) -> int:

@@ -7,6 +7,8 @@ paynode sql "SELECT ..." [--data-dir D] [--format table|csv|json]
 paynode recon run|status [--full] [--url U]
 paynode report daily [--date YYYY-MM-DD] [--data-dir D]
 paynode audit verify [--data-dir D]
+paynode actors [--data-dir D] [--shards N]               (cluster mode, RAY_ADDRESS)
+paynode api [--host H] [--port P] [--workers N]          (cluster mode, RAY_ADDRESS)
 paynode bench ...
 """
 
@@ -16,6 +18,7 @@ import argparse
 import logging
 import socket
 import sys
+import threading
 from types import FrameType
 
 import msgspec
@@ -52,6 +55,9 @@ def _parser() -> argparse.ArgumentParser:
     from .audit_cli import add_parsers as add_audit_parsers
 
     add_audit_parsers(sub)
+    from .cluster import add_parsers as add_cluster_parsers
+
+    add_cluster_parsers(sub)
     bench = sub.add_parser("bench", help="load a node, audit it, compare with a baseline")
     from benchmarks.bench import add_arguments
 
@@ -146,6 +152,9 @@ def cmd_run(settings: Settings) -> int:
     # ports Ray picks for itself while starting can land on ours.
     sock = _listen(settings.host, settings.port)
     services = start(settings)
+    stopping = threading.Event()
+    keeper = threading.Thread(target=_keep_ownership, args=(services, stopping), daemon=True)
+    keeper.start()
     try:
         settings = msgspec.structs.replace(settings, database_url=services.database_url)
         app = create_app(settings, services.shard_names, keys)
@@ -168,9 +177,16 @@ def cmd_run(settings: Settings) -> int:
         )
         server.run(sockets=[sock])  # returns on SIGINT/SIGTERM after draining
     finally:
+        stopping.set()
+        keeper.join(timeout=15)
         services.stop()
         print("paynode stopped", flush=True)
     return 0
+
+
+def _keep_ownership(services, stopping: threading.Event) -> None:
+    while not stopping.wait(2.0):
+        services.keep_ownership()
 
 
 def _listen(host: str, port: int) -> socket.socket:
@@ -228,6 +244,14 @@ def main(argv: list[str] | None = None) -> int:
     from .runtime import DatabaseInUse
 
     try:
+        if args.command == "actors":
+            from .cluster import cmd_actors
+
+            return cmd_actors(settings)
+        if args.command == "api":
+            from .cluster import cmd_api
+
+            return cmd_api(settings, args.workers)
         return cmd_run(settings)
     except (DatabaseInUse, KeyringError) as e:
         print(f"paynode: {e}", file=sys.stderr)

@@ -24,6 +24,8 @@ class Settings(msgspec.Struct, kw_only=True):
     port: int = 8000
     data_dir: str = "./paynode-data"
     shards: int = 0  # 0 = one per core
+    shard_max_restarts: int = -1  # Ray restarts a crashed shard (-1 = always; 0 = never)
+    public_url: str = ""  # how actors reach the HTTP front (bank simulator); "" = host:port
     database_url: str | None = None  # None = embedded PostgreSQL under data_dir
     ray_address: str | None = None  # None = start a local Ray instance
     namespace: str = "paynode"
@@ -111,6 +113,12 @@ class Settings(msgspec.Struct, kw_only=True):
         except msgspec.DecodeError as e:
             raise ValueError("webhook_providers is not a JSON object of strings") from e
 
+    def front_url(self) -> str:
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
+        return f"http://{host}:{self.port}"
+
     def shard_count(self) -> int:
         return self.shards if self.shards > 0 else _cores()
 
@@ -155,6 +163,8 @@ def _check(s: Settings) -> None:
         problems.append("port must be 1..65535")
     if s.shards < 0 or s.shards > 1024:
         problems.append("shards must be 0..1024")
+    if s.shard_max_restarts < -1:
+        problems.append("shard_max_restarts must be -1 (always) or >= 0")
     if not 1 <= s.batch_max_items <= 100_000:
         problems.append("batch_max_items must be 1..100000")
     if not 0 <= s.batch_window_ms <= 1000:

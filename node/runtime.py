@@ -8,10 +8,12 @@ only what this process started.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import secrets
+import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -61,6 +63,32 @@ class Services:
     _pg: object | None = None
     _ray_started: bool = False
     _owner: psycopg.Connection | None = None
+
+    def keep_ownership(self) -> None:
+        """Take the ownership lock again if PostgreSQL restarted (the session holding it
+        died with the server). Another node that took the database meanwhile means two
+        deciders for the same accounts: this node stops rather than race it."""
+        if self._owner is None or self._owner_alive():
+            return
+        try:
+            self._owner = claim_database(self.database_url)
+            log.info("database ownership lock taken again after a PostgreSQL restart")
+        except DatabaseInUse:
+            log.critical("another node owns this database now; stopping this one")
+            os.kill(os.getpid(), signal.SIGTERM)
+        except psycopg.Error:
+            pass  # still down: the next check tries again
+
+    def _owner_alive(self) -> bool:
+        """True while the owner session is alive (nothing to do)."""
+        assert self._owner is not None
+        try:
+            self._owner.execute("SELECT 1")
+            return True
+        except psycopg.Error:
+            with contextlib.suppress(psycopg.Error):
+                self._owner.close()
+            return False
 
     def stop(self) -> None:
         import ray
@@ -167,8 +195,55 @@ def start_ray(settings: Settings) -> bool:
     return True
 
 
-def start_shards(settings: Settings, database_url: str) -> tuple[list[str], list[object]]:
-    """Create the shard actors, let each rebuild from the journal, and introduce them."""
+def _actor_options(settings: Settings, detached: bool) -> dict:
+    """Options shared by every actor of the node.
+
+    Detached actors (cluster mode) outlive the process that created them, so
+    API processes on any machine can find them by name.
+    """
+    options: dict = {"namespace": settings.namespace, "num_cpus": 0}
+    if detached:
+        options["lifetime"] = "detached"
+    return options
+
+
+def _evict(names: list[str], namespace: str) -> None:
+    """Kill the named actors left by an earlier ``paynode actors`` (they resume from
+    PostgreSQL and the data directory when started again)."""
+    import ray
+
+    for name in names:
+        try:
+            ray.kill(ray.get_actor(name, namespace=namespace))
+        except ValueError:
+            continue  # not running
+        wait_until_gone(name, namespace)
+
+
+def wait_until_gone(name: str, namespace: str, timeout: float = 30.0) -> None:
+    import time
+
+    import ray
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            ray.get_actor(name, namespace=namespace)
+        except ValueError:
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"actor {name} still registered {timeout:.0f} s after it was killed")
+
+
+def start_shards(
+    settings: Settings, database_url: str, detached: bool = False
+) -> tuple[list[str], list[object]]:
+    """Create (or adopt) the shard actors and let each rebuild from the journal.
+
+    Ray restarts a crashed shard (``shard_max_restarts``); the new
+    incarnation rebuilds from the journal on its first message, and calls
+    that were in flight when it died fail (the front answers them 503).
+    """
     import ray
 
     from actors.ledger_shard import LedgerShard
@@ -179,10 +254,12 @@ def start_shards(settings: Settings, database_url: str) -> tuple[list[str], list
     shards = [
         remote.options(
             name=name,
-            namespace=settings.namespace,
-            num_cpus=0,
             max_concurrency=10_000,
-            max_restarts=0,
+            max_restarts=settings.shard_max_restarts,
+            max_task_retries=0,  # a lost answer is the client's to retry, by transfer id
+            # A restarted `paynode actors` adopts the running shards (and their memory).
+            get_if_exists=detached,
+            **_actor_options(settings, detached),
         ).remote(
             i,
             count,
@@ -190,13 +267,29 @@ def start_shards(settings: Settings, database_url: str) -> tuple[list[str], list
             settings.namespace,
             settings.commit_max_rows,
             settings.expiry_interval_ms,
+            names,
         )
         for i, name in enumerate(names)
     ]
     loaded = ray.get([s.start.remote() for s in shards])
-    ray.get([s.set_peers.remote(names) for s in shards])
+    found = ray.get([s.identity.remote() for s in shards])
+    for i, (index, shards_seen, _) in enumerate(found):
+        if (index, shards_seen) != (i, count):
+            raise RuntimeError(
+                f"shard actor {names[i]} is shard {index} of {shards_seen}, not {i} of {count}: "
+                "the running actors were started with another shard count"
+            )
     log.info("%d shards ready, %d accounts", count, sum(loaded))
     return names, shards
+
+
+def find_shards(namespace: str) -> list[str]:
+    """Names of the shard actors a ``paynode actors`` process started (cluster mode)."""
+    import ray
+
+    first = ray.get_actor(SHARD_NAME.format(index=0), namespace=namespace)
+    _, count, _ = ray.get(first.identity.remote(), timeout=60)
+    return [SHARD_NAME.format(index=i) for i in range(count)]
 
 
 ANALYTICS_NAME = "paynode-analytics"
@@ -206,6 +299,8 @@ HANDLES_NAME = "paynode-handles"
 ACH_NAME = "paynode-ach"
 BANK_SIM_NAME = "paynode-banksim"
 RISK_NAME = "paynode-risk"
+HELPER_NAMES = [ANALYTICS_NAME, RECONCILER_NAME, NOTIFIER_NAME, HANDLES_NAME, BANK_SIM_NAME,
+                ACH_NAME, RISK_NAME]  # fmt: skip
 
 
 def resolved_paths(settings: Settings) -> Settings:
@@ -214,7 +309,9 @@ def resolved_paths(settings: Settings) -> Settings:
     return msgspec.structs.replace(settings, data_dir=str(settings.data_path()), keyring=keyring)
 
 
-def start_helpers(settings: Settings, database_url: str, shard_names: list[str]) -> list[object]:
+def start_helpers(
+    settings: Settings, database_url: str, shard_names: list[str], detached: bool = False
+) -> list[object]:
     """The analytics follower, the reconciler (after the shards: it reads them), the notifier
     and the handle directory."""
     import ray
@@ -226,7 +323,13 @@ def start_helpers(settings: Settings, database_url: str, shard_names: list[str])
     from actors.reconciler import Reconciler
     from actors.risk.actor import RiskActor
 
-    options = {"namespace": settings.namespace, "num_cpus": 0, "max_restarts": 0}
+    if detached:
+        _evict(HELPER_NAMES, settings.namespace)
+    # The helpers write files under the data directory: they run on this machine.
+    options = _actor_options(settings, detached) | {
+        "max_restarts": 0,
+        "scheduling_strategy": _this_node(),
+    }
     analytics = (
         ray.remote(AnalyticsStreamer)
         .options(name=ANALYTICS_NAME, max_concurrency=16, **options)
@@ -291,6 +394,13 @@ def start_helpers(settings: Settings, database_url: str, shard_names: list[str])
     return helpers
 
 
+def _this_node() -> object:
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    return NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+
+
 def _start_bank_simulator(settings: Settings, options: dict) -> object:
     """The simulated bank, and the secret it signs its webhooks with (added to ours)."""
     import ray
@@ -303,12 +413,11 @@ def _start_bank_simulator(settings: Settings, options: dict) -> object:
         providers[PROVIDER] = secrets.token_urlsafe(32)
         settings.webhook_providers = json.dumps(providers)
     returns = json.loads(settings.bank_sim_returns) if settings.bank_sim_returns else None
-    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
     sim = (
         ray.remote(BankSimulator)
         .options(name=BANK_SIM_NAME, max_concurrency=100, **options)
         .remote(
-            f"http://{host}:{settings.port}", providers[PROVIDER], settings.bank_sim_delay_s,
+            settings.front_url(), providers[PROVIDER], settings.bank_sim_delay_s,
             settings.ach_odfi_routing, returns,
         )
     )  # fmt: skip
@@ -316,7 +425,8 @@ def _start_bank_simulator(settings: Settings, options: dict) -> object:
     return sim
 
 
-def start(settings: Settings) -> Services:
+def start(settings: Settings, detached: bool = False) -> Services:
+    """Everything but the HTTP front; ``detached`` for cluster mode (``paynode actors``)."""
     database_url, pg = start_postgres(settings)
     services = Services(settings, database_url, [], _pg=pg)
     try:
@@ -325,8 +435,8 @@ def start(settings: Settings) -> Services:
         if applied:
             log.info("applied migrations %s", applied)
         services._ray_started = start_ray(settings)
-        services.shard_names, services.shards = start_shards(settings, database_url)
-        services.helpers = start_helpers(settings, database_url, services.shard_names)
+        services.shard_names, services.shards = start_shards(settings, database_url, detached)
+        services.helpers = start_helpers(settings, database_url, services.shard_names, detached)
     except BaseException:
         services.stop()
         raise
