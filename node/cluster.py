@@ -1,0 +1,156 @@
+"""Cluster mode: the actors and the HTTP fronts as separate processes on a Ray cluster.
+
+``paynode actors`` joins the cluster at ``RAY_ADDRESS``, migrates the
+database, and starts the shard and helper actors *detached* and *named*, so
+they outlive it and any number of API processes find them by name. It stays
+up holding the database's ownership lock; SIGTERM or SIGINT stops the actors.
+Killed with SIGKILL, it leaves them running; started again it adopts the
+shards (with their memory) and replaces the helpers (they resume from
+PostgreSQL and the data directory).
+
+``paynode api --workers N`` runs N uvicorn worker processes. Each joins the
+cluster as its own Ray driver and looks the actors up; uvicorn's supervisor
+replaces a worker that dies. Shards decide and journal every transfer, so a
+front holds nothing that a restart could lose.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+from typing import TYPE_CHECKING
+
+import msgspec
+
+from .config import Settings, from_env
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+log = logging.getLogger("paynode.cluster")
+
+_APP_SPEC = "node.cluster:app_from_env"
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    actors = sub.add_parser(
+        "actors", help="cluster mode: start the shard and helper actors on RAY_ADDRESS"
+    )
+    actors.add_argument("--data-dir", help="data directory (default ./paynode-data)")
+    actors.add_argument("--shards", type=int, help="ledger shard actors (default: one per core)")
+    api = sub.add_parser("api", help="cluster mode: serve HTTP with actors found on RAY_ADDRESS")
+    api.add_argument("--data-dir", help="data directory (default ./paynode-data)")
+    api.add_argument("--host", help="listen address (default 127.0.0.1)")
+    api.add_argument("--port", type=int, help="listen port (default 8000)")
+    api.add_argument("--workers", type=int, default=1, help="API processes (default 1)")
+
+
+def _require_cluster(settings: Settings) -> str | None:
+    if not settings.ray_address:
+        return "cluster mode needs RAY_ADDRESS (host:port of the Ray head); `paynode run` " \
+            "runs everything in one process instead"  # fmt: skip
+    if not settings.database_url:
+        return "cluster mode needs DATABASE_URL: every process must reach the same PostgreSQL"
+    return None
+
+
+def cmd_actors(settings: Settings) -> int:
+    from .keyring import load
+    from .runtime import start
+
+    problem = _require_cluster(settings)
+    if problem:
+        print(f"paynode: {problem}", file=sys.stderr)
+        return 2
+    load(settings.data_path(), settings.keyring)  # exists before the notifier reads it
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    services = start(settings, detached=True)
+    try:
+        print(
+            f"paynode actors ready: {len(services.shard_names)} shards in namespace "
+            f"{settings.namespace!r} on Ray at {settings.ray_address}",
+            flush=True,
+        )
+        while not stop.wait(1.0):
+            services.keep_ownership()
+    finally:
+        services.stop()
+        print("paynode actors stopped", flush=True)
+    return 0
+
+
+def cmd_api(settings: Settings, workers: int) -> int:
+    import uvicorn
+
+    problem = _require_cluster(settings)
+    if problem:
+        print(f"paynode: {problem}", file=sys.stderr)
+        return 2
+    if not 1 <= workers <= 64:
+        print("paynode: --workers must be 1..64", file=sys.stderr)
+        return 2
+    # Workers are fresh processes: they read the settings from the environment.
+    os.environ.update(_environment(settings))
+    print(
+        f"paynode api on http://{settings.host}:{settings.port} ({workers} workers, "
+        f"Ray at {settings.ray_address})",
+        flush=True,
+    )
+    uvicorn.run(
+        _APP_SPEC,
+        factory=True,
+        host=settings.host,
+        port=settings.port,
+        workers=workers,
+        loop="uvloop",
+        http="httptools",
+        log_level="warning",
+        access_log=False,
+        proxy_headers=False,
+        timeout_graceful_shutdown=10,
+    )
+    return 0
+
+
+def _environment(settings: Settings) -> dict[str, str]:
+    """The CLI's choices as the variables ``from_env`` reads in each worker."""
+    return {
+        "PAYNODE_HOST": settings.host,
+        "PAYNODE_PORT": str(settings.port),
+        "PAYNODE_DATA_DIR": str(settings.data_path()),
+    }
+
+
+def app_from_env() -> FastAPI:
+    """The uvicorn factory run in each API worker: join Ray, find the actors, build the app."""
+    from actors.bank_sim import PROVIDER
+    from api.app import create_app
+
+    from .keyring import load
+    from .runtime import BANK_SIM_NAME, find_shards, start_ray
+
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    settings = from_env()
+    start_ray(settings)
+    import ray
+
+    names = find_shards(settings.namespace)
+    providers = settings.providers()
+    if settings.bank_simulator and PROVIDER not in providers:
+        # The simulator signs with a secret `paynode actors` made; this front must verify it.
+        sim = ray.get_actor(BANK_SIM_NAME, namespace=settings.namespace)
+        providers[PROVIDER] = ray.get(sim.signing_secret.remote(), timeout=60)
+        settings = msgspec.structs.replace(
+            settings, webhook_providers=msgspec.json.encode(providers).decode()
+        )
+    keys = load(settings.data_path(), settings.keyring)
+    log.info("API worker %d: %d shards found", os.getpid(), len(names))
+    return create_app(settings, names, keys)
