@@ -67,10 +67,11 @@ def cmd_actors(settings: Settings) -> int:
         print(f"paynode: {problem}", file=sys.stderr)
         return 2
     load(settings.data_path(), settings.keyring)  # exists before the notifier reads it
+    services = start(settings, detached=True)
     stop = threading.Event()
+    # After start: ray.init installs a SIGTERM handler of its own that exits at once.
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    services = start(settings, detached=True)
     try:
         print(
             f"paynode actors ready: {len(services.shard_names)} shards in namespace "

@@ -259,6 +259,8 @@ def start_shards(
             max_task_retries=0,  # a lost answer is the client's to retry, by transfer id
             # A restarted `paynode actors` adopts the running shards (and their memory).
             get_if_exists=detached,
+            # Across machines: each shard's memory and commit path on a node of its own.
+            scheduling_strategy="SPREAD" if detached else "DEFAULT",
             **_actor_options(settings, detached),
         ).remote(
             i,

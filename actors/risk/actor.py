@@ -80,6 +80,9 @@ class RiskActor:
     async def ping(self) -> bool:
         return True
 
+    async def stop(self) -> None:
+        """Nothing to release: rules and the list live in memory only."""
+
     async def policy(self) -> bytes:
         return _enc.encode(RiskPolicy(self._rules, self._limits, self._version, self._threshold))
 
