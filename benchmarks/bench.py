@@ -22,7 +22,7 @@ from pathlib import Path
 
 from storage.audit import journal_balances
 
-from . import drivers, handles_bench, risk_bench, webhooks
+from . import cluster_bench, drivers, handles_bench, risk_bench, webhooks
 from .node_process import NodeProcess, PeakRss, process_tree, total_rss
 from .receiver import Receiver, serve
 from .workload import AccountPlan, Workload
@@ -32,10 +32,25 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--url", help="target a running node instead of starting one")
     p.add_argument("--data-dir", help="data directory of the node started (default: a temp dir)")
     p.add_argument("--shards", type=int, default=os.cpu_count() or 2)
-    p.add_argument("--mode", choices=("single", "batch", "direct", "handles", "risk"),
+    p.add_argument("--mode", choices=("single", "batch", "direct", "handles", "risk", "cluster"),
                    default="batch",
                    help="handles: resolve @handles in the directory actor (no HTTP); risk:"
-                        " user payments through the risk gate vs operator payments")  # fmt: skip
+                        " user payments through the risk gate vs operator payments; cluster:"
+                        " one process vs a local Ray cluster, same --load")  # fmt: skip
+    p.add_argument("--load", choices=("single", "batch"), default="batch",
+                   help="cluster mode: the HTTP load both targets get")  # fmt: skip
+    p.add_argument(
+        "--ray-workers",
+        type=int,
+        default=1,
+        help="cluster mode: Ray worker nodes besides the head (on 127.0.0.1)",
+    )
+    p.add_argument(
+        "--api-workers",
+        type=int,
+        default=2,
+        help="cluster mode: API processes (paynode api --workers)",
+    )
     p.add_argument("--accounts", type=int, default=10_000)
     p.add_argument("-c", "--concurrency", type=int, default=None,
                    help="clients (default: 64 single, 4 batch/direct)")  # fmt: skip
@@ -56,7 +71,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     if args.concurrency is None:
-        args.concurrency = 64 if args.mode == "single" else 4
+        single = args.mode == "single" or (args.mode == "cluster" and args.load == "single")
+        args.concurrency = 64 if single else 4
     stamp = time.strftime("%Y%m%d-%H%M%S")
     out = Path(args.results) / stamp
     out.mkdir(parents=True, exist_ok=True)
@@ -68,7 +84,8 @@ def main(args: argparse.Namespace) -> int:
     with contextlib.ExitStack() as stack:
         target = _open_target(args, stack)
         report["database_url"] = target.database_url
-        modes = {"direct": _run_direct, "handles": handles_bench.run, "risk": risk_bench.run}
+        modes = {"direct": _run_direct, "handles": handles_bench.run, "risk": risk_bench.run,
+                 "cluster": cluster_bench.run}  # fmt: skip
         run = modes.get(args.mode, _run_http)
         ok = run(args, w, target, report)
         if args.baseline:
@@ -100,6 +117,8 @@ class Target:
 def _open_target(args: argparse.Namespace, stack: contextlib.ExitStack) -> Target:
     if args.url:
         return Target(args.url.rstrip("/"), os.environ.get("DATABASE_URL"))
+    if args.mode == "cluster":
+        return Target(None, None)  # starts both of its targets itself
     drivers.ensure_api_key()
     data_dir = Path(args.data_dir or tempfile.mkdtemp(prefix="paynode-bench-"))
     if args.mode in ("direct", "handles"):
@@ -517,6 +536,11 @@ def _markdown(report: dict) -> str:
     extra = []
     if report.get("ratio_node_over_baseline") is not None:
         extra.append(f"**node / baseline: {report['ratio_node_over_baseline']}x**")
+    if report.get("cluster_over_one_process") is not None:
+        extra.append(f"**cluster / one process: {report['cluster_over_one_process']}x**")
+        extra += [f"peak RSS, {label}: {r['peak_rss_mb']} MB; audit: "
+                  f"{'; '.join(r['audit']['problems']) or 'ok'}"
+                  for label, r in report["cluster"].items()]  # fmt: skip
     if report.get("peak_rss_mb") is not None:
         extra.append(f"peak RSS of the node's processes: {report['peak_rss_mb']} MB")
     an = report.get("analytics")
