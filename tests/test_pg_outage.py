@@ -129,6 +129,20 @@ def test_postgres_outage_refuses_then_recovers(tmp_path: Path) -> None:
             memory = (b["debits_posted"], b["credits_posted"], b["debits_pending"],
                       b["credits_pending"])  # fmt: skip
             assert memory == journal[a], a
+
+        # The node owns the database again (its advisory lock is held; trying to take
+        # it here could race the node's own retry and stop it).
+        def claimed_again() -> bool:
+            from node.runtime import _OWNER_LOCK
+
+            sql = (
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted"
+                " AND objsubid = 1 AND ((classid::bigint << 32) | objid::bigint) = %s"
+            )
+            with psycopg.connect(libpq_url(database_url)) as conn:
+                return conn.execute(sql, (_OWNER_LOCK,)).fetchone()[0] == 1
+
+        wait_until(claimed_again, timeout=30, what="the ownership lock to be taken again")
         print(
             f"outage: {len(acked)} acked, {len(refused)} refused with 503; refusing "
             f"{outage_s:.1f}s; ready {ready_after_s:.1f}s and acknowledging "
