@@ -421,3 +421,23 @@ def test_docker_compose_config_accepts_the_file(tmp_path: Path) -> None:
         refused = subprocess.run([*args, "config", "-q"], env=env | without,
                                  capture_output=True, text=True, timeout=120)  # fmt: skip
         assert refused.returncode != 0 and secret in refused.stderr, (secret, refused.stderr)
+
+
+def test_the_file_matches_the_compose_specification_schema(compose: dict) -> None:
+    """The Compose Specification's JSON schema (``tests/data/compose_spec.json``, as shipped
+    in docker-compose 1.29.2, Apache-2.0): unknown keys, wrong types and bad values fail
+    here without Docker. One later addition to the specification is allowed on top:
+    ``depends_on.<service>.restart`` (Compose 2.17, 2023)."""
+    import json
+
+    import jsonschema
+
+    schema = json.loads((ROOT / "tests" / "data" / "compose_spec.json").read_text())
+    long_form = schema["definitions"]["service"]["properties"]["depends_on"]["oneOf"][1]
+    for entry in long_form["patternProperties"].values():
+        entry["properties"]["restart"] = {"type": "boolean"}
+    errors = [
+        f"{'.'.join(map(str, e.path))}: {e.message}"
+        for e in jsonschema.Draft7Validator(schema).iter_errors(compose)
+    ]
+    assert not errors, errors
