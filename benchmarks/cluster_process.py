@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import psutil
 
-from .node_process import total_rss
+from .node_process import kill_all, total_rss
 
 _ROOT = Path(__file__).resolve().parents[1]
 _RAY = str(Path(sys.executable).with_name("ray"))
@@ -93,11 +93,7 @@ class RayCluster:
 
     def stop(self) -> None:
         """Kill this cluster's processes only (``ray stop`` would stop every Ray here)."""
-        victims = self.processes()
-        for v in victims:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                v.send_signal(signal.SIGKILL)
-        psutil.wait_procs(victims, timeout=30)
+        kill_all(self.processes())
 
 
 class ClusterNode:

@@ -28,6 +28,15 @@ def process_tree(root_pid: int, pgdata: Path | None) -> list[psutil.Process]:
     return found
 
 
+def kill_all(victims: list[psutil.Process], timeout: float = 30.0) -> int:
+    """SIGKILL every process at once, then wait for them; returns how many there were."""
+    for v in victims:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            v.send_signal(signal.SIGKILL)
+    psutil.wait_procs(victims, timeout=timeout)
+    return len(victims)
+
+
 def total_rss(processes: list[psutil.Process]) -> int:
     total = 0
     for p in processes:
@@ -94,14 +103,10 @@ class NodeProcess:
 
     def kill(self) -> int:
         """SIGKILL the whole tree (and the embedded postmaster) at once."""
-        victims = self.processes()
-        for v in victims:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                v.send_signal(signal.SIGKILL)
-        psutil.wait_procs(victims, timeout=30)
+        killed = kill_all(self.processes())
         if self.proc is not None:
             self.proc.wait(timeout=30)
-        return len(victims)
+        return killed
 
     def stop(self, timeout: float = 60.0) -> int:
         """SIGTERM and wait: the node stops Ray and PostgreSQL itself. Returns the exit code."""
