@@ -295,7 +295,36 @@ class LedgerClient:
         except TimeoutError:
             raise p.ApiError(p.TIMEOUT) from None
         assert all(o.id for o in outcomes), "every transfer gets an outcome"
+        await self._correct_misrouted(drafts, outcomes)
         return outcomes
+
+    async def _correct_misrouted(self, drafts: list[_Draft], outcomes: list[Outcome]) -> None:
+        """Refusals a shard gave for want of facts another shard holds.
+
+        A transfer goes to its debit account's shard. An id reused with a debit
+        account on another shard, or a post/void naming accounts on another
+        shard than its pending's, reaches a shard that has never seen the id or
+        the pending, and is refused for its balances or as ``pending_not_found``.
+        The journal knows better; it is asked only when there are such refusals.
+        """
+        suspects = [i for i, o in enumerate(outcomes) if o.code in _DECIDED_REFUSALS]
+        if not suspects:
+            return
+        wanted = {outcomes[i].id for i in suspects} | {
+            drafts[i].body.pending_id or "" for i in suspects
+            if outcomes[i].code == Code.PENDING_NOT_FOUND
+        }  # fmt: skip
+        q = sa.select(transfers_t.c.id, transfers_t.c.status).where(transfers_t.c.id.in_(wanted))
+        async with self.engine.connect() as conn:
+            found = {r[0]: r[1] for r in await conn.execute(q)}
+        for i in suspects:
+            o, pending_id = outcomes[i], drafts[i].body.pending_id
+            if o.id in found:
+                outcomes[i] = Outcome(o.id, Code.EXISTS_WITH_DIFFERENT_FIELDS)
+            elif o.code == Code.PENDING_NOT_FOUND and pending_id in found:
+                code = (Code.PENDING_ACCOUNT_MISMATCH if found[pending_id] == "pending"
+                        else Code.PENDING_NOT_PENDING)  # fmt: skip
+                outcomes[i] = Outcome(o.id, code)
 
     async def _run_segment(self, segment: _Segment, outcomes: list[Outcome]) -> None:
         if isinstance(segment, dict):
@@ -422,6 +451,11 @@ class LedgerClient:
     ) -> list[Outcome]:
         gid = uuid.uuid4().hex
         prep = Prepare(gid, ops)
+        # Checked again here, with no await before the submits: the check in _run_segment
+        # is stale once this task runs, and a refusal after the first submit would leave
+        # that decider's reservation held for good.
+        if not all(self._prepare[s].has_room(len(ops)) for s in deciders):
+            raise Overloaded
         prepared = await asyncio.gather(
             *(self._prepare[s].submit(prep, weight=len(ops)) for s in deciders),
             return_exceptions=True,
@@ -452,6 +486,11 @@ class LedgerClient:
             committed: list[Outcome] = await self._commit[deciders[0]].submit(
                 Commit(gid, rows, participants), weight=len(ops)
             )
+        except Overloaded:
+            # The primary's commit queue is full (slow commits): nothing was queued, so
+            # free what the deciders reserved before refusing, or it stays held for good.
+            await self._abort(gid, deciders)
+            raise
         except Unavailable:
             # The primary died while committing: only the journal knows whether the
             # group is in. The others apply it if it is, and free their reservations.
@@ -483,6 +522,15 @@ def _raise_unexpected(results: list) -> None:
     for r in results:
         if isinstance(r, BaseException) and not isinstance(r, Unavailable):
             raise r
+
+
+# Refusals a shard decides from its own memory: the ones a misrouted transfer can get.
+_DECIDED_REFUSALS = frozenset({
+    Code.INSUFFICIENT_FUNDS, Code.CREDITS_EXCEED_DEBITS, Code.OVERFLOW, Code.PENDING_NOT_FOUND,
+    Code.PENDING_NOT_PENDING, Code.PENDING_ALREADY_POSTED, Code.PENDING_ALREADY_VOIDED,
+    Code.PENDING_EXPIRED, Code.PENDING_ACCOUNT_MISMATCH, Code.EXCEEDS_PENDING_AMOUNT,
+    Code.VOID_AMOUNT_MISMATCH,
+})  # fmt: skip
 
 
 def _chains(drafts: Sequence[_Draft]) -> list[tuple[int, int]]:
