@@ -5,8 +5,9 @@ log's lock, so requests hand their record to this writer and wait: one
 transaction stores everything queued since the last one, in arrival order.
 Routes await the record alongside the ledger call, and answer only when both
 are done, so an acknowledged transfer has its audit record. A failed flush
-fails the requests waiting on it (503 ``storage_unavailable``: retried with
-the same ids, they replay in the ledger and are recorded again).
+fails the requests waiting on it; their transfers may have applied, so they
+are answered 503 ``timeout`` (outcome unknown): retried with the same ids,
+they replay in the ledger and are recorded again.
 """
 
 from __future__ import annotations
@@ -48,9 +49,12 @@ class AuditWriter:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
+    def has_room(self) -> bool:
+        return len(self._queue) < MAX_QUEUE
+
     async def record(self, entry: Entry) -> None:
         """Return once ``entry`` is committed; raise if it could not be."""
-        if len(self._queue) >= MAX_QUEUE:
+        if not self.has_room():
             raise Overloaded("audit queue full")
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._queue.append((entry, done))

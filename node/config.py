@@ -37,6 +37,8 @@ class Settings(msgspec.Struct, kw_only=True):
     queue_limit: int = 100_000  # transfers queued per shard before 503 overloaded
     request_timeout_s: float = 15.0  # a transfer not answered by then is a 503
     max_body_bytes: int = 4 * 1024 * 1024
+    max_inflight_requests: int = 1024  # per API process; beyond it 503 overloaded, body unread
+    max_inflight_body_bytes: int = 64 * 1024 * 1024  # declared body bytes being served
     max_batch_transfers: int = 8190
     db_pool_size: int = 8
 
@@ -163,6 +165,10 @@ def _check(s: Settings) -> None:
         problems.append("port must be 1..65535")
     if s.shards < 0 or s.shards > 1024:
         problems.append("shards must be 0..1024")
+    if s.max_inflight_requests < 1:
+        problems.append("max_inflight_requests must be >= 1")
+    if s.max_inflight_body_bytes < s.max_body_bytes:
+        problems.append("max_inflight_body_bytes must be >= max_body_bytes")
     if s.shard_max_restarts < -1:
         problems.append("shard_max_restarts must be -1 (always) or >= 0")
     if not 1 <= s.batch_max_items <= 100_000:

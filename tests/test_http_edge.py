@@ -8,7 +8,7 @@ import pytest
 from storage.database import libpq_url
 
 from .asserts import problem
-from .conftest import RunningNode
+from .conftest import ADMIN_KEY, RunningNode, wait_until
 
 
 def _counts(node: RunningNode) -> tuple[int, ...]:
@@ -95,3 +95,37 @@ def test_cors_is_off_by_default(node: RunningNode) -> None:
     with node.anonymous() as anon:
         r = anon.get("/health", headers={"Origin": "https://app.example.com"})
     assert r.status_code == 200 and "access-control-allow-origin" not in r.headers
+
+
+def test_requests_in_flight_are_bounded_before_bodies_are_read(make_node) -> None:
+    """Two slow clients hold the only two places: the next request is refused 503
+    ``overloaded`` at once, without its body being read; probes still answer; when the
+    slow clients go, requests are served again."""
+    import socket
+
+    node = make_node(max_inflight_requests=2)
+    host, port = node.url.removeprefix("http://").split(":")
+    slow = []
+    for _ in range(2):  # headers announce a body that never comes: the request stays open
+        s = socket.create_connection((host, int(port)), timeout=10)
+        s.sendall(b"POST /v1/transfers HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
+                  b"\r\nAuthorization: Bearer " + ADMIN_KEY.encode() +
+                  b"\r\nContent-Length: 100\r\n\r\n")  # fmt: skip
+        slow.append(s)
+
+    def refused() -> bool:
+        r = node.http.post("/v1/accounts", json={"id": "late", "currency": "USD"})
+        return r.status_code == 503 and r.json()["code"] == "overloaded"
+
+    wait_until(refused, what="a third request to be refused")  # the slow ones arrive async
+    assert node.http.get("/ready").status_code == 200
+    for s in slow:
+        s.close()
+    # 201, not 200: none of the refused attempts applied.
+    wait_until(
+        lambda: (
+            node.http.post("/v1/accounts", json={"id": "late", "currency": "USD"}).status_code
+            == 201
+        ),
+        what="requests to be served again",
+    )
