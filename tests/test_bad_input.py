@@ -250,7 +250,7 @@ TRANSFER_CASES: list[tuple] = [
     ("accounts in different currencies", tr(credit_account_id="eve"), 422,
      "currency_mismatch", (), True, None),
     ("post_pending of a posted transfer", {"id": "bad-post", "pending_id": "seed",
-     "flags": ["post_pending"]}, 422, "pending_not_found", (), True, None),
+     "flags": ["post_pending"]}, 422, "pending_transfer_not_pending", (), True, None),
     ("void_pending of an unknown transfer", {"id": "bad-void", "pending_id": "ghost",
      "flags": ["void_pending"]}, 422, "pending_not_found", (), True, None),
     ("insufficient funds on a capped account", tr(debit_account_id="capped"), 422,
