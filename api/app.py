@@ -506,10 +506,12 @@ def create_app(settings: Settings, shard_names: list[str], keys: Keyring) -> Fas
             if counted is not None and getattr(moved, "code", "") == p.FORBIDDEN:
                 await risk_gate.release_unmoved(ctx, principal, counted, None)  # nothing ran
             raise moved
-        if isinstance(audited, BaseException):
-            # The transfers were decided (and may be durable) but their audit record is
-            # not: the client must not read "nothing applied". A retry with the same ids
-            # replays them and records the request again.
+        if isinstance(audited, BaseException) and any(
+            o.code == Code.OK and not o.replayed for o in moved
+        ):
+            # Money moved (durably) but the request's audit record is not: the client must
+            # not read "nothing applied". A retry with the same ids replays the transfers and
+            # records the request again. (A request that moved nothing keeps its answer.)
             raise p.ApiError(p.TIMEOUT) from audited
         if counted is not None:
             await risk_gate.release_unmoved(ctx, principal, counted, moved)
