@@ -186,12 +186,35 @@ _NO_TELEMETRY: dict[str, Any] = (
 )
 
 
+STARTUP_WAIT_S = 120.0  # how long a starting front waits for its shards
+
+
 async def _operator_accounts(client: LedgerClient) -> None:
-    """The accounts the rails move money through (created once; the same again is a no-op)."""
+    """The accounts the rails move money through (created once; the same again is a no-op).
+
+    A front may start while a shard restarts or rebuilds: it waits for it (bounded)
+    rather than fail, since uvicorn's supervisor stops every worker when a
+    replacement worker fails to start.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + STARTUP_WAIT_S
     for account_id in (CLEARING_ACCOUNT, MICRODEPOSIT_ACCOUNT):
-        result = await client.create_account(AccountSpec(account_id, "USD", 0, "{}", 0, ""))
-        if result.code not in (Code.OK, Code.EXISTS):
-            raise RuntimeError(f"operator account {account_id}: {result.code}")
+        while True:
+            try:
+                result = await client.create_account(AccountSpec(account_id, "USD", 0, "{}", 0, ""))
+                code = result.code
+            except (Unavailable, Overloaded) as e:
+                code = getattr(e, "code", p.OVERLOADED)
+            except p.ApiError as e:  # the request deadline passed
+                code = e.code
+            if code in (Code.OK, Code.EXISTS):
+                break
+            if code not in (Code.STORAGE_UNAVAILABLE, p.SHARD_RESTARTED, p.OVERLOADED, p.TIMEOUT):
+                raise RuntimeError(f"operator account {account_id}: {code}")
+            if loop.time() > deadline:
+                raise RuntimeError(f"operator account {account_id}: shards unavailable ({code})")
+            log.warning("front start: shards not ready (%s); waiting", code)
+            await asyncio.sleep(0.5)  # a retry interval while a shard restarts
 
 
 def create_app(settings: Settings, shard_names: list[str], keys: Keyring) -> FastAPI:

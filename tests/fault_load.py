@@ -145,6 +145,25 @@ def run_load_until(url: str, ids: list[str], prefix: str, fault, min_acked: int 
     return asyncio.run(main())
 
 
+def memory_vs_journal(http: httpx.Client, journal: dict, ids: list[str]) -> list[tuple]:
+    """Accounts whose balances as the node reports them differ from ``journal``
+    (``storage.audit.journal_balances``); a constrained account overdrawn fails at once."""
+    mismatched: list[tuple] = []
+    for a in ids:
+        r = http.get(f"/v1/accounts/{a}")
+        if r.status_code != 200:
+            mismatched.append((a, r.status_code))
+            continue
+        b = r.json()
+        mem = (b["debits_posted"], b["credits_posted"], b["debits_pending"],
+               b["credits_pending"])  # fmt: skip
+        if mem != journal.get(a, (0, 0, 0, 0)):
+            mismatched.append((a, mem, journal.get(a)))
+        if CONSTRAINED in b["flags"]:
+            assert b["debits_posted"] <= b["credits_posted"], f"{a} overdrawn: {b}"
+    return mismatched
+
+
 def audit(url: str, database_url: str, ids: list[str], acked: list[str],
           settle_s: float = 60.0) -> int:  # fmt: skip
     """The ledger core's invariants after a fault; returns the transfers checked.
@@ -162,22 +181,7 @@ def audit(url: str, database_url: str, ids: list[str], acked: list[str],
     journal = journal_balances(database_url)
     deadline = time.monotonic() + settle_s
     with httpx.Client(base_url=url, timeout=30, headers=ADMIN_HEADERS) as http:
-        while True:
-            mismatched = []
-            for a in ids:
-                r = http.get(f"/v1/accounts/{a}")
-                if r.status_code != 200:
-                    mismatched.append((a, r.status_code))
-                    continue
-                b = r.json()
-                mem = (b["debits_posted"], b["credits_posted"], b["debits_pending"],
-                       b["credits_pending"])  # fmt: skip
-                if mem != journal[a]:
-                    mismatched.append((a, mem, journal[a]))
-                if CONSTRAINED in b["flags"]:
-                    assert b["debits_posted"] <= b["credits_posted"], f"{a} overdrawn: {b}"
-            if not mismatched:
-                break
+        while mismatched := memory_vs_journal(http, journal, ids):
             assert time.monotonic() < deadline, f"memory differs from the journal: {mismatched}"
             time.sleep(0.1)
     assert currency_totals(database_url) == {"USD": 0}

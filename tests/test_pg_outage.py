@@ -27,6 +27,7 @@ from benchmarks.node_process import NodeProcess
 from storage.audit import journal_balances
 from storage.database import libpq_url
 from tests.conftest import free_port, wait_until
+from tests.fault_load import memory_vs_journal
 
 pytestmark = pytest.mark.slow
 
@@ -123,12 +124,7 @@ def test_postgres_outage_refuses_then_recovers(tmp_path: Path) -> None:
             (dupes,) = conn.execute(
                 "SELECT count(*) - count(DISTINCT id) FROM transfers").fetchone()  # fmt: skip
         assert dupes == 0
-        journal = journal_balances(database_url)
-        for a in ACCOUNTS:
-            b = http.get(f"/v1/accounts/{a}").json()
-            memory = (b["debits_posted"], b["credits_posted"], b["debits_pending"],
-                      b["credits_pending"])  # fmt: skip
-            assert memory == journal[a], a
+        assert not memory_vs_journal(http, journal_balances(database_url), list(ACCOUNTS))
 
         # The node owns the database again (its advisory lock is held; trying to take
         # it here could race the node's own retry and stop it).

@@ -40,6 +40,7 @@ from benchmarks.node_process import NodeProcess, PeakRss, total_rss
 from storage.audit import currency_totals, journal_balances
 from storage.database import libpq_url
 from tests.conftest import ADMIN_HEADERS, ADMIN_KEY, free_port, wait_until
+from tests.fault_load import memory_vs_journal
 
 pytestmark = pytest.mark.slow
 
@@ -371,12 +372,7 @@ def test_slow_commits_refuse_and_memory_stays_bounded(tmp_path: Path, database_u
         leaked = journaled & tally.refused.keys()
         assert not leaked, f"{len(leaked)} refused transfers applied, e.g. {sorted(leaked)[:5]}"
         assert journaled == tally.acked | tally.unknown.keys() | expected
-        journal = journal_balances(database_url)
-        for a in ACCOUNTS:
-            b = http.get(f"/v1/accounts/{a}").json()
-            memory = (b["debits_posted"], b["credits_posted"], b["debits_pending"],
-                      b["credits_pending"])  # fmt: skip
-            assert memory == journal[a], a
+        assert not memory_vs_journal(http, journal_balances(database_url), list(ACCOUNTS))
         assert currency_totals(database_url) == {"USD": 0}
     finally:
         http.close()
