@@ -152,11 +152,15 @@ def make_node(
     running: list[tuple[uvicorn.Server, threading.Thread, list]] = []
 
     def start(shards: int = 2, **overrides: object) -> RunningNode:
+        # Bound now and handed to uvicorn: a port picked, released and bound later can be
+        # taken in between (by Ray's own ports, say).
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
         values: dict = {
             "shards": shards,
             "database_url": database_url,
             "namespace": f"t{uuid.uuid4().hex[:10]}",
-            "port": free_port(),
+            "port": sock.getsockname()[1],
             "api_key": ADMIN_KEY,
             "data_dir": str(tmp_path_factory.mktemp("node")),
         }
@@ -168,7 +172,7 @@ def make_node(
         server = uvicorn.Server(
             uvicorn.Config(app, host="127.0.0.1", port=settings.port, log_level="warning")
         )
-        thread = threading.Thread(target=server.run, daemon=True)
+        thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
         thread.start()
         running.append((server, thread, helpers + handles))
         wait_until(lambda: server.started, what="uvicorn to start")
