@@ -19,6 +19,7 @@ RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('/tmp/src/pypro
     && rm /tmp/requirements.txt
 
 COPY README.md /tmp/src/
+COPY domain /tmp/src/domain
 COPY node /tmp/src/node
 COPY actors /tmp/src/actors
 COPY storage /tmp/src/storage

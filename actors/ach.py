@@ -19,12 +19,11 @@ import time
 import msgspec
 from sqlalchemy.exc import SQLAlchemyError
 
-from node.config import Settings
-from node.keyring import load as load_keyring
-from storage import ach, payments
-from storage.database import async_engine
-
-from .rails.ach_rules import Originator, Outgoing, build
+from paynode.domain.rails.ach_rules import Originator, Outgoing, build
+from paynode.domain.settings import Settings
+from paynode.storage import ach, payments
+from paynode.storage.database import async_engine
+from paynode.storage.keyring import load as load_keyring
 
 log = logging.getLogger("paynode.ach")
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import msgspec
 import psycopg
 
-from storage.analytics import (
+from paynode.storage.analytics import (
     EXPORTED,
     RECON_COLUMNS,
     TRANSFERS,
@@ -29,7 +29,7 @@ from storage.analytics import (
     export_query,
     xmin,
 )
-from storage.database import libpq_url
+from paynode.storage.database import libpq_url
 
 log = logging.getLogger("paynode.analytics")
 
@@ -102,7 +102,7 @@ class AnalyticsStreamer:
 
     async def export_recon(self) -> None:
         """Republish the reconciliation tables (small) for the analysts' views."""
-        from storage.reconciliation import export_recon_table
+        from paynode.storage.reconciliation import export_recon_table
 
         def export() -> None:
             conn = self._connection()

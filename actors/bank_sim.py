@@ -23,10 +23,15 @@ import time
 import aiohttp
 import msgspec
 
-from actors.notify.signature import HEADER, header
-
-from .rails.calendar import EASTERN
-from .rails.nacha import FileHeader, NachaError, ParsedFile, build_return_file, parse_file
+from paynode.domain.notify.signature import HEADER, header
+from paynode.domain.rails.calendar import EASTERN
+from paynode.domain.rails.nacha import (
+    FileHeader,
+    NachaError,
+    ParsedFile,
+    build_return_file,
+    parse_file,
+)
 
 log = logging.getLogger("paynode.banksim")
 

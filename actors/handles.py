@@ -15,7 +15,7 @@ import msgspec
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
-from storage.database import async_engine
+from paynode.storage.database import async_engine
 
 MAX_RESOLVE = 1000  # handles per call
 

@@ -28,12 +28,9 @@ from dataclasses import dataclass, field
 
 import psycopg
 
-from storage import journal
-from storage.database import connect
-
-from .ledger.model import AccountSpec, Code, JournalRow, Outcome, shard_key
-from .ledger.rules import Ledger, refuse_group
-from .messages import (
+from paynode.domain.ledger.model import AccountSpec, Code, JournalRow, Outcome, shard_key
+from paynode.domain.ledger.rules import Ledger, refuse_group
+from paynode.domain.ledger.wire import (
     COMMIT_BUCKETS_S,
     AccountResult,
     ShardStats,
@@ -46,6 +43,8 @@ from .messages import (
     decode_specs,
     encode,
 )
+from paynode.storage import journal
+from paynode.storage.database import connect
 
 log = logging.getLogger("paynode.shard")
 

@@ -28,18 +28,17 @@ import aiohttp
 import msgspec
 from sqlalchemy.exc import SQLAlchemyError
 
-from node.config import Settings
-from node.keyring import load as load_keyring
-from storage import notify
-from storage import risk as risk_store
-from storage.database import async_engine
-from storage.events import STEP_UP_EVENT, created_of
-
-from .notify.destinations import DestinationError, check_resolved
-from .notify.push import PushProvider, SinkProvider
-from .notify.schedule import backoff_s, ready
-from .notify.signature import HEADER, header
-from .risk import otp
+from paynode.actors.notify.destinations import DestinationError, check_resolved
+from paynode.actors.notify.push import PushProvider, SinkProvider
+from paynode.domain.notify.schedule import backoff_s, ready
+from paynode.domain.notify.signature import HEADER, header
+from paynode.domain.risk import otp
+from paynode.domain.settings import Settings
+from paynode.storage import notify
+from paynode.storage import risk as risk_store
+from paynode.storage.database import async_engine
+from paynode.storage.events import STEP_UP_EVENT, created_of
+from paynode.storage.keyring import load as load_keyring
 
 log = logging.getLogger("paynode.notifier")
 

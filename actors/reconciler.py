@@ -31,13 +31,13 @@ from pathlib import Path
 import msgspec
 import psycopg
 
-from actors.ledger.model import shard_key
-from actors.messages import decode_balances, encode
-from actors.rails.calendar import add_business_days
-from storage import reconciliation as r
-from storage.analytics import connect_views
-from storage.audit import Balances
-from storage.database import libpq_url
+from paynode.domain.ledger.model import shard_key
+from paynode.domain.ledger.wire import decode_balances, encode
+from paynode.domain.rails.calendar import add_business_days
+from paynode.storage import reconciliation as r
+from paynode.storage.analytics import connect_views
+from paynode.storage.audit import Balances
+from paynode.storage.database import libpq_url
 
 log = logging.getLogger("paynode.reconciler")
 
@@ -178,7 +178,7 @@ class Reconciler:
     async def _run_on(
         self, conn: psycopg.Connection, kind: str, trigger: str, started: float
     ) -> RunSummary:
-        from storage.analytics import xmin
+        from paynode.storage.analytics import xmin
 
         full = kind == "full"
         from_txid = -1 if full else r.last_watermark(conn)

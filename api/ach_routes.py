@@ -18,21 +18,11 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Request
 from starlette.responses import Response
 
-from actors.ach import decode_cutoff
-from actors.bank_sim import PROVIDER, decode_statement
-from actors.rails.ach_rules import (
-    CLEARING_ACCOUNT,
-    MICRODEPOSIT_ACCOUNT,
-    hold_transfer_id,
-    return_transfer_id,
-    settle_transfer_id,
-)
-from actors.rails.nacha import RETURN_CODES, NachaError, Return, aba_valid, parse_returns
-from storage import ach, payments
-
-from . import contract, inbound, risk_gate
-from . import problems as p
-from .ach_schemas import (
+from paynode.actors.ach import decode_cutoff
+from paynode.actors.bank_sim import PROVIDER, decode_statement
+from paynode.api import contract, inbound, risk_gate
+from paynode.api import problems as p
+from paynode.api.ach_schemas import (
     AchFileList,
     AchFileOut,
     BankAccountIn,
@@ -45,13 +35,22 @@ from .ach_schemas import (
     StatementOut,
     VerifyIn,
 )
-from .audit_writer import audit
-from .auth.scopes import Principal
-from .auth.tokens import new_id
-from .deps import Context, check_owner, context, require
-from .http import decode_body, json_response, public, read_body
-from .notify_schemas import InboundEvent
-from .schemas import TransferIn
+from paynode.api.audit_writer import audit
+from paynode.api.auth.scopes import Principal
+from paynode.api.auth.tokens import new_id
+from paynode.api.deps import Context, check_owner, context, require
+from paynode.api.http import decode_body, json_response, public, read_body
+from paynode.api.notify_schemas import InboundEvent
+from paynode.api.schemas import TransferIn
+from paynode.domain.rails.ach_rules import (
+    CLEARING_ACCOUNT,
+    MICRODEPOSIT_ACCOUNT,
+    hold_transfer_id,
+    return_transfer_id,
+    settle_transfer_id,
+)
+from paynode.domain.rails.nacha import RETURN_CODES, NachaError, Return, aba_valid, parse_returns
+from paynode.storage import ach, payments
 
 log = logging.getLogger("paynode.api.ach")
 router = APIRouter(tags=["ach"])

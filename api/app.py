@@ -25,25 +25,8 @@ from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
-from actors.analytics import decode_stats as decode_analytics
-from actors.ledger.model import (
-    ACCOUNT_FLAGS,
-    TRANSFER_FLAGS,
-    AccountBalances,
-    AccountSpec,
-    Code,
-    JournalRow,
-    Outcome,
-    flag_names,
-)
-from actors.messages import decode_stats
-from actors.notifier import decode_stats as decode_notifier
-from actors.rails.ach_rules import CLEARING_ACCOUNT, MICRODEPOSIT_ACCOUNT
-from actors.reconciler import decode_status as decode_recon
-from actors.risk.actor import decode_policy
-from node.config import Settings
-from node.keyring import Keyring
-from node.runtime import (
+from paynode.actors.analytics import decode_stats as decode_analytics
+from paynode.actors.names import (
     ACH_NAME,
     ANALYTICS_NAME,
     BANK_SIM_NAME,
@@ -52,14 +35,10 @@ from node.runtime import (
     RECONCILER_NAME,
     RISK_NAME,
 )
-from storage import identity
-from storage.audit_log import Entry
-from storage.database import async_engine
-from storage.pii import SealError
-from storage.schema import TRANSFER_COLUMNS
-from storage.schema import transfers as transfers_t
-
-from . import (
+from paynode.actors.notifier import decode_stats as decode_notifier
+from paynode.actors.reconciler import decode_status as decode_recon
+from paynode.actors.risk.actor import decode_policy
+from paynode.api import (
     ach_routes,
     contract,
     identity_routes,
@@ -69,18 +48,17 @@ from . import (
     risk_gate,
     risk_routes,
 )
-from . import problems as p
-from .audit_writer import AuditWriter
-from .auth.authenticate import Authenticator
-from .auth.ratelimit import TokenBuckets, retry_after
-from .auth.scopes import Principal
-from .batcher import Overloaded
-from .deps import Context, check_owner, client_ip, require
-from .http import decode_body, json_response
-from .ledger_client import LedgerClient, Unavailable
-from .metrics import FrontMetrics, render, render_helpers
-from .risk_gate import RiskStats
-from .schemas import (
+from paynode.api import problems as p
+from paynode.api.audit_writer import AuditWriter
+from paynode.api.auth.authenticate import Authenticator
+from paynode.api.auth.ratelimit import TokenBuckets, retry_after
+from paynode.api.auth.scopes import Principal
+from paynode.api.batcher import Overloaded
+from paynode.api.deps import Context, check_owner, require
+from paynode.api.http import client_ip, decode_body, json_response
+from paynode.api.ledger_client import LedgerClient, Unavailable
+from paynode.api.metrics import FrontMetrics, RiskStats, render, render_helpers
+from paynode.api.schemas import (
     AccountIn,
     AccountOut,
     BatchResult,
@@ -92,7 +70,27 @@ from .schemas import (
     TransferOut,
     TransferPage,
 )
-from .validation import account_flags, canonical_metadata
+from paynode.api.validation import account_flags, canonical_metadata
+from paynode.domain.ledger.model import (
+    ACCOUNT_FLAGS,
+    TRANSFER_FLAGS,
+    AccountBalances,
+    AccountSpec,
+    Code,
+    JournalRow,
+    Outcome,
+    flag_names,
+)
+from paynode.domain.ledger.wire import decode_stats
+from paynode.domain.rails.ach_rules import CLEARING_ACCOUNT, MICRODEPOSIT_ACCOUNT
+from paynode.domain.settings import Settings
+from paynode.storage import identity
+from paynode.storage.audit_log import Entry
+from paynode.storage.database import async_engine
+from paynode.storage.keyring import Keyring
+from paynode.storage.pii import SealError
+from paynode.storage.schema import TRANSFER_COLUMNS
+from paynode.storage.schema import transfers as transfers_t
 
 log = logging.getLogger("paynode.api")
 _PUBLIC_PATHS = frozenset({"/health", "/ready"})  # never rate limited: probes must see the truth

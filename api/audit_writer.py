@@ -20,12 +20,11 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from starlette.requests import Request
 
-from storage.audit_log import Entry, append, append_many
-
-from .auth.scopes import Principal
-from .batcher import Overloaded
-from .deps import client_ip
-from .ledger_client import Unavailable
+from paynode.api.auth.scopes import Principal
+from paynode.api.batcher import Overloaded
+from paynode.api.http import client_ip
+from paynode.api.ledger_client import Unavailable
+from paynode.storage.audit_log import Entry, append, append_many
 
 log = logging.getLogger("paynode.audit")
 

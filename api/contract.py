@@ -15,14 +15,14 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from fastapi.routing import APIRoute
 
-from .ach_schemas import ACH_TYPES
-from .identity_schemas import IDENTITY_TYPES
-from .notify_schemas import NOTIFY_TYPES
-from .problems import PROBLEM_JSON
-from .rails_schemas import RAILS_TYPES
-from .recon_schemas import RECON_TYPES
-from .risk_schemas import RISK_TYPES
-from .schemas import PUBLIC_TYPES, Problem
+from paynode.api.ach_schemas import ACH_TYPES
+from paynode.api.identity_schemas import IDENTITY_TYPES
+from paynode.api.notify_schemas import NOTIFY_TYPES
+from paynode.api.problems import PROBLEM_JSON
+from paynode.api.rails_schemas import RAILS_TYPES
+from paynode.api.recon_schemas import RECON_TYPES
+from paynode.api.risk_schemas import RISK_TYPES
+from paynode.api.schemas import PUBLIC_TYPES, Problem
 
 _REF = "#/components/schemas/{name}"
 SIGNED = "provider-signature"  # no bearer: the body's HMAC signature authenticates it

@@ -14,19 +14,19 @@ from fastapi import Request, Security
 from fastapi.security import HTTPBearer
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from actors.risk.actor import RiskPolicy
-from node.config import Settings
-from node.keyring import Keyring
-
-from . import problems as p
-from .auth.authenticate import Authenticator
-from .auth.ratelimit import TokenBuckets, retry_after
-from .auth.scopes import Principal
-from .ledger_client import LedgerClient
+from paynode.actors.risk.actor import RiskPolicy
+from paynode.api import problems as p
+from paynode.api.auth.authenticate import Authenticator
+from paynode.api.auth.ratelimit import TokenBuckets, retry_after
+from paynode.api.auth.scopes import Principal
+from paynode.api.http import client_ip
+from paynode.api.ledger_client import LedgerClient
+from paynode.domain.settings import Settings
+from paynode.storage.keyring import Keyring
 
 if TYPE_CHECKING:
-    from .audit_writer import AuditWriter
-    from .risk_gate import RiskStats
+    from paynode.api.audit_writer import AuditWriter
+    from paynode.api.metrics import RiskStats
 
 # Declares the scheme in /openapi.json; the header is read by Authenticator.
 _bearer = HTTPBearer(auto_error=False, description="Access token, API key or PAYNODE_API_KEY")
@@ -55,11 +55,6 @@ class Context:
 
 def context(request: Request) -> Context:
     return request.app.state.ctx
-
-
-def client_ip(request: Request) -> str:
-    # uvicorn runs with proxy_headers off: this is the TCP peer, not a header.
-    return request.client.host if request.client else "unknown"
 
 
 def rate_limited(wait: float) -> p.ApiError:

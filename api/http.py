@@ -8,7 +8,7 @@ import msgspec
 from fastapi import Request
 from starlette.responses import Response
 
-from . import problems as p
+from paynode.api import problems as p
 
 T = TypeVar("T")
 JSON = "application/json"
@@ -21,6 +21,11 @@ def public(t: type[T], record: msgspec.Struct) -> T:
 
 def json_response(obj: object, status: int = 200) -> Response:
     return Response(msgspec.json.encode(obj), status, media_type=JSON)
+
+
+def client_ip(request: Request) -> str:
+    # uvicorn runs with proxy_headers off: this is the TCP peer, not a header.
+    return request.client.host if request.client else "unknown"
 
 
 async def read_body(request: Request, limit: int) -> bytes:

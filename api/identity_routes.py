@@ -18,19 +18,15 @@ import msgspec
 from fastapi import APIRouter, Depends, Request
 from starlette.responses import Response
 
-from storage import identity
-from storage import risk as risk_store
-from storage.identity import Profile, UserRecord
-
-from . import contract, risk_gate
-from . import problems as p
-from .audit_writer import audit
-from .auth import tokens
-from .auth.passwords import MIN_PASSWORD_CHARS, hash_password, verify_password
-from .auth.scopes import USER_SCOPES, Principal
-from .deps import Context, check_owner, context, limit_auth_attempts, require
-from .http import decode_body, json_response
-from .identity_schemas import (
+from paynode.api import contract, risk_gate
+from paynode.api import problems as p
+from paynode.api.audit_writer import audit
+from paynode.api.auth import tokens
+from paynode.api.auth.passwords import MIN_PASSWORD_CHARS, hash_password, verify_password
+from paynode.api.auth.scopes import USER_SCOPES, Principal
+from paynode.api.deps import Context, check_owner, context, limit_auth_attempts, require
+from paynode.api.http import decode_body, json_response
+from paynode.api.identity_schemas import (
     Address,
     ApiKeyIn,
     ApiKeyOut,
@@ -50,6 +46,9 @@ from .identity_schemas import (
     UserOut,
     UserPatch,
 )
+from paynode.storage import identity
+from paynode.storage import risk as risk_store
+from paynode.storage.identity import Profile, UserRecord
 
 BODY_LIMIT = 16 * 1024  # identity bodies are small; a big one is a mistake or an attack
 REFRESH_PREFIX = "rt"

@@ -12,9 +12,9 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import Meta
 
-from .auth.passwords import MAX_PASSWORD_BYTES
-from .auth.scopes import Scope
-from .schemas import UserId
+from paynode.api.auth.passwords import MAX_PASSWORD_BYTES
+from paynode.api.auth.scopes import Scope
+from paynode.api.schemas import UserId
 
 Email = Annotated[
     str,

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
-from .deps import Context
-from .notify_schemas import InboundEvent
+from paynode.api.deps import Context
+from paynode.api.notify_schemas import InboundEvent
 
 Handler = Callable[[Context, str, InboundEvent], Awaitable[str]]
 

@@ -21,7 +21,11 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from actors.ledger.model import (
+from paynode.api import problems as p
+from paynode.api.batcher import MicroBatcher, Overloaded
+from paynode.api.schemas import TransferIn
+from paynode.api.validation import canonical_metadata, transfer_flags
+from paynode.domain.ledger.model import (
     AccountBalances,
     AccountFlags,
     AccountSpec,
@@ -31,8 +35,8 @@ from actors.ledger.model import (
     TransferOp,
     shard_key,
 )
-from actors.ledger.rules import refuse_group
-from actors.messages import (
+from paynode.domain.ledger.rules import refuse_group
+from paynode.domain.ledger.wire import (
     AccountResult,
     Commit,
     Finish,
@@ -43,14 +47,9 @@ from actors.messages import (
     decode_outcomes,
     encode,
 )
-from node.config import Settings
-from storage.schema import accounts as accounts_t
-from storage.schema import transfers as transfers_t
-
-from . import problems as p
-from .batcher import MicroBatcher, Overloaded
-from .schemas import TransferIn
-from .validation import canonical_metadata, transfer_flags
+from paynode.domain.settings import Settings
+from paynode.storage.schema import accounts as accounts_t
+from paynode.storage.schema import transfers as transfers_t
 
 CMNED = AccountFlags.CREDITS_MUST_NOT_EXCEED_DEBITS
 

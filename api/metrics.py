@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, deque
 
-from actors.analytics import LAG_BUCKETS_S, AnalyticsStats
-from actors.messages import COMMIT_BUCKETS_S, ShardStats
-from actors.notifier import NotifierStats
-from actors.reconciler import ReconStats
+from paynode.actors.analytics import LAG_BUCKETS_S, AnalyticsStats
+from paynode.actors.notifier import NotifierStats
+from paynode.actors.reconciler import ReconStats
+from paynode.domain.ledger.wire import COMMIT_BUCKETS_S, ShardStats
 
 BATCH_BUCKETS = (1, 10, 100, 500, 1000, 2000, 4000, 8190)
 
@@ -179,3 +179,46 @@ def render(front: FrontMetrics, queues: list[int], shards: list[ShardStats | Non
             s.commit_seconds_sum, f'shard="{s.index}",',
         )  # fmt: skip
     return "\n".join(out) + "\n"
+
+
+class RiskStats:
+    """What the gate costs and decides, for /metrics (in this front process)."""
+
+    def __init__(self, window: int = 10_000) -> None:
+        self.seconds: deque[float] = deque(maxlen=window)  # read + limits + score
+        self.score_seconds: deque[float] = deque(maxlen=window)  # rules.score alone
+        self.decisions: Counter[str] = Counter()  # by the status they led to
+        self.otp: Counter[str] = Counter()  # by check outcome
+
+    @staticmethod
+    def quantile(values: deque[float], q: float) -> float:
+        if not values:
+            return 0.0
+        ordered = sorted(values)
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+    def _summary(self, name: str, help_text: str, values: deque[float]) -> list[str]:
+        return [
+            f"# HELP {name} {help_text}",
+            f"# TYPE {name} summary",
+            *(f'{name}{{quantile="{q}"}} {self.quantile(values, q)}' for q in (0.5, 0.99)),
+            f"{name}_count {len(values)}",
+        ]
+
+    def render(self) -> list[str]:
+        out = [
+            *self._summary("paynode_risk_decision_seconds",
+                           "Risk gate per user payment: usage read, limits, score (recent).",
+                           self.seconds),
+            *self._summary("paynode_risk_score_seconds", "The rules' score alone (recent).",
+                           self.score_seconds),
+            "# HELP paynode_risk_decisions_total User payments by what the risk gate decided.",
+            "# TYPE paynode_risk_decisions_total counter",
+            *(f'paynode_risk_decisions_total{{status="{k}"}} {v}'
+              for k, v in sorted(self.decisions.items())),
+            "# HELP paynode_otp_checks_total One-time code checks by outcome.",
+            "# TYPE paynode_otp_checks_total counter",
+            *(f'paynode_otp_checks_total{{outcome="{k}"}} {v}'
+              for k, v in sorted(self.otp.items())),
+        ]  # fmt: skip
+        return out

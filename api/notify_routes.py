@@ -16,20 +16,16 @@ import msgspec
 from fastapi import APIRouter, Depends, Query, Request
 from starlette.responses import Response
 
-from actors.notify.destinations import DestinationError, check_url
-from actors.notify.signature import HEADER, SignatureError, new_secret, verify_signature
-from storage import notify
-from storage.events import EVENT_ID_LENGTH, EVENT_TYPES, StoredEvent
-
-from . import contract
-from . import problems as p
-from .audit_writer import audit
-from .auth.scopes import Principal
-from .auth.tokens import new_id
-from .deps import Context, check_owner, context, require
-from .http import decode_body, json_response, public, read_body
-from .inbound import dispatch
-from .notify_schemas import (
+from paynode.actors.notify.destinations import DestinationError, check_url
+from paynode.api import contract
+from paynode.api import problems as p
+from paynode.api.audit_writer import audit
+from paynode.api.auth.scopes import Principal
+from paynode.api.auth.tokens import new_id
+from paynode.api.deps import Context, check_owner, context, require
+from paynode.api.http import decode_body, json_response, public, read_body
+from paynode.api.inbound import dispatch
+from paynode.api.notify_schemas import (
     DeliveryOut,
     DeliveryPage,
     DeviceIn,
@@ -48,6 +44,9 @@ from .notify_schemas import (
     WebhookEndpointPatch,
     WebhookEndpointWithSecret,
 )
+from paynode.domain.notify.signature import HEADER, SignatureError, new_secret, verify_signature
+from paynode.storage import notify
+from paynode.storage.events import EVENT_ID_LENGTH, EVENT_TYPES, StoredEvent
 
 log = logging.getLogger("paynode.api.notify")
 router = APIRouter(tags=["notifications"])

@@ -13,8 +13,8 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta
 
-from actors.notify.destinations import MAX_URL
-from storage.events import EVENT_TYPES, MAX_TYPES_PER_SUBSCRIPTION
+from paynode.actors.notify.destinations import MAX_URL
+from paynode.storage.events import EVENT_TYPES, MAX_TYPES_PER_SUBSCRIPTION
 
 EventType = Literal[EVENT_TYPES]  # type: ignore[valid-type]
 Subscription = Literal[(*EVENT_TYPES, "*")]  # type: ignore[valid-type]

@@ -12,9 +12,8 @@ import re
 import msgspec
 from starlette.responses import Response
 
-from actors.ledger.model import RETRYABLE, Code
-
-from .schemas import Problem
+from paynode.api.schemas import Problem
+from paynode.domain.ledger.model import RETRYABLE, Code
 
 PROBLEM_JSON = "application/problem+json"
 

@@ -17,21 +17,14 @@ import msgspec
 from fastapi import APIRouter, Depends, Query, Request
 from starlette.responses import Response
 
-from actors.handles import decode_claimed, decode_handles
-from actors.ledger.model import RETRYABLE, Code
-from actors.rails.ach_rules import CLEARING_ACCOUNT, SAME_DAY_LIMIT, hold_transfer_id
-from actors.rails.handles_rules import HandleError, normalize_handle
-from actors.rails.nacha import RETURN_CODES
-from storage import ach, payments
-from storage import risk as risk_store
-
-from . import ach_routes, contract, risk_gate
-from . import problems as p
-from .audit_writer import audit
-from .auth.scopes import Principal
-from .deps import Context, check_owner, context, require
-from .http import decode_body, json_response, public
-from .rails_schemas import (
+from paynode.actors.handles import decode_claimed, decode_handles
+from paynode.api import ach_routes, contract, risk_gate
+from paynode.api import problems as p
+from paynode.api.audit_writer import audit
+from paynode.api.auth.scopes import Principal
+from paynode.api.deps import Context, check_owner, context, require
+from paynode.api.http import decode_body, json_response, public
+from paynode.api.rails_schemas import (
     HandleIn,
     HandleOut,
     NextActionOut,
@@ -45,7 +38,13 @@ from .rails_schemas import (
     RiskReasonOut,
     StatusChangeOut,
 )
-from .schemas import TransferIn
+from paynode.api.schemas import TransferIn
+from paynode.domain.ledger.model import RETRYABLE, Code
+from paynode.domain.rails.ach_rules import CLEARING_ACCOUNT, SAME_DAY_LIMIT, hold_transfer_id
+from paynode.domain.rails.handles_rules import HandleError, normalize_handle
+from paynode.domain.rails.nacha import RETURN_CODES
+from paynode.storage import ach, payments
+from paynode.storage import risk as risk_store
 
 router = APIRouter(tags=["payments"])
 Ctx = Annotated[Context, Depends(context)]

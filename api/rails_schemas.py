@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import Meta
 
-from .schemas import Id
+from paynode.api.schemas import Id
 
 HandleIn_ = Annotated[str, Meta(min_length=1, max_length=64, description="alice or @alice")]
 Ref = Annotated[

@@ -9,16 +9,14 @@ import sqlalchemy as sa
 from fastapi import APIRouter, Depends, Query, Request
 from starlette.responses import Response
 
-from actors.analytics import decode_stats as decode_analytics
-from actors.reconciler import decode_status, decode_summary
-from storage.schema import discrepancies
-
-from . import contract
-from . import problems as p
-from .auth.scopes import Principal
-from .deps import Context, context, require
-from .http import decode_body, json_response, public
-from .recon_schemas import (
+from paynode.actors.analytics import decode_stats as decode_analytics
+from paynode.actors.reconciler import decode_status, decode_summary
+from paynode.api import contract
+from paynode.api import problems as p
+from paynode.api.auth.scopes import Principal
+from paynode.api.deps import Context, context, require
+from paynode.api.http import decode_body, json_response, public
+from paynode.api.recon_schemas import (
     AnalyticsOut,
     DiscrepancyOut,
     DiscrepancyPage,
@@ -26,6 +24,7 @@ from .recon_schemas import (
     RunIn,
     RunOut,
 )
+from paynode.storage.schema import discrepancies
 
 router = APIRouter(tags=["reconciliation"])
 Ctx = Annotated[Context, Depends(context)]

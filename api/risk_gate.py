@@ -18,23 +18,22 @@ from __future__ import annotations
 
 import datetime as dt
 import time
-from collections import Counter, deque
 
 import msgspec
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from actors.ledger.model import Outcome
-from actors.risk import limits, otp, rules
-from actors.risk.actor import decode_screened
-from storage import ach, identity, payments
-from storage import risk as store
-from storage.events import STEP_UP_EVENT
-from storage.payments import Payment
-
-from . import problems as p
-from .auth.scopes import Principal
-from .deps import Context
-from .schemas import TransferIn
+from paynode.actors.risk.actor import decode_screened
+from paynode.api import problems as p
+from paynode.api.auth.scopes import Principal
+from paynode.api.deps import Context
+from paynode.api.metrics import RiskStats
+from paynode.api.schemas import TransferIn
+from paynode.domain.ledger.model import Outcome
+from paynode.domain.risk import limits, otp, rules
+from paynode.storage import ach, identity, payments
+from paynode.storage import risk as store
+from paynode.storage.events import STEP_UP_EVENT
+from paynode.storage.payments import Payment
 
 _LIMIT_CODES = {
     limits.PER_TRANSACTION: p.LIMIT_PER_TRANSACTION,
@@ -42,49 +41,6 @@ _LIMIT_CODES = {
     limits.MONTHLY: p.LIMIT_MONTHLY,
 }
 STEP_UP_UNAVAILABLE = "step_up_unavailable"  # HIGH, and no device to send the code to
-
-
-class RiskStats:
-    """What the gate costs and decides, for /metrics (in this front process)."""
-
-    def __init__(self, window: int = 10_000) -> None:
-        self.seconds: deque[float] = deque(maxlen=window)  # read + limits + score
-        self.score_seconds: deque[float] = deque(maxlen=window)  # rules.score alone
-        self.decisions: Counter[str] = Counter()  # by the status they led to
-        self.otp: Counter[str] = Counter()  # by check outcome
-
-    @staticmethod
-    def quantile(values: deque[float], q: float) -> float:
-        if not values:
-            return 0.0
-        ordered = sorted(values)
-        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-    def _summary(self, name: str, help_text: str, values: deque[float]) -> list[str]:
-        return [
-            f"# HELP {name} {help_text}",
-            f"# TYPE {name} summary",
-            *(f'{name}{{quantile="{q}"}} {self.quantile(values, q)}' for q in (0.5, 0.99)),
-            f"{name}_count {len(values)}",
-        ]
-
-    def render(self) -> list[str]:
-        out = [
-            *self._summary("paynode_risk_decision_seconds",
-                           "Risk gate per user payment: usage read, limits, score (recent).",
-                           self.seconds),
-            *self._summary("paynode_risk_score_seconds", "The rules' score alone (recent).",
-                           self.score_seconds),
-            "# HELP paynode_risk_decisions_total User payments by what the risk gate decided.",
-            "# TYPE paynode_risk_decisions_total counter",
-            *(f'paynode_risk_decisions_total{{status="{k}"}} {v}'
-              for k, v in sorted(self.decisions.items())),
-            "# HELP paynode_otp_checks_total One-time code checks by outcome.",
-            "# TYPE paynode_otp_checks_total counter",
-            *(f'paynode_otp_checks_total{{outcome="{k}"}} {v}'
-              for k, v in sorted(self.otp.items())),
-        ]  # fmt: skip
-        return out
 
 
 class Hit(msgspec.Struct, frozen=True):

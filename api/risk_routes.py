@@ -16,18 +16,17 @@ import msgspec
 from fastapi import APIRouter, Depends, Query, Request
 from starlette.responses import Response
 
-from actors.risk import otp
-from storage import identity, payments
-from storage import risk as store
-
-from . import contract, rails_routes
-from . import problems as p
-from .audit_writer import audit
-from .auth.scopes import Principal
-from .deps import Context, context, require
-from .http import decode_body, json_response
-from .rails_schemas import ConfirmIn, PaymentOut
-from .risk_schemas import MatchOut, ReviewDecisionIn, ReviewOut, ReviewPage
+from paynode.api import contract, rails_routes
+from paynode.api import problems as p
+from paynode.api.audit_writer import audit
+from paynode.api.auth.scopes import Principal
+from paynode.api.deps import Context, context, require
+from paynode.api.http import decode_body, json_response
+from paynode.api.rails_schemas import ConfirmIn, PaymentOut
+from paynode.api.risk_schemas import MatchOut, ReviewDecisionIn, ReviewOut, ReviewPage
+from paynode.domain.risk import otp
+from paynode.storage import identity, payments
+from paynode.storage import risk as store
 
 router = APIRouter()
 Ctx = Annotated[Context, Depends(context)]

@@ -13,7 +13,7 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import Meta
 
-from actors.ledger.model import MAX_AMOUNT, MAX_TIMEOUT_S
+from paynode.domain.ledger.model import MAX_AMOUNT, MAX_TIMEOUT_S
 
 ID_PATTERN = r"^[A-Za-z0-9._:-]{1,64}$"
 

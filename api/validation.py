@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import msgspec
 
-from actors.ledger.model import (
+from paynode.api import problems as p
+from paynode.api.schemas import AccountIn, TransferIn
+from paynode.domain.ledger.model import (
     ACCOUNT_FLAGS,
     NO_METADATA,
     TRANSFER_FLAGS,
     Code,
     TransferFlags,
 )
-
-from . import problems as p
-from .schemas import AccountIn, TransferIn
 
 _encode_sorted = msgspec.json.Encoder(order="sorted").encode
 

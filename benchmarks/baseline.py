@@ -33,10 +33,9 @@ from dataclasses import dataclass, field
 import psycopg
 from psycopg import errors, sql
 
-from storage.database import libpq_url
-
-from .histogram import Histogram
-from .workload import Workload
+from paynode.benchmarks.histogram import Histogram
+from paynode.benchmarks.workload import Workload
+from paynode.storage.database import libpq_url
 
 # Bounded waits, like the node's own connections: a stuck lock is an error, not a hang.
 _OPTIONS = "-c statement_timeout=30000 -c idle_in_transaction_session_timeout=60000"

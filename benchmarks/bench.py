@@ -17,15 +17,18 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from storage.audit import journal_balances
+import psutil
 
-from . import cluster_bench, drivers, handles_bench, risk_bench, webhooks
-from .node_process import NodeProcess, PeakRss, process_tree, total_rss
-from .receiver import Receiver, serve
-from .workload import AccountPlan, Workload
+from paynode.benchmarks import cluster_bench, drivers, handles_bench, risk_bench, steps, webhooks
+from paynode.benchmarks.cpu import CpuMeter
+from paynode.benchmarks.node_process import NodeProcess, PeakRss, process_tree, total_rss
+from paynode.benchmarks.receiver import Receiver, serve
+from paynode.benchmarks.workload import Workload
+from paynode.storage.audit import journal_balances
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -122,8 +125,8 @@ def _open_target(args: argparse.Namespace, stack: contextlib.ExitStack) -> Targe
     drivers.ensure_api_key()
     data_dir = Path(args.data_dir or tempfile.mkdtemp(prefix="paynode-bench-"))
     if args.mode in ("direct", "handles"):
-        from node.config import from_env
-        from node.runtime import start
+        from paynode.domain.settings import from_env
+        from paynode.node.runtime import start
 
         settings = from_env(data_dir=str(data_dir), shards=args.shards,
                             namespace=f"bench{uuid.uuid4().hex[:6]}")  # fmt: skip
@@ -135,7 +138,7 @@ def _open_target(args: argparse.Namespace, stack: contextlib.ExitStack) -> Targe
     if args.webhooks:  # the receivers listen on loopback; attempts to the hung one time out
         os.environ.setdefault("PAYNODE_WEBHOOK_ALLOW_PRIVATE", "1")
         os.environ.setdefault("PAYNODE_WEBHOOK_TIMEOUT_S", "2")
-    node = NodeProcess(data_dir, _free_port(), args.shards)
+    node = NodeProcess(data_dir, args.shards)
     print(f"starting a node ({args.shards} shards) in {data_dir} ...", flush=True)
     node.start()
     stack.callback(node.stop)
@@ -147,9 +150,11 @@ def _run_http(args: argparse.Namespace, w: Workload, target: Target, report: dic
     url, node = target.url, target.node
     customer = asyncio.run(webhooks.create_customer(url)) if args.webhooks else None
     print(f"creating {args.accounts} accounts ...", flush=True)
-    asyncio.run(_create_accounts(url, w, webhooks.owner_of(w, customer)))
+    asyncio.run(steps.create_accounts(url, w, webhooks.owner_of(w, customer)))
     before = _scrape(url)
     print(f"{args.mode}: {args.concurrency} clients for {args.duration:.0f}s ...", flush=True)
+    generator = CpuMeter(lambda: [psutil.Process()]).start()
+    cpu = CpuMeter(node.processes).start() if node else None
     with (
         PeakRss(node.rss_bytes) if node else _NoRss() as rss,
         _LagSampler(url) as lag,
@@ -157,14 +162,20 @@ def _run_http(args: argparse.Namespace, w: Workload, target: Target, report: dic
         if customer is not None:
             runs = _webhook_phases(args, w, url, target.database_url, customer, report)
         else:
-            runs = asyncio.run(_load(args, url, w))
+            runs = asyncio.run(steps.load(args, url, w))
+    if cpu is not None:
+        unit, count = (
+            ("transfer", runs[0].acked) if args.mode == "batch" else ("request", runs[0].requests)
+        )
+        report["cpu"] = cpu.stop().summary(count, unit) | {"unit": unit}
+    report["generator_cpu_s"] = round(generator.stop().cpu_s, 3)
     after = _scrape(url)
     report["node"] = [r.summary() for r in runs]
     report["peak_rss_mb"] = round(rss.peak / 2**20, 1) if node else None
     report["postgres"] = _commit_figures(before, after, runs[0].elapsed_s)
     report["analytics"] = lag.summary() | _catch_up(url, target.database_url)
     print("auditing ...", flush=True)
-    report["audit"] = asyncio.run(_audit_http(url, target.database_url, w))
+    report["audit"] = asyncio.run(steps.audit_http(url, target.database_url, w))
     if node is not None and target.database_url:
         report["audit"]["problems"] += _audit_analytics(node.data_dir, target.database_url)
         report["audit"]["analytics_checked"] = True
@@ -199,7 +210,7 @@ def _webhook_phases(
                 last_id = None
             print(f"webhooks phase {name}: batch load for {args.duration:.0f}s ...", flush=True)
             since = time.time()
-            run = asyncio.run(_load(args, url, w))[0]
+            run = asyncio.run(steps.load(args, url, w))[0]
             runs.append(run)
             phase = {"phase": name, "transfers_per_s": round(run.rate, 1),
                      "p99_ms": run.latency.summary_ms()["p99"]}  # fmt: skip
@@ -256,7 +267,7 @@ def _catch_up(url: str, database_url: str | None, timeout: float = 60.0) -> dict
         return {}
     import psycopg
 
-    from storage.database import libpq_url
+    from paynode.storage.database import libpq_url
 
     with psycopg.connect(libpq_url(database_url)) as conn:
         (journal_rows,) = conn.execute("SELECT count(*) FROM transfers").fetchone()
@@ -270,7 +281,7 @@ def _catch_up(url: str, database_url: str | None, timeout: float = 60.0) -> dict
 
 def _audit_analytics(data_dir: Path, database_url: str) -> list[str]:
     """DuckDB's per-account totals == the journal's, after the load."""
-    from storage.analytics import connect_views
+    from paynode.storage.analytics import connect_views
 
     journal = journal_balances(database_url)
     con = connect_views(data_dir / "analytics")
@@ -289,111 +300,17 @@ def _audit_analytics(data_dir: Path, database_url: str) -> list[str]:
     return problems
 
 
-async def _load(args: argparse.Namespace, url: str, w: Workload) -> list[drivers.RunResult]:
-    if args.mode == "batch":
-        return [await drivers.closed_batch(url, w, args.concurrency, args.batch_size,
-                                           args.duration)]  # fmt: skip
-    if args.rate:
-        return [await drivers.open_single(url, w, args.rate, args.duration)]
-    runs = [await drivers.closed_single(url, w, args.concurrency, args.duration)]
-    if args.sweep:
-        peak = runs[0].rate
-        for share in (0.25, 0.5, 0.75):
-            print(f"open loop at {share:.0%} of peak ({peak * share:,.0f}/s) ...", flush=True)
-            runs.append(await drivers.open_single(url, w, peak * share, args.duration / 2))
-    return runs
-
-
-async def _create_accounts(url: str, w: Workload, owners: dict[str, str] | None = None) -> None:
-    sem = asyncio.Semaphore(64)
-    owners = owners or {}
-    async with drivers.session() as http:
-
-        async def create(account_id: str, no_overdraft: bool) -> None:
-            flags = ["debits_must_not_exceed_credits"] if no_overdraft else []
-            body: dict = {"id": account_id, "currency": "USD", "flags": flags}
-            if account_id in owners:
-                body["owner_user_id"] = owners[account_id]
-            async with sem, http.post(f"{url}/v1/accounts", json=body) as r:
-                assert r.status in (200, 201), await r.text()
-
-        await create(w.treasury(), False)
-        await asyncio.gather(*(create(a.id, a.no_overdraft) for a in w.accounts))
-        funding = w.funding()
-        for k in range(0, len(funding), 4000):
-            async with http.post(f"{url}/v1/transfers/batch",
-                                 json={"transfers": funding[k : k + 4000]}) as r:  # fmt: skip
-                results = (await r.json())["results"]
-                assert all("status" in x for x in results), results[:3]
-
-
-async def _audit_http(url: str, database_url: str | None, w: Workload) -> dict:
-    """Memory (every account over HTTP) == journal aggregate; zero sum; no overdraft."""
-    problems: list[str] = []
-    sem = asyncio.Semaphore(64)
-    memory: dict[str, tuple[int, int, int, int]] = {}
-    async with drivers.session() as http:
-
-        async def get(account_id: str) -> None:
-            async with sem, http.get(f"{url}/v1/accounts/{account_id}") as r:
-                b = await r.json()
-                memory[account_id] = (b["debits_posted"], b["credits_posted"],
-                                      b["debits_pending"], b["credits_pending"])  # fmt: skip
-
-        await asyncio.gather(*(get(a) for a in [w.treasury(), *w.ids]))
-    total = sum(cp - dp for dp, cp, _, _ in memory.values())
-    if total != 0:
-        problems.append(f"balances sum to {total}, not 0")
-    for a in w.accounts:
-        dp, cp, dpend, _ = memory[a.id]
-        if a.no_overdraft and dp + dpend > cp:
-            problems.append(f"{a.id} overdrawn")
-    checked_journal = False
-    if database_url:
-        journal = journal_balances(database_url)
-        diff = [a for a, b in memory.items() if journal.get(a, (0, 0, 0, 0)) != b]
-        if diff:
-            problems.append(f"{len(diff)} accounts differ from the journal, e.g. {diff[:3]}")
-        checked_journal = True
-    return {"accounts": len(memory), "journal_checked": checked_journal, "problems": problems}
-
-
 # -- shards without HTTP --------------------------------------------------------
-
-
-def create_accounts_direct(shards: list, w: Workload, n: int) -> None:
-    """The workload's accounts and funding, straight through the shard actors."""
-    import ray
-
-    from actors.ledger.model import NO_METADATA, AccountFlags, AccountSpec, TransferOp
-    from actors.messages import encode
-
-    count = len(shards)
-    specs: dict[int, list[AccountSpec]] = {}
-    funding: dict[int, list[list[TransferOp]]] = {}
-    no_overdraft = AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDITS
-    for a in [AccountPlan(w.treasury(), False), *w.accounts]:
-        flags = no_overdraft if a.no_overdraft else 0
-        specs.setdefault(_shard(a.id, count), []).append(
-            AccountSpec(a.id, "USD", flags, NO_METADATA)
-        )
-    for t in w.funding():
-        op = TransferOp(t["id"], t["debit_account_id"], t["credit_account_id"], t["amount"],
-                        "USD", 0, None, 0, NO_METADATA)  # fmt: skip
-        funding.setdefault(_shard(op.debit_account_id, count), []).append([op])
-    print(f"creating {n} accounts ...", flush=True)
-    ray.get([shards[s].create_accounts.remote(encode(v)) for s, v in specs.items()])
-    ray.get([shards[s].execute.remote(encode(v)) for s, v in funding.items()])
 
 
 def _run_direct(args: argparse.Namespace, w: Workload, target: Target, report: dict) -> bool:
     import ray
 
-    from actors.messages import decode_balances, decode_stats
+    from paynode.domain.ledger.wire import decode_balances, decode_stats
 
     shards = target.shards
     assert shards is not None and target.database_url is not None
-    create_accounts_direct(shards, w, args.accounts)
+    steps.create_accounts_direct(shards, w, args.accounts)
     print(f"direct: {args.concurrency} clients for {args.duration:.0f}s ...", flush=True)
 
     def committed() -> dict[str, float]:
@@ -423,12 +340,6 @@ def _run_direct(args: argparse.Namespace, w: Workload, target: Target, report: d
     return not problems
 
 
-def _shard(account_id: str, count: int) -> int:
-    from actors.ledger.model import shard_key
-
-    return shard_key(account_id) % count
-
-
 class _NoRss:
     peak = 0
 
@@ -445,7 +356,7 @@ class _NoRss:
 def _run_baseline(
     args: argparse.Namespace, w: Workload, database_url: str | None, report: dict
 ) -> bool:
-    from . import baseline
+    from paynode.benchmarks import baseline
 
     if not database_url:
         report["baseline"] = {"error": "no DATABASE_URL for the baseline"}
@@ -503,14 +414,6 @@ def _scrape(url: str) -> dict[str, float]:
     return total
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _markdown(report: dict) -> str:
     lines = [
         "| run | transfers/s | req/s | p50 ms | p90 ms | p99 ms | p99.9 ms | refused | errors |",
@@ -541,6 +444,13 @@ def _markdown(report: dict) -> str:
         extra += [f"peak RSS, {label}: {r['peak_rss_mb']} MB; audit: "
                   f"{'; '.join(r['audit']['problems']) or 'ok'}"
                   for label, r in report["cluster"].items()]  # fmt: skip
+    if report.get("cpu"):
+        c = report["cpu"]
+        extra.append(
+            f"**node CPU: {c['cpu_us_per_' + c['unit']]} us per {c['unit']}** "
+            f"({c['cores_used']} cores busy over {c['processes']} processes incl. PostgreSQL; "
+            f"by role, s: {c['cpu_s_by_role']}); load generator: {report['generator_cpu_s']} s"
+        )
     if report.get("peak_rss_mb") is not None:
         extra.append(f"peak RSS of the node's processes: {report['peak_rss_mb']} MB")
     an = report.get("analytics")
@@ -634,3 +544,16 @@ def _plot(report: dict, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+@dataclass(frozen=True)
+class Command:
+    """How ``paynode`` finds this command (entry point ``paynode.commands``)."""
+
+    name: str
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    main: Callable[[argparse.Namespace], int]
+
+
+COMMAND = Command("bench", "load a node, audit it, compare with a baseline", add_arguments, main)

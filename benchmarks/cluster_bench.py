@@ -25,18 +25,16 @@ from pathlib import Path
 
 import psycopg
 
-from storage.database import libpq_url
-from storage.migrations import migrate
-
-from . import drivers
-from .cluster_process import ClusterNode, RayCluster
-from .node_process import NodeProcess, PeakRss
-from .workload import Workload
+from paynode.benchmarks import drivers, steps
+from paynode.benchmarks.cluster_process import ClusterNode, RayCluster
+from paynode.benchmarks.node_process import NodeProcess, PeakRss
+from paynode.benchmarks.workload import Workload
+from paynode.storage.database import libpq_url
+from paynode.storage.migrations import migrate
 
 
 def run(args: argparse.Namespace, w: Workload, target: object, report: dict) -> bool:
     """``target`` is unused: this mode starts both of its targets itself."""
-    from .bench import _audit_http, _create_accounts, _free_port, _load
 
     drivers.ensure_api_key()
     root = Path(args.data_dir or tempfile.mkdtemp(prefix="paynode-cluster-bench-"))
@@ -47,22 +45,22 @@ def run(args: argparse.Namespace, w: Workload, target: object, report: dict) -> 
         for label in ("one process", "cluster"):
             database_url = _fresh_database(admin_url)
             data_dir = root / label.replace(" ", "-")
-            port = _free_port()
             env = dict(os.environ, DATABASE_URL=database_url)
             if label == "one process":
-                node = NodeProcess(data_dir, port, args.shards, env=env)
+                node = NodeProcess(data_dir, args.shards, env=env)
                 print(f"starting paynode run ({args.shards} shards) ...", flush=True)
                 node.start()
                 url, rss, stop = node.url, node.rss_bytes, node.stop
             else:
-                cluster = RayCluster(_free_port(), workers=args.ray_workers)
+                cluster = RayCluster(steps.free_port(), workers=args.ray_workers)
                 stack.callback(cluster.stop)
                 print(f"starting a Ray cluster (head + {args.ray_workers} worker nodes), "
                       f"paynode actors and paynode api --workers {args.api_workers} ...",
                       flush=True)  # fmt: skip
                 cluster.start()
                 key = {"PAYNODE_API_KEY": os.environ["PAYNODE_API_KEY"]}
-                node = ClusterNode(cluster, database_url, data_dir, port, shards=args.shards,
+                node = ClusterNode(cluster, database_url, data_dir, steps.free_port(),
+                                   shards=args.shards,
                                    api_workers=args.api_workers, env=key)  # fmt: skip
                 node.start_actors()
                 node.start_api()
@@ -70,12 +68,12 @@ def run(args: argparse.Namespace, w: Workload, target: object, report: dict) -> 
             try:
                 lw = Workload(args.accounts, args.shards, prefix="c" + uuid.uuid4().hex[:6],
                               skew=args.skew, cross_shard_ratio=args.cross_shard_ratio)  # fmt: skip
-                asyncio.run(_create_accounts(url, lw))
+                asyncio.run(steps.create_accounts(url, lw))
                 print(f"{label}: {args.load}, {args.concurrency} clients for "
                       f"{args.duration:.0f}s ...", flush=True)  # fmt: skip
                 with PeakRss(rss) as peak:
-                    runs = asyncio.run(_load(args, url, lw))
-                audit = asyncio.run(_audit_http(url, database_url, lw))
+                    runs = asyncio.run(steps.load(args, url, lw))
+                audit = asyncio.run(steps.audit_http(url, database_url, lw))
             finally:
                 stop()
             summary = runs[0].summary() | {"mode": f"{args.load}, {label}"}

@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import psutil
 
-from .node_process import kill_all, total_rss
+from paynode.benchmarks.node_process import kill_all, total_rss
 
 _ROOT = Path(__file__).resolve().parents[1]
 _RAY = str(Path(sys.executable).with_name("ray"))
@@ -41,7 +41,7 @@ class RayCluster:
     def env(self, **extra: str) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
         env |= {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": self.token,
-                "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "PYTHONPATH": str(_ROOT)}  # fmt: skip
+                "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}  # fmt: skip
         return env | extra
 
     def start(self) -> None:
@@ -53,7 +53,7 @@ class RayCluster:
         )  # fmt: skip
         for _ in range(self.workers):
             subprocess.run(
-                [sys.executable, "-m", "benchmarks.loopback_ray", "start",
+                [sys.executable, "-m", "paynode.benchmarks.loopback_ray", "start",
                  f"--address={self.address}", f"--num-cpus={self.worker_cpus}", *common],
                 env=self.env(RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="1"), check=True,
                 capture_output=True, timeout=180,
@@ -129,8 +129,8 @@ class ClusterNode:
         self.logs[args[0]] = path
         with open(path, "wb") as log:
             return subprocess.Popen(
-                [sys.executable, "-m", "node.cli", *args], stdout=log, stderr=subprocess.STDOUT,
-                env=self.env, start_new_session=True,
+                [sys.executable, "-m", "paynode.node.cli", *args], stdout=log,
+                stderr=subprocess.STDOUT, env=self.env, start_new_session=True,
             )  # fmt: skip
 
     def start_actors(self, timeout: float = 180.0) -> None:

@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 import aiohttp
 import msgspec
 
-from .histogram import Histogram
-from .workload import Workload
+from paynode.benchmarks.histogram import Histogram
+from paynode.benchmarks.workload import Workload
 
 JSON = {"content-type": "application/json"}
 _encode = msgspec.json.encode
@@ -237,8 +237,8 @@ async def direct(
     shards: list, w: Workload, concurrency: int, batch_size: int, duration: float
 ) -> RunResult:
     """Call the shards' ``execute`` with msgpack batches: the ledger without the HTTP front."""
-    from actors.ledger.model import NO_METADATA, TransferOp, shard_key
-    from actors.messages import decode_outcomes, encode
+    from paynode.domain.ledger.model import NO_METADATA, TransferOp, shard_key
+    from paynode.domain.ledger.wire import decode_outcomes, encode
 
     result = RunResult("direct", concurrency, batch_size)
     count = len(shards)

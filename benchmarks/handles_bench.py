@@ -12,7 +12,8 @@ import argparse
 import random
 import time
 
-from .workload import Workload
+from paynode.benchmarks import steps
+from paynode.benchmarks.workload import Workload
 
 
 def _quantiles(ns: list[int]) -> dict[str, float]:
@@ -28,13 +29,11 @@ def _quantiles(ns: list[int]) -> dict[str, float]:
 def run(args: argparse.Namespace, w: Workload, target, report: dict) -> bool:
     import ray
 
-    from actors.handles import decode_claimed, decode_handles, decode_timings
-    from node.runtime import HANDLES_NAME
-
-    from .bench import create_accounts_direct
+    from paynode.actors.handles import decode_claimed, decode_handles, decode_timings
+    from paynode.actors.names import HANDLES_NAME
 
     assert target.shards is not None and target.namespace is not None
-    create_accounts_direct(target.shards, w, args.accounts)
+    steps.create_accounts_direct(target.shards, w, args.accounts)
     directory = ray.get_actor(HANDLES_NAME, namespace=target.namespace)
     names = [f"u{i}.{w.accounts[i].id[-6:]}".lower()[:30] for i in range(len(w.accounts))]
     print(f"claiming {len(names)} handles ...", flush=True)

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import signal
+import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -49,15 +52,50 @@ class NodeProcess:
     """Start ``paynode run`` on ``data_dir``; know its URL, database and processes."""
 
     def __init__(
-        self, data_dir: Path, port: int, shards: int, env: dict[str, str] | None = None
+        self,
+        data_dir: Path,
+        shards: int,
+        env: dict[str, str] | None = None,
+        cwd: Path | None = None,
     ) -> None:
         self.data_dir = data_dir
-        self.port = port
-        self.url = f"http://127.0.0.1:{port}"
+        self.cwd = cwd
+        # Bound here and handed to every incarnation of the node (--fd): a port picked,
+        # released and bound again later can be taken in between, and a restarted node
+        # gets the same address.
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(1024)
+        self.port = self.sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
         self.shards = shards
         self.env = {k: v for k, v in (env or os.environ).items() if not k.startswith("RAY_AUTH")}
-        self.env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])
         self.proc: subprocess.Popen | None = None
+        self._down = threading.Event()  # set while no node serves the socket
+        self._drainer: threading.Thread | None = None
+
+    def _refuse_while_down(self) -> None:
+        """Reset every connection that reaches the socket while no node runs.
+
+        The socket stays bound between incarnations, so the kernel would queue
+        connections for the next one, which would then execute requests their
+        clients gave up on long before. A stopped node must look stopped.
+        """
+        self.sock.setblocking(False)  # no node shares the socket now
+        while self._down.is_set():
+            ready, _, _ = select.select([self.sock], [], [], 0.05)
+            if not ready:
+                continue
+            with contextlib.suppress(BlockingIOError, InterruptedError):
+                conn, _ = self.sock.accept()
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                conn.close()  # RST: the client sees its request fail at once
+
+    def _went_down(self) -> None:
+        if self._drainer is None:
+            self._down.set()
+            self._drainer = threading.Thread(target=self._refuse_while_down, daemon=True)
+            self._drainer.start()
 
     @property
     def pgdata(self) -> Path | None:
@@ -70,12 +108,17 @@ class NodeProcess:
         return f"postgresql://postgres:@/postgres?host={self.pgdata}"
 
     def start(self, timeout: float = 180.0) -> None:
+        if self._drainer is not None:
+            self._down.clear()
+            self._drainer.join()
+            self._drainer = None
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.data_dir / f"node-{time.time_ns()}.log", "wb")  # noqa: SIM115
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "node.cli", "run", "--data-dir", str(self.data_dir),
-             "--port", str(self.port), "--shards", str(self.shards)],
+            [sys.executable, "-m", "paynode.node.cli", "run", "--data-dir", str(self.data_dir),
+             "--fd", str(self.sock.fileno()), "--shards", str(self.shards)],
             stdout=log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True,
+            pass_fds=(self.sock.fileno(),), cwd=self.cwd,
         )  # fmt: skip
         deadline = time.monotonic() + timeout
         while True:
@@ -106,6 +149,7 @@ class NodeProcess:
         killed = kill_all(self.processes())
         if self.proc is not None:
             self.proc.wait(timeout=30)
+        self._went_down()
         return killed
 
     def stop(self, timeout: float = 60.0) -> int:
@@ -117,6 +161,7 @@ class NodeProcess:
         finally:
             if self.proc.poll() is None:
                 self.kill()
+            self._went_down()
 
 
 class PeakRss:

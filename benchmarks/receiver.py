@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
-from actors.notify.signature import HEADER, SignatureError, verify_signature
+from paynode.domain.notify.signature import HEADER, SignatureError, verify_signature
 
 
 @dataclass

@@ -25,8 +25,8 @@ import time
 
 import aiohttp
 
-from . import drivers
-from .workload import Workload
+from paynode.benchmarks import drivers
+from paynode.benchmarks.workload import Workload
 
 PASSWORD = "a long enough passphrase"
 
@@ -165,7 +165,7 @@ def run(args: argparse.Namespace, w: Workload, target, report: dict) -> bool:
     report["risk"] = result
     problems = list(result["problems"])
     if target.database_url:
-        from storage.audit_log import verify_database
+        from paynode.storage.audit_log import verify_database
 
         chain = verify_database(target.database_url)
         if chain.first_broken_seq is not None:

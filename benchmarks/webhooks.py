@@ -20,11 +20,10 @@ from dataclasses import dataclass
 
 import psycopg
 
-from storage.database import libpq_url
-
-from . import drivers
-from .receiver import Receiver
-from .workload import Workload
+from paynode.benchmarks import drivers
+from paynode.benchmarks.receiver import Receiver
+from paynode.benchmarks.workload import Workload
+from paynode.storage.database import libpq_url
 
 OWNED_EVERY = 100  # one account in this many belongs to the subscribed customer
 

@@ -12,7 +12,7 @@ import itertools
 import random
 from dataclasses import dataclass
 
-from actors.ledger.model import shard_key
+from paynode.domain.ledger.model import shard_key
 
 FUND = 10**12  # minor units given to each no-overdraft account before the run
 TREASURY = "treasury"

@@ -18,7 +18,7 @@ import sys
 from decimal import Decimal
 from pathlib import Path
 
-from .config import Settings
+from paynode.domain.settings import Settings
 
 MAX_ROWS = 100_000  # printed rows; a bigger result is a job for the duckdb CLI or Python
 
@@ -86,7 +86,7 @@ def format_rows(columns: list[str], rows: list[tuple], fmt: str) -> str:
 def cmd_sql(settings: Settings, args: argparse.Namespace) -> int:
     import duckdb
 
-    from storage.analytics import connect_views
+    from paynode.storage.analytics import connect_views
 
     root = settings.analytics_path()
     if not (root / "live").exists():
@@ -139,7 +139,7 @@ def cmd_recon(args: argparse.Namespace) -> int:
 
 
 def cmd_report(settings: Settings, args: argparse.Namespace) -> int:
-    from .report import daily_report
+    from paynode.node.report import daily_report
 
     day = dt.date.fromisoformat(args.date) if args.date else dt.datetime.now(dt.UTC).date()
     out = Path(args.out) if args.out else settings.data_path() / "reports"

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .config import Settings
+from paynode.domain.settings import Settings
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -26,9 +26,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 def cmd_audit(settings: Settings, args: argparse.Namespace) -> int:
     import psycopg
 
-    from storage.audit_log import verify_database
-
-    from .runtime import start_postgres
+    from paynode.node.runtime import start_postgres
+    from paynode.storage.audit_log import verify_database
 
     url, pg = start_postgres(settings)
     try:

@@ -9,7 +9,7 @@ paynode report daily [--date YYYY-MM-DD] [--data-dir D]
 paynode audit verify [--data-dir D]
 paynode actors [--data-dir D] [--shards N]               (cluster mode, RAY_ADDRESS)
 paynode api [--host H] [--port P] [--workers N]          (cluster mode, RAY_ADDRESS)
-paynode bench ...
+paynode bench ...                                        (installed with benchmarks/)
 """
 
 from __future__ import annotations
@@ -19,11 +19,13 @@ import logging
 import socket
 import sys
 import threading
+from importlib.metadata import entry_points
 from types import FrameType
+from typing import Any
 
 import msgspec
 
-from .config import Settings, from_env
+from paynode.domain.settings import Settings, from_env
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -38,6 +40,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--host", help="listen address (default 127.0.0.1)")
     run.add_argument("--port", type=int, help="listen port (default 8000)")
     run.add_argument("--shards", type=int, help="ledger shard actors (default: one per core)")
+    run.add_argument("--fd", type=int, help=(
+        "serve on this inherited, already bound listening socket (a supervisor or test "
+        "harness owns the port) instead of binding --host/--port"
+    ))  # fmt: skip
     mig = sub.add_parser("migrate", help="apply schema migrations and exit")
     _common(mig)
     keys = sub.add_parser("keys", help="show or rotate the PII and JWT keys (no downtime)")
@@ -49,26 +55,44 @@ def _parser() -> argparse.ArgumentParser:
     keys.add_argument("--keyring", help="keyring file (default <data-dir>/keyring.json)")
     keys.add_argument("--only", choices=["pii", "jwt"], help="rotate one purpose only")
     keys.add_argument("--batch", type=int, default=500, help="rows per transaction (default 500)")
-    from .analytics_cli import add_parsers
+    from paynode.node.analytics_cli import add_parsers
 
     add_parsers(sub)
-    from .audit_cli import add_parsers as add_audit_parsers
+    from paynode.node.audit_cli import add_parsers as add_audit_parsers
 
     add_audit_parsers(sub)
-    from .cluster import add_parsers as add_cluster_parsers
+    from paynode.node.cluster import add_parsers as add_cluster_parsers
 
     add_cluster_parsers(sub)
-    bench = sub.add_parser("bench", help="load a node, audit it, compare with a baseline")
-    from benchmarks.bench import add_arguments
-
-    add_arguments(bench)
+    for command in _plugins().values():
+        command.add_arguments(sub.add_parser(command.name, help=command.help))
     return parser
 
 
+def _plugins() -> dict[str, Any]:
+    """Commands installed beside the node (``paynode bench``), found by entry point.
+
+    The product never imports them: they use the node, not the other way round.
+    """
+    found = {}
+    for ep in entry_points(group="paynode.commands"):
+        command = ep.load()
+        found[command.name] = command
+    return found
+
+
 def _settings(args: argparse.Namespace) -> Settings:
+    inherited = getattr(args, "fd", None)
+    port = getattr(args, "port", None)
+    if inherited is not None:
+        probe = socket.socket(fileno=inherited)
+        try:
+            args.host, port = probe.getsockname()[:2]
+        finally:
+            probe.detach()  # the socket stays open for cmd_run
     return from_env(
         host=getattr(args, "host", None),
-        port=getattr(args, "port", None),
+        port=port,
         data_dir=args.data_dir,
         shards=getattr(args, "shards", None),
         keyring=getattr(args, "keyring", None),
@@ -81,10 +105,9 @@ def cmd_keys(settings: Settings, args: argparse.Namespace) -> int:
     Running nodes re-read the keyring file when it changes (within a second)
     or when they meet a key id they do not know, so nothing needs a restart.
     """
-    from storage.pii import reseal_all
-
-    from .keyring import describe, load, rotated, write_file
-    from .runtime import start_postgres
+    from paynode.node.runtime import start_postgres
+    from paynode.storage.keyring import describe, load, rotated, write_file
+    from paynode.storage.pii import reseal_all
 
     keys = load(settings.data_path(), settings.keyring, create=args.action != "show")
     if args.action == "show":
@@ -118,9 +141,8 @@ def cmd_keys(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_migrate(settings: Settings) -> int:
-    from storage.migrations import migrate
-
-    from .runtime import start_postgres
+    from paynode.node.runtime import start_postgres
+    from paynode.storage.migrations import migrate
 
     url, pg = start_postgres(settings)
     try:
@@ -132,7 +154,7 @@ def cmd_migrate(settings: Settings) -> int:
     return 0
 
 
-def cmd_run(settings: Settings) -> int:
+def cmd_run(settings: Settings, fd: int | None = None) -> int:
     import uvicorn
 
     class Server(uvicorn.Server):
@@ -142,15 +164,14 @@ def cmd_run(settings: Settings) -> int:
             super().handle_exit(sig, frame)
             self._captured_signals.clear()
 
-    from api.app import create_app
-
-    from .keyring import load
-    from .runtime import start
+    from paynode.api.app import create_app
+    from paynode.node.runtime import start
+    from paynode.storage.keyring import load
 
     keys = load(settings.data_path(), settings.keyring)  # before anything starts: fail fast
     # Bound before Ray and PostgreSQL start: a taken port fails at once, and none of the
     # ports Ray picks for itself while starting can land on ours.
-    sock = _listen(settings.host, settings.port)
+    sock = _listen(settings.host, settings.port) if fd is None else _inherited(fd)
     services = start(settings)
     stopping = threading.Event()
     keeper = threading.Thread(target=_keep_ownership, args=(services, stopping), daemon=True)
@@ -202,14 +223,22 @@ def _listen(host: str, port: int) -> socket.socket:
     return sock
 
 
+def _inherited(fd: int) -> socket.socket:
+    """The listening socket handed over as file descriptor ``fd`` (bound by the parent)."""
+    sock = socket.socket(fileno=fd)
+    if sock.type != socket.SOCK_STREAM:
+        raise ValueError(f"--fd {fd} is not a stream socket")
+    sock.set_inheritable(True)
+    return sock
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    if args.command == "bench":
-        from benchmarks.bench import main as bench
-
-        return bench(args)
+    plugins = _plugins()
+    if args.command in plugins:
+        return int(plugins[args.command].main(args))
     if args.command == "recon":
-        from .analytics_cli import cmd_recon
+        from paynode.node.analytics_cli import cmd_recon
 
         return cmd_recon(args)
     logging.basicConfig(
@@ -217,19 +246,19 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         settings = _settings(args)
-    except (ValueError, msgspec.ValidationError) as e:
+    except (ValueError, OSError, msgspec.ValidationError) as e:
         print(f"paynode: {e}", file=sys.stderr)
         return 2
-    from .keyring import KeyringError
+    from paynode.storage.keyring import KeyringError
 
     if args.command == "migrate":
         return cmd_migrate(settings)
     if args.command in ("sql", "report"):
-        from .analytics_cli import cmd_report, cmd_sql
+        from paynode.node.analytics_cli import cmd_report, cmd_sql
 
         return cmd_sql(settings, args) if args.command == "sql" else cmd_report(settings, args)
     if args.command == "audit":
-        from .audit_cli import cmd_audit
+        from paynode.node.audit_cli import cmd_audit
 
         return cmd_audit(settings, args)
     if args.command == "keys":
@@ -241,18 +270,18 @@ def main(argv: list[str] | None = None) -> int:
         except KeyringError as e:
             print(f"paynode: {e}", file=sys.stderr)
             return 2
-    from .runtime import DatabaseInUse
+    from paynode.node.runtime import DatabaseInUse
 
     try:
         if args.command == "actors":
-            from .cluster import cmd_actors
+            from paynode.node.cluster import cmd_actors
 
             return cmd_actors(settings)
         if args.command == "api":
-            from .cluster import cmd_api
+            from paynode.node.cluster import cmd_api
 
             return cmd_api(settings, args.workers)
-        return cmd_run(settings)
+        return cmd_run(settings, getattr(args, "fd", None))
     except (DatabaseInUse, KeyringError) as e:
         print(f"paynode: {e}", file=sys.stderr)
         return 2

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
-from .config import Settings, from_env
+from paynode.domain.settings import Settings, from_env
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -59,8 +59,8 @@ def _require_cluster(settings: Settings) -> str | None:
 
 
 def cmd_actors(settings: Settings) -> int:
-    from .keyring import load
-    from .runtime import start
+    from paynode.node.runtime import start
+    from paynode.storage.keyring import load
 
     problem = _require_cluster(settings)
     if problem:
@@ -130,11 +130,11 @@ def _environment(settings: Settings) -> dict[str, str]:
 
 def app_from_env() -> FastAPI:
     """The uvicorn factory run in each API worker: join Ray, find the actors, build the app."""
-    from actors.bank_sim import PROVIDER
-    from api.app import create_app
-
-    from .keyring import load
-    from .runtime import BANK_SIM_NAME, find_shards, start_ray
+    from paynode.actors.bank_sim import PROVIDER
+    from paynode.actors.names import BANK_SIM_NAME
+    from paynode.api.app import create_app
+    from paynode.node.runtime import find_shards, start_ray
+    from paynode.storage.keyring import load
 
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"

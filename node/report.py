@@ -11,7 +11,7 @@ import datetime as dt
 from decimal import Decimal
 from pathlib import Path
 
-from storage.analytics import connect_views
+from paynode.storage.analytics import connect_views
 
 # ISO 4217 minor-unit exponents that are not 2 (the rest, and unknown codes, use 2).
 _EXPONENT = {"JPY": 0, "KRW": 0, "CLP": 0, "ISK": 0, "VND": 0, "BHD": 3, "KWD": 3, "OMR": 3,

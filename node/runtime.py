@@ -21,15 +21,23 @@ import msgspec
 import psutil
 import psycopg
 
-from storage.database import libpq_url
-from storage.migrations import migrate
-
-from .config import Settings
-from .keyring import load as load_keyring
+from paynode.actors.names import (
+    ACH_NAME,
+    ANALYTICS_NAME,
+    BANK_SIM_NAME,
+    HANDLES_NAME,
+    HELPER_NAMES,
+    NOTIFIER_NAME,
+    RECONCILER_NAME,
+    RISK_NAME,
+    SHARD_NAME,
+)
+from paynode.domain.settings import Settings
+from paynode.storage.database import libpq_url
+from paynode.storage.keyring import load as load_keyring
+from paynode.storage.migrations import migrate
 
 log = logging.getLogger("paynode.node")
-
-SHARD_NAME = "paynode-shard-{index}"
 
 
 class DatabaseInUse(RuntimeError):
@@ -246,7 +254,7 @@ def start_shards(
     """
     import ray
 
-    from actors.ledger_shard import LedgerShard
+    from paynode.actors.ledger_shard import LedgerShard
 
     count = settings.shard_count()
     names = [SHARD_NAME.format(index=i) for i in range(count)]
@@ -294,17 +302,6 @@ def find_shards(namespace: str) -> list[str]:
     return [SHARD_NAME.format(index=i) for i in range(count)]
 
 
-ANALYTICS_NAME = "paynode-analytics"
-RECONCILER_NAME = "paynode-reconciler"
-NOTIFIER_NAME = "paynode-notifier"
-HANDLES_NAME = "paynode-handles"
-ACH_NAME = "paynode-ach"
-BANK_SIM_NAME = "paynode-banksim"
-RISK_NAME = "paynode-risk"
-HELPER_NAMES = [ANALYTICS_NAME, RECONCILER_NAME, NOTIFIER_NAME, HANDLES_NAME, BANK_SIM_NAME,
-                ACH_NAME, RISK_NAME]  # fmt: skip
-
-
 def resolved_paths(settings: Settings) -> Settings:
     """Settings whose paths mean the same in an actor (its working directory differs)."""
     keyring = str(Path(settings.keyring).expanduser().resolve()) if settings.keyring else ""
@@ -318,15 +315,15 @@ def start_helpers(
     and the handle directory."""
     import ray
 
-    from actors.ach import AchOriginator
-    from actors.analytics import AnalyticsStreamer
-    from actors.handles import HandleDirectory
-    from actors.notifier import Notifier
-    from actors.reconciler import Reconciler
-    from actors.risk.actor import RiskActor
+    from paynode.actors.ach import AchOriginator
+    from paynode.actors.analytics import AnalyticsStreamer
+    from paynode.actors.handles import HandleDirectory
+    from paynode.actors.notifier import Notifier
+    from paynode.actors.reconciler import Reconciler
+    from paynode.actors.risk.actor import RiskActor
 
     if detached:
-        _evict(HELPER_NAMES, settings.namespace)
+        _evict(list(HELPER_NAMES), settings.namespace)
     # The helpers write files under the data directory: they run on this machine.
     options = _actor_options(settings, detached) | {
         "max_restarts": 0,
@@ -407,7 +404,7 @@ def _start_bank_simulator(settings: Settings, options: dict) -> object:
     """The simulated bank, and the secret it signs its webhooks with (added to ours)."""
     import ray
 
-    from actors.bank_sim import PROVIDER, BankSimulator
+    from paynode.actors.bank_sim import PROVIDER, BankSimulator
 
     providers = settings.providers()
     if PROVIDER not in providers:

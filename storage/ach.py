@@ -15,10 +15,9 @@ import msgspec
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from node.keyring import Keyring
-
-from . import pii
-from .rows import record
+from paynode.storage import pii
+from paynode.storage.keyring import Keyring
+from paynode.storage.rows import record
 
 MAX_VERIFY_ATTEMPTS = 3
 FILE_LIMIT = 8 * 1024 * 1024  # sealed NACHA file size (about 80,000 entries)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import psycopg
 
-from .database import libpq_url
+from paynode.storage.database import libpq_url
 
 Balances = tuple[
     int, int, int, int

@@ -20,8 +20,8 @@ import psycopg
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from .audit_chain import GENESIS_HASH, AuditRecord, chain, verify
-from .database import libpq_url
+from paynode.storage.audit_chain import GENESIS_HASH, AuditRecord, chain, verify
+from paynode.storage.database import libpq_url
 
 _LOCK_KEY = 0x61756469746C6F67  # "auditlog"
 _FIELDS = AuditRecord.__struct_fields__

@@ -20,7 +20,7 @@ from typing import Any
 
 import msgspec
 
-from actors.ledger.model import (
+from paynode.domain.ledger.model import (
     ACCOUNT_FLAGS,
     TRANSFER_FLAGS,
     AccountSpec,

@@ -15,10 +15,9 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from node.keyring import Keyring
-
-from . import pii
-from .schema import api_keys, kyc_events, refresh_tokens, sessions, users
+from paynode.storage import pii
+from paynode.storage.keyring import Keyring
+from paynode.storage.schema import api_keys, kyc_events, refresh_tokens, sessions, users
 
 KycStatus = str  # 'unverified' | 'pending' | 'verified' | 'rejected'
 

@@ -12,10 +12,9 @@ from collections.abc import Sequence
 import msgspec
 import psycopg
 
-from actors.ledger.model import AccountSpec, JournalRow, shard_key
-
-from .events import EVENT_COLUMNS, event_lines
-from .schema import ACCOUNT_COLUMNS, TRANSFER_COLUMNS
+from paynode.domain.ledger.model import AccountSpec, JournalRow, shard_key
+from paynode.storage.events import EVENT_COLUMNS, event_lines
+from paynode.storage.schema import ACCOUNT_COLUMNS, TRANSFER_COLUMNS
 
 _COPY_TRANSFERS = f"COPY transfers ({', '.join(TRANSFER_COLUMNS)}) FROM STDIN"
 _COPY_ACCOUNTS = f"COPY accounts ({', '.join(ACCOUNT_COLUMNS)}) FROM STDIN"

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
-from .database import sync_engine
+from paynode.storage.database import sync_engine
 
 _LOCK_KEY = 0x7061796E6F6465  # "paynode"
 

@@ -15,11 +15,10 @@ import msgspec
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from node.keyring import Keyring
-
-from . import pii
-from .events import SELECT_EVENTS, STEP_UP_EVENT, VISIBLE, StoredEvent, stored_event
-from .rows import record
+from paynode.storage import pii
+from paynode.storage.events import SELECT_EVENTS, STEP_UP_EVENT, VISIBLE, StoredEvent, stored_event
+from paynode.storage.keyring import Keyring
+from paynode.storage.rows import record
 
 # -- endpoints ------------------------------------------------------------------------
 

@@ -16,9 +16,9 @@ import msgspec
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from . import risk
-from .events import event_id, insert_statement
-from .rows import record
+from paynode.storage import risk
+from paynode.storage.events import event_id, insert_statement
+from paynode.storage.rows import record
 
 
 class Payment(msgspec.Struct, kw_only=True):

@@ -24,7 +24,7 @@ import sqlalchemy as sa
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from node.keyring import Keyring
+from paynode.storage.keyring import Keyring
 
 _VERSION = 1
 _NONCE = 12
@@ -205,7 +205,7 @@ def reseal_all(
     seen the new key may have written some meanwhile). Returns the totals and
     how many values are still stale (0 = done).
     """
-    from .database import sync_engine
+    from paynode.storage.database import sync_engine
 
     assert batch >= 1 and max_passes >= 1
     engine = sync_engine(database_url)

@@ -20,8 +20,8 @@ import duckdb
 import psycopg
 from psycopg import sql
 
-from .analytics import RECON_COLUMNS, Watermark
-from .audit import JOURNAL_BALANCES_SQL, Balances
+from paynode.storage.analytics import RECON_COLUMNS, Watermark
+from paynode.storage.audit import JOURNAL_BALANCES_SQL, Balances
 
 MEMORY_JOURNAL = "memory/journal"
 JOURNAL_ANALYTICS = "journal/analytics"

@@ -17,11 +17,10 @@ import msgspec
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from actors.risk.otp import Challenge
-
-from . import pii
-from .pii import Keyring
-from .rows import record
+from paynode.domain.risk.otp import Challenge
+from paynode.storage import pii
+from paynode.storage.pii import Keyring
+from paynode.storage.rows import record
 
 
 class Features(msgspec.Struct, frozen=True):

@@ -20,10 +20,10 @@ import psycopg
 import pytest
 from sqlalchemy.engine import make_url
 
-from node.config import Settings
-from node.keyring import Keyring
-from storage.database import libpq_url
-from storage.migrations import migrate
+from paynode.domain.settings import Settings
+from paynode.storage.database import libpq_url
+from paynode.storage.keyring import Keyring
+from paynode.storage.migrations import migrate
 
 
 @pytest.fixture(scope="session")
@@ -62,7 +62,7 @@ def database_url(pg_admin_url: str) -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def ray_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    from node.runtime import start_ray
+    from paynode.node.runtime import start_ray
 
     settings = Settings(data_dir=str(tmp_path_factory.mktemp("ray")), shards=2)
     started = start_ray(settings)  # sets Ray's token auth up before Ray is imported
@@ -123,7 +123,7 @@ class RunningNode:
         """Every account's in-memory balances, from the shards, at a durable point."""
         import ray
 
-        from actors.messages import decode_balances
+        from paynode.domain.ledger.wire import decode_balances
 
         out = {}
         for raw in ray.get([s.balances.remote() for s in self.shards]):
@@ -145,9 +145,9 @@ def make_node(
     import ray
     import uvicorn
 
-    from api.app import create_app
-    from node.keyring import load
-    from node.runtime import start_helpers, start_shards
+    from paynode.api.app import create_app
+    from paynode.node.runtime import start_helpers, start_shards
+    from paynode.storage.keyring import load
 
     running: list[tuple[uvicorn.Server, threading.Thread, list]] = []
 

@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 import httpx
 import psycopg
 
-from storage.audit import currency_totals, journal_balances
-from storage.database import libpq_url
+from paynode.storage.audit import currency_totals, journal_balances
+from paynode.storage.database import libpq_url
 from tests.conftest import ADMIN_HEADERS
 
 CONSTRAINED = "debits_must_not_exceed_credits"

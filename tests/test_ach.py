@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from actors.rails.nacha import FileHeader, build_return_file, parse_file
+from paynode.domain.rails.nacha import FileHeader, build_return_file, parse_file
 from tests import nacha_layout
 from tests.asserts import kyc_verified, problem, signup
 from tests.conftest import RunningNode, wait_until
@@ -194,7 +194,7 @@ def test_debit_returned_r01_leaves_the_wallet_as_before(make_node) -> None:
 def test_reconciliation_finds_ach_entries_the_bank_never_answered(make_node) -> None:
     import psycopg
 
-    from storage.database import libpq_url
+    from paynode.storage.database import libpq_url
 
     node = make_node(bank_simulator=False, ach_cutoff_interval_s=0, recon_interval_s=0)
     carol = _user(node, "carol-ach")

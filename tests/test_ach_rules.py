@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from zoneinfo import ZoneInfo
 
-from actors.rails.ach_rules import (
+from paynode.domain.rails.ach_rules import (
     Originator,
     Outgoing,
     build,
@@ -13,7 +13,7 @@ from actors.rails.ach_rules import (
     sec_code,
     transaction_code,
 )
-from actors.rails.nacha import parse_file
+from paynode.domain.rails.nacha import parse_file
 from tests import nacha_layout
 
 ET = ZoneInfo("America/New_York")

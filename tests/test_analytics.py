@@ -12,9 +12,9 @@ from pathlib import Path
 import duckdb
 import psycopg
 
-from storage.analytics import connect_views
-from storage.audit import journal_balances
-from storage.database import libpq_url
+from paynode.storage.analytics import connect_views
+from paynode.storage.audit import journal_balances
+from paynode.storage.database import libpq_url
 
 from .conftest import ADMIN_KEY, RunningNode
 
@@ -131,9 +131,9 @@ def test_a_separate_process_queries_during_a_load(make_node) -> None:
                 errors.append(r.text)
             k += 1
 
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env = dict(os.environ)
     query = "SELECT count(*) AS n, count(DISTINCT transfer_id) AS d FROM transfers"
-    cmd = [sys.executable, "-m", "node.cli", "sql", "--data-dir", node.settings.data_dir,
+    cmd = [sys.executable, "-m", "paynode.node.cli", "sql", "--data-dir", node.settings.data_dir,
            "--format", "json", query]  # fmt: skip
     thread = threading.Thread(target=load)
     thread.start()
@@ -274,10 +274,9 @@ def test_reconciliation_needs_its_scope(node: RunningNode) -> None:
 def test_cli_recon_and_daily_report(make_node, tmp_path: Path) -> None:
     node = make_node(recon_interval_s=0)
     _seed(node)
-    env = {**os.environ, "PAYNODE_API_KEY": ADMIN_KEY,
-           "PYTHONPATH": str(Path(__file__).resolve().parents[1])}  # fmt: skip
+    env = {**os.environ, "PAYNODE_API_KEY": ADMIN_KEY}
     done = subprocess.run(
-        [sys.executable, "-m", "node.cli", "recon", "run", "--full", "--url", node.url],
+        [sys.executable, "-m", "paynode.node.cli", "recon", "run", "--full", "--url", node.url],
         env=env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
@@ -285,7 +284,7 @@ def test_cli_recon_and_daily_report(make_node, tmp_path: Path) -> None:
     _sync(node)
     out = tmp_path / "reports"
     done = subprocess.run(
-        [sys.executable, "-m", "node.cli", "report", "daily", "--data-dir",
+        [sys.executable, "-m", "paynode.node.cli", "report", "daily", "--data-dir",
          node.settings.data_dir, "--out", str(out)],
         env=env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip

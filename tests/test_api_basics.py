@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from storage.audit import journal_balances
+from paynode.storage.audit import journal_balances
 
 USD = "USD"
 

@@ -61,8 +61,8 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from actors.ledger.model import shard_key  # placement of ids only, not ledger semantics
-from storage.audit import journal_balances
+from paynode.domain.ledger.model import shard_key  # placement of ids only, not ledger semantics
+from paynode.storage.audit import journal_balances
 
 SHARDS = 2
 NO_OVERDRAFT = "debits_must_not_exceed_credits"

@@ -10,7 +10,7 @@ from itertools import pairwise
 import msgspec
 import pytest
 
-from storage.audit_chain import (
+from paynode.storage.audit_chain import (
     GENESIS_HASH,
     AuditRecord,
     canonical,

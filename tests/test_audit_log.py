@@ -21,11 +21,11 @@ import msgspec
 import psycopg
 import pytest
 
-from actors.analytics import last_key
-from storage.analytics import AUDIT, connect_views
-from storage.audit_chain import GENESIS_HASH, AuditRecord, canonical, redact_for_analytics
-from storage.audit_log import read_records, verify_database
-from storage.database import async_engine, libpq_url
+from paynode.actors.analytics import last_key
+from paynode.storage.analytics import AUDIT, connect_views
+from paynode.storage.audit_chain import GENESIS_HASH, AuditRecord, canonical, redact_for_analytics
+from paynode.storage.audit_log import read_records, verify_database
+from paynode.storage.database import async_engine, libpq_url
 
 from .conftest import RunningNode, wait_until
 
@@ -54,7 +54,7 @@ def append_records(
     database_url: str, fields: list[dict[str, Any]], tasks: int = 1
 ) -> list[AuditRecord]:
     """Append each record in its own transaction, from ``tasks`` concurrent tasks."""
-    from storage.audit_log import append
+    from paynode.storage.audit_log import append
 
     async def main() -> list[AuditRecord]:
         engine = async_engine(database_url, pool_size=tasks)
@@ -75,9 +75,9 @@ def append_records(
 
 
 def _audit_cli(database_url: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "DATABASE_URL": database_url, "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "DATABASE_URL": database_url}
     return subprocess.run(
-        [sys.executable, "-m", "node.cli", "audit", "verify"],
+        [sys.executable, "-m", "paynode.node.cli", "audit", "verify"],
         env=env, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
 

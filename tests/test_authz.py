@@ -19,7 +19,7 @@ import jwt
 import psycopg
 import pytest
 
-from storage.database import libpq_url
+from paynode.storage.database import libpq_url
 
 from .asserts import problem, unauthorized
 from .conftest import ADMIN_KEY, RunningNode

@@ -24,7 +24,7 @@ import httpx
 import psycopg
 import pytest
 
-from storage.database import libpq_url
+from paynode.storage.database import libpq_url
 
 PROBLEM_JSON = "application/problem+json"
 SECRET = "sk_live_51HqLyjWDarjtT1zdp7dcXq"

@@ -6,9 +6,9 @@ import asyncio
 
 import psycopg
 
-from benchmarks.baseline import check, connect, execute_transfer, prepare, run
-from benchmarks.workload import FUND, Workload
-from storage.database import libpq_url
+from paynode.benchmarks.baseline import check, connect, execute_transfer, prepare, run
+from paynode.benchmarks.workload import FUND, Workload
+from paynode.storage.database import libpq_url
 
 
 def _balance(database_url: str, account_id: str) -> tuple[int, int]:

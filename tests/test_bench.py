@@ -18,7 +18,7 @@ def test_bench_runs_audits_and_compares(tmp_path: Path, mode: str) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
     env.pop("DATABASE_URL", None)  # the bench's node brings its own embedded PostgreSQL
     results = tmp_path / "results"
-    cmd = [sys.executable, "-m", "node.cli", "bench", "--mode", mode, "--accounts", "60",
+    cmd = [sys.executable, "-m", "paynode.node.cli", "bench", "--mode", mode, "--accounts", "60",
            "-d", "1.5", "-c", "4", "-b", "50", "--shards", "2", "--baseline",
            "--baseline-concurrency", "4", "--results", str(results),
            "--data-dir", str(tmp_path / "node")]  # fmt: skip

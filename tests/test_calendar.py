@@ -12,7 +12,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from actors.rails.calendar import (
+from paynode.domain.rails.calendar import (
     EASTERN,
     USEasternFallback,
     add_business_days,

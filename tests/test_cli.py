@@ -10,14 +10,14 @@ import uuid
 import psycopg
 import pytest
 
-from storage.database import libpq_url
-from storage.migrations import MIGRATIONS, latest_version
+from paynode.storage.database import libpq_url
+from paynode.storage.migrations import MIGRATIONS, latest_version
 from tests.conftest import _with_database
 
 
 def _paynode(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "node.cli", *args], env=env, capture_output=True, text=True,
+        [sys.executable, "-m", "paynode.node.cli", *args], env=env, capture_output=True, text=True,
         timeout=120,
     )  # fmt: skip
 
@@ -58,7 +58,7 @@ def test_bad_configuration_is_refused_before_start(args, env_extra, message) -> 
 
 
 def test_second_node_on_the_same_database_is_refused(database_url: str) -> None:
-    from node.runtime import DatabaseInUse, claim_database
+    from paynode.node.runtime import DatabaseInUse, claim_database
 
     owner = claim_database(database_url)
     try:

@@ -20,7 +20,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from benchmarks.cluster_process import ClusterNode, RayCluster
+from paynode.benchmarks.cluster_process import ClusterNode, RayCluster
 from tests.conftest import ADMIN_KEY, free_port, wait_until
 from tests.fault_load import audit, create_accounts, run_load_until
 

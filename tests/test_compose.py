@@ -30,8 +30,8 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
-from node.cli import _parser, _settings
-from node.config import Settings
+from paynode.domain.settings import Settings
+from paynode.node.cli import _parser, _settings
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = ROOT / "docker-compose.yml"
@@ -40,7 +40,7 @@ SERVICES = {"postgres", "ray-head", "ray-worker", "actors", "api"}
 RAY_SERVICES = ("ray-head", "ray-worker", "actors", "api")
 REQUIRED_SECRETS = {"POSTGRES_PASSWORD", "RAY_AUTH_TOKEN", "PAYNODE_API_KEY"}
 # PAYNODE_* variables read outside Settings, and the file that reads each.
-NOT_SETTINGS = {"PAYNODE_KEYRING_JSON": "node/keyring.py"}
+NOT_SETTINGS = {"PAYNODE_KEYRING_JSON": "storage/keyring.py"}
 SECRET_NAME = re.compile(r"PASSWORD|TOKEN|SECRET|_KEY$|KEYRING_JSON|PROVIDERS")
 # Shared by the actors and the HTTP front: one cluster, one database, one keyring.
 CLUSTER_WIDE = ("DATABASE_URL", "RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN",
@@ -145,7 +145,7 @@ def test_python_healthchecks_compile_and_import_what_exists(compose: dict) -> No
             continue
         tree = ast.parse(test[3], filename=f"{name} healthcheck")
         for node in ast.walk(tree):
-            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("node."):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("paynode."):
                 module = importlib.import_module(node.module)
                 for alias in node.names:
                     assert hasattr(module, alias.name), f"{name}: {node.module}.{alias.name}"
@@ -381,8 +381,8 @@ def test_dockerfile_builds_a_small_non_root_image(compose: dict) -> None:
     assert not [arg for op, arg in steps if op == "VOLUME"], "VOLUME in the Dockerfile"
     assert any(op == "ENV" and "PAYNODE_DATA_DIR=/data" in arg for op, arg in steps)
     # Every package the wheel holds is copied into the build, and none is ignored.
-    include = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
-    packages = {p.rstrip("*") for p in include["packages"]["find"]["include"]}
+    mapped = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    packages = set(mapped["package-dir"].values())  # the folders the wheel is built from
     copied = {arg.split()[0] for op, arg in steps if op == "COPY"}
     assert packages <= copied, f"not copied into the image: {packages - copied}"
     lines = (ROOT / ".dockerignore").read_text().splitlines()

@@ -9,8 +9,8 @@ from collections import Counter
 import httpx
 import psycopg
 
-from storage.audit import currency_totals, journal_balances
-from storage.database import libpq_url
+from paynode.storage.audit import currency_totals, journal_balances
+from paynode.storage.database import libpq_url
 from tests.conftest import ADMIN_HEADERS
 
 CLIENTS = 200

@@ -18,11 +18,11 @@ import httpx
 import psycopg
 import pytest
 
-from benchmarks.node_process import NodeProcess
-from storage.analytics import connect_views
-from storage.audit import currency_totals, journal_balances
-from storage.database import libpq_url
-from tests.conftest import ADMIN_HEADERS, ADMIN_KEY, free_port, wait_until
+from paynode.benchmarks.node_process import NodeProcess
+from paynode.storage.analytics import connect_views
+from paynode.storage.audit import currency_totals, journal_balances
+from paynode.storage.database import libpq_url
+from tests.conftest import ADMIN_HEADERS, ADMIN_KEY, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -60,7 +60,7 @@ def test_sigkill_during_load_loses_no_acknowledged_transfer(tmp_path: Path, requ
         env["DATABASE_URL"] = request.getfixturevalue("database_url")
     else:
         env.pop("DATABASE_URL", None)
-    node = NodeProcess(tmp_path / "data", free_port(), shards=2, env=env)
+    node = NodeProcess(tmp_path / "data", shards=2, env=env)
     url, database_url = node.url, node.database_url
 
     node.start()

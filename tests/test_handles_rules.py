@@ -6,7 +6,7 @@ import unicodedata
 
 import pytest
 
-from actors.rails.handles_rules import CONFUSABLES, RESERVED, HandleError, normalize_handle
+from paynode.domain.rails.handles_rules import CONFUSABLES, RESERVED, HandleError, normalize_handle
 
 # input -> normalized handle, or the error code it must be refused with
 CASES: list[tuple[str, str]] = [

@@ -5,7 +5,7 @@ from __future__ import annotations
 import psycopg
 import pytest
 
-from storage.database import libpq_url
+from paynode.storage.database import libpq_url
 
 from .asserts import problem
 from .conftest import ADMIN_KEY, RunningNode, wait_until

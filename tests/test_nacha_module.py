@@ -5,7 +5,7 @@ import datetime
 import msgspec
 import pytest
 
-from actors.rails.nacha import (
+from paynode.domain.rails.nacha import (
     RETURN_CODES,
     Batch,
     Entry,

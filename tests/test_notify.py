@@ -13,9 +13,9 @@ import httpx
 import psycopg
 import pytest
 
-from actors.notify.signature import HEADER, header, verify_signature
-from benchmarks.receiver import Receiver, serve
-from storage.database import libpq_url
+from paynode.benchmarks.receiver import Receiver, serve
+from paynode.domain.notify.signature import HEADER, header, verify_signature
+from paynode.storage.database import libpq_url
 from tests.asserts import problem
 from tests.conftest import RunningNode, wait_until
 

@@ -14,10 +14,10 @@ import httpx
 import psycopg
 import pytest
 
-from benchmarks.node_process import NodeProcess
-from benchmarks.receiver import Receiver, serve
-from storage.database import libpq_url
-from tests.conftest import ADMIN_HEADERS, ADMIN_KEY, free_port, wait_until
+from paynode.benchmarks.node_process import NodeProcess
+from paynode.benchmarks.receiver import Receiver, serve
+from paynode.storage.database import libpq_url
+from tests.conftest import ADMIN_HEADERS, ADMIN_KEY, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -37,7 +37,7 @@ def test_sigkill_mid_delivery_then_every_event_is_delivered(tmp_path: Path, requ
         env["DATABASE_URL"] = request.getfixturevalue("database_url")
     else:
         env.pop("DATABASE_URL", None)
-    node = NodeProcess(tmp_path / "data", free_port(), shards=2, env=env)
+    node = NodeProcess(tmp_path / "data", shards=2, env=env)
     receiver = Receiver(delay_s=0.02, fail_first=0)
     with serve(receiver) as hook_url:
         node.start()

@@ -6,9 +6,9 @@ from dataclasses import dataclass
 
 import pytest
 
-from actors.notify.destinations import DestinationError, check_url
-from actors.notify.schedule import backoff_s, ready
-from storage.events import created_of, event_id
+from paynode.actors.notify.destinations import DestinationError, check_url
+from paynode.domain.notify.schedule import backoff_s, ready
+from paynode.storage.events import created_of, event_id
 
 
 @dataclass

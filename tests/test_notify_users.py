@@ -22,8 +22,8 @@ import httpx
 import psycopg
 import pytest
 
-from benchmarks.receiver import Receiver, serve
-from storage.database import libpq_url
+from paynode.benchmarks.receiver import Receiver, serve
+from paynode.storage.database import libpq_url
 from tests.asserts import problem
 from tests.conftest import RunningNode, wait_until
 from tests.test_notify import FAST

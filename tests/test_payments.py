@@ -6,7 +6,7 @@ import concurrent.futures
 
 import psycopg
 
-from storage.database import libpq_url
+from paynode.storage.database import libpq_url
 from tests.asserts import kyc_verified, problem, signup
 from tests.conftest import RunningNode
 

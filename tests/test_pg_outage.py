@@ -23,10 +23,10 @@ import psutil
 import psycopg
 import pytest
 
-from benchmarks.node_process import NodeProcess
-from storage.audit import journal_balances
-from storage.database import libpq_url
-from tests.conftest import free_port, wait_until
+from paynode.benchmarks.node_process import NodeProcess
+from paynode.storage.audit import journal_balances
+from paynode.storage.database import libpq_url
+from tests.conftest import wait_until
 from tests.fault_load import memory_vs_journal
 
 pytestmark = pytest.mark.slow
@@ -48,7 +48,7 @@ def test_postgres_outage_refuses_then_recovers(tmp_path: Path) -> None:
     key = secrets.token_urlsafe(24)
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
     env |= {"DATABASE_URL": database_url, "PAYNODE_API_KEY": key}
-    node = NodeProcess(tmp_path / "node", free_port(), shards=2, env=env)
+    node = NodeProcess(tmp_path / "node", shards=2, env=env)
     node.start()
     http = httpx.Client(base_url=node.url, timeout=30, headers={"Authorization": f"Bearer {key}"})
     try:
@@ -129,7 +129,7 @@ def test_postgres_outage_refuses_then_recovers(tmp_path: Path) -> None:
         # The node owns the database again (its advisory lock is held; trying to take
         # it here could race the node's own retry and stop it).
         def claimed_again() -> bool:
-            from node.runtime import _OWNER_LOCK
+            from paynode.node.runtime import _OWNER_LOCK
 
             sql = (
                 "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted"

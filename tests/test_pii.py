@@ -13,9 +13,9 @@ import httpx
 import psycopg
 import pytest
 
-from node.keyring import Keyring, KeyringError, load, rotated, write_file
-from storage import pii
-from storage.database import libpq_url
+from paynode.storage import pii
+from paynode.storage.database import libpq_url
+from paynode.storage.keyring import Keyring, KeyringError, load, rotated, write_file
 
 PROFILE = {
     "name": "Zelda Quixote-Marchetti",
@@ -190,7 +190,7 @@ def test_a_ciphertext_swapped_between_rows_fails_loudly(node, caplog) -> None:
 
 def _paynode(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "node.cli", *args],
+        [sys.executable, "-m", "paynode.node.cli", *args],
         env=env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
 

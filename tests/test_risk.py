@@ -11,8 +11,8 @@ from pathlib import Path
 
 import psycopg
 
-from storage.audit_log import verify_database
-from storage.database import libpq_url
+from paynode.storage.audit_log import verify_database
+from paynode.storage.database import libpq_url
 from tests.asserts import kyc_verified, problem
 from tests.conftest import RunningNode, wait_until
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from actors.risk.otp import Challenge, check, code_for, new_challenge
+from paynode.domain.risk.otp import Challenge, check, code_for, new_challenge
 
 T0 = 1_700_000_000.0
 

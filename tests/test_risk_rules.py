@@ -9,7 +9,7 @@ from typing import Any
 import msgspec
 import pytest
 
-from actors.risk.rules import (
+from paynode.domain.risk.rules import (
     DEFAULT_RULES,
     Decision,
     RiskConfig,

@@ -35,7 +35,7 @@ from hypothesis.stateful import (
     rule,
 )
 
-from actors.ledger.model import (
+from paynode.domain.ledger.model import (
     MAX_AMOUNT,
     NO_METADATA,
     AccountFlags,
@@ -46,7 +46,7 @@ from actors.ledger.model import (
     TransferFlags,
     TransferOp,
 )
-from actors.ledger.rules import Ledger
+from paynode.domain.ledger.rules import Ledger
 
 # KNOWN BUG switch: the sharded property skips the few inputs that hit the open
 # product bug pinned by the strict-xfail test at the end of this file, so that it

@@ -1,6 +1,6 @@
 """Sanctions screening: the OFAC CSV loader, name normalization, scoring and the index.
 
-Runs against the fictional sample list shipped in ``actors/risk/data`` and against
+Runs against the fictional sample list shipped in ``domain/risk/data`` and against
 synthetic lists; no network, no database.
 """
 
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from actors.risk.sanctions import (
+from paynode.domain.risk.sanctions import (
     SanctionsList,
     SanctionsListError,
     build_list,
@@ -26,7 +26,7 @@ from actors.risk.sanctions import (
     token_set_score,
 )
 
-DATA = Path(__file__).resolve().parent.parent / "actors" / "risk" / "data"
+DATA = Path(__file__).resolve().parent.parent / "domain" / "risk" / "data"
 SDN = DATA / "sdn_sample.csv"
 ALT = DATA / "alt_sample.csv"
 

@@ -36,10 +36,10 @@ import psutil
 import psycopg
 import pytest
 
-from benchmarks.node_process import NodeProcess, PeakRss, total_rss
-from storage.audit import currency_totals, journal_balances
-from storage.database import libpq_url
-from tests.conftest import ADMIN_HEADERS, ADMIN_KEY, free_port, wait_until
+from paynode.benchmarks.node_process import NodeProcess, PeakRss, total_rss
+from paynode.storage.audit import currency_totals, journal_balances
+from paynode.storage.database import libpq_url
+from tests.conftest import ADMIN_HEADERS, ADMIN_KEY, wait_until
 from tests.fault_load import memory_vs_journal
 
 pytestmark = pytest.mark.slow
@@ -163,7 +163,7 @@ def _classify(tally: Tally, bodies: list[dict], r: httpx.Response, seconds: floa
 
 def decoded_bytes_per_transfer() -> float:
     """Memory one offered transfer takes in a process that keeps it as a decoded body."""
-    from api.schemas import TransferBatchIn
+    from paynode.api.schemas import TransferBatchIn
 
     raw = json.dumps({"transfers": [_transfer(f"b0-{i}", i) for i in range(BATCH)]}).encode()
     tracemalloc.start()
@@ -267,7 +267,7 @@ def _mib(n: int) -> str:
 def test_slow_commits_refuse_and_memory_stays_bounded(tmp_path: Path, database_url: str) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
     env |= LIMITS | {"DATABASE_URL": database_url, "PAYNODE_API_KEY": ADMIN_KEY}
-    node = NodeProcess(tmp_path / "node", free_port(), shards=2, env=env)
+    node = NodeProcess(tmp_path / "node", shards=2, env=env)
     node.start()
     http = httpx.Client(base_url=node.url, timeout=30, headers=ADMIN_HEADERS)
     try:
@@ -391,8 +391,8 @@ def test_chains_refused_after_their_prepare_hold_nothing(make_node) -> None:
     """
     import ray
 
-    from actors.ledger.model import shard_key
-    from actors.messages import decode_stats
+    from paynode.domain.ledger.model import shard_key
+    from paynode.domain.ledger.wire import decode_stats
 
     node = make_node(shards=2, batch_max_items=10, queue_limit=20, batch_max_inflight=1)
     ids = [f"x{i}" for i in range(64)]

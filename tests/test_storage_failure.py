@@ -14,8 +14,8 @@ import random
 import httpx
 import psycopg
 
-from storage.audit import journal_balances
-from storage.database import libpq_url
+from paynode.storage.audit import journal_balances
+from paynode.storage.database import libpq_url
 from tests.conftest import ADMIN_HEADERS, wait_until
 
 

@@ -21,7 +21,7 @@ import httpx
 import jwt
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from node.keyring import rotated, write_file
+from paynode.storage.keyring import rotated, write_file
 
 from .asserts import problem, unauthorized
 from .conftest import RunningNode, wait_until

@@ -31,8 +31,8 @@ import httpx
 import psutil
 import pytest
 
-from benchmarks.node_process import NodeProcess
-from tests.conftest import ADMIN_KEY, free_port, wait_until
+from paynode.benchmarks.node_process import NodeProcess
+from tests.conftest import ADMIN_KEY, wait_until
 from tests.fault_load import audit, create_accounts, run_load_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.torture]
@@ -47,7 +47,7 @@ def _node(tmp_path: Path, request: pytest.FixtureRequest) -> NodeProcess:
         env["DATABASE_URL"] = request.getfixturevalue("database_url")
     else:
         env.pop("DATABASE_URL", None)
-    return NodeProcess(tmp_path / "data", free_port(), shards=2, env=env)
+    return NodeProcess(tmp_path / "data", shards=2, env=env)
 
 
 def _shard_workers(node: NodeProcess) -> list[psutil.Process]:

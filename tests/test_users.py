@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 import psycopg
 
-from storage.database import libpq_url
+from paynode.storage.database import libpq_url
 
 from .asserts import problem
 

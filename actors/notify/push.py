@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 import msgspec
 
-from storage.events import Event
+from paynode.storage.events import Event
 
 APNS_HOST = "api.push.apple.com"
 FCM_HOST = "fcm.googleapis.com"

@@ -19,12 +19,17 @@ from pathlib import Path
 
 import msgspec
 
-from .limits import DEFAULT_LIMITS, Limits, load_limits
-from .rules import DEFAULT_RULES, RiskConfig, load_rules
-from .sanctions import Match, SanctionsList, load_list, screen
+from paynode.domain.risk.limits import DEFAULT_LIMITS, Limits, load_limits
+from paynode.domain.risk.rules import DEFAULT_RULES, RiskConfig, load_rules
+from paynode.domain.risk.sanctions import (
+    SAMPLE_ALT,
+    SAMPLE_SDN,
+    Match,
+    SanctionsList,
+    load_list,
+    screen,
+)
 
-SAMPLE_SDN = Path(__file__).with_name("data") / "sdn_sample.csv"
-SAMPLE_ALT = Path(__file__).with_name("data") / "alt_sample.csv"
 MAX_NAMES = 100  # per screen() call
 MAX_NAME_CHARS = 200
 

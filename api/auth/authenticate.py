@@ -20,12 +20,11 @@ from typing import Generic, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from node.keyring import Keyring
-from storage import identity
-
-from .. import problems as p
-from .scopes import Principal
-from .tokens import TokenError, secret_hash, split_secret, verify_access
+from paynode.api import problems as p
+from paynode.api.auth.scopes import Principal
+from paynode.api.auth.tokens import TokenError, secret_hash, split_secret, verify_access
+from paynode.storage import identity
+from paynode.storage.keyring import Keyring
 
 API_KEY_PREFIX = "pk"
 V = TypeVar("V")

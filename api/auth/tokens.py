@@ -20,7 +20,7 @@ import uuid
 import jwt
 import msgspec
 
-from node.keyring import Keyring
+from paynode.storage.keyring import Keyring
 
 ISSUER = "paynode"
 AUDIENCE = "paynode-api"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import msgspec
 
@@ -132,10 +133,17 @@ def _redacted(field: str, value: object) -> str:
     if field in ("api_key", "webhook_providers") and value:
         return "<redacted>"
     if field == "database_url" and isinstance(value, str):
-        from sqlalchemy.engine import make_url
-
-        return repr(make_url(value).render_as_string(hide_password=True))
+        return repr(_without_password(value))
     return repr(value)
+
+
+def _without_password(url: str) -> str:
+    """A database URL as it may be printed: the password (if any) replaced by ***."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
 
 
 _ENV_PREFIX = "PAYNODE_"
@@ -217,7 +225,7 @@ def _check(s: Settings) -> None:
         problems.append("webhook_secret_overlap_s must be 0..30 days")
     if not 1 <= s.inbound_tolerance_s <= 3600:
         problems.append("inbound_tolerance_s must be 1..3600")
-    from actors.rails.nacha import aba_valid
+    from paynode.domain.rails.nacha import aba_valid
 
     if not aba_valid(s.ach_odfi_routing):
         problems.append("ach_odfi_routing must be a 9-digit routing number (ABA check digit)")

@@ -8,7 +8,13 @@ from __future__ import annotations
 
 import msgspec
 
-from .ledger.model import AccountBalances, AccountSpec, JournalRow, Outcome, TransferOp
+from paynode.domain.ledger.model import (
+    AccountBalances,
+    AccountSpec,
+    JournalRow,
+    Outcome,
+    TransferOp,
+)
 
 Group = list[TransferOp]  # a single transfer or a linked chain
 

@@ -20,8 +20,8 @@ import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .calendar import EASTERN, settlement_date
-from .nacha import Batch, Entry, FileHeader, build_file, trace_number
+from paynode.domain.rails.calendar import EASTERN, settlement_date
+from paynode.domain.rails.nacha import Batch, Entry, FileHeader, build_file, trace_number
 
 CLEARING_ACCOUNT = "ach-clearing-usd"
 MICRODEPOSIT_ACCOUNT = "ach-microdeposits-usd"

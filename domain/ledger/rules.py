@@ -22,7 +22,7 @@ import heapq
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from .model import (
+from paynode.domain.ledger.model import (
     MAX_AMOUNT,
     NO_METADATA,
     RESOLVES_PENDING,

@@ -40,6 +40,10 @@ from pathlib import Path
 
 import msgspec
 
+# The fictional sample list shipped with the package (the default without a real list).
+SAMPLE_SDN = Path(__file__).with_name("data") / "sdn_sample.csv"
+SAMPLE_ALT = Path(__file__).with_name("data") / "alt_sample.csv"
+
 NULL = "-0-"
 SDN_COLUMNS = 12
 ALT_COLUMNS = 5

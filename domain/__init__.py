@@ -1,0 +1,1 @@
+"""The pure domain: models, rules, codecs and settings. No Ray, no I/O."""

@@ -1,0 +1,1 @@
+"""Notification rules: delivery order, backoff and signatures (pure)."""

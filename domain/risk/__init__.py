@@ -1,0 +1,1 @@
+"""Risk rules, send limits, one-time codes and sanctions screening (pure)."""
