@@ -24,24 +24,34 @@ import logging
 import time
 from collections import defaultdict, deque
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import psycopg
+from msgspec.structs import astuple
 
-from paynode.domain.ledger.model import AccountSpec, Code, JournalRow, Outcome, shard_key
+from paynode.domain.ledger.model import ROW_CREDIT, AccountSpec, Code, Outcome, Row, shard_key
 from paynode.domain.ledger.rules import Ledger, refuse_group
 from paynode.domain.ledger.wire import (
     COMMIT_BUCKETS_S,
+    REPLAYED,
+    RESULT_OF,
     AccountResult,
+    BatchResult,
     ShardStats,
+    TransferBatch,
+    batch_groups,
+    decode_batch,
     decode_commits,
     decode_finishes,
-    decode_groups,
     decode_ids,
     decode_prepares,
     decode_rows,
     decode_specs,
+    empty_batch,
     encode,
+    extend_batch,
+    refused,
+    subset,
 )
 from paynode.storage import journal
 from paynode.storage.database import connect
@@ -60,9 +70,8 @@ class JournalConflict(StorageUnavailable):
 @dataclass
 class _Job:
     accounts: Sequence[AccountSpec]
-    rows: Sequence[JournalRow]
+    rows: Sequence[Row]
     done: asyncio.Future[None]
-    ids: list[str] = field(default_factory=list)
 
 
 def shard_of(account_id: str, count: int) -> int:
@@ -219,7 +228,7 @@ class LedgerShard:
 
     # -- group commit -----------------------------------------------------
 
-    async def _durable(self, accounts: Sequence[AccountSpec], rows: Sequence[JournalRow]) -> None:
+    async def _durable(self, accounts: Sequence[AccountSpec], rows: Sequence[Row]) -> None:
         """Wait until ``accounts`` and ``rows`` (and everything queued before) are committed."""
         if not self._ready:
             raise StorageUnavailable("shard is rebuilding")
@@ -285,57 +294,69 @@ class LedgerShard:
     # -- transfers: single-decider groups ---------------------------------
 
     async def execute(self, payload: bytes) -> bytes:
-        """Decide, journal and answer groups whose every decision is local to this shard."""
+        """Decide, journal and answer a TransferBatch whose every decision is local here."""
         await self.start()
-        groups = decode_groups(payload)
+        batch = decode_batch(payload)
+        batch.check()
         if not self._ready:
-            return encode([_unavailable(g) for g in groups])
-        outcomes = await self._execute(groups)
-        return encode(outcomes)
+            return encode(refused(len(batch), Code.STORAGE_UNAVAILABLE))
+        return encode(await self._execute(batch))
 
-    async def _execute(self, groups: list, retried: bool = False) -> list[list[Outcome]]:
-        now = time.time_ns()
-        ledger = self.ledger
-        results = [ledger.execute(g, now) for g in groups]
-        rows = [o.row for res in results for o in res if o.row is not None and not o.replayed]
+    async def _execute(self, batch: TransferBatch, retried: bool = False) -> BatchResult:
+        result, rows = self.ledger.execute_batch(batch, time.time_ns())
         if not rows:
-            if any(o.replayed for res in results for o in res):
+            if REPLAYED in result.results:
                 await self._barrier()  # a replay must not be answered before its commit
-            return results
+            return result
         t0 = time.perf_counter()
         try:
             await self._durable((), rows)
         except JournalConflict:
             if retried:
-                return [_unavailable(g) for g in groups]
-            return await self._execute_after_conflict(groups)
+                return refused(len(batch), Code.STORAGE_UNAVAILABLE)
+            return await self._execute_after_conflict(batch)
         except StorageUnavailable:
-            return [_unavailable(g) for g in groups]
+            return refused(len(batch), Code.STORAGE_UNAVAILABLE)
         t1 = time.perf_counter()
         await self._forward(rows)
         self._phase["durable_wait"] += t1 - t0
         self._phase["forward"] += time.perf_counter() - t1
         self._phase["calls"] += 1
-        return results
+        return result
 
-    async def _execute_after_conflict(self, groups: list) -> list[list[Outcome]]:
-        """Some id of these groups exists on another shard: refuse those, redo the rest."""
+    async def _execute_after_conflict(self, batch: TransferBatch) -> BatchResult:
+        """Some id of the batch exists on another shard: refuse its groups, redo the rest.
+
+        The commit failed and the shard rebuilt from the journal, so nothing of the
+        batch is applied; the groups without a taken id are decided again.
+        """
         await self._rebuilt.wait()
         assert self._conn is not None
-        ids = [op.id for g in groups for op in g]
         try:
-            taken = await journal.existing_ids(self._conn, ids)
+            taken = await journal.existing_ids(self._conn, batch.ids)
         except psycopg.Error:
-            return [_unavailable(g) for g in groups]
-        clean = [g for g in groups if not any(op.id in taken for op in g)]
-        redone = iter(await self._execute(clean, retried=True)) if clean else iter(())
-        out = []
-        for g in groups:
-            if any(op.id in taken for op in g):
-                index = next(i for i, op in enumerate(g) if op.id in taken)
-                out.append(refuse_group(g, index, Code.EXISTS_WITH_DIFFERENT_FIELDS))
-            else:
-                out.append(next(redone))
+            return refused(len(batch), Code.STORAGE_UNAVAILABLE)
+        spans = batch_groups(batch)
+        clean = [(a, b) for a, b in spans if not any(i in taken for i in batch.ids[a:b])]
+        redo = empty_batch()
+        for a, b in clean:
+            extend_batch(redo, subset(batch, a, b))
+        redone = await self._execute(redo, retried=True) if clean else None
+        out = refused(len(batch), Code.STORAGE_UNAVAILABLE)
+        k = 0
+        for a, b in spans:
+            if (a, b) in clean and redone is not None:
+                for i in range(a, b):
+                    out.results[i] = redone.results[k]
+                    out.stamps[i] = redone.stamps[k]
+                    if k in redone.amounts:
+                        out.amounts[i] = redone.amounts[k]
+                    k += 1
+                continue
+            first = next(i for i in range(a, b) if batch.ids[i] in taken)
+            for i in range(a, b):  # all or nothing: the chain fails at the taken id
+                code = Code.EXISTS_WITH_DIFFERENT_FIELDS if i == first else Code.LINKED_EVENT_FAILED
+                out.results[i] = RESULT_OF[code]
         return out
 
     async def _barrier(self) -> None:
@@ -343,13 +364,14 @@ class LedgerShard:
         if self._queue or self._committing or not self._ready:
             await self._durable((), ())
 
-    async def _forward(self, rows: Sequence[JournalRow]) -> None:
+    async def _forward(self, rows: Sequence[Row]) -> None:
         """Apply committed rows' credit legs on the shards that own the credit accounts."""
-        remote: dict[int, list[JournalRow]] = defaultdict(list)
+        remote: dict[int, list[Row]] = defaultdict(list)
         local = self.ledger.accounts
         for row in rows:
-            if row.credit_account_id not in local:
-                remote[shard_of(row.credit_account_id, self.count)].append(row)
+            credit = row[ROW_CREDIT]
+            if credit not in local:
+                remote[shard_of(credit, self.count)].append(row)
         if remote:
             await self._call_peers(
                 {i: self._peer(i).apply_rows.remote(encode(r)) for i, r in remote.items()}
@@ -383,7 +405,7 @@ class LedgerShard:
         """Primary of prepared groups: journal their rows, then finish them everywhere."""
         await self.start()
         items = decode_commits(payload)
-        rows = [r for c in items for r in c.rows]
+        rows = [astuple(r) for c in items for r in c.rows]
         try:
             await self._durable((), rows)
         except JournalConflict:
@@ -516,9 +538,10 @@ class LedgerShard:
             await asyncio.sleep(self._expiry_interval)
             if not self._ready:
                 continue
-            rows = self.ledger.expire_due(time.time_ns(), limit=self._commit_max_rows)
-            if not rows:
+            expired = self.ledger.expire_due(time.time_ns(), limit=self._commit_max_rows)
+            if not expired:
                 continue
+            rows = [astuple(r) for r in expired]
             try:
                 await self._durable((), rows)
             except StorageUnavailable:

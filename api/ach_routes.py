@@ -38,7 +38,7 @@ from paynode.api.ach_schemas import (
 from paynode.api.audit_writer import audit
 from paynode.api.auth.scopes import Principal
 from paynode.api.auth.tokens import new_id
-from paynode.api.deps import Context, check_owner, context, require
+from paynode.api.deps import Context, Ctx, check_owner, require
 from paynode.api.http import decode_body, json_response, public, read_body
 from paynode.api.notify_schemas import InboundEvent
 from paynode.api.schemas import TransferIn
@@ -54,7 +54,6 @@ from paynode.storage import ach, payments
 
 log = logging.getLogger("paynode.api.ach")
 router = APIRouter(tags=["ach"])
-Ctx = Annotated[Context, Depends(context)]
 _BODY_LIMIT = 16 * 1024
 _RETURN_FILE_LIMIT = 4 * 1024 * 1024
 

@@ -23,7 +23,7 @@ from starlette.requests import Request
 from paynode.api.auth.scopes import Principal
 from paynode.api.batcher import Overloaded
 from paynode.api.http import client_ip
-from paynode.api.ledger_client import Unavailable
+from paynode.api.shard_calls import Unavailable
 from paynode.storage.audit_log import Entry, append, append_many
 
 log = logging.getLogger("paynode.audit")

@@ -8,6 +8,7 @@ into ``/openapi.json``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import msgspec
@@ -101,13 +102,28 @@ def _document_scopes(app: FastAPI, schema: dict[str, Any]) -> None:
             op["security"] = []  # explicitly public
 
 
-def install(app: FastAPI) -> None:
+def _hot_operations(schema: dict[str, Any], routes: Sequence[Any]) -> None:
+    """Routes served outside FastAPI (api/transfers.py), documented from their declaration."""
+    for r in routes:
+        operation = {
+            "summary": r.summary,
+            "operationId": f"{r.method.lower()}_{r.path.strip('/').replace('/', '_')}",
+            **body(r.body),
+            "responses": {str(k): v for k, v in replies(r.replies, r.errors).items()},
+            "security": [{"HTTPBearer": []}],
+            "x-required-scope": r.scope,
+        }
+        schema["paths"].setdefault(r.path, {})[r.method.lower()] = operation
+
+
+def install(app: FastAPI, hot_routes: Sequence[Any] = ()) -> None:
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             schema = get_openapi(
                 title=app.title, version=app.version, description=app.description,
                 routes=app.routes,
             )  # fmt: skip
+            _hot_operations(schema, hot_routes)
             _, components = msgspec.json.schema_components(
                 PUBLIC_TYPES
                 + IDENTITY_TYPES

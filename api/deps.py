@@ -7,54 +7,26 @@ valid credential is 401 before anything else, one without the scope is 403.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Annotated
 
-from fastapi import Request, Security
+from fastapi import Depends, Request, Security
 from fastapi.security import HTTPBearer
-from sqlalchemy.ext.asyncio import AsyncEngine
 
-from paynode.actors.risk.actor import RiskPolicy
 from paynode.api import problems as p
-from paynode.api.auth.authenticate import Authenticator
-from paynode.api.auth.ratelimit import TokenBuckets, retry_after
+from paynode.api.auth.ratelimit import retry_after
 from paynode.api.auth.scopes import Principal
+from paynode.api.context import Context
 from paynode.api.http import client_ip
-from paynode.api.ledger_client import LedgerClient
-from paynode.domain.settings import Settings
-from paynode.storage.keyring import Keyring
-
-if TYPE_CHECKING:
-    from paynode.api.audit_writer import AuditWriter
-    from paynode.api.metrics import RiskStats
 
 # Declares the scheme in /openapi.json; the header is read by Authenticator.
 _bearer = HTTPBearer(auto_error=False, description="Access token, API key or PAYNODE_API_KEY")
 
 
-@dataclass
-class Context:
-    settings: Settings
-    keys: Keyring
-    engine: AsyncEngine
-    client: LedgerClient
-    auth: Authenticator
-    per_principal: TokenBuckets
-    per_ip_auth: TokenBuckets  # register, login, refresh: password and token guessing
-    analytics: Any  # Ray actor handles
-    reconciler: Any
-    notifier: Any
-    handles: Any
-    ach: Any
-    bank_sim: Any  # None when the simulator is off
-    risk: Any
-    policy: RiskPolicy  # the risk actor's rules, limits and list digest, taken at start
-    risk_stats: RiskStats
-    audit: AuditWriter  # group commit of the transfers' audit records
-
-
 def context(request: Request) -> Context:
     return request.app.state.ctx
+
+
+Ctx = Annotated[Context, Depends(context)]  # what a route takes to reach the node's state
 
 
 def rate_limited(wait: float) -> p.ApiError:

@@ -24,7 +24,7 @@ from paynode.api.audit_writer import audit
 from paynode.api.auth import tokens
 from paynode.api.auth.passwords import MIN_PASSWORD_CHARS, hash_password, verify_password
 from paynode.api.auth.scopes import USER_SCOPES, Principal
-from paynode.api.deps import Context, check_owner, context, limit_auth_attempts, require
+from paynode.api.deps import Context, Ctx, check_owner, limit_auth_attempts, require
 from paynode.api.http import decode_body, json_response
 from paynode.api.identity_schemas import (
     Address,
@@ -56,7 +56,6 @@ _USER_ID = re.compile(r"usr_[0-9a-f]{32}\Z")
 _KEY_ID = re.compile(r"pk_[0-9a-f]{32}\Z")
 
 router = APIRouter()
-Ctx = Annotated[Context, Depends(context)]
 
 
 def _auth_errors(*more: int) -> tuple[int, ...]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
-from paynode.api.deps import Context
+from paynode.api.context import Context
 from paynode.api.notify_schemas import InboundEvent
 
 Handler = Callable[[Context, str, InboundEvent], Awaitable[str]]

@@ -22,7 +22,7 @@ from paynode.api import problems as p
 from paynode.api.audit_writer import audit
 from paynode.api.auth.scopes import Principal
 from paynode.api.auth.tokens import new_id
-from paynode.api.deps import Context, check_owner, context, require
+from paynode.api.deps import Context, Ctx, check_owner, require
 from paynode.api.http import decode_body, json_response, public, read_body
 from paynode.api.inbound import dispatch
 from paynode.api.notify_schemas import (
@@ -50,7 +50,6 @@ from paynode.storage.events import EVENT_ID_LENGTH, EVENT_TYPES, StoredEvent
 
 log = logging.getLogger("paynode.api.notify")
 router = APIRouter(tags=["notifications"])
-Ctx = Annotated[Context, Depends(context)]
 _BODY_LIMIT = 16 * 1024
 _SCAN_LIMIT = 10_000  # events looked at per list request (a user's filter may keep few)
 

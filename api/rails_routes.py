@@ -22,7 +22,7 @@ from paynode.api import ach_routes, contract, risk_gate
 from paynode.api import problems as p
 from paynode.api.audit_writer import audit
 from paynode.api.auth.scopes import Principal
-from paynode.api.deps import Context, check_owner, context, require
+from paynode.api.deps import Context, Ctx, check_owner, require
 from paynode.api.http import decode_body, json_response, public
 from paynode.api.rails_schemas import (
     HandleIn,
@@ -47,7 +47,6 @@ from paynode.storage import ach, payments
 from paynode.storage import risk as risk_store
 
 router = APIRouter(tags=["payments"])
-Ctx = Annotated[Context, Depends(context)]
 _BODY_LIMIT = 16 * 1024
 # Bank account ids as api/ach_routes.py makes them (new_id("ba")); anything else is an account.
 BANK_ACCOUNT_ID = re.compile(r"ba_[0-9a-f]{32}\Z")

@@ -14,7 +14,7 @@ from paynode.actors.reconciler import decode_status, decode_summary
 from paynode.api import contract
 from paynode.api import problems as p
 from paynode.api.auth.scopes import Principal
-from paynode.api.deps import Context, context, require
+from paynode.api.deps import Ctx, require
 from paynode.api.http import decode_body, json_response, public
 from paynode.api.recon_schemas import (
     AnalyticsOut,
@@ -27,7 +27,6 @@ from paynode.api.recon_schemas import (
 from paynode.storage.schema import discrepancies
 
 router = APIRouter(tags=["reconciliation"])
-Ctx = Annotated[Context, Depends(context)]
 RUN_TIMEOUT_S = 300.0  # a full run reads the whole journal; beyond this the client gets 503
 
 

@@ -25,7 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from paynode.actors.risk.actor import decode_screened
 from paynode.api import problems as p
 from paynode.api.auth.scopes import Principal
-from paynode.api.deps import Context
+from paynode.api.context import Context
 from paynode.api.metrics import RiskStats
 from paynode.api.schemas import TransferIn
 from paynode.domain.ledger.model import Outcome

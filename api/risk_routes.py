@@ -20,7 +20,7 @@ from paynode.api import contract, rails_routes
 from paynode.api import problems as p
 from paynode.api.audit_writer import audit
 from paynode.api.auth.scopes import Principal
-from paynode.api.deps import Context, context, require
+from paynode.api.deps import Ctx, require
 from paynode.api.http import decode_body, json_response
 from paynode.api.rails_schemas import ConfirmIn, PaymentOut
 from paynode.api.risk_schemas import MatchOut, ReviewDecisionIn, ReviewOut, ReviewPage
@@ -29,7 +29,6 @@ from paynode.storage import identity, payments
 from paynode.storage import risk as store
 
 router = APIRouter()
-Ctx = Annotated[Context, Depends(context)]
 _BODY_LIMIT = 4 * 1024
 _OUTCOME_CODES = {
     "otp_invalid": p.OTP_INVALID,

@@ -22,14 +22,11 @@ import os
 import signal
 import sys
 import threading
-from typing import TYPE_CHECKING
+from typing import Any
 
 import msgspec
 
 from paynode.domain.settings import Settings, from_env
-
-if TYPE_CHECKING:
-    from fastapi import FastAPI
 
 log = logging.getLogger("paynode.cluster")
 
@@ -128,7 +125,7 @@ def _environment(settings: Settings) -> dict[str, str]:
     }
 
 
-def app_from_env() -> FastAPI:
+def app_from_env() -> Any:
     """The uvicorn factory run in each API worker: join Ray, find the actors, build the app."""
     from paynode.actors.bank_sim import PROVIDER
     from paynode.actors.names import BANK_SIM_NAME

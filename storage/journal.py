@@ -7,16 +7,23 @@ the shard answer any of it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 import msgspec
 import psycopg
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
 
-from paynode.domain.ledger.model import AccountSpec, JournalRow, shard_key
+from paynode.domain.ledger.model import AccountSpec, JournalRow, Row, shard_key
 from paynode.storage.events import EVENT_COLUMNS, event_lines
 from paynode.storage.schema import ACCOUNT_COLUMNS, TRANSFER_COLUMNS
 
-_COPY_TRANSFERS = f"COPY transfers ({', '.join(TRANSFER_COLUMNS)}) FROM STDIN"
+_COPY_TRANSFERS = f"COPY transfers ({', '.join(TRANSFER_COLUMNS)}) FROM STDIN (FORMAT BINARY)"
+# Binary COPY: integers go as 8 or 4 bytes, no text to format here nor to parse in the
+# server. The text and json columns take their text as is (bpchar and json read it so).
+_TRANSFER_TYPES = ["text", "text", "text", "int8", "text", "int4", "text", "int4", "text",
+                   "text", "int8", "int8", "int8"]  # fmt: skip
+assert len(_TRANSFER_TYPES) == len(TRANSFER_COLUMNS)
 _COPY_ACCOUNTS = f"COPY accounts ({', '.join(ACCOUNT_COLUMNS)}) FROM STDIN"
 _COPY_EVENTS = f"COPY events ({', '.join(EVENT_COLUMNS)}) FROM STDIN"
 assert JournalRow.__struct_fields__ == TRANSFER_COLUMNS, "COPY order must match JournalRow"
@@ -31,18 +38,6 @@ def _text(value: str) -> str:
     return value.replace("\\", "\\\\") if "\\" in value else value
 
 
-def transfer_lines(rows: Sequence[JournalRow]) -> bytes:
-    out = []
-    for r in rows:
-        pending_id = _NULL if r.pending_id is None else r.pending_id
-        out.append(
-            f"{r.id}\t{r.debit_account_id}\t{r.credit_account_id}\t{r.amount}\t{r.currency}\t"
-            f"{r.flags}\t{pending_id}\t{r.timeout_s}\t"
-            f"{_text(r.metadata)}\t{r.status}\t{r.posted_amount}\t{r.pending_delta}\t{r.ts}\n"
-        )
-    return "".join(out).encode()
-
-
 def account_lines(specs: Sequence[AccountSpec]) -> bytes:
     return "".join(
         f"{s.id}\t{s.currency}\t{s.flags}\t{_text(s.metadata)}\t{shard_key(s.id)}\t{s.ts}"
@@ -54,19 +49,24 @@ def account_lines(specs: Sequence[AccountSpec]) -> bytes:
 async def commit(
     conn: psycopg.AsyncConnection,
     accounts: Sequence[AccountSpec],
-    rows: Sequence[JournalRow],
+    rows: Sequence[Row],
 ) -> None:
-    """Write accounts, journal rows and their events in one transaction; return once durable."""
+    """Write accounts, journal rows and their events in one transaction; return once durable.
+
+    ``rows`` are tuples in JournalRow's field order (what the shards keep).
+    """
     async with conn.transaction(), conn.cursor() as cur:
         if accounts:
             async with cur.copy(_COPY_ACCOUNTS) as copy:
                 await copy.write(account_lines(accounts))
         if rows:
             async with cur.copy(_COPY_TRANSFERS) as copy:
-                await copy.write(transfer_lines(rows))
+                copy.set_types(_TRANSFER_TYPES)
+                for row in rows:
+                    await copy.write_row(row)
         if accounts or rows:
             async with cur.copy(_COPY_EVENTS) as copy:
-                await copy.write(event_lines(accounts, rows))
+                await copy.write(event_lines(accounts, [JournalRow(*r) for r in rows]))
 
 
 async def existing_ids(conn: psycopg.AsyncConnection, ids: Sequence[str]) -> set[str]:
@@ -122,3 +122,77 @@ async def load_shard(
                 rows.extend(JournalRow(*r) for r in batch)
     rows.sort(key=_replay_order)
     return ShardSnapshot(accounts, rows)
+
+
+# -- what the front reads of the journal (SQLAlchemy connections of its pool) ---------------
+
+
+async def account_specs(conn: AsyncConnection, ids: Collection[str]) -> dict[str, AccountSpec]:
+    """The immutable facts of the accounts among ``ids`` that exist."""
+    rows = await conn.execute(
+        sa.text(
+            "SELECT id, currency, flags, metadata::text, ts, coalesce(owner_user_id, '')"
+            " FROM accounts WHERE id = ANY(:ids)"
+        ),
+        {"ids": list(ids)},
+    )
+    return {r[0]: AccountSpec(*r) for r in rows}
+
+
+async def pending_parties(
+    conn: AsyncConnection, ids: Collection[str]
+) -> dict[str, tuple[str, str, str]]:
+    """(debit, credit, currency) of the transfers among ``ids`` that are pendings."""
+    rows = await conn.execute(
+        sa.text(
+            "SELECT id, debit_account_id, credit_account_id, currency FROM transfers"
+            " WHERE id = ANY(:ids) AND status = 'pending'"
+        ),
+        {"ids": list(ids)},
+    )
+    return {r[0]: (r[1], r[2], r[3]) for r in rows}
+
+
+async def statuses(conn: AsyncConnection, ids: Collection[str]) -> dict[str, str]:
+    """The status of every journaled transfer among ``ids``."""
+    rows = await conn.execute(
+        sa.text("SELECT id, status FROM transfers WHERE id = ANY(:ids)"), {"ids": list(ids)}
+    )
+    return {r[0]: r[1] for r in rows}
+
+
+def _row_columns() -> str:
+    return ", ".join(f"{c}::text" if c == "metadata" else c for c in TRANSFER_COLUMNS)
+
+
+async def transfer(conn: AsyncConnection, transfer_id: str) -> JournalRow | None:
+    """One journaled transfer, or None."""
+    row = (
+        await conn.execute(
+            sa.text(f"SELECT {_row_columns()} FROM transfers WHERE id = :id"), {"id": transfer_id}
+        )
+    ).first()
+    return None if row is None else JournalRow(*row)
+
+
+async def transfers_of(
+    conn: AsyncConnection, account_id: str, limit: int, before: tuple[int, str] | None
+) -> list[JournalRow]:
+    """An account's transfers (either side), newest first, strictly before ``(ts, id)``.
+
+    Each side is read on its own ``(account, ts)`` index, then merged: at most
+    ``limit`` rows from each, whatever the account's history.
+    """
+    where = "" if before is None else " AND (ts, id) < (:ts, :id)"
+    side = (
+        f"(SELECT {_row_columns()} FROM transfers WHERE {{col}} = :account{where}"
+        " ORDER BY ts DESC, id DESC LIMIT :limit)"
+    )
+    query = (
+        f"SELECT * FROM ({side.format(col='debit_account_id')} UNION ALL"
+        f" {side.format(col='credit_account_id')}) s ORDER BY ts DESC, id DESC LIMIT :limit"
+    )
+    params: dict = {"account": account_id, "limit": limit}
+    if before is not None:
+        params |= {"ts": before[0], "id": before[1]}
+    return [JournalRow(*r) for r in await conn.execute(sa.text(query), params)]

@@ -47,6 +47,7 @@ from paynode.domain.ledger.model import (
     TransferOp,
 )
 from paynode.domain.ledger.rules import Ledger
+from paynode.domain.ledger.wire import REPLAYED, RESULT_CODES, TransferBatch
 
 # KNOWN BUG switch: the sharded property skips the few inputs that hit the open
 # product bug pinned by the strict-xfail test at the end of this file, so that it
@@ -848,6 +849,85 @@ def test_two_phase_matches_single_ledger(data: st.DataObject) -> None:
         assert ledger_balances(*cluster.ledgers) == want
         assert want == ref.balances()
         check_invariants(want, accounts)
+
+
+# ---------------------------------------------------------------------------
+# Property 3: the batch path (execute_batch) agrees with execute, group by group
+# ---------------------------------------------------------------------------
+
+
+def _as_batch(groups: list[list[TransferOp]]) -> TransferBatch:
+    ops = [o for g in groups for o in g]
+    sizes = [len(g) for g in groups]
+    return TransferBatch(
+        [o.id for o in ops], [o.debit_account_id for o in ops], [o.credit_account_id for o in ops],
+        [o.amount or 0 for o in ops], [o.currency for o in ops], [o.flags for o in ops],
+        [o.pending_id for o in ops], [o.timeout_s for o in ops], [o.metadata for o in ops],
+        [] if all(n == 1 for n in sizes) else sizes,
+    )  # fmt: skip
+
+
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_batch_path_agrees_with_execute(data: st.DataObject) -> None:
+    """The inline path for plain transfers gives the same answers, rows, timestamps and
+    balances as deciding each group with ``execute``, whatever else the batch holds."""
+    layout = data.draw(
+        st.lists(st.tuples(st.sampled_from(ACCOUNT_FLAG_CHOICES), st.sampled_from(CURRENCIES)),
+                 min_size=2, max_size=5),
+        label="accounts",
+    )  # fmt: skip
+    batched, grouped = Ledger(), Ledger()
+    accounts: dict[str, tuple[str, int]] = {}
+    for i, (flags, currency) in enumerate(layout):
+        spec = AccountSpec(f"a{i}", currency, flags, NO_METADATA)
+        batched.create_account(spec)
+        grouped.create_account(spec)
+        accounts[spec.id] = (currency, flags)
+    factory = OpFactory(accounts, mixed=True)
+    # Plain transfers most of the time, so the inline path decides most of them.
+    factory_kinds = st.sampled_from(("posted", "posted", "posted", "other"))
+    now = START
+    for _ in range(data.draw(st.integers(1, 6), label="batches")):
+        groups = []
+        for _ in range(data.draw(st.integers(1, 8), label="groups")):
+            if data.draw(factory_kinds) == "posted":
+                dr, cr, cur = factory.pair(data)
+                o = TransferOp(factory.fresh_id(), dr, cr, factory.amount(data), cur, 0, None, 0,
+                               factory.metadata(data))  # fmt: skip
+                factory.history.append(o)
+                groups.append([o])
+            else:
+                groups.append(factory.group(data, data.draw(st.integers(1, 3), label="size")))
+        result, rows = batched.execute_batch(_as_batch(groups), now)
+        expected_rows = []
+        index = 0
+        for g in groups:
+            for o, op in zip(grouped.execute(g, now), g, strict=True):
+                code = RESULT_CODES[result.results[index]]
+                assert code == o.code, (op, o, result)
+                assert (result.results[index] == REPLAYED) == o.replayed
+                if o.row is not None:
+                    assert result.stamps[index] == o.row.ts
+                    if not op.amount:
+                        assert result.amounts[index] == o.row.amount
+                    if not o.replayed:
+                        expected_rows.append(msgspec.structs.astuple(o.row))
+                index += 1
+        assert rows == expected_rows
+        assert batched.rows == grouped.rows
+        assert ledger_balances(batched) == ledger_balances(grouped)
+        now += data.draw(st.integers(0, 2), label="seconds") * SECOND
+
+
+def test_batch_path_leaves_a_remote_credit_to_its_shard() -> None:
+    ledger = ledger_with(("a", NO_OVERDRAFT), ("b", 0))
+    ledger.execute([op("fund", "b", "a", 100)], START)
+    batch = _as_batch([[op("t1", "a", "elsewhere", 60)], [op("t2", "a", "elsewhere", 60)]])
+    result, rows = ledger.execute_batch(batch, START)
+    assert [RESULT_CODES[r] for r in result.results] == [Code.OK, Code.INSUFFICIENT_FUNDS]
+    assert [r[0] for r in rows] == ["t1"] and rows[0][2] == "elsewhere"
+    assert four(ledger, "a") == (60, 100, 0, 0)
 
 
 # ---------------------------------------------------------------------------

@@ -164,6 +164,12 @@ class JournalRow(msgspec.Struct, array_like=True, frozen=True, gc=False):
     ts: int
 
 
+# A journal row as a plain tuple in JournalRow's field order, which is the journal's COPY
+# column order: what the shard keeps per transfer and writes, with no object around it.
+Row = tuple[str, str, str, int, str, int, str | None, int, str, str, int, int, int]
+ROW_ID, ROW_DEBIT, ROW_CREDIT, ROW_TS = 0, 1, 2, 12  # positions of the fields a shard reads
+
+
 class Outcome(msgspec.Struct, array_like=True, frozen=True):
     """The answer for one transfer: a row (new or replayed) or a refusal code."""
 
@@ -193,3 +199,12 @@ def same_request(op: TransferOp, row: JournalRow) -> bool:
         and op.timeout_s == row.timeout_s
         and op.metadata == row.metadata
     )
+
+
+_FIELDS = JournalRow.__struct_fields__
+assert (_FIELDS[ROW_ID], _FIELDS[ROW_DEBIT], _FIELDS[ROW_CREDIT], _FIELDS[ROW_TS]) == (
+    "id",
+    "debit_account_id",
+    "credit_account_id",
+    "ts",
+), "Row positions must follow JournalRow"

@@ -22,6 +22,8 @@ import heapq
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+from msgspec.structs import astuple
+
 from paynode.domain.ledger.model import (
     MAX_AMOUNT,
     NO_METADATA,
@@ -32,10 +34,20 @@ from paynode.domain.ledger.model import (
     Code,
     JournalRow,
     Outcome,
+    Row,
     Status,
     TransferFlags,
     TransferOp,
     same_request,
+)
+from paynode.domain.ledger.wire import (
+    APPLIED,
+    REPLAYED,
+    RESULT_OF,
+    BatchResult,
+    TransferBatch,
+    batch_groups,
+    batch_ops,
 )
 
 DMNEC = AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDITS
@@ -44,12 +56,18 @@ EXPIRY_PREFIX = "~expired:"  # '~' is outside the client id alphabet
 
 
 class Account:
-    """A local account's balances. ``held_*`` are two-phase reservations."""
+    """A local account's balances. ``held_*`` are two-phase reservations.
 
-    __slots__ = ("cp", "cpend", "dp", "dpend", "held_cr", "held_dr", "spec")
+    ``flags`` and ``currency`` repeat the spec's: one attribute read instead of
+    two on the hot path.
+    """
+
+    __slots__ = ("cp", "cpend", "currency", "dp", "dpend", "flags", "held_cr", "held_dr", "spec")
 
     def __init__(self, spec: AccountSpec) -> None:
         self.spec = spec
+        self.flags = spec.flags
+        self.currency = spec.currency
         self.dp = 0  # debits_posted
         self.cp = 0  # credits_posted
         self.dpend = 0  # debits_pending
@@ -93,7 +111,9 @@ class Ledger:
 
     def __init__(self) -> None:
         self.accounts: dict[str, Account] = {}
-        self.rows: dict[str, JournalRow] = {}  # transfers whose debit account is local
+        # Transfers whose debit account is local, as plain tuples in JournalRow's field
+        # order (the order of the journal's COPY): compact, and written as they are.
+        self.rows: dict[str, Row] = {}
         self.credited: set[str] = set()  # ids applied here only on the credit side
         self.pendings: dict[str, Pending] = {}
         # Open pendings whose credit account is local but debit account is not:
@@ -144,8 +164,9 @@ class Ledger:
         caller, except for its credit limit, which its own shard reserves in
         a two-phase group (see ``prepare``).
         """
-        old = self.rows.get(op.id)
-        if old is not None:
+        stored = self.rows.get(op.id)
+        if stored is not None:
+            old = JournalRow(*stored)
             if same_request(op, old):
                 return Outcome(op.id, Code.OK, old, replayed=True)
             return Outcome(op.id, Code.EXISTS_WITH_DIFFERENT_FIELDS)
@@ -154,7 +175,7 @@ class Ledger:
         dr = self.accounts.get(op.debit_account_id)
         assert dr is not None, "routed to a shard that does not own the debit account"
         cr = self.accounts.get(op.credit_account_id)
-        if dr.spec.currency != op.currency or (cr is not None and cr.spec.currency != op.currency):
+        if dr.currency != op.currency or (cr is not None and cr.currency != op.currency):
             return Outcome(op.id, Code.CURRENCY_MISMATCH)
 
         if op.flags & RESOLVES_PENDING:
@@ -164,12 +185,12 @@ class Ledger:
         assert amount is not None and 0 < amount <= MAX_AMOUNT
         if dr.dp + dr.dpend + amount > MAX_AMOUNT:
             return Outcome(op.id, Code.OVERFLOW)
-        if dr.spec.flags & DMNEC and dr.dp + dr.dpend + dr.held_dr + amount > dr.cp:
+        if dr.flags & DMNEC and dr.dp + dr.dpend + dr.held_dr + amount > dr.cp:
             return Outcome(op.id, Code.INSUFFICIENT_FUNDS)
         if cr is not None:
             if cr.cp + cr.cpend + amount > MAX_AMOUNT:
                 return Outcome(op.id, Code.OVERFLOW)
-            if cr.spec.flags & CMNED and cr.cp + cr.cpend + cr.held_cr + amount > cr.dp:
+            if cr.flags & CMNED and cr.cp + cr.cpend + cr.held_cr + amount > cr.dp:
                 return Outcome(op.id, Code.CREDITS_EXCEED_DEBITS)
         pending = bool(op.flags & TransferFlags.PENDING)
         return Outcome(
@@ -258,7 +279,7 @@ class Ledger:
             dr.dpend += sign * row.pending_delta
             assert dr.dpend >= 0 and dr.dp >= 0
             if sign > 0:
-                self.rows[row.id] = row
+                self.rows[row.id] = astuple(row)
             else:
                 del self.rows[row.id]
             self._shift_pending(row, sign)
@@ -300,6 +321,86 @@ class Ledger:
                 p.state = row.status
             else:
                 p.state = Status.PENDING
+
+    # -- batches: the hot path ----------------------------------------------
+
+    def execute_batch(self, b: TransferBatch, now_ns: int) -> tuple[BatchResult, list[Row]]:
+        """Decide and apply every group of ``b`` in order; return the answers and new rows.
+
+        A plain transfer (no flags, one group of its own, not a replay) is decided
+        and applied inline on plain ints and tuples; anything else goes through
+        ``execute``, which this path must agree with exactly (tests/test_rules.py
+        runs both against the same model). Rows come back in decision order.
+        """
+        n = len(b.ids)
+        results = [APPLIED] * n
+        stamps = [0] * n
+        amounts: dict[int, int] = {}
+        new_rows: list[Row] = []
+        accounts, rows, inflight = self.accounts, self.rows, self.inflight_ids
+        ids, debits, credits, amts = b.ids, b.debits, b.credits, b.amounts
+        currencies, flags, metadata = b.currencies, b.flags, b.metadata
+        clock = self._clock if self._clock >= now_ns else now_ns - 1
+        spans = batch_groups(b) if b.group_sizes else None
+        for k in range(len(spans) if spans is not None else n):
+            if spans is not None:
+                start, end = spans[k]
+            else:
+                start, end = k, k + 1
+            i = start
+            tid = ids[i]
+            if end - start == 1 and not flags[i] and tid not in rows and tid not in inflight:
+                amount = amts[i]
+                cur = currencies[i]
+                dr = accounts[debits[i]]  # the front routes a transfer to its debit's shard
+                cr = accounts.get(credits[i])  # None: on another shard, applied there
+                if dr.currency != cur or (cr is not None and cr.currency != cur):
+                    results[i] = _CURRENCY_MISMATCH
+                    continue
+                assert 0 < amount <= MAX_AMOUNT
+                exposure = dr.dp + dr.dpend + amount
+                if exposure > MAX_AMOUNT:
+                    results[i] = _OVERFLOW
+                    continue
+                if dr.flags & DMNEC and exposure + dr.held_dr > dr.cp:
+                    results[i] = _INSUFFICIENT_FUNDS
+                    continue
+                if cr is not None:
+                    incoming = cr.cp + cr.cpend + amount
+                    if incoming > MAX_AMOUNT:
+                        results[i] = _OVERFLOW
+                        continue
+                    if cr.flags & CMNED and incoming + cr.held_cr > cr.dp:
+                        results[i] = _CREDITS_EXCEED_DEBITS
+                        continue
+                    cr.cp += amount
+                clock += 1
+                row = (tid, debits[i], credits[i], amount, cur, 0, None, 0, metadata[i],
+                       Status.POSTED, amount, 0, clock)  # fmt: skip
+                dr.dp += amount
+                rows[tid] = row
+                new_rows.append(row)
+                stamps[i] = clock
+                continue
+            # The general path: flags, chains, replays, ids in flight.
+            self._clock = clock
+            outcomes = self.execute(batch_ops(b, start, end), now_ns)
+            clock = self._clock
+            for j, o in enumerate(outcomes, start):
+                if o.code:
+                    results[j] = RESULT_OF[o.code]
+                    continue
+                row = o.row
+                assert row is not None
+                stamps[j] = row.ts
+                if not amts[j]:
+                    amounts[j] = row.amount
+                if o.replayed:
+                    results[j] = REPLAYED
+                else:
+                    new_rows.append(rows.get(row.id) or astuple(row))
+        self._clock = clock
+        return BatchResult(results, stamps, amounts), new_rows
 
     # -- groups (a single transfer or a linked chain) -----------------------
 
@@ -366,7 +467,7 @@ class Ledger:
         assert amount is not None
         if cr.cp + cr.cpend + amount > MAX_AMOUNT:
             return Outcome(op.id, Code.OVERFLOW)
-        if cr.spec.flags & CMNED and cr.cp + cr.cpend + cr.held_cr + amount > cr.dp:
+        if cr.flags & CMNED and cr.cp + cr.cpend + cr.held_cr + amount > cr.dp:
             return Outcome(op.id, Code.CREDITS_EXCEED_DEBITS)
         if op.flags & TransferFlags.PENDING:
             return Outcome(op.id, Code.OK, self._tentative(op, amount, Status.PENDING, 0, amount))
@@ -476,6 +577,11 @@ class Ledger:
     def balances(self) -> list[AccountBalances]:
         return [a.balances() for a in self.accounts.values()]
 
+
+_CURRENCY_MISMATCH = RESULT_OF[Code.CURRENCY_MISMATCH]
+_OVERFLOW = RESULT_OF[Code.OVERFLOW]
+_INSUFFICIENT_FUNDS = RESULT_OF[Code.INSUFFICIENT_FUNDS]
+_CREDITS_EXCEED_DEBITS = RESULT_OF[Code.CREDITS_EXCEED_DEBITS]
 
 _RESOLVED_CODE = {
     Status.POSTED: Code.PENDING_ALREADY_POSTED,

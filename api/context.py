@@ -1,0 +1,140 @@
+"""What every request may use: the node's shared state in this API process.
+
+One :class:`Context` per process, built when the app starts (``open_context``)
+and closed when it stops; routes reach it through ``deps.Ctx`` and the hot
+path (``api/transfers.py``) through the app's state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from paynode.actors.names import (
+    ACH_NAME,
+    ANALYTICS_NAME,
+    BANK_SIM_NAME,
+    HANDLES_NAME,
+    NOTIFIER_NAME,
+    RECONCILER_NAME,
+    RISK_NAME,
+)
+from paynode.actors.risk.actor import RiskPolicy, decode_policy
+from paynode.api import problems as p
+from paynode.api.audit_writer import AuditWriter
+from paynode.api.auth.authenticate import Authenticator
+from paynode.api.auth.ratelimit import TokenBuckets
+from paynode.api.batcher import Overloaded
+from paynode.api.ledger_client import LedgerClient, Unavailable
+from paynode.api.metrics import FrontMetrics, RiskStats
+from paynode.domain.ledger.model import AccountSpec, Code
+from paynode.domain.rails.ach_rules import CLEARING_ACCOUNT, MICRODEPOSIT_ACCOUNT
+from paynode.domain.settings import Settings
+from paynode.storage.database import async_engine
+from paynode.storage.keyring import Keyring
+
+log = logging.getLogger("paynode.api")
+
+STARTUP_WAIT_S = 120.0  # how long a starting front waits for its shards
+
+
+@dataclass
+class Context:
+    settings: Settings
+    keys: Keyring
+    engine: AsyncEngine
+    client: LedgerClient
+    auth: Authenticator
+    per_principal: TokenBuckets
+    per_ip_auth: TokenBuckets  # register, login, refresh: password and token guessing
+    analytics: Any  # Ray actor handles
+    reconciler: Any
+    notifier: Any
+    handles: Any
+    ach: Any
+    bank_sim: Any  # None when the simulator is off
+    risk: Any
+    policy: RiskPolicy  # the risk actor's rules, limits and list digest, taken at start
+    risk_stats: RiskStats
+    audit: AuditWriter  # group commit of the transfers' audit records
+    metrics: FrontMetrics
+
+
+@asynccontextmanager
+async def open_context(
+    settings: Settings, shard_names: list[str], keys: Keyring, metrics: FrontMetrics
+) -> AsyncIterator[Context]:
+    """Find the actors, open the pool and the audit writer; close them on the way out.
+
+    Ray must be initialized in this process (the actors are looked up by name).
+    """
+    import ray
+
+    def actor(name: str) -> Any:
+        return ray.get_actor(name, namespace=settings.namespace)
+
+    engine = async_engine(settings.database_url or "", settings.db_pool_size)
+    client = LedgerClient([actor(n) for n in shard_names], engine, settings,
+                          on_batch=metrics.observe_batch)  # fmt: skip
+    risk = actor(RISK_NAME)
+    ctx = Context(
+        settings=settings,
+        keys=keys,
+        engine=engine,
+        client=client,
+        auth=Authenticator(keys, engine, settings.auth_cache_s, settings.api_key),
+        per_principal=TokenBuckets(settings.rate_per_s, settings.rate_burst),
+        per_ip_auth=TokenBuckets(settings.auth_rate_per_s, settings.auth_rate_burst),
+        analytics=actor(ANALYTICS_NAME),
+        reconciler=actor(RECONCILER_NAME),
+        notifier=actor(NOTIFIER_NAME),
+        handles=actor(HANDLES_NAME),
+        ach=actor(ACH_NAME),
+        bank_sim=actor(BANK_SIM_NAME) if settings.bank_simulator else None,
+        risk=risk,
+        policy=decode_policy(await risk.policy.remote()),
+        risk_stats=RiskStats(),
+        audit=AuditWriter(engine),
+        metrics=metrics,
+    )
+    ctx.audit.start()
+    try:
+        await _operator_accounts(client)
+        yield ctx
+    finally:
+        await ctx.audit.stop()
+        await engine.dispose()
+
+
+async def _operator_accounts(client: LedgerClient) -> None:
+    """The accounts the rails move money through (created once; the same again is a no-op).
+
+    A front may start while a shard restarts or rebuilds: it waits for it (bounded)
+    rather than fail, since uvicorn's supervisor stops every worker when a
+    replacement worker fails to start.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + STARTUP_WAIT_S
+    for account_id in (CLEARING_ACCOUNT, MICRODEPOSIT_ACCOUNT):
+        while True:
+            try:
+                result = await client.create_account(AccountSpec(account_id, "USD", 0, "{}", 0, ""))
+                code = result.code
+            except (Unavailable, Overloaded) as e:
+                code = getattr(e, "code", p.OVERLOADED)
+            except p.ApiError as e:  # the request deadline passed
+                code = e.code
+            if code in (Code.OK, Code.EXISTS):
+                break
+            if code not in (Code.STORAGE_UNAVAILABLE, p.SHARD_RESTARTED, p.OVERLOADED, p.TIMEOUT):
+                raise RuntimeError(f"operator account {account_id}: {code}")
+            if loop.time() > deadline:
+                raise RuntimeError(f"operator account {account_id}: shards unavailable ({code})")
+            log.warning("front start: shards not ready (%s); waiting", code)
+            await asyncio.sleep(0.5)  # a retry interval while a shard restarts
