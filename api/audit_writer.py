@@ -24,7 +24,7 @@ from paynode.api.auth.scopes import Principal
 from paynode.api.batcher import Overloaded
 from paynode.api.http import client_ip
 from paynode.api.shard_calls import Unavailable
-from paynode.storage.audit_log import Entry, append, append_many
+from paynode.storage.audit_log import Entry, append, append_copy
 
 log = logging.getLogger("paynode.audit")
 
@@ -67,8 +67,10 @@ class AuditWriter:
             while self._queue:
                 batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
                 try:
-                    async with self._engine.begin() as conn:
-                        await append_many(conn, [e for e, _ in batch])
+                    async with self._engine.connect() as conn:
+                        # psycopg's own connection from the pool: one COPY per flush
+                        raw = (await conn.get_raw_connection()).driver_connection
+                        await append_copy(raw, [e for e, _ in batch])
                 except Exception as e:  # every waiter learns; the loop goes on
                     log.warning("audit flush of %d records failed: %s", len(batch),
                                 type(e).__name__)  # fmt: skip

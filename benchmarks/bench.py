@@ -27,6 +27,7 @@ from paynode.benchmarks import cluster_bench, drivers, handles_bench, risk_bench
 from paynode.benchmarks.cpu import CpuMeter
 from paynode.benchmarks.node_process import NodeProcess, PeakRss, process_tree, total_rss
 from paynode.benchmarks.receiver import Receiver, serve
+from paynode.benchmarks.reference import ReferenceServer
 from paynode.benchmarks.workload import Workload
 from paynode.storage.audit import journal_balances
 
@@ -67,6 +68,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--baseline", action="store_true",
                    help="also run a conventional PostgreSQL ledger, same server")  # fmt: skip
     p.add_argument("--baseline-concurrency", type=int, default=16)
+    p.add_argument("--reference", action="store_true",
+                   help="also single requests on the node, at half their peak (open loop),"
+                        " and on a bare FastAPI + msgspec endpoint: the ratio")  # fmt: skip
     p.add_argument("--webhooks", action="store_true",
                    help="batch load 3 times: no endpoint, a healthy one, a hung one")  # fmt: skip
     p.add_argument("--results", default="results")
@@ -153,24 +157,21 @@ def _run_http(args: argparse.Namespace, w: Workload, target: Target, report: dic
     asyncio.run(steps.create_accounts(url, w, webhooks.owner_of(w, customer)))
     before = _scrape(url)
     print(f"{args.mode}: {args.concurrency} clients for {args.duration:.0f}s ...", flush=True)
-    generator = CpuMeter(lambda: [psutil.Process()]).start()
-    cpu = CpuMeter(node.processes).start() if node else None
     with (
         PeakRss(node.rss_bytes) if node else _NoRss() as rss,
         _LagSampler(url) as lag,
+        Measured(node, "transfer" if args.mode == "batch" else "request") as cpu,
     ):
         if customer is not None:
             runs = _webhook_phases(args, w, url, target.database_url, customer, report)
         else:
-            runs = asyncio.run(steps.load(args, url, w))
-    if cpu is not None:
-        unit, count = (
-            ("transfer", runs[0].acked) if args.mode == "batch" else ("request", runs[0].requests)
-        )
-        report["cpu"] = cpu.stop().summary(count, unit) | {"unit": unit}
-    report["generator_cpu_s"] = round(generator.stop().cpu_s, 3)
+            runs = steps.load(args, url, w)
+        cpu.count = runs[0].acked if args.mode == "batch" else runs[0].requests
+    report["cpu"] = cpu.report
     after = _scrape(url)
     report["node"] = [r.summary() for r in runs]
+    if args.reference:
+        _single_against_reference(args, w, url, node, runs, report)
     report["peak_rss_mb"] = round(rss.peak / 2**20, 1) if node else None
     report["postgres"] = _commit_figures(before, after, runs[0].elapsed_s)
     report["analytics"] = lag.summary() | _catch_up(url, target.database_url)
@@ -180,6 +181,78 @@ def _run_http(args: argparse.Namespace, w: Workload, target: Target, report: dic
         report["audit"]["problems"] += _audit_analytics(node.data_dir, target.database_url)
         report["audit"]["analytics_checked"] = True
     return not report["audit"]["problems"]
+
+
+class Measured:
+    """CPU of the node's process tree (PostgreSQL included) and of this process (the load
+    generator) over a phase; set ``count`` (transfers or requests) before leaving."""
+
+    def __init__(self, node: NodeProcess | None, unit: str,
+                 processes: Callable[[], list[psutil.Process]] | None = None) -> None:  # fmt: skip
+        self.unit = unit
+        self.count = 0
+        tree = processes or (node.processes if node else None)
+        self._node = CpuMeter(tree) if tree else None
+        self._generator = CpuMeter(lambda: [psutil.Process()])
+        self.report: dict = {}
+
+    def __enter__(self) -> Measured:
+        if self._node is not None:
+            self._node.start()
+        self._generator.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        generator = self._generator.stop()
+        per = generator.per_unit_us(self.count)
+        self.report = {"unit": self.unit, "generator_cpu_s": round(generator.cpu_s, 3),
+                       f"generator_cpu_us_per_{self.unit}": per}  # fmt: skip
+        if self._node is not None:
+            self.report |= self._node.stop().summary(self.count, self.unit)
+
+
+def _single_against_reference(
+    args: argparse.Namespace, w: Workload, url: str, node: NodeProcess | None,
+    runs: list[drivers.RunResult], report: dict,
+) -> None:  # fmt: skip
+    """Single requests on the node, then on a bare FastAPI + msgspec endpoint, same generator.
+
+    Also an open loop at half the node's single-request peak: the latency a client sees
+    when the node is busy but not saturated.
+    """
+    c = 64 if args.mode == "batch" else args.concurrency
+    rate = steps.PREBUILT_REQUESTS_PER_S
+    if args.mode == "single" and not args.rate:
+        single, single_cpu = runs[0], report["cpu"]
+    else:
+        requests = steps.single_requests(url, w, rate, args.duration)
+        print(f"single: {c} connections for {args.duration:.0f}s ...", flush=True)
+        with Measured(node, "request") as m:
+            single = steps.closed_single(url, requests, c, args.duration)
+            m.count = single.requests
+        single_cpu = m.report
+    half = single.rate / 2
+    print(f"single, open loop at half that ({half:,.0f}/s) for {args.duration:.0f}s ...",
+          flush=True)  # fmt: skip
+    at_half = steps.open_single(url, steps.single_requests(url, w, half, args.duration), half,
+                                args.duration)  # fmt: skip
+    print(f"reference (bare FastAPI + msgspec echo): {c} connections for "
+          f"{args.duration:.0f}s ...", flush=True)  # fmt: skip
+    with ReferenceServer() as ref:
+        ref_url = f"http://127.0.0.1:{ref.port}"
+        requests = steps.single_requests(ref_url, w, 2 * rate, args.duration)
+        steps.wait_listening(ref.port)
+        with Measured(None, "request", lambda: [psutil.Process(ref.proc.pid)]) as m:  # type: ignore[union-attr]
+            reference = steps.closed_single(ref_url, requests, c, args.duration, mode="reference")
+            m.count = reference.requests
+    report["single"] = single.summary() | {"cpu": single_cpu}
+    report["single_at_half"] = at_half.summary()
+    report["reference"] = reference.summary() | {"cpu": m.report}
+    report["single_over_reference"] = (
+        round(single.requests / single.elapsed_s / (reference.requests / reference.elapsed_s), 2)
+        if reference.requests
+        else None
+    )
 
 
 def _webhook_phases(
@@ -210,7 +283,7 @@ def _webhook_phases(
                 last_id = None
             print(f"webhooks phase {name}: batch load for {args.duration:.0f}s ...", flush=True)
             since = time.time()
-            run = asyncio.run(steps.load(args, url, w))[0]
+            run = steps.load(args, url, w)[0]
             runs.append(run)
             phase = {"phase": name, "transfers_per_s": round(run.rate, 1),
                      "p99_ms": run.latency.summary_ms()["p99"]}  # fmt: skip
@@ -444,13 +517,19 @@ def _markdown(report: dict) -> str:
         extra += [f"peak RSS, {label}: {r['peak_rss_mb']} MB; audit: "
                   f"{'; '.join(r['audit']['problems']) or 'ok'}"
                   for label, r in report["cluster"].items()]  # fmt: skip
-    if report.get("cpu"):
-        c = report["cpu"]
-        extra.append(
-            f"**node CPU: {c['cpu_us_per_' + c['unit']]} us per {c['unit']}** "
-            f"({c['cores_used']} cores busy over {c['processes']} processes incl. PostgreSQL; "
-            f"by role, s: {c['cpu_s_by_role']}); load generator: {report['generator_cpu_s']} s"
-        )
+    if report.get("cpu", {}).get("cores_used") is not None:
+        extra.append(_cpu_line(report["node"][0]["mode"], report["cpu"]))
+    if report.get("single"):
+        si, half, ref = report["single"], report["single_at_half"], report["reference"]
+        lines.append(_run_line(f"node single (c={si['concurrency']})", si))
+        lines.append(_run_line(f"node single, open loop @{half['offered_rate']:,.0f}/s", half))
+        lines.append(_run_line(f"reference: bare FastAPI + msgspec (c={ref['concurrency']})", ref))
+        extra.append(f"**node single / reference: {report['single_over_reference']}** (requests/s"
+                     f" in the same run; p99 at half the node's peak: {half['latency_ms']['p99']}"
+                     " ms)")  # fmt: skip
+        if si["cpu"].get("cores_used") is not None:
+            extra.append(_cpu_line("single", si["cpu"]))
+        extra.append(f"reference CPU: {ref['cpu'].get('cpu_us_per_request')} us per request")
     if report.get("peak_rss_mb") is not None:
         extra.append(f"peak RSS of the node's processes: {report['peak_rss_mb']} MB")
     an = report.get("analytics")
@@ -512,6 +591,21 @@ def _markdown(report: dict) -> str:
     if b and b.get("problems"):
         extra.append("baseline audit FAILED: " + "; ".join(b["problems"]))
     return "\n".join(lines) + "\n\n" + "\n\n".join(extra) + "\n"
+
+
+def _run_line(name: str, r: dict) -> str:
+    lat = r["latency_ms"]
+    return (f"| {name} | {r['transfers_per_s']:,.0f} | {r['requests_per_s']:,.0f} | {lat['p50']} |"
+            f" {lat['p90']} | {lat['p99']} | {lat['p99.9']} | {r['refused'] or '-'} |"
+            f" {r['errors'] or '-'} |")  # fmt: skip
+
+
+def _cpu_line(label: str, c: dict) -> str:
+    unit = c["unit"]
+    return (f"**node CPU, {label}: {c['cpu_us_per_' + unit]} us per {unit}** ({c['cores_used']}"
+            f" cores busy over {c['processes']} processes incl. PostgreSQL; by role, s:"
+            f" {c['cpu_s_by_role']}); load generator: {c['generator_cpu_us_per_' + unit]:.1f} us"
+            f" per {unit}")  # fmt: skip
 
 
 def _plot(report: dict, path: Path) -> None:

@@ -72,7 +72,7 @@ def run(args: argparse.Namespace, w: Workload, target: object, report: dict) -> 
                 print(f"{label}: {args.load}, {args.concurrency} clients for "
                       f"{args.duration:.0f}s ...", flush=True)  # fmt: skip
                 with PeakRss(rss) as peak:
-                    runs = asyncio.run(steps.load(args, url, lw))
+                    runs = steps.load(args, url, lw)
                 audit = asyncio.run(steps.audit_http(url, database_url, lw))
             finally:
                 stop()

@@ -13,7 +13,7 @@ import secrets
 import sys
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -157,29 +157,16 @@ async def _closed_loop(
     return result
 
 
-async def closed_single(url: str, w: Workload, concurrency: int, duration: float) -> RunResult:
-    result = RunResult("single", concurrency, 1)
-    target = url + "/v1/transfers"
-    async with session(concurrency) as http:
-
-        async def request(t0: float) -> None:
-            answer = await _post(http, target, _encode(w.transfer()), result)
-            if answer is not None:
-                _count_single(result, *answer, time.perf_counter() - t0)
-
-        return await _closed_loop(result, concurrency, duration, request)
-
-
 async def closed_batch(
-    url: str, w: Workload, concurrency: int, batch_size: int, duration: float
+    url: str, bodies: Iterator[bytes], concurrency: int, batch_size: int, duration: float
 ) -> RunResult:
+    """``concurrency`` clients posting ``bodies`` (built before the run) in a closed loop."""
     result = RunResult("batch", concurrency, batch_size)
     target = url + "/v1/transfers/batch"
     async with session(concurrency) as http:
 
         async def request(t0: float) -> None:
-            body = _encode({"transfers": [w.transfer() for _ in range(batch_size)]})
-            answer = await _post(http, target, body, result)
+            answer = await _post(http, target, next(bodies), result)
             if answer is None:
                 return
             status, raw = answer
@@ -195,42 +182,6 @@ async def closed_batch(
             result.ack(ok, time.perf_counter() - t0)
 
         return await _closed_loop(result, concurrency, duration, request)
-
-
-async def open_single(
-    url: str, w: Workload, rate: float, duration: float, max_outstanding: int = 20_000
-) -> RunResult:
-    """Fixed arrival rate; latency counts from the scheduled send time (no coordinated omission)."""
-    result = RunResult("single-open", max_outstanding, 1, offered_rate=rate)
-    target = url + "/v1/transfers"
-    outstanding: set[asyncio.Task] = set()
-    async with session(min(max_outstanding, 1024)) as http:
-        t0 = time.perf_counter()
-
-        async def send(scheduled: float) -> None:
-            answer = await _post(http, target, _encode(w.transfer()), result)
-            now = time.perf_counter()
-            result.requests += 1
-            result.latency.record(now - scheduled)
-            if answer is not None:
-                _count_single(result, *answer, now - t0)
-
-        n = int(rate * duration)
-        for i in range(n):
-            scheduled = t0 + i / rate
-            delay = scheduled - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            if len(outstanding) >= max_outstanding:
-                result.errors["generator_backlog"] += 1
-                continue
-            task = asyncio.create_task(send(scheduled))
-            outstanding.add(task)
-            task.add_done_callback(outstanding.discard)
-        if outstanding:
-            await asyncio.gather(*outstanding)
-        result.elapsed_s = time.perf_counter() - t0
-    return result
 
 
 async def direct(

@@ -4,25 +4,62 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+from collections.abc import Iterator
+from urllib.parse import urlsplit
 
-from paynode.benchmarks import drivers
+from paynode.benchmarks import drivers, http_load
 from paynode.benchmarks.workload import AccountPlan, Workload
 from paynode.storage.audit import journal_balances
 
+# Bodies built before a run: enough for these rates (more are built during it if needed).
+PREBUILT_TRANSFERS_PER_S = 60_000
+PREBUILT_REQUESTS_PER_S = 6_000
 
-async def load(args: argparse.Namespace, url: str, w: Workload) -> list[drivers.RunResult]:
+
+def load(args: argparse.Namespace, url: str, w: Workload) -> list[drivers.RunResult]:
+    """The load of ``args.mode`` (batch or single) on ``url``, with bodies built beforehand."""
     if args.mode == "batch":
-        return [await drivers.closed_batch(url, w, args.concurrency, args.batch_size,
-                                           args.duration)]  # fmt: skip
+        count = int(args.duration * PREBUILT_TRANSFERS_PER_S / args.batch_size) + args.concurrency
+        bodies = w.bodies(lambda: w.batch_json(args.batch_size), count)
+        return [asyncio.run(drivers.closed_batch(url, bodies, args.concurrency, args.batch_size,
+                                                 args.duration))]  # fmt: skip
     if args.rate:
-        return [await drivers.open_single(url, w, args.rate, args.duration)]
-    runs = [await drivers.closed_single(url, w, args.concurrency, args.duration)]
+        return [open_single(url, single_requests(url, w, args.rate, args.duration), args.rate,
+                            args.duration)]  # fmt: skip
+    requests = single_requests(url, w, PREBUILT_REQUESTS_PER_S, args.duration)
+    runs = [closed_single(url, requests, args.concurrency, args.duration)]
     if args.sweep:
         peak = runs[0].rate
         for share in (0.25, 0.5, 0.75):
             print(f"open loop at {share:.0%} of peak ({peak * share:,.0f}/s) ...", flush=True)
-            runs.append(await drivers.open_single(url, w, peak * share, args.duration / 2))
+            runs.append(open_single(url, requests, peak * share, args.duration / 2))
     return runs
+
+
+def single_target(url: str) -> http_load.Target:
+    parts = urlsplit(url)
+    assert parts.hostname and parts.port, url
+    return http_load.Target(parts.hostname, parts.port, "/v1/transfers", drivers.api_headers())
+
+
+def single_requests(url: str, w: Workload, rate: float, duration: float) -> Iterator[bytes]:
+    """Whole HTTP requests of one transfer each, enough for ``rate`` over ``duration``
+    built now (before the run), more made on the fly if the run needs them."""
+    target = single_target(url)
+    return w.bodies(lambda: target.request(w.transfer_json()), int(rate * duration) + 64)
+
+
+def closed_single(url: str, requests: Iterator[bytes], concurrency: int, duration: float,
+                  mode: str = "single") -> drivers.RunResult:  # fmt: skip
+    """One transfer per request, ``concurrency`` connections in a closed loop."""
+    return http_load.run(lambda: http_load.closed_loop(single_target(url), requests, concurrency,
+                                                       duration, mode))  # fmt: skip
+
+
+def open_single(url: str, requests: Iterator[bytes], rate: float, duration: float
+                ) -> drivers.RunResult:  # fmt: skip
+    """One transfer per request at a fixed rate (latency from each request's due time)."""
+    return http_load.run(lambda: http_load.open_loop(single_target(url), requests, rate, duration))
 
 
 async def create_accounts(url: str, w: Workload, owners: dict[str, str] | None = None) -> None:
@@ -116,3 +153,20 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def wait_listening(port: int, timeout_s: float = 30.0) -> None:
+    """Until a server answers on ``port`` (its socket was bound before it started)."""
+    import time
+
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            httpx.get(f"http://127.0.0.1:{port}/docs", timeout=2)
+            return
+        except httpx.HTTPError:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"nothing answers on port {port}") from None
+            time.sleep(0.1)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import bisect
 import itertools
 import random
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from paynode.domain.ledger.model import shard_key
@@ -102,3 +103,25 @@ class Workload:
             "amount": self.rng.randint(1, self.max_amount),
             "currency": "USD",
         }
+
+    def transfer_json(self) -> bytes:
+        """The next transfer as the JSON ``transfer()`` encodes to, formatted directly
+        (ids are plain ASCII: nothing to escape)."""
+        debit, credit = self.pair()
+        return (
+            f'{{"id":"{self.prefix}-t{next(self._seq)}","debit_account_id":"{debit}",'
+            f'"credit_account_id":"{credit}","amount":{self.rng.randint(1, self.max_amount)},'
+            f'"currency":"USD"}}'
+        ).encode()
+
+    def batch_json(self, size: int) -> bytes:
+        return b'{"transfers":[' + b",".join([self.transfer_json() for _ in range(size)]) + b"]}"
+
+    def bodies(self, make: Callable[[], bytes], prebuilt: int) -> Iterator[bytes]:
+        """``prebuilt`` bodies made before the run starts, then more made as needed.
+
+        The generator shares the cores with the node: building a body during the
+        load would count against the node's throughput.
+        """
+        ready = [make() for _ in range(prebuilt)]
+        return itertools.chain(ready, (make() for _ in itertools.count()))

@@ -318,3 +318,36 @@ def test_last_key_reads_rows_spanning_lines(database_url: str, tmp_path: Path) -
                 for data in copy:
                     f.write(data)
             assert last_key(path) == expected[name], name
+
+
+# -- the transfer requests' records (group-committed by the front) ------------------------
+
+
+def test_every_transfer_request_is_audited_in_the_chain(node: RunningNode) -> None:
+    """Single and batch requests each leave one record, written by COPY in the writer's
+    flush: jsonb bodies (not strings), the ids' digest, and a chain that verifies."""
+    for account_id in ("au-a", "au-b"):
+        assert (
+            node.http.post("/v1/accounts", json={"id": account_id, "currency": "USD"}).status_code
+            == 201
+        )
+    single = {"id": "au-t1", "debit_account_id": "au-a", "credit_account_id": "au-b",
+              "amount": 7, "currency": "USD"}  # fmt: skip
+    assert node.http.post("/v1/transfers", json=single).status_code == 201
+    batch = [dict(single, id=f"au-b{i}") for i in range(3)]
+    assert node.http.post("/v1/transfers/batch", json={"transfers": batch}).status_code == 200
+    records = [r for r in read_records(node.database_url) if r.action == "transfers.submit"]
+    assert [(r.subject, r.after["count"], r.after["last_id"]) for r in records] == [
+        ("au-t1", 1, "au-t1"),
+        ("au-b0", 3, "au-b2"),
+    ]
+    digest = hashlib.sha256("\n".join(t["id"] for t in batch).encode()).hexdigest()
+    assert records[1].after["ids_sha256"] == digest
+    assert records[1].actor == "bootstrap" and records[1].before is None
+    with psycopg.connect(libpq_url(node.database_url)) as conn:
+        kinds = conn.execute(
+            "SELECT jsonb_typeof(after), before IS NULL FROM audit_log"
+            " WHERE action = 'transfers.submit'"
+        ).fetchall()
+    assert kinds == [("object", True), ("object", True)]
+    assert verify_database(node.database_url).first_broken_seq is None
