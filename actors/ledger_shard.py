@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import contextlib
 import logging
 import time
 from collections import defaultdict, deque
@@ -72,6 +73,7 @@ class _Job:
     accounts: Sequence[AccountSpec]
     rows: Sequence[Row]
     done: asyncio.Future[None]
+    forward: bool = True  # credit legs go to their shards (two-phase groups finish instead)
 
 
 def shard_of(account_id: str, count: int) -> int:
@@ -100,6 +102,8 @@ class LedgerShard:
         self._namespace = namespace
         self._commit_max_rows = commit_max_rows
         self._expiry_interval = expiry_interval_ms / 1000
+        self._expiry_wake = asyncio.Event()
+        self._expiry_due: int | None = None  # the deadline the expiry loop sleeps until
         self.ledger = Ledger()
         self._peers: dict[int, object] = {}
         self._queue: deque[_Job] = deque()
@@ -109,6 +113,7 @@ class LedgerShard:
         self._committing = False  # a transaction is in flight (its jobs left the queue)
         self._conn: psycopg.AsyncConnection | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._forwards: set[asyncio.Task[None]] = set()  # credit legs on their way to peers
         self._commits = 0
         self._rows_committed = 0
         self._commit_sum = 0.0
@@ -218,6 +223,7 @@ class LedgerShard:
         fresh.inflight_ids = set(old.inflight_ids)
         fresh.locked_pendings = set(old.locked_pendings)
         self.ledger = fresh
+        self._rearm()
         self._rebuilds += 1
         self._ready = True
         self._rebuilt.set()
@@ -228,12 +234,15 @@ class LedgerShard:
 
     # -- group commit -----------------------------------------------------
 
-    async def _durable(self, accounts: Sequence[AccountSpec], rows: Sequence[Row]) -> None:
-        """Wait until ``accounts`` and ``rows`` (and everything queued before) are committed."""
+    async def _durable(
+        self, accounts: Sequence[AccountSpec], rows: Sequence[Row], forward: bool = True
+    ) -> None:
+        """Wait until ``accounts`` and ``rows`` (and everything queued before) are committed,
+        and (``forward``) the rows' credit legs applied on the shards that own them."""
         if not self._ready:
             raise StorageUnavailable("shard is rebuilding")
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Job(accounts, rows, fut))
+        self._queue.append(_Job(accounts, rows, fut, forward))
         self._wake.set()
         await fut
 
@@ -271,9 +280,35 @@ class LedgerShard:
             finally:
                 self._committing = False
             self._observe(time.perf_counter() - t0, len(rows))
+        remote = self._remote_legs(jobs)
+        if not remote:
+            _release(jobs)
+            return
+        # One call per peer for the whole commit, sent now (in commit order, so a peer
+        # applies a pending's credit leg before its post's), awaited apart: the next
+        # commit need not wait for this one's peers.
+        calls = {i: self._peer(i).apply_rows.remote(encode(r)) for i, r in remote.items()}
+        task = asyncio.create_task(self._forwarded(calls, jobs))
+        self._forwards.add(task)
+        task.add_done_callback(self._forwards.discard)
+
+    def _remote_legs(self, jobs: list[_Job]) -> dict[int, list[Row]]:
+        remote: dict[int, list[Row]] = defaultdict(list)
+        local = self.ledger.accounts
         for job in jobs:
-            if not job.done.done():
-                job.done.set_result(None)
+            if job.forward:
+                for row in job.rows:
+                    credit = row[ROW_CREDIT]
+                    if credit not in local:
+                        remote[shard_of(credit, self.count)].append(row)
+        return remote
+
+    async def _forwarded(self, calls: dict, jobs: list[_Job]) -> None:
+        """Answer the jobs once their credit legs are applied (read-your-writes)."""
+        t0 = time.perf_counter()
+        await self._call_peers(calls)
+        self._phase["forward"] += time.perf_counter() - t0
+        _release(jobs)
 
     async def _fail(self, jobs: list[_Job], error: StorageUnavailable) -> None:
         """Refuse everything not yet committed, then rebuild from the journal."""
@@ -304,6 +339,7 @@ class LedgerShard:
 
     async def _execute(self, batch: TransferBatch, retried: bool = False) -> BatchResult:
         result, rows = self.ledger.execute_batch(batch, time.time_ns())
+        self._rearm()
         if not rows:
             if REPLAYED in result.results:
                 await self._barrier()  # a replay must not be answered before its commit
@@ -317,10 +353,7 @@ class LedgerShard:
             return await self._execute_after_conflict(batch)
         except StorageUnavailable:
             return refused(len(batch), Code.STORAGE_UNAVAILABLE)
-        t1 = time.perf_counter()
-        await self._forward(rows)
-        self._phase["durable_wait"] += t1 - t0
-        self._phase["forward"] += time.perf_counter() - t1
+        self._phase["durable_wait"] += time.perf_counter() - t0
         self._phase["calls"] += 1
         return result
 
@@ -364,19 +397,6 @@ class LedgerShard:
         if self._queue or self._committing or not self._ready:
             await self._durable((), ())
 
-    async def _forward(self, rows: Sequence[Row]) -> None:
-        """Apply committed rows' credit legs on the shards that own the credit accounts."""
-        remote: dict[int, list[Row]] = defaultdict(list)
-        local = self.ledger.accounts
-        for row in rows:
-            credit = row[ROW_CREDIT]
-            if credit not in local:
-                remote[shard_of(credit, self.count)].append(row)
-        if remote:
-            await self._call_peers(
-                {i: self._peer(i).apply_rows.remote(encode(r)) for i, r in remote.items()}
-            )
-
     async def _call_peers(self, calls: dict) -> None:
         results = await asyncio.gather(*calls.values(), return_exceptions=True)
         for i, r in zip(calls, results, strict=True):
@@ -407,7 +427,7 @@ class LedgerShard:
         items = decode_commits(payload)
         rows = [astuple(r) for c in items for r in c.rows]
         try:
-            await self._durable((), rows)
+            await self._durable((), rows, forward=False)  # `finish` applies them everywhere
         except JournalConflict:
             return encode(await self._commit_after_conflict(items))
         except StorageUnavailable:
@@ -422,6 +442,7 @@ class LedgerShard:
             for p in c.participants:
                 if p != self.index:
                     calls[p].append([c.gid, c.rows])
+        self._rearm()
         await self._call_peers(
             {p: self._peer(p).finish.remote(encode(v)) for p, v in calls.items()}
         )
@@ -533,20 +554,33 @@ class LedgerShard:
 
     # -- background -----------------------------------------------------------
 
+    def _rearm(self) -> None:
+        """Wake the expiry loop if the ledger now holds an earlier deadline than it waits for."""
+        due = self.ledger.next_expiry()
+        if due is not None and (self._expiry_due is None or due < self._expiry_due):
+            self._expiry_wake.set()
+
     async def _expiry_loop(self) -> None:
+        """Release pendings whose timeout passed: asleep until the earliest deadline (or
+        a new, earlier one), and at most one pass per ``expiry_interval_ms``, which
+        batches the expiries of a busy shard into one commit."""
         while True:
-            await asyncio.sleep(self._expiry_interval)
+            self._expiry_due = self.ledger.next_expiry()
+            wait_s = None if self._expiry_due is None else (self._expiry_due - time.time_ns()) / 1e9
+            if wait_s is None or wait_s > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._expiry_wake.wait(), wait_s)
+            self._expiry_wake.clear()
+            await asyncio.sleep(self._expiry_interval)  # batches; also paces a rebuilding shard
             if not self._ready:
                 continue
             expired = self.ledger.expire_due(time.time_ns(), limit=self._commit_max_rows)
             if not expired:
                 continue
             rows = [astuple(r) for r in expired]
-            try:
+            with contextlib.suppress(StorageUnavailable):
+                # on failure the rebuild restored those pendings; they expire next pass
                 await self._durable((), rows)
-            except StorageUnavailable:
-                continue  # the rebuild restored those pendings; they expire next tick
-            await self._forward(rows)
 
     async def stats(self) -> bytes:
         await self.start()
@@ -593,3 +627,9 @@ def _restarted() -> bool:
 
 def _unavailable(ops: Sequence) -> list[Outcome]:
     return [Outcome(op.id, Code.STORAGE_UNAVAILABLE) for op in ops]
+
+
+def _release(jobs: list[_Job]) -> None:
+    for job in jobs:
+        if not job.done.done():
+            job.done.set_result(None)

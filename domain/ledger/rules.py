@@ -549,6 +549,14 @@ class Ledger:
 
     # -- expiry -----------------------------------------------------------
 
+    def next_expiry(self) -> int | None:
+        """When the earliest pending still in the timer heap expires (ns), or None.
+
+        Entries of pendings resolved since are only dropped when reached, so this may
+        be early, never late: a pass at that time finds nothing or something.
+        """
+        return self._expiry[0][0] if self._expiry else None
+
     def expire_due(self, now_ns: int, limit: int) -> list[JournalRow]:
         """Rows releasing pendings whose timeout has passed (applied here already)."""
         out: list[JournalRow] = []
