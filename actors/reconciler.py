@@ -1,16 +1,16 @@
 """The reconciliation actor: memory == journal == analytics, all the time.
 
 Every ``interval_s`` it runs an *incremental* check of what changed since the
-last run; the first scheduled run after a start, every ``full_every``-th one
-and any on demand are *full* (every account and every journal row, which also
-finds tampering behind the node's back: an UPDATE keeps a row's txid). A run
+last run; every ``full_every``-th one is *full* (every account and every
+journal row, which also finds tampering behind the node's back: an UPDATE keeps
+a row's txid); on demand, either kind. A run
 reads one point of the journal, ``hi``: the analytics actor's bound below which
 every transaction's rows are published (``AnalyticsStreamer.sync_point``).
 
 1. The journal at ``hi``: totals of every account (full), or the per-account
    changes by the transactions in ``[lo, hi)``, ``lo`` being where the last run
-   stopped (incremental; its totals come from a cache of the last run's,
-   plus those changes: proportional to what changed).
+   stopped (incremental; the totals of the accounts they moved come from a
+   cache of earlier runs' plus those changes: proportional to what changed).
 2. Memory vs journal, per account moved in ``[lo, hi)`` (all: full): shard
    balances read at a durable point, then the journal (totals at ``hi`` plus
    the rows committed since), then memory again. Accounts whose memory moved in
@@ -110,15 +110,20 @@ class ReconStats(msgspec.Struct):
     transfers_checked_total: int = 0
     seconds_total: float = 0.0
     seconds_max: float = 0.0
+    # Accounts whose journal totals were read from their whole history (all of them in a
+    # full run; in an incremental one only those not cached): the part of a run's cost
+    # that is not proportional to what changed.
+    accounts_read_whole_total: int = 0
 
 
 @dataclass
 class JournalCache:
-    """Journal totals per account over the rows of transactions below ``below``.
+    """Journal totals of some accounts over the rows of transactions below ``below``.
 
     Exact: rows below ``below`` are final (their transactions had all finished),
-    so totals plus the changes of ``[below, hi)`` are the totals below ``hi``. A
-    full run rebuilds it (and so sees rows altered behind the node's back).
+    so totals plus the changes of ``[below, hi)`` are the totals below ``hi``. An
+    account enters it once read whole; a full run rebuilds it whole (and so sees
+    rows altered behind the node's back).
     """
 
     below: int
@@ -141,6 +146,7 @@ class Checked:
     accounts: int = 0
     transfers: int = 0
     skipped: list[str] = field(default_factory=list)
+    read_whole: int = 0  # accounts whose journal totals were read from their whole history
 
 
 class Reconciler:
@@ -188,8 +194,8 @@ class Reconciler:
     async def _every(self) -> None:
         while True:
             await asyncio.sleep(self.interval_s)
-            kind = "full" if self._scheduled % self.full_every == 0 else "incremental"
             self._scheduled += 1
+            kind = "full" if self._scheduled % self.full_every == 0 else "incremental"
             try:
                 await self.run(kind, "schedule")
             except Exception as e:  # a failed run is recorded; the next one tries again
@@ -262,6 +268,7 @@ class Reconciler:
                 return status, added, opened, resolved
 
             status, added, opened, resolved = await asyncio.to_thread(write)
+            self.stats.accounts_read_whole_total += checked.read_whole
         except Exception as e:
             await asyncio.to_thread(
                 records.finish_run, conn, run_id, status="failed", error=type(e).__name__
@@ -296,13 +303,16 @@ class Reconciler:
         recheck_memory = ids("account", MEMORY_JOURNAL)
         if full:
             at_hi = await asyncio.to_thread(r.journal_balances_of, conn, None, hi)
+            out.read_whole = len(at_hi)
             cache = JournalCache(hi, dict(at_hi))
             self._cache = cache if len(at_hi) <= self.max_cached_accounts else None
         else:
             changes = await asyncio.to_thread(r.journal_changes, conn, lo, hi)
             created = await asyncio.to_thread(r.accounts_created, conn, lo, hi)
             scope = sorted(changes.keys() | set(created) | set(recheck_memory))
-            at_hi = await self._journal_at(conn, lo, hi, changes, scope, recheck_memory)
+            at_hi, out.read_whole = await self._journal_at(
+                conn, lo, hi, changes, scope, recheck_memory
+            )
         out.accounts = len(at_hi)
 
         # 2. memory vs journal
@@ -377,20 +387,21 @@ class Reconciler:
         changes: dict[str, Balances],
         scope: list[str],
         fresh: list[str],
-    ) -> dict[str, Balances]:
+    ) -> tuple[dict[str, Balances], int]:
         """Journal totals below ``hi`` of the accounts in ``scope`` (those that exist):
-        the cache plus ``changes`` where it is warm, else read whole. ``fresh`` ones (under
-        suspicion) are always read whole."""
-        cache, self._cache = self._cache, None  # cold until advanced: a failure leaves it so
-        if cache is None or cache.below != lo:
-            return await asyncio.to_thread(r.journal_balances_of, conn, scope, hi)
-        cache.advance(changes, hi)
+        cached totals plus ``changes``; an account not cached, or under suspicion
+        (``fresh``), is read whole. Second: how many were read whole."""
+        cache, self._cache = self._cache, None  # unset until advanced: a failure leaves it so
+        if cache is None or cache.below != lo:  # after a restart or a failed run: start over
+            cache = JournalCache(hi, {})
+        else:
+            cache.advance(changes, hi)
         whole = sorted({a for a in scope if a not in cache.totals} | set(fresh))
         if whole:
             cache.totals.update(await asyncio.to_thread(r.journal_balances_of, conn, whole, hi))
         if len(cache.totals) <= self.max_cached_accounts:
             self._cache = cache
-        return {a: cache.totals[a] for a in scope if a in cache.totals}
+        return {a: cache.totals[a] for a in scope if a in cache.totals}, len(whole)
 
     async def _memory_vs_journal(
         self, conn: psycopg.Connection, at_hi: dict[str, Balances], hi: int

@@ -86,6 +86,9 @@ def render_helpers(
         gauge("paynode_recon_run_seconds_total", "Time spent in runs.", recon.seconds_total,
               "counter")  # fmt: skip
         gauge("paynode_recon_run_seconds_max", "Longest run.", recon.seconds_max)
+        gauge("paynode_recon_accounts_read_whole_total",
+              "Accounts whose journal totals a run read from their whole history.",
+              recon.accounts_read_whole_total, "counter")  # fmt: skip
         gauge("paynode_recon_last_run_timestamp_seconds", "When the last run finished.",
               recon.last_run_unix)  # fmt: skip
         if recon.last is not None:

@@ -26,6 +26,7 @@ _COUNTERS = {
     "accounts_checked": "paynode_recon_accounts_checked_total",
     "transfers_checked": "paynode_recon_transfers_checked_total",
     "seconds": "paynode_recon_run_seconds_total",
+    "accounts_read_whole": "paynode_recon_accounts_read_whole_total",
 }
 
 
@@ -74,8 +75,9 @@ def line(report: dict) -> str:
     longest = max((x["seconds"] for x in report["runs"]), default=None)
     text = (
         f"reconciliation since the load began: {d['runs']:.0f} runs ({d['failures']:.0f} failed), "
-        f"{d['transfers_checked']:.0f} rows and {d['accounts_checked']:.0f} accounts checked in "
-        f"{d['seconds']} s" + (f" (longest {longest} s)" if longest is not None else "")
+        f"{d['transfers_checked']:.0f} rows and {d['accounts_checked']:.0f} accounts checked "
+        f"({d['accounts_read_whole']:.0f} read from their whole history) in {d['seconds']} s"
+        + (f" (longest {longest} s)" if longest is not None else "")
         + f", findings {d['findings']:.0f}"
     )  # fmt: skip
     if f:

@@ -246,19 +246,28 @@ def test_reconciliation_finds_each_kind_of_drift_and_resolves_it(make_node) -> N
     assert ("balance_drift", "carol", "memory/journal") in remaining  # 'late' is still gone
 
 
+def _read_whole(node: RunningNode) -> float:
+    """Accounts whose journal totals runs read from their whole history, so far."""
+    text = node.http.get("/metrics").text
+    (line,) = [x for x in text.splitlines() if x.startswith("paynode_recon_accounts_read_whole")]
+    return float(line.split()[1])
+
+
 def test_incremental_runs_check_only_what_changed(make_node) -> None:
     node = make_node(recon_interval_s=0)
     _seed(node)
     first = _run(node, "incremental")
     assert first["status"] == "ok" and first["accounts_checked"] == ACCOUNTS
+    assert _read_whole(node) == ACCOUNTS  # nothing cached yet: each read whole, once
     r = node.http.post("/v1/transfers", json={"id": "one-more", "debit_account_id": "treasury",
                                               "credit_account_id": "carol", "amount": 5,
                                               "currency": "USD"})  # fmt: skip
     assert r.status_code == 201
     second = _run(node, "incremental")
-    assert second["status"] == "ok", second
+    assert second["status"] == "ok" and second["findings"] == 0, second
     assert second["from_txid"] == first["to_txid"]
     assert second["accounts_checked"] == 2 and second["transfers_checked"] == 1
+    assert _read_whole(node) == ACCOUNTS  # the two came from the cache plus the new row
     nothing = _run(node, "incremental")
     assert nothing["accounts_checked"] == 0 and nothing["transfers_checked"] == 0
 
