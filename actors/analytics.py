@@ -66,6 +66,9 @@ class AnalyticsStreamer:
         self.max_rows = max_rows
         self.max_segments = max_segments
         self.watermarks: dict[str, Watermark] = {}
+        # Every row of a transaction below this is published (the xmin of the last
+        # complete cycle); -1 until one completes.
+        self.published_below = -1
         self._lock = asyncio.Lock()
         self._conn: psycopg.Connection | None = None
         self._task: asyncio.Task | None = None
@@ -100,9 +103,17 @@ class AnalyticsStreamer:
             await asyncio.to_thread(self._cycle)
         return dict(self.watermarks)
 
+    async def sync_point(self) -> int:
+        """Publish everything committed so far, now; return the bound below which every
+        transaction's rows are published (and no row can be added later): reconciliation
+        reads both copies up to it."""
+        async with self._lock:
+            await asyncio.to_thread(self._cycle)
+            return self.published_below
+
     async def export_recon(self) -> None:
         """Republish the reconciliation tables (small) for the analysts' views."""
-        from paynode.storage.reconciliation import export_recon_table
+        from paynode.storage.recon_records import export_recon_table
 
         def export() -> None:
             conn = self._connection()
@@ -147,6 +158,8 @@ class AnalyticsStreamer:
         for table in EXPORTED:
             while self._chunk(conn, table, below) == self.max_rows:
                 pass
+        assert below >= self.published_below, "xmin never goes back"
+        self.published_below = below
         for table in EXPORTED:
             self.compactions += 1 if self.store.compact(table, self.max_segments) else 0
         self.cycles += 1

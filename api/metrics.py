@@ -75,6 +75,20 @@ def render_helpers(
               "counter")  # fmt: skip
         gauge("paynode_recon_open_discrepancies", "Discrepancies not resolved.",
               recon.open_discrepancies)  # fmt: skip
+        gauge("paynode_recon_candidates", "Differences seen once, awaiting a second look.",
+              recon.candidates)  # fmt: skip
+        gauge("paynode_recon_findings_total", "Differences seen, over all runs.",
+              recon.findings_total, "counter")  # fmt: skip
+        gauge("paynode_recon_accounts_checked_total", "Accounts checked, over all runs.",
+              recon.accounts_checked_total, "counter")  # fmt: skip
+        gauge("paynode_recon_transfers_checked_total", "Journal rows checked, over all runs.",
+              recon.transfers_checked_total, "counter")  # fmt: skip
+        gauge("paynode_recon_run_seconds_total", "Time spent in runs.", recon.seconds_total,
+              "counter")  # fmt: skip
+        gauge("paynode_recon_run_seconds_max", "Longest run.", recon.seconds_max)
+        gauge("paynode_recon_accounts_read_whole_total",
+              "Accounts whose journal totals a run read from their whole history.",
+              recon.accounts_read_whole_total, "counter")  # fmt: skip
         gauge("paynode_recon_last_run_timestamp_seconds", "When the last run finished.",
               recon.last_run_unix)  # fmt: skip
         if recon.last is not None:

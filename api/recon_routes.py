@@ -68,6 +68,7 @@ async def status(
             runs=s.runs,
             failures=s.failures,
             open_discrepancies=s.open_discrepancies,
+            candidates=s.candidates,
             last_run=last,
             analytics=AnalyticsOut(
                 a.watermark_txid,

@@ -35,7 +35,10 @@ class RunOut(msgspec.Struct):
     accounts_checked: int
     transfers_checked: int  # journal rows compared with analytics row by row
     skipped_in_flight: int  # accounts whose balances moved during the check (next run)
-    found: int  # new discrepancies
+    findings: int  # differences this run saw: candidates, confirmations, still open
+    candidates: int  # differences seen for the first time (not discrepancies yet)
+    found: int  # discrepancies opened: candidates this run saw again
+    dropped: int  # candidates this run checked and no longer saw
     resolved: int
     seconds: float
 
@@ -53,6 +56,7 @@ class ReconStatusOut(msgspec.Struct):
     runs: int
     failures: int
     open_discrepancies: int
+    candidates: int  # differences seen once, waiting for the next run's second look
     last_run: RunOut | None
     analytics: AnalyticsOut
 

@@ -23,7 +23,15 @@ from pathlib import Path
 
 import psutil
 
-from paynode.benchmarks import cluster_bench, drivers, handles_bench, risk_bench, steps, webhooks
+from paynode.benchmarks import (
+    cluster_bench,
+    drivers,
+    handles_bench,
+    recon_check,
+    risk_bench,
+    steps,
+    webhooks,
+)
 from paynode.benchmarks.cpu import CpuMeter
 from paynode.benchmarks.node_process import NodeProcess, PeakRss, process_tree, total_rss
 from paynode.benchmarks.receiver import Receiver, serve
@@ -156,6 +164,7 @@ def _run_http(args: argparse.Namespace, w: Workload, target: Target, report: dic
     print(f"creating {args.accounts} accounts ...", flush=True)
     asyncio.run(steps.create_accounts(url, w, webhooks.owner_of(w, customer)))
     before = _scrape(url)
+    recon_before = recon_check.before_load(url, target.database_url)
     print(f"{args.mode}: {args.concurrency} clients for {args.duration:.0f}s ...", flush=True)
     with (
         PeakRss(node.rss_bytes) if node else _NoRss() as rss,
@@ -175,8 +184,13 @@ def _run_http(args: argparse.Namespace, w: Workload, target: Target, report: dic
     report["peak_rss_mb"] = round(rss.peak / 2**20, 1) if node else None
     report["postgres"] = _commit_figures(before, after, runs[0].elapsed_s)
     report["analytics"] = lag.summary() | _catch_up(url, target.database_url)
+    print("reconciling ...", flush=True)
+    report["reconciliation"], recon_problems = recon_check.after_load(
+        url, target.database_url, recon_before
+    )
     print("auditing ...", flush=True)
     report["audit"] = asyncio.run(steps.audit_http(url, target.database_url, w))
+    report["audit"]["problems"] += recon_problems
     if node is not None and target.database_url:
         report["audit"]["problems"] += _audit_analytics(node.data_dir, target.database_url)
         report["audit"]["analytics_checked"] = True
@@ -540,6 +554,8 @@ def _markdown(report: dict) -> str:
             f"sampled); all {an.get('rows', '?')} journal rows queryable "
             f"{an.get('catch_up_s')} s after the load"
         )
+    if report.get("reconciliation"):
+        extra.append(recon_check.line(report["reconciliation"]))
     if report.get("postgres"):
         pg = report["postgres"]
         extra.append(f"PostgreSQL: {pg['commits_per_s']} commits/s, "

@@ -300,7 +300,10 @@ RECON_COLUMNS: dict[str, tuple[tuple[str, str], ...]] = {
         ("accounts_checked", "INTEGER"),
         ("transfers_checked", "BIGINT"),
         ("skipped_in_flight", "INTEGER"),
+        ("findings", "INTEGER"),
+        ("candidates", "INTEGER"),
         ("found", "INTEGER"),
+        ("dropped", "INTEGER"),
         ("resolved", "INTEGER"),
         ("error", "VARCHAR"),
     ),
@@ -321,9 +324,16 @@ RECON_COLUMNS: dict[str, tuple[tuple[str, str], ...]] = {
 }
 
 
-def view_statements(root: Path) -> list[str]:
-    """The analysts' views, over the segments under ``root`` (absolute paths)."""
-    live = root.resolve() / "live"
+def view_statements(root: Path, pinned: bool = False) -> list[str]:
+    """The analysts' views, over the segments under ``root`` (absolute paths).
+
+    ``pinned``: over the generation live now, not the ``live`` link. A query then
+    reads one set of files even if compaction swaps ``live`` meanwhile (the merged
+    file takes the name of the last segment it merged: read through the link after
+    a swap, a list made before it would count rows twice). An old generation stays
+    GRACE_S after its swap: long enough for one reconciliation.
+    """
+    live = (root / "live").resolve() if pinned else root.resolve() / "live"
     recon = root.resolve() / "recon"
 
     def recon_source(name: str) -> str:
@@ -415,10 +425,10 @@ def view_statements(root: Path) -> list[str]:
     ]
 
 
-def connect_views(root: Path) -> duckdb.DuckDBPyConnection:
+def connect_views(root: Path, pinned: bool = False) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB with the views: what ``paynode sql`` and reconciliation use."""
     con = duckdb.connect()
-    for stmt in view_statements(root):
+    for stmt in view_statements(root, pinned):
         con.execute(stmt)
     return con
 

@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import psycopg
 
+from paynode.domain.reconciliation import Balances
 from paynode.storage.database import libpq_url
 
-Balances = tuple[
-    int, int, int, int
-]  # debits_posted, credits_posted, debits_pending, credits_pending
+__all__ = ["JOURNAL_BALANCES_SQL", "Balances", "currency_totals", "journal_balances"]
 
 JOURNAL_BALANCES_SQL = """
 SELECT a.id,

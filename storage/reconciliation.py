@@ -1,122 +1,88 @@
-"""Reconciliation's data: the three copies of the ledger compared, and what it found.
+"""Reconciliation's queries: the journal (PostgreSQL) and the analytics copy (DuckDB), read
+over the same transactions.
 
-The three copies are the shards' memory, the PostgreSQL journal (the truth)
-and the DuckDB analytics store. The comparisons here are pure functions or
-single queries; :mod:`actors.reconciler` decides when to run them.
+Every comparison between the two reads one half-open range of writing
+transactions, ``lo <= txid < hi``, on both sides. ``hi`` is a bound below which
+the analytics actor has published every row (its ``pg_snapshot_xmin`` at a
+sync), so both sides then hold exactly the same committed rows: a row
+committed later is in neither. Incremental runs read the range since the last
+run (per-account changes and rows, both proportional to what changed); full
+runs read ``txid < hi`` (totals and every row).
 
-A discrepancy is stored once per (kind, object, sources) while it is open:
-seen again it is updated (``last_seen_at``, ``last_run_id``), and a full run
-that no longer finds it resolves it.
+The comparisons themselves are pure (:mod:`domain.reconciliation`); runs and
+findings are stored by :mod:`storage.recon_records`.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 
 import duckdb
 import psycopg
 from psycopg import sql
 
-from paynode.storage.analytics import RECON_COLUMNS, Watermark
-from paynode.storage.audit import JOURNAL_BALANCES_SQL, Balances
+from paynode.domain.reconciliation import (
+    ACH_BANK,
+    ACH_JOURNAL,
+    JOURNAL_ANALYTICS,
+    Balances,
+    Finding,
+)
 
-MEMORY_JOURNAL = "memory/journal"
-JOURNAL_ANALYTICS = "journal/analytics"
+MAX_ROW_FINDINGS = 10_000  # row differences reported per run; beyond, the run says so
 
-
-@dataclass(frozen=True)
-class Finding:
-    kind: str  # balance_drift, missing_in_analytics, missing_in_journal, amount_mismatch, ...
-    object_type: str  # account, transfer, currency
-    object_id: str
-    sources: str  # which two copies disagree, e.g. "memory/journal"
-    expected: str | None  # what the journal (the truth) says
-    actual: str | None  # what the other copy says
-
-
-def _fmt(b: Balances | None) -> str | None:
-    return None if b is None else "dp={} cp={} dpend={} cpend={}".format(*b)
-
-
-def compare_memory(
-    first: dict[str, Balances | None],
-    journal: dict[str, Balances],
-    second: dict[str, Balances | None],
-) -> tuple[list[Finding], list[str]]:
-    """Memory read before and after the journal aggregate, against it.
-
-    An account whose memory changed between the two reads had money moving
-    during the check: it is skipped (returned second), not judged. For the
-    rest, memory must equal the journal exactly.
-    """
-    findings, in_flight = [], []
-    for account_id, expected in journal.items():
-        before, after = first.get(account_id), second.get(account_id)
-        if before != after:
-            in_flight.append(account_id)
-        elif before != expected:
-            findings.append(
-                Finding("balance_drift", "account", account_id, MEMORY_JOURNAL,
-                        _fmt(expected), _fmt(before) or "missing in memory")
-            )  # fmt: skip
-    return findings, in_flight
+# Each journal row as its two legs, summed per account: the one definition of a balance.
+_PG_LEGS = """
+SELECT l.account, SUM(l.dp)::bigint, SUM(l.cp)::bigint, SUM(l.dpend)::bigint,
+       SUM(l.cpend)::bigint
+FROM transfers t CROSS JOIN LATERAL (VALUES
+    (t.debit_account_id, t.posted_amount, 0::bigint, t.pending_delta, 0::bigint),
+    (t.credit_account_id, 0::bigint, t.posted_amount, 0::bigint, t.pending_delta)
+) AS l(account, dp, cp, dpend, cpend)
+WHERE {where}
+GROUP BY l.account
+"""
 
 
-def compare_analytics(
-    journal: dict[str, Balances], analytics: dict[str, Balances]
-) -> list[Finding]:
-    """Both aggregated up to the same watermark: they must be equal.
-
-    An account created after the watermark is not in analytics yet; it is
-    judged only once money has moved on it up to the watermark.
-    """
-    zero = (0, 0, 0, 0)
-    out = []
-    for account_id, expected in journal.items():
-        actual = analytics.get(account_id)
-        if actual is None and expected == zero:
-            continue
-        if actual != expected:
-            out.append(
-                Finding("balance_drift", "account", account_id, JOURNAL_ANALYTICS,
-                        _fmt(expected), _fmt(actual) or "missing in analytics")
-            )  # fmt: skip
-    return out
-
-
-def nonzero_totals(totals: dict[str, int], sources: str) -> list[Finding]:
-    return [
-        Finding("nonzero_total", "currency", currency, sources, "0", str(total))
-        for currency, total in totals.items()
-        if total != 0
-    ]
+def _sums(rows: Sequence[tuple]) -> dict[str, Balances]:
+    return {r[0]: (int(r[1]), int(r[2]), int(r[3]), int(r[4])) for r in rows}
 
 
 # -- PostgreSQL side -----------------------------------------------------------------------
 
 
-def _upto(watermark: Watermark | None) -> sql.Composable:
-    if watermark is None:
-        return sql.SQL("TRUE")
-    return sql.SQL("(txid, id) <= ({}, {})").format(
-        sql.Literal(watermark[0]), sql.Literal(watermark[1])
+def journal_changes(conn: psycopg.Connection, lo: int, hi: int) -> dict[str, Balances]:
+    """Per-account change by the rows of transactions in [lo, hi) (accounts that moved)."""
+    where = sql.SQL("t.txid >= {} AND t.txid < {}").format(sql.Literal(lo), sql.Literal(hi))
+    return _sums(conn.execute(sql.SQL(_PG_LEGS).format(where=where)).fetchall())
+
+
+def journal_tail(conn: psycopg.Connection, ids: Sequence[str], lo: int) -> dict[str, Balances]:
+    """Per-account change by the rows of transactions from ``lo`` on, committed by now."""
+    if not ids:
+        return {}
+    where = sql.SQL("t.txid >= {} AND l.account = ANY({})").format(
+        sql.Literal(lo), sql.Literal(list(ids))
     )
+    return _sums(conn.execute(sql.SQL(_PG_LEGS).format(where=where)).fetchall())
 
 
 def journal_balances_of(
-    conn: psycopg.Connection, ids: Sequence[str] | None, upto: Watermark | None = None
+    conn: psycopg.Connection, ids: Sequence[str] | None, below: int | None = None
 ) -> dict[str, Balances]:
-    """Journal aggregate per account (all accounts if ``ids`` is None), optionally up to a
-    watermark (rows after it excluded: what analytics has published)."""
+    """Journal totals of existing accounts (all if ``ids`` is None; zero if nothing moved),
+    over the rows of transactions below ``below`` (all rows if None)."""
+    upto = sql.SQL("TRUE") if below is None else sql.SQL("txid < {}").format(sql.Literal(below))
     if ids is None:
-        base = sql.SQL(
-            JOURNAL_BALANCES_SQL.replace("FROM transfers", "FROM transfers WHERE {upto}")
-        )
-        query = base.format(upto=_upto(upto))
-        return {r[0]: tuple(r[1:]) for r in conn.execute(query)}  # type: ignore[misc]
+        query = sql.SQL(
+            "SELECT a.id, COALESCE(s.dp, 0), COALESCE(s.cp, 0), COALESCE(s.dpend, 0),"
+            " COALESCE(s.cpend, 0) FROM accounts a LEFT JOIN ({legs}) AS s(id, dp, cp, dpend,"
+            " cpend) ON s.id = a.id"
+        ).format(legs=sql.SQL(_PG_LEGS).format(where=upto))
+        return _sums(conn.execute(query).fetchall())
+    # A few accounts: through the per-account indexes, not the whole journal.
     query = sql.SQL(
         "WITH wanted AS (SELECT unnest({ids}::text[]) AS id)"
         " SELECT w.id, COALESCE(SUM(l.dp), 0)::bigint, COALESCE(SUM(l.cp), 0)::bigint,"
@@ -127,50 +93,94 @@ def journal_balances_of(
         "  UNION ALL SELECT credit_account_id, 0, posted_amount, 0, pending_delta FROM transfers"
         "  WHERE credit_account_id = ANY({ids}) AND {upto}"
         " ) l ON l.id = w.id GROUP BY w.id"
-    ).format(ids=sql.Literal(list(ids)), upto=_upto(upto))
-    return {r[0]: tuple(r[1:]) for r in conn.execute(query)}  # type: ignore[misc]
+    ).format(ids=sql.Literal(list(ids)), upto=upto)
+    return _sums(conn.execute(query).fetchall())
 
 
-def touched_since(conn: psycopg.Connection, from_txid: int, below_txid: int) -> list[str]:
-    """Accounts created or moved by transactions in [from_txid, below_txid)."""
-    rows = conn.execute(
-        "SELECT debit_account_id FROM transfers WHERE txid >= %(f)s AND txid < %(b)s"
-        " UNION SELECT credit_account_id FROM transfers WHERE txid >= %(f)s AND txid < %(b)s"
-        " UNION SELECT id FROM accounts WHERE txid >= %(f)s AND txid < %(b)s",
-        {"f": from_txid, "b": below_txid},
-    )
+def accounts_created(conn: psycopg.Connection, lo: int, hi: int) -> list[str]:
+    """Accounts created by transactions in [lo, hi)."""
+    rows = conn.execute("SELECT id FROM accounts WHERE txid >= %s AND txid < %s", (lo, hi))
     return [r[0] for r in rows]
-
-
-def currency_totals_of(balances: dict[str, Balances], currencies: dict[str, str]) -> dict[str, int]:
-    totals: dict[str, int] = {}
-    for account_id, (dp, cp, _, _) in balances.items():
-        cur = currencies[account_id]
-        totals[cur] = totals.get(cur, 0) + cp - dp
-    return totals
 
 
 def account_currencies(conn: psycopg.Connection) -> dict[str, str]:
     return {r[0]: r[1] for r in conn.execute("SELECT id, currency FROM accounts")}
 
 
+def _rows_where(lo: int, hi: int, recheck: Sequence[str]) -> sql.Composable:
+    """Rows of [lo, hi), and rows below ``hi`` named in ``recheck``."""
+    in_range = sql.SQL("txid >= {} AND txid < {}").format(sql.Literal(lo), sql.Literal(hi))
+    if not recheck:
+        return in_range
+    return sql.SQL("({}) OR (txid < {} AND id = ANY({}))").format(
+        in_range, sql.Literal(hi), sql.Literal(list(recheck))
+    )
+
+
 def export_journal_rows(
-    conn: psycopg.Connection, from_txid: int, upto: Watermark, csv_path: Path
+    conn: psycopg.Connection, lo: int, hi: int, recheck: Sequence[str], csv_path: Path
 ) -> int:
-    """The journal's rows in [from_txid, upto] to CSV, for the row-level comparison in DuckDB."""
+    """The journal's rows of [lo, hi) (and ``recheck``) to CSV, for the row-level comparison
+    in DuckDB; returns how many."""
     query = sql.SQL(
         "COPY (SELECT id, amount, status, posted_amount, pending_delta FROM transfers"
-        " WHERE txid >= {f} AND {upto}) TO STDOUT (FORMAT csv)"
-    ).format(f=sql.Literal(from_txid), upto=_upto(upto))
-    size = 0
-    with open(csv_path, "wb") as f, conn.cursor().copy(query) as copy:
+        " WHERE {}) TO STDOUT (FORMAT csv)"
+    ).format(_rows_where(lo, hi, recheck))
+    cur = conn.cursor()
+    with open(csv_path, "wb") as f, cur.copy(query) as copy:
         for data in copy:
-            size += f.write(data)
-    return size
+            f.write(data)
+    return max(cur.rowcount, 0)
 
 
-def compare_rows(con: duckdb.DuckDBPyConnection, csv_path: Path, from_txid: int) -> list[Finding]:
-    """Journal rows (CSV) against analytics rows from the same txid on: every difference."""
+# -- DuckDB side ----------------------------------------------------------------------------
+
+
+def _duck_range(lo: int, hi: int) -> str:
+    # Plain bounds on txid: DuckDB skips the segments (and row groups) outside them.
+    return f"txid >= {int(lo)} AND txid < {int(hi)}"
+
+
+_DUCK_LEGS = """
+SELECT account, SUM(dp)::BIGINT, SUM(cp)::BIGINT, SUM(dpend)::BIGINT, SUM(cpend)::BIGINT
+FROM (
+    SELECT debit_account_id AS account, posted_amount AS dp, 0::BIGINT AS cp,
+           pending_delta AS dpend, 0::BIGINT AS cpend FROM journal WHERE {where}
+    UNION ALL
+    SELECT credit_account_id, 0, posted_amount, 0, pending_delta FROM journal WHERE {where}
+) GROUP BY account
+"""
+
+
+def analytics_changes(con: duckdb.DuckDBPyConnection, lo: int, hi: int) -> dict[str, Balances]:
+    """Per-account change by the analytics rows of [lo, hi) (accounts that moved)."""
+    return _sums(con.execute(_DUCK_LEGS.format(where=_duck_range(lo, hi))).fetchall())
+
+
+def analytics_balances_at(
+    con: duckdb.DuckDBPyConnection, hi: int, ids: Sequence[str] | None
+) -> dict[str, Balances]:
+    """Analytics totals over its rows below ``hi``, for the accounts it holds created below
+    ``hi`` (all, or ``ids``): an account missing from its ``accounts`` is missing here."""
+    wanted = "" if ids is None else " AND a.account_id IN (SELECT unnest($ids))"
+    query = (
+        "SELECT a.account_id, COALESCE(s.dp, 0), COALESCE(s.cp, 0), COALESCE(s.dpend, 0),"
+        " COALESCE(s.cpend, 0) FROM accounts a LEFT JOIN ("
+        + _DUCK_LEGS.format(where=_duck_range(-1, hi))
+        + f") AS s(id, dp, cp, dpend, cpend) ON s.id = a.account_id WHERE a.txid < {int(hi)}"
+        + wanted
+    )
+    return _sums(con.execute(query, {} if ids is None else {"ids": list(ids)}).fetchall())
+
+
+def compare_rows(
+    con: duckdb.DuckDBPyConnection, csv_path: Path, lo: int, hi: int, recheck: Sequence[str]
+) -> tuple[list[Finding], bool]:
+    """The journal's rows (CSV) against the analytics rows of the same range: every
+    difference, up to MAX_ROW_FINDINGS; second, whether that limit cut the list short."""
+    where = _duck_range(lo, hi)
+    if recheck:
+        where = f"({where}) OR (txid < {int(hi)} AND id IN (SELECT unnest($recheck)))"
     rows = con.execute(
         f"""
         WITH pg AS (
@@ -178,8 +188,7 @@ def compare_rows(con: duckdb.DuckDBPyConnection, csv_path: Path, from_txid: int)
                 columns={{'id': 'VARCHAR', 'amount': 'BIGINT', 'status': 'VARCHAR',
                           'posted_amount': 'BIGINT', 'pending_delta': 'BIGINT'}})
         ), dk AS (
-            SELECT id, amount, status, posted_amount, pending_delta FROM journal
-            WHERE txid >= {int(from_txid)}
+            SELECT id, amount, status, posted_amount, pending_delta FROM journal WHERE {where}
         )
         SELECT COALESCE(pg.id, dk.id),
                CASE WHEN dk.id IS NULL THEN 'missing_in_analytics'
@@ -195,53 +204,23 @@ def compare_rows(con: duckdb.DuckDBPyConnection, csv_path: Path, from_txid: int)
            OR (pg.amount, pg.status, pg.posted_amount, pg.pending_delta)
               IS DISTINCT FROM (dk.amount, dk.status, dk.posted_amount, dk.pending_delta)
         ORDER BY 1
-        LIMIT 10000
-        """
+        LIMIT {MAX_ROW_FINDINGS}
+        """,
+        {"recheck": list(recheck)} if recheck else {},
     ).fetchall()
-    return [
+    found = [
         Finding(kind, "transfer", tid, JOURNAL_ANALYTICS, exp, act) for tid, kind, exp, act in rows
     ]
+    return found, len(found) >= MAX_ROW_FINDINGS
 
 
-def analytics_balances_of(
-    con: duckdb.DuckDBPyConnection, ids: Sequence[str] | None
-) -> dict[str, Balances]:
-    query = (
-        "SELECT account_id, debits_posted, credits_posted, debits_pending, credits_pending"
-        " FROM balances"
-    )
-    rows = (
-        con.execute(query).fetchall()
-        if ids is None
-        else con.execute(query + " WHERE account_id IN (SELECT unnest(?))", [list(ids)]).fetchall()
-    )
-    return {r[0]: tuple(int(x) for x in r[1:]) for r in rows}  # type: ignore[misc]
+def analytics_rows(con: duckdb.DuckDBPyConnection, lo: int, hi: int) -> int:
+    (count,) = con.execute(f"SELECT count(*) FROM journal WHERE {_duck_range(lo, hi)}").fetchone()
+    return int(count)
 
 
-# -- runs and findings -----------------------------------------------------------------------
+# -- the bank's side (ACH) ---------------------------------------------------------------------
 
-
-def start_run(conn: psycopg.Connection, kind: str, trigger: str, from_txid: int) -> int:
-    row = conn.execute(
-        "INSERT INTO reconciliation_runs (kind, trigger, from_txid) VALUES (%s, %s, %s)"
-        " RETURNING id",
-        (kind, trigger, from_txid),
-    ).fetchone()
-    assert row is not None
-    return int(row[0])
-
-
-def last_watermark(conn: psycopg.Connection) -> int:
-    """Where the next incremental run starts: the end of the last run that finished."""
-    row = conn.execute(
-        "SELECT to_txid FROM reconciliation_runs WHERE status IN ('ok', 'discrepancies')"
-        " AND to_txid IS NOT NULL ORDER BY id DESC LIMIT 1"
-    ).fetchone()
-    return -1 if row is None else int(row[0])
-
-
-ACH_BANK = "ach/bank"
-ACH_JOURNAL = "ach/journal"
 # What the journal must hold for an ACH payment in each state (derived transfer ids).
 _ACH_MOVES = {"settled": "ach-settle:", "returned": "ach-return:"}
 
@@ -278,61 +257,3 @@ def compare_bank(conn: psycopg.Connection, overdue_before: dt.date) -> list[Find
             findings.append(Finding("status_mismatch", "bank_entry", trace, ACH_JOURNAL,
                                     _ACH_MOVES[pay_status] + pid, None))  # fmt: skip
     return findings
-
-
-def record(conn: psycopg.Connection, run_id: int, findings: Iterable[Finding]) -> int:
-    """Store findings (open ones updated, not repeated); return how many were new."""
-    new = 0
-    for f in findings:
-        row = conn.execute(
-            "INSERT INTO discrepancies (kind, object_type, object_id, sources, expected, actual,"
-            " first_run_id, last_run_id) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
-            " ON CONFLICT (kind, object_type, object_id, sources) WHERE resolved_at IS NULL"
-            " DO UPDATE SET last_seen_at = now(), last_run_id = EXCLUDED.last_run_id,"
-            " expected = EXCLUDED.expected, actual = EXCLUDED.actual"
-            " RETURNING (xmax = 0)",
-            (f.kind, f.object_type, f.object_id, f.sources, f.expected, f.actual, run_id, run_id),
-        ).fetchone()
-        new += 1 if row and row[0] else 0
-    return new
-
-
-def resolve_unseen(conn: psycopg.Connection, run_id: int, kinds: Sequence[str]) -> int:
-    """After a full run: open discrepancies of the kinds it checks, not seen by it, are gone."""
-    done = conn.execute(
-        "UPDATE discrepancies SET resolved_at = now() WHERE resolved_at IS NULL"
-        " AND kind = ANY(%s) AND last_run_id <> %s",
-        (list(kinds), run_id),
-    )
-    return done.rowcount
-
-
-def finish_run(conn: psycopg.Connection, run_id: int, **fields: object) -> None:
-    assert set(fields) <= {
-        "status", "to_txid", "accounts_checked", "transfers_checked", "skipped_in_flight",
-        "found", "resolved", "error",
-    }  # fmt: skip
-    sets = sql.SQL(", ").join(
-        sql.SQL("{} = {}").format(sql.Identifier(k), sql.Literal(v)) for k, v in fields.items()
-    )
-    conn.execute(
-        sql.SQL("UPDATE reconciliation_runs SET finished_at = now(), {} WHERE id = {}").format(
-            sets, sql.Literal(run_id)
-        )
-    )
-
-
-def export_recon_table(conn: psycopg.Connection, name: str, csv_path: Path) -> None:
-    """A reconciliation table to CSV with UTC timestamps, in RECON_COLUMNS order."""
-    cols = sql.SQL(", ").join(
-        sql.SQL("({} AT TIME ZONE 'UTC')").format(sql.Identifier(c))
-        if t == "TIMESTAMP"
-        else sql.Identifier(c)
-        for c, t in RECON_COLUMNS[name]
-    )
-    query = sql.SQL("COPY (SELECT {} FROM {} ORDER BY id) TO STDOUT (FORMAT csv)").format(
-        cols, sql.Identifier(name)
-    )
-    with open(csv_path, "wb") as f, conn.cursor().copy(query) as copy:
-        for data in copy:
-            f.write(data)

@@ -76,6 +76,10 @@ reconciliation_runs = Table(
     Column("found", Integer, nullable=False),
     Column("resolved", Integer, nullable=False),
     Column("error", Text),
+    # migration 7
+    Column("findings", Integer, nullable=False),
+    Column("candidates", Integer, nullable=False),
+    Column("dropped", Integer, nullable=False),
 )
 
 discrepancies = Table(
@@ -93,6 +97,21 @@ discrepancies = Table(
     Column("found_at", DateTime(timezone=True), nullable=False),
     Column("last_seen_at", DateTime(timezone=True), nullable=False),
     Column("resolved_at", DateTime(timezone=True)),
+)
+
+# Differences seen once, not yet discrepancies (migration 7).
+reconciliation_candidates = Table(
+    "reconciliation_candidates",
+    metadata,
+    Column("kind", Text, primary_key=True),
+    Column("object_type", Text, primary_key=True),
+    Column("object_id", Text, primary_key=True),
+    Column("sources", Text, primary_key=True),
+    Column("expected", Text),
+    Column("actual", Text),
+    Column("first_run_id", BigInteger, nullable=False),
+    Column("last_run_id", BigInteger, nullable=False),
+    Column("first_seen_at", DateTime(timezone=True), nullable=False),
 )
 
 # -- identity (migration 2). *_ct columns are storage.pii sealed values. --------

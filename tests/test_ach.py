@@ -210,6 +210,10 @@ def test_reconciliation_finds_ach_entries_the_bank_never_answered(make_node) -> 
     # Time passes: the effective date is now well behind us, and the bank said nothing.
     with psycopg.connect(libpq_url(node.database_url)) as conn:
         conn.execute("UPDATE ach_entries SET effective_date = effective_date - 30")
+    # Seen once: candidates, not discrepancies yet; seen again by the next run: open.
+    seen = node.http.post("/v1/reconciliation/runs", json={"kind": "full"}).json()
+    assert seen["status"] == "ok" and seen["candidates"] == 2 and seen["found"] == 0, seen
+    assert node.http.get("/v1/reconciliation/discrepancies").json()["data"] == []
     found = node.http.post("/v1/reconciliation/runs", json={"kind": "full"}).json()
     assert found["status"] == "discrepancies" and found["found"] == 2, found
     open_ = node.http.get("/v1/reconciliation/discrepancies").json()["data"]

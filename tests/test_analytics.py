@@ -169,14 +169,19 @@ def test_reconciliation_finds_each_kind_of_drift_and_resolves_it(make_node) -> N
     node = make_node(recon_interval_s=0)
     _seed(node)
     clean = _run(node, "full")
-    assert clean["status"] == "ok" and clean["found"] == 0, clean
+    assert clean["status"] == "ok" and clean["findings"] == 0 and clean["found"] == 0, clean
     assert clean["accounts_checked"] == ACCOUNTS and clean["transfers_checked"] == _pg_count(node)
 
-    # 1. a journal row altered behind the node's back
+    # 1. a journal row altered behind the node's back: seen once, a candidate ...
     with psycopg.connect(libpq_url(node.database_url)) as conn:
         conn.execute("UPDATE transfers SET amount = 999, posted_amount = 999 WHERE id = 'p3'")
+    seen = _run(node, "full")
+    assert seen["status"] == "ok" and seen["found"] == 0 and seen["candidates"] >= 5, seen
+    assert _open(node) == set()
+    assert node.http.get("/v1/reconciliation/status").json()["candidates"] == seen["candidates"]
+    # ... seen again by the next run: a discrepancy
     found = _run(node, "full")
-    assert found["status"] == "discrepancies", found
+    assert found["status"] == "discrepancies" and found["found"] == seen["candidates"], found
     assert {
         ("balance_drift", "alice", "memory/journal"),
         ("balance_drift", "bob", "memory/journal"),
@@ -191,9 +196,9 @@ def test_reconciliation_finds_each_kind_of_drift_and_resolves_it(make_node) -> N
     seeded[0].unlink()
     lost = _run(node, "full")
     assert lost["resolved"] >= 1, lost
-    now_open = _open(node)
-    assert ("missing_in_analytics", "p0", "journal/analytics") in now_open
-    assert ("amount_mismatch", "p3", "journal/analytics") not in now_open
+    assert ("amount_mismatch", "p3", "journal/analytics") not in _open(node)
+    _run(node, "full")
+    assert ("missing_in_analytics", "p0", "journal/analytics") in _open(node)
 
     # 3. a journal row deleted behind the node's back (analytics still has it)
     r = node.http.post("/v1/transfers", json={"id": "late", "debit_account_id": "treasury",
@@ -204,6 +209,7 @@ def test_reconciliation_finds_each_kind_of_drift_and_resolves_it(make_node) -> N
     with psycopg.connect(libpq_url(node.database_url)) as conn:
         conn.execute("DELETE FROM transfers WHERE id = 'late'")
     _run(node, "full")
+    _run(node, "full")
     assert {
         ("missing_in_journal", "late", "journal/analytics"),
         ("balance_drift", "carol", "memory/journal"),
@@ -211,7 +217,7 @@ def test_reconciliation_finds_each_kind_of_drift_and_resolves_it(make_node) -> N
 
     status = node.http.get("/v1/reconciliation/status").json()
     assert status["open_discrepancies"] == len(_open(node))
-    assert status["last_run"]["kind"] == "full" and status["runs"] == 4
+    assert status["last_run"]["kind"] == "full" and status["runs"] == 7
     assert status["analytics"]["rows_published"] >= _pg_count(node)
 
     # The analysts' views carry the same findings and every run.
@@ -223,11 +229,13 @@ def test_reconciliation_finds_each_kind_of_drift_and_resolves_it(make_node) -> N
         resolved = {r[0] for r in con.execute(
             "SELECT kind FROM discrepancies WHERE resolved_at IS NOT NULL").fetchall()}  # fmt: skip
         assert "amount_mismatch" in resolved
-        assert con.execute("SELECT count(*) FROM reconciliation_runs").fetchone()[0] == 4
+        assert con.execute("SELECT count(*) FROM reconciliation_runs").fetchone()[0] == 7
+        assert con.execute("SELECT sum(candidates) FROM reconciliation_runs").fetchone()[0] > 0
     finally:
         con.close()
 
-    # Repair p3 in the journal: the memory/journal drift of alice and bob is resolved.
+    # Repair p3 in the journal: the memory/journal drift of alice and bob is resolved at
+    # once (an open discrepancy needs one run that no longer sees it).
     with psycopg.connect(libpq_url(node.database_url)) as conn:
         conn.execute("UPDATE transfers SET amount = 103, posted_amount = 103 WHERE id = 'p3'")
     after = _run(node, "full")
@@ -238,19 +246,28 @@ def test_reconciliation_finds_each_kind_of_drift_and_resolves_it(make_node) -> N
     assert ("balance_drift", "carol", "memory/journal") in remaining  # 'late' is still gone
 
 
+def _read_whole(node: RunningNode) -> float:
+    """Accounts whose journal totals runs read from their whole history, so far."""
+    text = node.http.get("/metrics").text
+    (line,) = [x for x in text.splitlines() if x.startswith("paynode_recon_accounts_read_whole")]
+    return float(line.split()[1])
+
+
 def test_incremental_runs_check_only_what_changed(make_node) -> None:
     node = make_node(recon_interval_s=0)
     _seed(node)
     first = _run(node, "incremental")
     assert first["status"] == "ok" and first["accounts_checked"] == ACCOUNTS
+    assert _read_whole(node) == ACCOUNTS  # nothing cached yet: each read whole, once
     r = node.http.post("/v1/transfers", json={"id": "one-more", "debit_account_id": "treasury",
                                               "credit_account_id": "carol", "amount": 5,
                                               "currency": "USD"})  # fmt: skip
     assert r.status_code == 201
     second = _run(node, "incremental")
-    assert second["status"] == "ok", second
+    assert second["status"] == "ok" and second["findings"] == 0, second
     assert second["from_txid"] == first["to_txid"]
     assert second["accounts_checked"] == 2 and second["transfers_checked"] == 1
+    assert _read_whole(node) == ACCOUNTS  # the two came from the cache plus the new row
     nothing = _run(node, "incremental")
     assert nothing["accounts_checked"] == 0 and nothing["transfers_checked"] == 0
 
