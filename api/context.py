@@ -104,10 +104,12 @@ async def open_context(
         metrics=metrics,
     )
     ctx.audit.start()
+    revocations = asyncio.create_task(ctx.auth.follow_revocations(settings.database_url or ""))
     try:
         await _operator_accounts(client)
         yield ctx
     finally:
+        revocations.cancel()
         await ctx.audit.stop()
         await engine.dispose()
 

@@ -44,6 +44,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--url", help="target a running node instead of starting one")
     p.add_argument("--data-dir", help="data directory of the node started (default: a temp dir)")
     p.add_argument("--shards", type=int, default=os.cpu_count() or 2)
+    p.add_argument("--workers", type=int, default=None,
+                   help="front processes of the node started (default: the node's)")  # fmt: skip
     p.add_argument("--mode", choices=("single", "batch", "direct", "handles", "risk", "cluster"),
                    default="batch",
                    help="handles: resolve @handles in the directory actor (no HTTP); risk:"
@@ -150,7 +152,10 @@ def _open_target(args: argparse.Namespace, stack: contextlib.ExitStack) -> Targe
     if args.webhooks:  # the receivers listen on loopback; attempts to the hung one time out
         os.environ.setdefault("PAYNODE_WEBHOOK_ALLOW_PRIVATE", "1")
         os.environ.setdefault("PAYNODE_WEBHOOK_TIMEOUT_S", "2")
-    node = NodeProcess(data_dir, args.shards)
+    env = dict(os.environ)
+    if args.workers:
+        env["PAYNODE_WORKERS"] = str(args.workers)
+    node = NodeProcess(data_dir, args.shards, env=env)
     print(f"starting a node ({args.shards} shards) in {data_dir} ...", flush=True)
     node.start()
     stack.callback(node.stop)

@@ -59,8 +59,8 @@ def role(p: psutil.Process) -> str:
     for tag in ("raylet", "gcs_server", "dashboard", "log_monitor", "runtime_env", "monitor"):
         if tag in cmd or tag in name:
             return "ray:" + tag
-    if "paynode" in cmd or "uvicorn" in cmd:
-        return "front"
+    if "paynode" in cmd or "uvicorn" in cmd or "multiprocessing.spawn" in cmd:
+        return "front"  # the node's own process, or one of its uvicorn front workers
     return name
 
 

@@ -25,6 +25,7 @@ class Settings(msgspec.Struct, kw_only=True):
     port: int = 8000
     data_dir: str = "./paynode-data"
     shards: int = 0  # 0 = one per core
+    workers: int = 1  # HTTP front processes of `paynode run` (each its own Ray driver)
     shard_max_restarts: int = -1  # Ray restarts a crashed shard (-1 = always; 0 = never)
     public_url: str = ""  # how actors reach the HTTP front (bank simulator); "" = host:port
     database_url: str | None = None  # None = embedded PostgreSQL under data_dir
@@ -173,6 +174,8 @@ def _check(s: Settings) -> None:
         problems.append("port must be 1..65535")
     if s.shards < 0 or s.shards > 1024:
         problems.append("shards must be 0..1024")
+    if not 1 <= s.workers <= 64:
+        problems.append("workers must be 1..64")
     if s.max_inflight_requests < 1:
         problems.append("max_inflight_requests must be >= 1")
     if s.max_inflight_body_bytes < s.max_body_bytes:

@@ -40,6 +40,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--host", help="listen address (default 127.0.0.1)")
     run.add_argument("--port", type=int, help="listen port (default 8000)")
     run.add_argument("--shards", type=int, help="ledger shard actors (default: one per core)")
+    run.add_argument("--workers", type=int, help="HTTP front processes sharing the shards")
     run.add_argument("--fd", type=int, help=(
         "serve on this inherited, already bound listening socket (a supervisor or test "
         "harness owns the port) instead of binding --host/--port"
@@ -95,6 +96,7 @@ def _settings(args: argparse.Namespace) -> Settings:
         port=port,
         data_dir=args.data_dir,
         shards=getattr(args, "shards", None),
+        workers=getattr(args, "workers", None) if args.command == "run" else None,
         keyring=getattr(args, "keyring", None),
     )
 
@@ -178,6 +180,9 @@ def cmd_run(settings: Settings, fd: int | None = None) -> int:
     keeper.start()
     try:
         settings = msgspec.structs.replace(settings, database_url=services.database_url)
+        if settings.workers > 1:
+            _serve_workers(settings, services, sock)
+            return 0
         app = create_app(settings, services.shard_names, keys)
         config = uvicorn.Config(
             app,
@@ -203,6 +208,23 @@ def cmd_run(settings: Settings, fd: int | None = None) -> int:
         services.stop()
         print("paynode stopped", flush=True)
     return 0
+
+
+def _serve_workers(settings: Settings, services: Any, sock: socket.socket) -> None:
+    """``settings.workers`` front processes on ``sock``, each a Ray driver of this node's
+    Ray; they find the shards by name. Returns on SIGTERM/SIGINT, once they stopped."""
+    import ray
+
+    from paynode.node import fronts
+
+    print(
+        f"paynode listening on http://{settings.host}:{settings.port} "
+        f"({len(services.shard_names)} shards, {settings.workers} front processes; "
+        f"data in {settings.data_path()})",
+        flush=True,
+    )
+    fronts.serve(settings, settings.workers, sock, DATABASE_URL=services.database_url,
+                 RAY_ADDRESS=ray.get_runtime_context().gcs_address)  # fmt: skip
 
 
 def _keep_ownership(services, stopping: threading.Event) -> None:

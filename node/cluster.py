@@ -27,10 +27,9 @@ from typing import Any
 import msgspec
 
 from paynode.domain.settings import Settings, from_env
+from paynode.node import fronts
 
 log = logging.getLogger("paynode.cluster")
-
-_APP_SPEC = "node.cluster:app_from_env"
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -84,7 +83,6 @@ def cmd_actors(settings: Settings) -> int:
 
 
 def cmd_api(settings: Settings, workers: int) -> int:
-    import uvicorn
 
     problem = _require_cluster(settings)
     if problem:
@@ -93,36 +91,13 @@ def cmd_api(settings: Settings, workers: int) -> int:
     if not 1 <= workers <= 64:
         print("paynode: --workers must be 1..64", file=sys.stderr)
         return 2
-    # Workers are fresh processes: they read the settings from the environment.
-    os.environ.update(_environment(settings))
     print(
         f"paynode api on http://{settings.host}:{settings.port} ({workers} workers, "
         f"Ray at {settings.ray_address})",
         flush=True,
     )
-    uvicorn.run(
-        _APP_SPEC,
-        factory=True,
-        host=settings.host,
-        port=settings.port,
-        workers=workers,
-        loop="uvloop",
-        http="httptools",
-        log_level="warning",
-        access_log=False,
-        proxy_headers=False,
-        timeout_graceful_shutdown=10,
-    )
+    fronts.serve(settings, workers, None)
     return 0
-
-
-def _environment(settings: Settings) -> dict[str, str]:
-    """The CLI's choices as the variables ``from_env`` reads in each worker."""
-    return {
-        "PAYNODE_HOST": settings.host,
-        "PAYNODE_PORT": str(settings.port),
-        "PAYNODE_DATA_DIR": str(settings.data_path()),
-    }
 
 
 def app_from_env() -> Any:

@@ -180,12 +180,25 @@ async def session_active(conn: AsyncConnection, session_id: str) -> bool:
     return row is not None and row[0] is None
 
 
+# Every front caches credentials (api/auth/authenticate.py); a revocation tells them all,
+# in the revoking transaction, so it reaches them exactly when it commits.
+REVOKED_CHANNEL = "paynode_revoked"
+
+
+async def _announce(conn: AsyncConnection, kind: str, object_id: str) -> None:
+    await conn.execute(
+        sa.text("SELECT pg_notify(:channel, :payload)"),
+        {"channel": REVOKED_CHANNEL, "payload": f"{kind}:{object_id}"},
+    )
+
+
 async def revoke_session(conn: AsyncConnection, session_id: str, reason: str) -> None:
     await conn.execute(
         sa.update(sessions)
         .where(sessions.c.id == session_id, sessions.c.revoked_at.is_(None))
         .values(revoked_at=sa.func.now(), revoked_reason=reason)
     )
+    await _announce(conn, "session", session_id)
 
 
 async def store_refresh(
@@ -276,6 +289,7 @@ async def revoke_api_key(conn: AsyncConnection, key_id: str) -> None:
         .where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None))
         .values(revoked_at=sa.func.now())
     )
+    await _announce(conn, "api_key", key_id)
 
 
 # -- KYC ---------------------------------------------------------------------------

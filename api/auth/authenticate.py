@@ -13,17 +13,20 @@ one made elsewhere within that time.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import time
 from collections import OrderedDict
 from typing import Generic, TypeVar
 
+import psycopg
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from paynode.api import problems as p
 from paynode.api.auth.scopes import Principal
 from paynode.api.auth.tokens import TokenError, secret_hash, split_secret, verify_access
 from paynode.storage import identity
+from paynode.storage.database import libpq_url
 from paynode.storage.keyring import Keyring
 
 API_KEY_PREFIX = "pk"
@@ -53,6 +56,9 @@ class TtlCache(Generic[V]):
 
     def drop(self, key: str) -> None:
         self._items.pop(key, None)
+
+    def clear(self) -> None:
+        self._items.clear()
 
 
 def unauthorized(code: str) -> p.ApiError:
@@ -121,3 +127,33 @@ class Authenticator:
 
     def forget_session(self, session_id: str) -> None:
         self._sessions.drop(session_id)
+
+    def forget(self, notice: str) -> None:
+        """A revocation announced by any front (``storage.identity.REVOKED_CHANNEL``)."""
+        kind, _, object_id = notice.partition(":")
+        if kind == "api_key":
+            self.forget_api_key(object_id)
+        elif kind == "session":
+            self.forget_session(object_id)
+
+    async def follow_revocations(self, database_url: str) -> None:
+        """Drop what any front revokes, as it commits (several fronts share one database).
+
+        Runs until cancelled. While the listening connection is down (a PostgreSQL
+        restart), every cache entry is dropped: a revocation may have been missed.
+        """
+        delay_s = 0.1
+        while True:
+            try:
+                async with await psycopg.AsyncConnection.connect(
+                    libpq_url(database_url), autocommit=True, connect_timeout=5
+                ) as conn:
+                    await conn.execute(f"LISTEN {identity.REVOKED_CHANNEL}")
+                    delay_s = 0.1
+                    async for notice in conn.notifies():
+                        self.forget(notice.payload)
+            except (psycopg.Error, OSError):
+                self._api_keys.clear()
+                self._sessions.clear()
+                await asyncio.sleep(delay_s)  # PostgreSQL is away: back off, then listen again
+                delay_s = min(delay_s * 2, 5.0)

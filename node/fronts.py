@@ -1,0 +1,59 @@
+"""Several HTTP fronts on one listening socket: uvicorn's worker processes.
+
+Each worker is a fresh process that joins Ray as a driver of its own, finds
+the shards and helpers by name and serves the same socket (the kernel hands
+each connection to one of them). Fronts hold no money state, so any number
+of them share the shards; what they hold per process is divided between them:
+the token buckets (a client's rate over all fronts stays the configured one,
+with the kernel spreading connections about evenly) and nothing else that
+could disagree (credential caches drop a revocation as any front commits it).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+from typing import Any
+
+from paynode.domain.settings import Settings
+
+APP_SPEC = "paynode.node.cluster:app_from_env"
+# Limits every front enforces on its own, split so that N fronts enforce the whole.
+_SPLIT_RATES = ("rate_per_s", "ip_rate_per_s", "auth_rate_per_s")
+_SPLIT_BURSTS = ("rate_burst", "ip_rate_burst", "auth_rate_burst")
+
+
+def worker_environment(settings: Settings, workers: int, **extra: str) -> dict[str, str]:
+    """The variables ``from_env`` reads in each worker: the CLI's choices, and the rate
+    limits split ``workers`` ways."""
+    assert workers >= 1
+    env = {
+        "PAYNODE_HOST": settings.host,
+        "PAYNODE_PORT": str(settings.port),
+        "PAYNODE_DATA_DIR": str(settings.data_path()),
+        "PAYNODE_NAMESPACE": settings.namespace,
+    }
+    for name in _SPLIT_RATES:
+        env["PAYNODE_" + name.upper()] = repr(getattr(settings, name) / workers)
+    for name in _SPLIT_BURSTS:
+        env["PAYNODE_" + name.upper()] = str(max(1, math.ceil(getattr(settings, name) / workers)))
+    return env | extra
+
+
+def serve(settings: Settings, workers: int, sock: socket.socket | None, **env: str) -> None:
+    """Run ``workers`` API processes until SIGTERM or SIGINT (uvicorn replaces a worker
+    that dies). ``sock``: an already bound socket to serve; None binds host:port."""
+    import uvicorn
+    from uvicorn.supervisors import Multiprocess
+
+    os.environ.update(worker_environment(settings, workers, **env))
+    options: dict[str, Any] = {
+        "factory": True, "workers": workers, "loop": "uvloop", "http": "httptools",
+        "log_level": "warning", "access_log": False, "timeout_graceful_shutdown": 10,
+        "proxy_headers": False,  # clients connect directly; never trust X-Forwarded-*
+    }  # fmt: skip
+    if sock is None:
+        uvicorn.run(APP_SPEC, host=settings.host, port=settings.port, **options)
+        return
+    Multiprocess(uvicorn.Config(APP_SPEC, **options), sockets=[sock]).run()
