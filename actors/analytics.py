@@ -30,10 +30,12 @@ from paynode.storage.analytics import (
     xmin,
 )
 from paynode.storage.database import libpq_url
+from paynode.storage.journal_watch import JournalWatch
 
 log = logging.getLogger("paynode.analytics")
 
 LAG_BUCKETS_S = (0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
+IDLE_CHECK_S = 30.0  # a cycle even with nothing announced (an announcement may be lost)
 
 
 class AnalyticsStats(msgspec.Struct):
@@ -126,17 +128,30 @@ class AnalyticsStreamer:
             await asyncio.to_thread(export)
 
     async def _follow(self) -> None:
-        while True:
-            try:
-                async with self._lock:
-                    await asyncio.to_thread(self._cycle)
-            except Exception as e:  # keep following: PostgreSQL may come back
-                self.errors += 1
-                log.warning("analytics cycle failed (%s); retrying", type(e).__name__)
-                if self._conn is not None:
-                    self._conn.close()
-                    self._conn = None
-            await asyncio.sleep(self.interval_s)
+        """Publish at most every ``interval_s`` while anything announced is unpublished;
+        otherwise sleep until the journal announces a commit (storage/journal_watch.py)."""
+        watch = JournalWatch(self.database_url)
+        watch.start()
+        last = 0.0
+        try:
+            while True:
+                if watch.announced < self.published_below and watch.connected:
+                    await watch.wait(IDLE_CHECK_S)
+                rest = self.interval_s - (time.monotonic() - last)
+                if rest > 0:
+                    await asyncio.sleep(rest)  # under load: one cycle per interval, batched
+                last = time.monotonic()
+                try:
+                    async with self._lock:
+                        await asyncio.to_thread(self._cycle)
+                except Exception as e:  # keep following: PostgreSQL may come back
+                    self.errors += 1
+                    log.warning("analytics cycle failed (%s); retrying", type(e).__name__)
+                    if self._conn is not None:
+                        self._conn.close()
+                        self._conn = None
+        finally:
+            await watch.stop()
 
     # -- one cycle (in a worker thread, under the lock) ------------------------------------
 

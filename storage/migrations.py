@@ -615,6 +615,39 @@ MIGRATIONS: tuple[Migration, ...] = (
             """,
         ),
     ),
+    Migration(
+        8,
+        "journal: ids compared as bytes (C collation); followers woken by NOTIFY on commit",
+        (
+            # Ids are [A-Za-z0-9._:~-]: a linguistic collation only makes every index probe
+            # on them slower (strcoll instead of memcmp; measured: 13.5 vs 8.4 us of server
+            # CPU per journal row written) and orders them unlike Python and DuckDB do.
+            *(
+                f'ALTER TABLE {table} ALTER COLUMN {column} TYPE text COLLATE "C"'
+                for table, column in (
+                    ("accounts", "id"),
+                    ("transfers", "id"),
+                    ("transfers", "debit_account_id"),
+                    ("transfers", "credit_account_id"),
+                    ("transfers", "pending_id"),
+                )
+            ),
+            # Every insert into a followed table announces its transaction on commit
+            # (storage/journal_watch.py): followers sleep instead of polling.
+            """
+            CREATE FUNCTION paynode_announce() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                PERFORM pg_notify('paynode_journal', pg_current_xact_id()::text);
+                RETURN NULL;
+            END $$
+            """,
+            *(
+                f"CREATE TRIGGER {table}_announce AFTER INSERT ON {table}"
+                " FOR EACH STATEMENT EXECUTE FUNCTION paynode_announce()"
+                for table in ("accounts", "transfers", "events", "audit_log")
+            ),
+        ),
+    ),
 )
 
 

@@ -26,10 +26,13 @@ from sqlalchemy import (
 
 metadata = MetaData()
 
+# Ids are compared byte by byte (migration 8): fast, and ordered as Python and DuckDB order them.
+Id = Text(collation="C")
+
 accounts = Table(
     "accounts",
     metadata,
-    Column("id", Text, primary_key=True),
+    Column("id", Id, primary_key=True),
     Column("currency", CHAR(3), nullable=False),
     Column("flags", Integer, nullable=False),
     Column("metadata", JSON, nullable=False),
@@ -42,13 +45,13 @@ accounts = Table(
 transfers = Table(
     "transfers",
     metadata,
-    Column("id", Text, primary_key=True),
-    Column("debit_account_id", Text, nullable=False),
-    Column("credit_account_id", Text, nullable=False),
+    Column("id", Id, primary_key=True),
+    Column("debit_account_id", Id, nullable=False),
+    Column("credit_account_id", Id, nullable=False),
     Column("amount", BigInteger, nullable=False),
     Column("currency", CHAR(3), nullable=False),
     Column("flags", Integer, nullable=False),
-    Column("pending_id", Text),
+    Column("pending_id", Id),
     Column("timeout_s", Integer, nullable=False),
     Column("metadata", JSON, nullable=False),
     Column("status", Text, nullable=False),
