@@ -53,12 +53,16 @@ class AuditWriter:
 
     async def record(self, entry: Entry) -> None:
         """Return once ``entry`` is committed; raise if it could not be."""
+        await self.enqueue(entry)
+
+    def enqueue(self, entry: Entry) -> asyncio.Future[None]:
+        """Queue ``entry``; the future is done once it is committed (or failed)."""
         if not self.has_room():
             raise Overloaded("audit queue full")
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._queue.append((entry, done))
         self._wake.set()
-        await done
+        return done
 
     async def _run(self) -> None:
         while True:

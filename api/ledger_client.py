@@ -179,9 +179,8 @@ class LedgerClient:
         if not all(execute[s].has_room(len(c.positions)) for s, c in segment.items()):
             raise Overloaded
         chunks = list(segment.items())
-        answers = await asyncio.gather(
-            *(execute[s].submit(c.batch, weight=len(c.positions)) for s, c in chunks)
-        )
+        futures = [execute[s].submit(c.batch, weight=len(c.positions)) for s, c in chunks]
+        answers = [await futures[0]] if len(futures) == 1 else await asyncio.gather(*futures)
         for (_, chunk), answer in zip(chunks, answers, strict=True):
             settle(chunk, answer, results)
 

@@ -147,23 +147,35 @@ async def submit(
     gated = risk_gate.gated(principal)
     counted = await risk_gate.take_transfer_usage(ctx, principal, transfers) if gated else None
     may_debit = None if principal.admin else principal.owns
-    moved, audited = await asyncio.gather(
-        ctx.client.transfer(transfers, may_debit),
-        ctx.audit.record(_audit_entry(principal, source, transfers)),
-        return_exceptions=True,
-    )
-    if isinstance(moved, BaseException):
-        if counted is not None and getattr(moved, "code", "") == p.FORBIDDEN:
+    # The record is written while the ledger call runs (its own group commit); the
+    # answer waits for both. A future, not a second task: this runs per request.
+    audited = ctx.audit.enqueue(_audit_entry(principal, source, transfers))
+    try:
+        moved = await ctx.client.transfer(transfers, may_debit)
+    except BaseException as e:
+        audited.add_done_callback(_consumed)
+        if counted is not None and getattr(e, "code", "") == p.FORBIDDEN:
             await risk_gate.release_unmoved(ctx, principal, counted, None)  # nothing ran
-        raise moved
-    if isinstance(audited, BaseException) and any(not r.code and not r.replayed for r in moved):
-        # Money moved (durably) but the request's audit record is not: the client must
-        # not read "nothing applied". A retry with the same ids replays the transfers and
-        # records the request again. (A request that moved nothing keeps its answer.)
-        raise p.ApiError(p.TIMEOUT) from audited
+        raise
+    try:
+        await audited
+    except Exception as e:
+        if any(not r.code and not r.replayed for r in moved):
+            # Money moved (durably) but the request's audit record is not: the client
+            # must not read "nothing applied". A retry with the same ids replays the
+            # transfers and records the request again. (A request that moved nothing
+            # keeps its answer.)
+            raise p.ApiError(p.TIMEOUT) from e
     if counted is not None:
         await risk_gate.release_unmoved(ctx, principal, counted, moved)
     return moved
+
+
+def _consumed(fut: asyncio.Future[None]) -> None:
+    """Retrieve a result nobody awaits (the request failed first), so asyncio does not
+    report it as never retrieved."""
+    if not fut.cancelled():
+        fut.exception()
 
 
 def _audit_entry(principal: Principal, source: str, transfers: list[TransferIn]) -> Entry:
