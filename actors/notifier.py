@@ -3,8 +3,9 @@
 Three loops, all reading PostgreSQL and never the ledger shards, so a slow or
 dead endpoint costs payments nothing:
 
-* **fan-out** follows the outbox in commit order (storage/events.py) and, in
-  one transaction, records a delivery per (endpoint, event) and a push per
+* **fan-out** follows the outbox in commit order (storage/outbox.py: the
+  journal's accounts and transfers, and the events table) and, in one
+  transaction, records a delivery per (endpoint, event) and a push per
   (device, event) together with its new position. A crash repeats at most the
   last batch, and the unique (endpoint, event) pair makes that a no-op.
 * **one worker per endpoint** sends its pending deliveries in outbox order
@@ -30,14 +31,15 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from paynode.actors.notify.destinations import DestinationError, check_resolved
 from paynode.actors.notify.push import PushProvider, SinkProvider
+from paynode.domain.notify.outbox import START, Position, through
 from paynode.domain.notify.schedule import backoff_s, ready
 from paynode.domain.notify.signature import HEADER, header
 from paynode.domain.risk import otp
 from paynode.domain.settings import Settings
-from paynode.storage import notify
+from paynode.storage import notify, outbox
 from paynode.storage import risk as risk_store
 from paynode.storage.database import async_engine
-from paynode.storage.events import STEP_UP_EVENT, created_of
+from paynode.storage.events import STEP_UP_EVENT
 from paynode.storage.keyring import load as load_keyring
 
 log = logging.getLogger("paynode.notifier")
@@ -107,7 +109,7 @@ class Notifier:
         self._queues: dict[str, _Queue] = {}
         self._fanout_wake = asyncio.Event()
         self._push_wake = asyncio.Event()
-        self._cursor: tuple[int, str] = (0, "")
+        self._cursor: Position = START
         self._global = asyncio.Semaphore(settings.webhook_max_concurrency)
         self._http: aiohttp.ClientSession | None = None
         self._push: PushProvider = SinkProvider(settings.data_path() / "push-sink.jsonl")
@@ -155,9 +157,10 @@ class Notifier:
         starts = [e.start_txid for e in endpoints if e.id not in self._endpoints]
         starts += [d.start_txid for d in devices if d.id not in {x.id for x in self._devices}]
         # A subscriber created while the fan-out skipped ahead must still get what
-        # committed after it: step back (re-recording a pair is a no-op).
-        if rewind and starts and min(starts) < self._cursor[0]:
-            self._cursor = (min(starts), "")
+        # committed after it (txid above its start): step back (re-recording a pair
+        # is a no-op).
+        if rewind and starts and min(starts) < self._cursor.txid:
+            self._cursor = through(min(starts))
         self._endpoints = {e.id: e for e in endpoints}
         self._devices = devices
         for eid in list(self._workers):
@@ -212,15 +215,15 @@ class Notifier:
             if not endpoints and not devices:
                 # Nobody listens: skip what is committed without reading it.
                 horizon = await notify.visible_horizon(conn)
-                position = (horizon - 1, "evt_~")
-                if position > self._cursor:
+                if horizon - 1 > self._cursor.txid:
+                    position = through(horizon - 1)
                     await notify.save_cursor(conn, position)
                     self._cursor = position
                 return 0
             owners = {e.owner_user_id for e in endpoints} | {d.user_id for d in devices}
             # An admin's endpoint (no owner) hears everything: keep every event.
             users = None if None in owners else sorted(o for o in owners if o)
-            events, last, _ = await notify.read_events(
+            events, last, _ = await outbox.read_events(
                 conn, self._cursor, self.s.notify_batch, users=users
             )
             if last is None:
@@ -357,7 +360,7 @@ class Notifier:
         if ok:
             self._counts["delivered"] += 1
             if d.attempts == 0:
-                self._observe_lag(time.time() - created_of(d.event.event.id))
+                self._observe_lag(time.time() - d.event.created_ns / 1e9)
         else:
             self._counts["failed"] += 1
             self._counts["dead"] += int(dead)
@@ -424,7 +427,7 @@ class Notifier:
             NotifierStats(
                 endpoints=len(self._endpoints),
                 devices=len(self._devices),
-                cursor_txid=self._cursor[0],
+                cursor_txid=self._cursor.txid,
                 events_scanned=c["scanned"],
                 deliveries_created=c["created"],
                 delivered=c["delivered"],

@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 
 import msgspec
 from fastapi import APIRouter, Depends, Query, Request
+from sqlalchemy.ext.asyncio import AsyncConnection
 from starlette.responses import Response
 
 from paynode.actors.notify.destinations import DestinationError, check_url
@@ -44,9 +45,10 @@ from paynode.api.notify_schemas import (
     WebhookEndpointPatch,
     WebhookEndpointWithSecret,
 )
+from paynode.domain.notify.outbox import START, Position
 from paynode.domain.notify.signature import HEADER, SignatureError, new_secret, verify_signature
-from paynode.storage import notify
-from paynode.storage.events import EVENT_ID_LENGTH, EVENT_TYPES, StoredEvent
+from paynode.storage import notify, outbox
+from paynode.storage.events import EVENT_TYPES, MAX_EVENT_ID, StoredEvent, id_at, parse_event_id
 
 log = logging.getLogger("paynode.api.notify")
 router = APIRouter(tags=["notifications"])
@@ -73,7 +75,13 @@ def _may_see(principal: Principal, e: StoredEvent) -> bool:
 async def list_events(
     ctx: Ctx,
     principal: Annotated[Principal, Depends(require("events:read"))],
-    after: Annotated[str | None, Query(max_length=64, description="An event id")] = None,
+    after: Annotated[
+        str | None,
+        Query(
+            max_length=MAX_EVENT_ID,
+            description="An event id you may see, or the next_after of the previous page",
+        ),
+    ] = None,
     type: Annotated[
         str | None, Query(max_length=1000, description="Comma-separated event types")
     ] = None,
@@ -82,30 +90,32 @@ async def list_events(
     types = [t for t in (type or "").split(",") if t]
     if any(t not in EVENT_TYPES for t in types):
         raise p.ApiError(p.INVALID_FIELD, "unknown event type", "type")
+    user = None if principal.admin else principal.user_id
     async with ctx.engine.connect() as conn:
-        position: tuple[int, str] = (0, "")
-        if after:
-            found = await notify.event_position(conn, after) if _event_id_ok(after) else None
-            if found is None:
-                raise p.ApiError(p.INVALID_CURSOR, "after must be an event id you have seen")
-            position = found
-        user = None if principal.admin else principal.user_id
+        position = START if not after else await _resume_at(ctx, conn, principal, after)
         # An admin's page is the next events; a user's is theirs among the next
         # _SCAN_LIMIT, so one request never reads an unbounded stretch.
         scan = limit + 1 if user is None else _SCAN_LIMIT
         users = None if user is None else [user]
-        events, last, scanned = await notify.read_events(conn, position, scan, types, users)
+        events, last, scanned = await outbox.read_events(conn, position, scan, types, users)
     if len(events) > limit:
         page, more = events[:limit], True
         next_after: str | None = page[-1].event.id
     else:
         page, more = events, scanned == scan and user is not None
-        next_after = last[1] if last is not None else after
+        next_after = after if last is None else id_at(last)
     return json_response(EventPage([_event_out(e) for e in page], next_after, more))
 
 
-def _event_id_ok(value: str) -> bool:
-    return len(value) == EVENT_ID_LENGTH and value.startswith("evt_") and value[4:].isalnum()
+async def _resume_at(
+    ctx: Context, conn: AsyncConnection, principal: Principal, after: str
+) -> Position:
+    """Where a page after ``after`` starts."""
+    ref = parse_event_id(after)
+    found = None if ref is None else await outbox.event_position(conn, ref)
+    if found is None:
+        raise p.ApiError(p.INVALID_CURSOR, "after must be an event id you have seen")
+    return found
 
 
 @router.get(
@@ -115,10 +125,11 @@ def _event_id_ok(value: str) -> bool:
 async def get_event(
     event_id: str, ctx: Ctx, principal: Annotated[Principal, Depends(require("events:read"))]
 ) -> Response:
-    if not _event_id_ok(event_id):
+    ref = parse_event_id(event_id)
+    if ref is None:
         raise p.ApiError(p.EVENT_NOT_FOUND)
     async with ctx.engine.connect() as conn:
-        found = await notify.get_event(conn, event_id)
+        found = await outbox.get_event(conn, ref)
     if found is None or not _may_see(principal, found):
         raise p.ApiError(p.EVENT_NOT_FOUND)  # another user's event does not exist for you
     return json_response(_event_out(found))

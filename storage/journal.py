@@ -13,12 +13,10 @@ import msgspec
 import psycopg
 
 from paynode.domain.ledger.model import AccountSpec, JournalRow, shard_key
-from paynode.storage.events import EVENT_COLUMNS, event_lines
 from paynode.storage.schema import ACCOUNT_COLUMNS, TRANSFER_COLUMNS
 
 _COPY_TRANSFERS = f"COPY transfers ({', '.join(TRANSFER_COLUMNS)}) FROM STDIN"
 _COPY_ACCOUNTS = f"COPY accounts ({', '.join(ACCOUNT_COLUMNS)}) FROM STDIN"
-_COPY_EVENTS = f"COPY events ({', '.join(EVENT_COLUMNS)}) FROM STDIN"
 assert JournalRow.__struct_fields__ == TRANSFER_COLUMNS, "COPY order must match JournalRow"
 
 
@@ -56,7 +54,7 @@ async def commit(
     accounts: Sequence[AccountSpec],
     rows: Sequence[JournalRow],
 ) -> None:
-    """Write accounts, journal rows and their events in one transaction; return once durable."""
+    """Write accounts and journal rows in one transaction; return once durable."""
     async with conn.transaction(), conn.cursor() as cur:
         if accounts:
             async with cur.copy(_COPY_ACCOUNTS) as copy:
@@ -64,9 +62,6 @@ async def commit(
         if rows:
             async with cur.copy(_COPY_TRANSFERS) as copy:
                 await copy.write(transfer_lines(rows))
-        if accounts or rows:
-            async with cur.copy(_COPY_EVENTS) as copy:
-                await copy.write(event_lines(accounts, rows))
 
 
 async def existing_ids(conn: psycopg.AsyncConnection, ids: Sequence[str]) -> set[str]:
