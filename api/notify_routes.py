@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from starlette.responses import Response
 
 from paynode.actors.notify.destinations import DestinationError, check_url
-from paynode.api import contract
+from paynode.api import contract, event_cursor
 from paynode.api import problems as p
 from paynode.api.audit_writer import audit
 from paynode.api.auth.scopes import Principal
@@ -45,10 +45,10 @@ from paynode.api.notify_schemas import (
     WebhookEndpointPatch,
     WebhookEndpointWithSecret,
 )
-from paynode.domain.notify.outbox import START, Position
+from paynode.domain.notify.outbox import START, Position, Source
 from paynode.domain.notify.signature import HEADER, SignatureError, new_secret, verify_signature
 from paynode.storage import notify, outbox
-from paynode.storage.events import EVENT_TYPES, MAX_EVENT_ID, StoredEvent, id_at, parse_event_id
+from paynode.storage.events import EVENT_TYPES, StoredEvent, id_at, parse_event_id
 
 log = logging.getLogger("paynode.api.notify")
 router = APIRouter(tags=["notifications"])
@@ -78,7 +78,7 @@ async def list_events(
     after: Annotated[
         str | None,
         Query(
-            max_length=MAX_EVENT_ID,
+            max_length=event_cursor.MAX_AFTER,
             description="An event id you may see, or the next_after of the previous page",
         ),
     ] = None,
@@ -103,19 +103,41 @@ async def list_events(
         next_after: str | None = page[-1].event.id
     else:
         page, more = events, scanned == scan and user is not None
-        next_after = after if last is None else id_at(last)
+        next_after = after if last is None else _cursor_at(ctx, principal, last, page)
     return json_response(EventPage([_event_out(e) for e in page], next_after, more))
 
 
 async def _resume_at(
     ctx: Context, conn: AsyncConnection, principal: Principal, after: str
 ) -> Position:
-    """Where a page after ``after`` starts."""
-    ref = parse_event_id(after)
-    found = None if ref is None else await outbox.event_position(conn, ref)
+    """Where a page after ``after`` starts; refused unless the caller may be there."""
+    found: Position | None = None
+    if after.startswith(event_cursor.PREFIX):
+        found = event_cursor.open_(ctx.keys, after, _reader(principal))
+    elif (ref := parse_event_id(after)) is not None and ref.source == Source.EVENTS:
+        # A stored id is unguessable (and earlier pages handed out others' ids as
+        # cursors): anyone may resume after one, as before derived ids existed.
+        found = await outbox.event_position(conn, ref)
+    elif ref is not None:
+        # A derived id names an account or transfer: only one the caller may see,
+        # or it would tell whether another customer's id exists.
+        event = await outbox.get_event(conn, ref)
+        found = event.position if event is not None and _may_see(principal, event) else None
     if found is None:
         raise p.ApiError(p.INVALID_CURSOR, "after must be an event id you have seen")
     return found
+
+
+def _reader(principal: Principal) -> str:
+    return principal.user_id or "admin"
+
+
+def _cursor_at(ctx: Context, principal: Principal, last: Position, page: list[StoredEvent]) -> str:
+    """``next_after`` for a page whose scan ended at ``last``."""
+    if principal.admin or (page and page[-1].position == last):
+        return id_at(last)
+    # The last event scanned is not the caller's: its id would name someone else's row.
+    return event_cursor.seal(ctx.keys, last, _reader(principal))
 
 
 @router.get(

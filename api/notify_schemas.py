@@ -61,7 +61,9 @@ class EventPage(msgspec.Struct):
     """Oldest first (in commit order). Pass ``next_after`` as ``after`` for the next page.
 
     A page may be empty with ``has_more`` true: a bounded number of events is
-    scanned per request, and none of those were yours.
+    scanned per request, and none of those were yours. ``next_after`` is an
+    event id, or an opaque cursor (``evc_...``, usable only by you) when the
+    last event scanned was not yours.
     """
 
     events: list[EventOut]

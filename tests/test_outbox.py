@@ -2,7 +2,7 @@
 
 Storage level first (real PostgreSQL, the real group-commit function and
 readers), then a real node: payments' events and their transfer in one
-commit-ordered stream, pages across sources, and webhooks.
+commit-ordered stream, pages across sources, webhooks, and users' cursors.
 """
 
 from __future__ import annotations
@@ -274,3 +274,61 @@ def test_a_payments_events_and_its_transfer_in_commit_order(make_node) -> None:
                    what="alice's events at her endpoint")  # fmt: skip
         assert [r.event_id for r in alice_rx.delivered()] == alice_view
         assert all(r.verified for r in admin_rx.received + alice_rx.received)
+
+
+def test_a_users_cursor_never_names_someone_elses_event(make_node) -> None:
+    node = make_node(**FAST)
+    _, a = _user(node, "cur-alice")
+    _, b = _user(node, "cur-bob")
+    assert node.http.post("/v1/accounts", json={"id": "cur-a", "currency": "USD"},
+                          headers=a).status_code == 201  # fmt: skip
+    assert node.http.post("/v1/accounts", json={"id": "cur-b", "currency": "USD"},
+                          headers=b).status_code == 201  # fmt: skip
+    assert node.http.post("/v1/accounts", json={"id": "cur-bank", "currency": "USD"},
+                          ).status_code == 201  # fmt: skip
+
+    def move(tid: str, dr: str, cr: str) -> None:
+        body = {"id": tid, "debit_account_id": dr, "credit_account_id": cr, "amount": 1,
+                "currency": "USD"}  # fmt: skip
+        assert node.http.post("/v1/transfers", json=body).status_code == 201
+
+    move("cur-1", "cur-bank", "cur-a")
+    move("cur-hidden-2", "cur-bank", "cur-b")  # bob's business, not alice's
+    move("cur-3", "cur-bank", "cur-a")
+    move("cur-hidden-4", "cur-bank", "cur-b")
+    mine = ["evt_a_cur-a", "evt_t_cur-1", "evt_t_cur-3"]
+    wait_until(lambda: set(mine) <= {e["id"] for e in _pages(node, 100, a)}, what="her events")
+
+    seen, cursors, after = [], [], None
+    for _ in range(20):
+        r = node.http.get("/v1/events", params={"limit": 1} | ({"after": after} if after else {}),
+                          headers=a)  # fmt: skip
+        assert r.status_code == 200, r.text
+        page = r.json()
+        seen += [e["id"] for e in page["events"]]
+        after = page["next_after"]
+        cursors.append(after)
+        assert "hidden" not in r.text, "another customer's ids leaked"
+        if not page["has_more"]:
+            break
+    assert seen == mine
+    sealed = cursors[-1]
+    assert sealed.startswith("evc_"), "the scan ended on bob's transfer: an opaque cursor"
+    # It resumes where it was for her, and is no cursor at all for anyone else.
+    r = node.http.get("/v1/events", params={"after": sealed}, headers=a)
+    assert r.status_code == 200 and r.json()["events"] == []
+    problem(node.http.get("/v1/events", params={"after": sealed}, headers=b), 400,
+            "invalid_cursor")  # fmt: skip
+    problem(node.http.get("/v1/events", params={"after": sealed[:-4] + "AAAA"}, headers=a), 400,
+            "invalid_cursor")  # fmt: skip
+    # An id of hers resumes; one of someone else's is refused like one that does not
+    # exist (or it would tell her which ids exist).
+    r = node.http.get("/v1/events", params={"after": "evt_t_cur-1"}, headers=a)
+    assert [e["id"] for e in r.json()["events"]] == ["evt_t_cur-3"]
+    for other in ("evt_t_cur-hidden-2", "evt_t_cur-nope", "evt_a_cur-b", "evt_nope"):
+        problem(node.http.get("/v1/events", params={"after": other}, headers=a), 400,
+                "invalid_cursor")  # fmt: skip
+    # The admin sees every event, so the admin's cursors are ids.
+    admin = node.http.get("/v1/events", params={"after": "evt_t_cur-hidden-2", "limit": 1})
+    assert admin.json()["next_after"] == "evt_t_cur-3"
+    problem(node.http.get("/v1/events", params={"after": sealed}), 400, "invalid_cursor")
