@@ -7,9 +7,10 @@ from dataclasses import dataclass
 import pytest
 
 from paynode.actors.notify.destinations import DestinationError, check_url
+from paynode.actors.notify.push import apns_request
 from paynode.domain.notify.outbox import Source
 from paynode.domain.notify.schedule import backoff_s, ready
-from paynode.storage.events import EventRef, derived_id, event_id, parse_event_id
+from paynode.storage.events import Event, EventRef, derived_id, event_id, parse_event_id
 
 
 @dataclass
@@ -72,6 +73,21 @@ def test_derived_event_ids_name_their_row() -> None:
         assert parse_event_id(bad) is None, bad
     with pytest.raises(AssertionError):
         derived_id(Source.TRANSFERS, "has space")
+
+
+def test_apns_collapse_id_fits_for_every_event_id() -> None:
+    def collapse(eid: str) -> str:
+        body = {"transfer": {"id": "t", "amount": 1, "currency": "USD"}}
+        return apns_request("tok", Event(eid, "transfer.posted", 0, body), "topic")["headers"][
+            "apns-collapse-id"
+        ]
+
+    short = derived_id(Source.TRANSFERS, "t-1")
+    assert collapse(short) == short  # an id that fits is used as is
+    long_a = derived_id(Source.TRANSFERS, "~expired:ach-settle:" + "p" * 64)
+    long_b = derived_id(Source.TRANSFERS, "~expired:ach-settle:" + "p" * 63 + "q")
+    assert len(collapse(long_a).encode()) <= 64
+    assert collapse(long_a) == collapse(long_a) != collapse(long_b)
 
 
 @pytest.mark.parametrize(
