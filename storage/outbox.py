@@ -7,8 +7,8 @@ bodies in storage/events.py. A read is two steps:
    own ``(txid, id)`` index, only below ``pg_snapshot_xmin`` (computed once,
    so the three pages share one horizon: an id handed out earlier may commit
    later, and a reader past it would skip it for good), with whether the
-   reader keeps each row (its types, its users). :func:`~paynode.domain.
-   notify.outbox.merge` interleaves the pages.
+   reader keeps each row (its types, its users); ``merge`` (domain/notify/
+   outbox.py) interleaves the pages.
 2. **The bodies**, only of the rows kept, by primary key.
 
 A subscriber's cost is therefore its index range scans plus the events it
