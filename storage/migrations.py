@@ -620,6 +620,11 @@ MIGRATIONS: tuple[Migration, ...] = (
             "ALTER TABLE notifier_cursor ADD COLUMN source smallint NOT NULL DEFAULT 2"
             " CHECK (source BETWEEN 0 AND 3)",
             "ALTER TABLE notifier_cursor ALTER COLUMN source DROP DEFAULT",
+            # The fan-out looks for subscribers started above its position on every
+            # pass (actors/notifier.py): the recent ones, found by index.
+            "CREATE INDEX webhook_endpoints_start ON webhook_endpoints (start_txid)"
+            " WHERE enabled AND deleted_at IS NULL",
+            "CREATE INDEX devices_start ON devices (start_txid) WHERE deleted_at IS NULL",
         ),
     ),
 )

@@ -245,6 +245,21 @@ async def save_cursor(conn: AsyncConnection, position: Position) -> None:
     )
 
 
+async def subscribers_started(conn: AsyncConnection, after: int, before: int) -> set[str]:
+    """Ids of the live endpoints and devices started (or re-enabled) in a txid between
+    ``after`` and ``before``, exclusive: recent ones, each found by an index."""
+    rows = await conn.execute(
+        sa.text(
+            "SELECT id FROM webhook_endpoints WHERE enabled AND deleted_at IS NULL"
+            " AND start_txid > :a AND start_txid < :b UNION ALL"
+            " SELECT id FROM devices WHERE deleted_at IS NULL"
+            " AND start_txid > :a AND start_txid < :b"
+        ),
+        {"a": after, "b": before},
+    )
+    return {r[0] for r in rows}
+
+
 async def visible_horizon(conn: AsyncConnection) -> int:
     """Every event with a txid below this is committed (or never will be)."""
     row = (
