@@ -63,6 +63,7 @@ _CONCERNS = {
     ),
 }
 _STATUS_OF = {etype: status for status, etype in TRANSFER_EVENT.items()}
+_SOURCE = {int(s): s for s in READ_SOURCES}
 
 
 def _type_filter(source: Source, types: Sequence[str]) -> str | None:
@@ -125,12 +126,12 @@ async def read_events(
         "users": list(users or ()),
     }
     by_source: dict[int, list[Scanned]] = {int(s): [] for s in READ_SOURCES}
-    for source, txid, key, kept in await conn.execute(sa.text(sql), params):
-        by_source[source].append(Scanned(Position(txid, Source(source), key), kept))
+    for source, txid, key, kept in (await conn.execute(sa.text(sql), params)).all():
+        by_source[source].append(Scanned(txid, _SOURCE[source], key, kept))
     window = merge(list(by_source.values()), limit, limit)
     if not window:
         return [], None, 0
-    wanted = [EventRef(r.position.source, r.position.key) for r in window if r.kept]
+    wanted = [EventRef(r.source, r.key) for r in window if r.kept]
     found = await render(conn, wanted)
     # Journal and events rows are never deleted, so every kept row renders; one
     # removed by hand in between is skipped rather than stopping every reader.

@@ -28,7 +28,7 @@ A, T, E = Source.ACCOUNTS, Source.TRANSFERS, Source.EVENTS
 
 
 def _rows(source: Source, *at: tuple[int, str]) -> list[Scanned]:
-    return [Scanned(Position(txid, source, key), True) for txid, key in at]
+    return [Scanned(txid, source, key, True) for txid, key in at]
 
 
 def _where(rows: list[Scanned]) -> list[tuple[int, str, str]]:
@@ -93,7 +93,7 @@ def _page(rows: list[Position], after: Position, size: int) -> list[Scanned]:
         Bound.AFTER_KEY: lambda p: (p.txid, p.key) > (after.txid, after.key),
         Bound.FROM_TXID: lambda p: p.txid >= after.txid,
     }[b]
-    return [Scanned(p, True) for p in rows if keep(p)][:size]
+    return [Scanned(p.txid, p.source, p.key, True) for p in rows if keep(p)][:size]
 
 
 @pytest.mark.parametrize("seed", range(200))

@@ -79,11 +79,21 @@ def bound(source: Source, after: Position) -> Bound:
     return Bound.FROM_TXID
 
 
-class Scanned(msgspec.Struct, frozen=True):
-    """One row of a source's page: where it is, and whether the reader keeps it."""
+class Scanned(msgspec.Struct, frozen=True, gc=False):
+    """One row of a source's page: where it is, and whether the reader keeps it.
 
-    position: Position
+    Flat, not a Position: a page may hold a hundred thousand rows, and only
+    the kept ones and the last one become positions.
+    """
+
+    txid: int
+    source: Source
+    key: str
     kept: bool
+
+    @property
+    def position(self) -> Position:
+        return Position(self.txid, self.source, self.key)
 
 
 def merge(pages: Sequence[Sequence[Scanned]], page_size: int, limit: int) -> list[Scanned]:
@@ -101,18 +111,17 @@ def merge(pages: Sequence[Sequence[Scanned]], page_size: int, limit: int) -> lis
     stop: tuple[int, int] | None = None  # (txid, source) of the earliest full page's end
     for page in pages:
         assert len(page) <= page_size, "a page is at most page_size rows"
-        sources = {r.position.source for r in page}
-        assert len(sources) <= 1, "a page comes from one source"
+        assert not page or page[0].source == page[-1].source, "a page comes from one source"
         if len(page) == page_size:
-            end = (page[-1].position.txid, int(page[-1].position.source))
+            end = (page[-1].txid, int(page[-1].source))
             stop = end if stop is None else min(stop, end)
     out: list[Scanned] = []
     # Rows of different sources never share (txid, source); within one source the
     # page's own order (PostgreSQL's) is kept: heapq.merge is stable per input.
-    for row in heapq.merge(*pages, key=lambda r: (r.position.txid, int(r.position.source))):
+    for row in heapq.merge(*pages, key=lambda r: (r.txid, r.source)):
         # At the stop's (txid, source) only the full page's own rows remain, all
         # at or before its end: comparing (txid, source) is enough.
-        if stop is not None and (row.position.txid, int(row.position.source)) > stop:
+        if stop is not None and (row.txid, row.source) > stop:
             break
         out.append(row)
         if len(out) == limit:
