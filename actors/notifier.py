@@ -3,8 +3,9 @@
 Three loops, all reading PostgreSQL and never the ledger shards, so a slow or
 dead endpoint costs payments nothing:
 
-* **fan-out** follows the outbox in commit order (storage/events.py) and, in
-  one transaction, records a delivery per (endpoint, event) and a push per
+* **fan-out** follows the outbox in commit order (storage/outbox.py: the
+  journal's accounts and transfers, and the events table) and, in one
+  transaction, records a delivery per (endpoint, event) and a push per
   (device, event) together with its new position. A crash repeats at most the
   last batch, and the unique (endpoint, event) pair makes that a no-op.
 * **one worker per endpoint** sends its pending deliveries in outbox order
@@ -27,17 +28,19 @@ from collections import deque
 import aiohttp
 import msgspec
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from paynode.actors.notify.destinations import DestinationError, check_resolved
 from paynode.actors.notify.push import PushProvider, SinkProvider
+from paynode.domain.notify.outbox import START, Position, through
 from paynode.domain.notify.schedule import backoff_s, ready
 from paynode.domain.notify.signature import HEADER, header
 from paynode.domain.risk import otp
 from paynode.domain.settings import Settings
-from paynode.storage import notify
+from paynode.storage import notify, outbox
 from paynode.storage import risk as risk_store
 from paynode.storage.database import async_engine
-from paynode.storage.events import STEP_UP_EVENT, created_of
+from paynode.storage.events import STEP_UP_EVENT
 from paynode.storage.keyring import load as load_keyring
 
 log = logging.getLogger("paynode.notifier")
@@ -84,6 +87,10 @@ class _Queue:
         self.reread = True  # read the whole queue again (start, or a retry by hand)
 
 
+class _UnknownSubscriber(Exception):
+    """A fan-out pass met a live subscriber it does not know (see ``_fanout_once``)."""
+
+
 def _finished(in_flight: dict[int, asyncio.Task[None]], delivery_id: int, wake: asyncio.Event):
     def done(_: asyncio.Task[None]) -> None:
         in_flight.pop(delivery_id, None)
@@ -107,7 +114,7 @@ class Notifier:
         self._queues: dict[str, _Queue] = {}
         self._fanout_wake = asyncio.Event()
         self._push_wake = asyncio.Event()
-        self._cursor: tuple[int, str] = (0, "")
+        self._cursor: Position = START
         self._global = asyncio.Semaphore(settings.webhook_max_concurrency)
         self._http: aiohttp.ClientSession | None = None
         self._push: PushProvider = SinkProvider(settings.data_path() / "push-sink.jsonl")
@@ -128,8 +135,9 @@ class Notifier:
         )
         async with self._engine.connect() as conn:
             self._cursor = await notify.load_cursor(conn)
-        # The saved position already covers every subscriber that existed before.
-        await self.reload(rewind=False)
+        # The saved position already covers every live subscriber: a pass saves its
+        # position only if it knew every subscriber that could want what it read.
+        await self.reload()
         self._tasks = [
             asyncio.create_task(self._fanout_loop()),
             asyncio.create_task(self._push_loop()),
@@ -147,17 +155,11 @@ class Notifier:
             await self._http.close()
         await self._engine.dispose()
 
-    async def reload(self, rewind: bool = True) -> int:
+    async def reload(self) -> int:
         """Re-read endpoints and devices (the API calls this after changing them)."""
         async with self._engine.connect() as conn:
             endpoints = await notify.live_endpoints(conn, self._keys)
             devices = await notify.live_devices(conn)
-        starts = [e.start_txid for e in endpoints if e.id not in self._endpoints]
-        starts += [d.start_txid for d in devices if d.id not in {x.id for x in self._devices}]
-        # A subscriber created while the fan-out skipped ahead must still get what
-        # committed after it: step back (re-recording a pair is a no-op).
-        if rewind and starts and min(starts) < self._cursor[0]:
-            self._cursor = (min(starts), "")
         self._endpoints = {e.id: e for e in endpoints}
         self._devices = devices
         for eid in list(self._workers):
@@ -206,37 +208,52 @@ class Notifier:
                 await _wait(self._fanout_wake, interval)
 
     async def _fanout_once(self) -> int:
+        """One pass: the next events for the subscribers known now, and the new position.
+
+        A subscriber gets what commits above its ``start_txid``. One created
+        while a pass reads (the API tells this actor only afterwards) might
+        want what the pass just read without it: one started between the
+        pass's position and the last txid it read. Such a start is below the
+        read's horizon, so that subscriber had committed before the read and
+        a query after it finds it. Then the pass records nothing and reads
+        again once it knows it. A saved position thus covers every live
+        subscriber, and a restart need not step back.
+        """
         endpoints = list(self._endpoints.values())
         devices = self._devices
-        async with self._engine.begin() as conn:
-            if not endpoints and not devices:
-                # Nobody listens: skip what is committed without reading it.
-                horizon = await notify.visible_horizon(conn)
-                position = (horizon - 1, "evt_~")
-                if position > self._cursor:
-                    await notify.save_cursor(conn, position)
-                    self._cursor = position
-                return 0
-            owners = {e.owner_user_id for e in endpoints} | {d.user_id for d in devices}
-            # An admin's endpoint (no owner) hears everything: keep every event.
-            users = None if None in owners else sorted(o for o in owners if o)
-            events, last, _ = await notify.read_events(
-                conn, self._cursor, self.s.notify_batch, users=users
-            )
-            if last is None:
-                return 0
-            deliveries = []
-            pushes = []
-            woken = set()
-            for ev in events:
-                for ep in endpoints:
-                    if ep.wants(ev):
-                        deliveries.append((ep.id, ev.event.id, list(ev.order_keys)))
-                        woken.add(ep.id)
-                pushes.extend((d.id, ev.event.id) for d in devices if d.wants(ev))
-            await notify.insert_deliveries(conn, deliveries)
-            await notify.insert_pushes(conn, pushes)
-            await notify.save_cursor(conn, last)
+        known = {e.id for e in endpoints} | {d.id for d in devices}
+        start = self._cursor
+        try:
+            async with self._engine.begin() as conn:
+                if not endpoints and not devices:
+                    await self._skip(conn, start)
+                    return 0
+                owners = {e.owner_user_id for e in endpoints} | {d.user_id for d in devices}
+                # An admin's endpoint (no owner) hears everything: keep every event.
+                users = None if None in owners else sorted(o for o in owners if o)
+                events, last, _ = await outbox.read_events(
+                    conn, start, self.s.notify_batch, users=users
+                )
+                if last is None:
+                    return 0
+                if not await notify.subscribers_started(conn, start.txid, last.txid) <= known:
+                    raise _UnknownSubscriber
+                deliveries = []
+                pushes = []
+                woken = set()
+                for ev in events:
+                    for ep in endpoints:
+                        if ep.wants(ev):
+                            deliveries.append((ep.id, ev.event.id, list(ev.order_keys)))
+                            woken.add(ep.id)
+                    pushes.extend((d.id, ev.event.id) for d in devices if d.wants(ev))
+                await notify.insert_deliveries(conn, deliveries)
+                await notify.insert_pushes(conn, pushes)
+                await notify.save_cursor(conn, last)
+        except _UnknownSubscriber:
+            # Nothing was recorded: learn the newcomers; the next pass reads again.
+            await self.reload()
+            return 0
         self._cursor = last
         self._counts["scanned"] += len(events)
         self._counts["created"] += len(deliveries)
@@ -248,6 +265,15 @@ class Notifier:
         if pushes:
             self._push_wake.set()
         return len(events)
+
+    async def _skip(self, conn: AsyncConnection, start: Position) -> None:
+        """Nobody listens: move past what is committed without reading it."""
+        horizon = await notify.visible_horizon(conn)
+        if await notify.subscribers_started(conn, start.txid, horizon - 1):
+            raise _UnknownSubscriber
+        if horizon - 1 > start.txid:
+            await notify.save_cursor(conn, through(horizon - 1))
+            self._cursor = through(horizon - 1)
 
     # -- webhook deliveries -----------------------------------------------------------
 
@@ -357,7 +383,7 @@ class Notifier:
         if ok:
             self._counts["delivered"] += 1
             if d.attempts == 0:
-                self._observe_lag(time.time() - created_of(d.event.event.id))
+                self._observe_lag(time.time() - d.event.created_ns / 1e9)
         else:
             self._counts["failed"] += 1
             self._counts["dead"] += int(dead)
@@ -424,7 +450,7 @@ class Notifier:
             NotifierStats(
                 endpoints=len(self._endpoints),
                 devices=len(self._devices),
-                cursor_txid=self._cursor[0],
+                cursor_txid=self._cursor.txid,
                 events_scanned=c["scanned"],
                 deliveries_created=c["created"],
                 delivered=c["delivered"],

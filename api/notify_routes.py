@@ -14,10 +14,11 @@ from urllib.parse import urlsplit
 
 import msgspec
 from fastapi import APIRouter, Depends, Query, Request
+from sqlalchemy.ext.asyncio import AsyncConnection
 from starlette.responses import Response
 
 from paynode.actors.notify.destinations import DestinationError, check_url
-from paynode.api import contract
+from paynode.api import contract, event_cursor
 from paynode.api import problems as p
 from paynode.api.audit_writer import audit
 from paynode.api.auth.scopes import Principal
@@ -44,9 +45,10 @@ from paynode.api.notify_schemas import (
     WebhookEndpointPatch,
     WebhookEndpointWithSecret,
 )
+from paynode.domain.notify.outbox import START, Position, Source
 from paynode.domain.notify.signature import HEADER, SignatureError, new_secret, verify_signature
-from paynode.storage import notify
-from paynode.storage.events import EVENT_ID_LENGTH, EVENT_TYPES, StoredEvent
+from paynode.storage import notify, outbox
+from paynode.storage.events import EVENT_TYPES, StoredEvent, id_at, parse_event_id
 
 log = logging.getLogger("paynode.api.notify")
 router = APIRouter(tags=["notifications"])
@@ -72,7 +74,13 @@ def _may_see(principal: Principal, e: StoredEvent) -> bool:
 async def list_events(
     ctx: Ctx,
     principal: Annotated[Principal, Depends(require("events:read"))],
-    after: Annotated[str | None, Query(max_length=64, description="An event id")] = None,
+    after: Annotated[
+        str | None,
+        Query(
+            max_length=event_cursor.MAX_AFTER,
+            description="An event id you may see, or the next_after of the previous page",
+        ),
+    ] = None,
     type: Annotated[
         str | None, Query(max_length=1000, description="Comma-separated event types")
     ] = None,
@@ -81,30 +89,54 @@ async def list_events(
     types = [t for t in (type or "").split(",") if t]
     if any(t not in EVENT_TYPES for t in types):
         raise p.ApiError(p.INVALID_FIELD, "unknown event type", "type")
+    user = None if principal.admin else principal.user_id
     async with ctx.engine.connect() as conn:
-        position: tuple[int, str] = (0, "")
-        if after:
-            found = await notify.event_position(conn, after) if _event_id_ok(after) else None
-            if found is None:
-                raise p.ApiError(p.INVALID_CURSOR, "after must be an event id you have seen")
-            position = found
-        user = None if principal.admin else principal.user_id
+        position = START if not after else await _resume_at(ctx, conn, principal, after)
         # An admin's page is the next events; a user's is theirs among the next
         # _SCAN_LIMIT, so one request never reads an unbounded stretch.
         scan = limit + 1 if user is None else _SCAN_LIMIT
         users = None if user is None else [user]
-        events, last, scanned = await notify.read_events(conn, position, scan, types, users)
+        events, last, scanned = await outbox.read_events(conn, position, scan, types, users)
     if len(events) > limit:
         page, more = events[:limit], True
         next_after: str | None = page[-1].event.id
     else:
         page, more = events, scanned == scan and user is not None
-        next_after = last[1] if last is not None else after
+        next_after = after if last is None else _cursor_at(ctx, principal, last, page)
     return json_response(EventPage([_event_out(e) for e in page], next_after, more))
 
 
-def _event_id_ok(value: str) -> bool:
-    return len(value) == EVENT_ID_LENGTH and value.startswith("evt_") and value[4:].isalnum()
+async def _resume_at(
+    ctx: Context, conn: AsyncConnection, principal: Principal, after: str
+) -> Position:
+    """Where a page after ``after`` starts; refused unless the caller may be there."""
+    found: Position | None = None
+    if after.startswith(event_cursor.PREFIX):
+        found = event_cursor.open_(ctx.keys, after, _reader(principal))
+    elif (ref := parse_event_id(after)) is not None and ref.source == Source.EVENTS:
+        # A stored id is unguessable (and earlier pages handed out others' ids as
+        # cursors): anyone may resume after one, as before derived ids existed.
+        found = await outbox.event_position(conn, ref)
+    elif ref is not None:
+        # A derived id names an account or transfer: only one the caller may see,
+        # or it would tell whether another customer's id exists.
+        event = await outbox.get_event(conn, ref)
+        found = event.position if event is not None and _may_see(principal, event) else None
+    if found is None:
+        raise p.ApiError(p.INVALID_CURSOR, "after must be an event id you have seen")
+    return found
+
+
+def _reader(principal: Principal) -> str:
+    return principal.user_id or "admin"
+
+
+def _cursor_at(ctx: Context, principal: Principal, last: Position, page: list[StoredEvent]) -> str:
+    """``next_after`` for a page whose scan ended at ``last``."""
+    if principal.admin or (page and page[-1].position == last):
+        return id_at(last)
+    # The last event scanned is not the caller's: its id would name someone else's row.
+    return event_cursor.seal(ctx.keys, last, _reader(principal))
 
 
 @router.get(
@@ -114,10 +146,11 @@ def _event_id_ok(value: str) -> bool:
 async def get_event(
     event_id: str, ctx: Ctx, principal: Annotated[Principal, Depends(require("events:read"))]
 ) -> Response:
-    if not _event_id_ok(event_id):
+    ref = parse_event_id(event_id)
+    if ref is None:
         raise p.ApiError(p.EVENT_NOT_FOUND)
     async with ctx.engine.connect() as conn:
-        found = await notify.get_event(conn, event_id)
+        found = await outbox.get_event(conn, ref)
     if found is None or not _may_see(principal, found):
         raise p.ApiError(p.EVENT_NOT_FOUND)  # another user's event does not exist for you
     return json_response(_event_out(found))

@@ -38,20 +38,32 @@ MaxInFlight = Annotated[
 ]
 
 
+EventId = Annotated[
+    str,
+    Meta(
+        description="Stable across restarts; dedupe on it. `evt_a_<account id>` "
+        "(account.created), `evt_t_<transfer id>` (transfer.*), `evt_<32 hex>` (the others, "
+        "and ledger events recorded before version 9 of the schema)"
+    ),
+]
+
+
 class EventOut(msgspec.Struct):
     """The webhook body, and one item of the event list."""
 
-    id: str
+    id: EventId
     type: EventType
-    created: int  # unix seconds
+    created: Annotated[int, Meta(description="Unix seconds")]
     data: dict[str, Any]
 
 
 class EventPage(msgspec.Struct):
-    """Oldest first. Pass ``next_after`` as ``after`` for the next page.
+    """Oldest first (in commit order). Pass ``next_after`` as ``after`` for the next page.
 
     A page may be empty with ``has_more`` true: a bounded number of events is
-    scanned per request, and none of those were yours.
+    scanned per request, and none of those were yours. ``next_after`` is an
+    event id, or an opaque cursor (``evc_...``, usable only by you) when the
+    last event scanned was not yours.
     """
 
     events: list[EventOut]

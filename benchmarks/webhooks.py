@@ -80,9 +80,9 @@ async def disable(url: str, customer: Customer, endpoint_id: str) -> None:
 
 
 def lag_summary(receiver: Receiver, since: float) -> dict:
-    """Commit (the event id's decision time) to receipt, first attempts only."""
+    """Commit (the transfer's decision time) to receipt, first attempts only."""
     lags = sorted(
-        r.at - int(r.event_id[4:20], 16) / 1e9
+        r.at - r.body["data"]["transfer"]["timestamp"] / 1e9
         for r in receiver.received
         if r.attempt == 1 and r.at >= since and r.verified
     )
@@ -100,7 +100,8 @@ def wait_delivered(database_url: str, endpoint_id: str, timeout: float = 120.0) 
     """Seconds until the endpoint has nothing pending and the fan-out passed the load."""
     t0 = time.monotonic()
     with psycopg.connect(libpq_url(database_url), autocommit=True) as conn:
-        last = conn.execute("SELECT coalesce(max(txid), 0) FROM events").fetchone()[0]
+        # transfer.posted events are derived from the journal: the load's last commit.
+        last = conn.execute("SELECT coalesce(max(txid), 0) FROM transfers").fetchone()[0]
         while time.monotonic() - t0 < timeout:
             cursor = conn.execute("SELECT coalesce(max(txid), 0) FROM notifier_cursor").fetchone()
             pending = conn.execute(

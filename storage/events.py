@@ -1,20 +1,23 @@
-"""The event outbox: what clients are told, written with the change it reports.
+"""Events: their types, ids and bodies, and how each source's rows render.
 
-Every journal row and every new account produces exactly one event row, in
-the same COPY transaction (:func:`storage.journal.commit`), so an event
-exists if and only if its change committed. Journal rows and accounts never
-change, so their events carry no ``data`` column: the body is rendered from
-the subject when it is read. Events of other writers (payments, ACH) store
-their ``data``.
+The outbox has three sources (domain/notify/outbox.py). Ledger events are
+*derived*: an ``account.created`` is the ``accounts`` row, a ``transfer.*``
+the ``transfers`` row (its type from the row's status). Those rows are
+already durable, ordered by commit (``txid``) and immutable, so the shard's
+group commit writes nothing else for them (storage/journal.py). Events of
+other writers (payments, ACH, risk) are rows of ``events`` with their
+``data``, written in the transaction of the change they report
+(:func:`insert_statement`).
 
-Readers follow the outbox in ``(txid, id)`` order and only below
-``pg_snapshot_xmin``: an id handed out earlier may commit later, and a cursor
-past it would skip it for good.
+Ledger events written before migration 9 are ``events`` rows too; derived
+events cover only rows above the boundary that migration recorded
+(``outbox_boundary``), so none is listed twice and old ids stay valid.
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -28,6 +31,7 @@ from paynode.domain.ledger.model import (
     Status,
     flag_names,
 )
+from paynode.domain.notify.outbox import Position, Source
 
 # Types a webhook endpoint or device may subscribe to ("*" = all).
 TRANSFER_EVENT = {
@@ -37,6 +41,7 @@ TRANSFER_EVENT = {
     Status.EXPIRED: "transfer.expired",
 }
 ACCOUNT_CREATED = "account.created"
+LEDGER_EVENTS = (*TRANSFER_EVENT.values(), ACCOUNT_CREATED)  # derived, never new events rows
 PAYMENT_EVENTS = (
     "payment.created", "payment.completed", "payment.failed",
     "payment.refunded", "payment.refund_failed",
@@ -51,55 +56,74 @@ STEP_UP_EVENT = "payment.requires_action"
 EVENT_TYPES: tuple[str, ...] = (*TRANSFER_EVENT.values(), ACCOUNT_CREATED, *PAYMENT_EVENTS)
 MAX_TYPES_PER_SUBSCRIPTION = 64
 
+# -- ids ----------------------------------------------------------------------------
+#
+# An events row's id is ``evt_<16 hex ns><16 hex digest>`` (36 characters).
+# A derived event's id names its row: ``evt_a_<account id>``, ``evt_t_<transfer
+# id>``. Both are computed from the row alone, so they are the same before and
+# after any restart, and an id leads back to its row by primary key. The two
+# forms cannot collide: a hex id has no ``_`` after ``evt_``.
+
+ACCOUNT_PREFIX = "evt_a_"
+TRANSFER_PREFIX = "evt_t_"
+# Client ids are 1-64 of [A-Za-z0-9._:-]; the node derives longer ones from them
+# ("ach-settle:<payment id>", "~expired:<pending id>"), all well under this.
+MAX_SUBJECT_ID = 128
+MAX_EVENT_ID = len(TRANSFER_PREFIX) + MAX_SUBJECT_ID
+_SUBJECT = re.compile(rf"[A-Za-z0-9._:~-]{{1,{MAX_SUBJECT_ID}}}")
+_STORED = re.compile(r"evt_[0-9a-f]{32}")
+_PREFIXES = {ACCOUNT_PREFIX: Source.ACCOUNTS, TRANSFER_PREFIX: Source.TRANSFERS}
+_PREFIX_OF = {s: p for p, s in _PREFIXES.items()}
+
 
 def event_id(ts_ns: int, subject: str) -> str:
-    """Time-ordered, and unique without coordination between writers.
+    """The id of an ``events`` row: time-ordered, and unique without coordination.
 
-    Shards stamp ``ts_ns`` from their own clocks (a two-phase group's rows
-    come from several), so the time alone may repeat across shards; with a
-    64-bit digest of the subject beside it, two events collide only if they
-    share the nanosecond and the digest.
+    Writers stamp ``ts_ns`` from their own clocks, so the time alone may
+    repeat; with a 64-bit digest of the subject beside it, two events
+    collide only if they share the nanosecond and the digest.
     """
     assert ts_ns >= 0
     digest = hashlib.blake2b(subject.encode(), digest_size=8).hexdigest()
     return f"evt_{ts_ns:016x}{digest}"
 
 
-EVENT_ID_LENGTH = 36
+def derived_id(source: Source, subject_id: str) -> str:
+    """The id of the event derived from an account or journal row."""
+    assert _SUBJECT.fullmatch(subject_id), "account and transfer ids are validated at the edge"
+    return _PREFIX_OF[source] + subject_id
 
 
-def created_of(event_id_: str) -> int:
-    """Unix seconds the event was created (its id holds the nanoseconds)."""
-    return int(event_id_[4:20], 16) // 1_000_000_000
+class EventRef(msgspec.Struct, frozen=True):
+    """Where an event lives: its source and that source's primary key."""
+
+    source: Source
+    key: str
 
 
-_NULL = "\\N"
-EVENT_COLUMNS = (
-    "id", "type", "subject_id", "owner_user_id", "debit_account_id", "credit_account_id",
-    "data", "created",
-)  # fmt: skip
+def parse_event_id(value: str) -> EventRef | None:
+    """The row an event id names, or None if it is not an event id at all."""
+    if len(value) > MAX_EVENT_ID:
+        return None
+    source = _PREFIXES.get(value[: len(ACCOUNT_PREFIX)])
+    if source is not None:
+        key = value[len(ACCOUNT_PREFIX) :]
+        return EventRef(source, key) if _SUBJECT.fullmatch(key) else None
+    return EventRef(Source.EVENTS, value) if _STORED.fullmatch(value) else None
 
 
-def event_lines(accounts: Sequence[AccountSpec], rows: Sequence[JournalRow]) -> bytes:
-    """COPY text lines of the events for new ``accounts`` and journal ``rows``."""
-    n = _NULL
-    out = [
-        f"{event_id(a.ts, a.id)}\t{ACCOUNT_CREATED}\t{a.id}\t{a.owner or n}\t{n}\t{n}\t{n}"
-        f"\t{a.ts}\n"
-        for a in accounts
-    ]
-    out.extend(
-        f"{event_id(r.ts, r.id)}\t{TRANSFER_EVENT[r.status]}\t{r.id}\t{n}"
-        f"\t{r.debit_account_id}\t{r.credit_account_id}\t{n}\t{r.ts}\n"
-        for r in rows
-    )
-    return "".join(out).encode()
+def id_at(position: Position) -> str:
+    """The id of the event at ``position`` (a position of a real row, not an END)."""
+    if position.source == Source.EVENTS:
+        return position.key
+    return derived_id(position.source, position.key)
 
 
 def insert_statement() -> str:
     """One event written by a writer other than the shards (payments, ACH), with its body.
 
-    Run it in the transaction of the change it reports.
+    Run it in the transaction of the change it reports. Ledger types are
+    refused by the table (migration 9): they are derived from the journal.
     """
     return (
         "INSERT INTO events (id, type, subject_id, owner_user_id, debit_account_id,"
@@ -149,41 +173,119 @@ class Event(msgspec.Struct):
     data: dict[str, Any]
 
 
-# Reading events with their bodies and the users they concern. A transfer's
-# event concerns both account owners; an account's, its owner; a payment's,
-# the owner_user_id stored with it.
+class StoredEvent(msgspec.Struct):
+    event: Event
+    position: Position  # where it is in the outbox (its txid: the commit that made it)
+    created_ns: int  # unix nanoseconds (``created`` is whole seconds): delivery lag
+    users: frozenset[str]  # owners it concerns; empty = admins only
+    order_keys: tuple[str, ...]  # accounts (or the subject) it is about
+
+
+_NS = 1_000_000_000
+
+# -- rendering, one query shape per source ------------------------------------------
+#
+# Each selects the rows named by ``:keys`` (primary keys) with what the event
+# needs: the row itself and the owners it concerns. A transfer's event
+# concerns both account owners; an account's, its owner; an events row's, the
+# owner_user_id stored with it (or, for a ledger event written before
+# migration 9, the owners of the row it names).
+
+# Derived events exist only above the upgrade boundary (migration 9): below it
+# the same change already has an events row, with its own id.
+ABOVE_BOUNDARY = "txid > (SELECT txid FROM outbox_boundary)"
+
 _TRANSFER_COLS = ", ".join(
     f"t.{c}::text" if c == "metadata" else f"t.{c}" for c in JournalRow.__struct_fields__
 )
+_ACCOUNT_COLS = "a.id, a.currency, a.flags, a.metadata::text, a.ts, coalesce(a.owner_user_id, '')"
+_N_TRANSFER = len(JournalRow.__struct_fields__)
+_N_ACCOUNT = len(AccountSpec.__struct_fields__)
+
+SELECT_ACCOUNT_EVENTS = f"""
+SELECT a.txid, {_ACCOUNT_COLS} FROM accounts a
+WHERE a.id = ANY(:keys) AND a.{ABOVE_BOUNDARY}
+"""
+SELECT_TRANSFER_EVENTS = f"""
+SELECT t.txid, da.owner_user_id, ca.owner_user_id, {_TRANSFER_COLS}
+FROM transfers t
+LEFT JOIN accounts da ON da.id = t.debit_account_id
+LEFT JOIN accounts ca ON ca.id = t.credit_account_id
+WHERE t.id = ANY(:keys) AND t.{ABOVE_BOUNDARY}
+"""
 SELECT_EVENTS = f"""
-SELECT e.id, e.type, e.subject_id, e.data::text, e.txid, e.owner_user_id,
+SELECT e.id, e.type, e.subject_id, e.data::text, e.txid, e.created, e.owner_user_id,
        da.owner_user_id, ca.owner_user_id,
        {_TRANSFER_COLS},
-       a.id, a.currency, a.flags, a.metadata::text, a.ts, coalesce(a.owner_user_id, '')
+       {_ACCOUNT_COLS}
 FROM events e
 LEFT JOIN transfers t ON e.type LIKE 'transfer.%%' AND t.id = e.subject_id
 LEFT JOIN accounts a ON e.type = 'account.created' AND a.id = e.subject_id
 LEFT JOIN accounts da ON da.id = t.debit_account_id
 LEFT JOIN accounts ca ON ca.id = t.credit_account_id
+WHERE e.id = ANY(:keys)
 """
-VISIBLE = "e.txid < pg_snapshot_xmin(pg_current_snapshot())::text::bigint"
-_N_TRANSFER = len(JournalRow.__struct_fields__)
+SELECT_BY_SOURCE = {
+    Source.ACCOUNTS: SELECT_ACCOUNT_EVENTS,
+    Source.TRANSFERS: SELECT_TRANSFER_EVENTS,
+    Source.EVENTS: SELECT_EVENTS,
+}
 
 
-class StoredEvent(msgspec.Struct):
-    event: Event
-    txid: int
-    users: frozenset[str]  # owners it concerns; empty = admins only
-    order_keys: tuple[str, ...]  # accounts (or the subject) it is about
+def type_sql(event_id_column: str) -> str:
+    """SQL for the type of the event an id column names, by primary key (NULL: none)."""
+    c = event_id_column
+    n = len(ACCOUNT_PREFIX)
+    assert n == len(TRANSFER_PREFIX)
+    return (
+        f"CASE WHEN starts_with({c}, '{ACCOUNT_PREFIX}') THEN '{ACCOUNT_CREATED}'"
+        f" WHEN starts_with({c}, '{TRANSFER_PREFIX}') THEN (SELECT 'transfer.' || s.status"
+        f" FROM transfers s WHERE s.id = substr({c}, {n + 1}))"
+        f" ELSE (SELECT s.type FROM events s WHERE s.id = {c}) END"
+    )
+
+
+def _owners(*users: str | None) -> frozenset[str]:
+    return frozenset(u for u in users if u)
+
+
+def account_event(row: Sequence[Any]) -> StoredEvent:
+    """One row of :data:`SELECT_ACCOUNT_EVENTS` as its ``account.created`` event."""
+    assert len(row) == 1 + _N_ACCOUNT
+    spec = AccountSpec(*row[1:])
+    return StoredEvent(
+        Event(derived_id(Source.ACCOUNTS, spec.id), ACCOUNT_CREATED, spec.ts // _NS,
+              {"account": account_data(spec)}),
+        Position(row[0], Source.ACCOUNTS, spec.id),
+        spec.ts,
+        _owners(spec.owner),
+        (spec.id,),
+    )  # fmt: skip
+
+
+def transfer_event(row: Sequence[Any]) -> StoredEvent:
+    """One row of :data:`SELECT_TRANSFER_EVENTS` as its ``transfer.*`` event."""
+    assert len(row) == 3 + _N_TRANSFER
+    txid, d_owner, c_owner = row[:3]
+    jr = JournalRow(*row[3:])
+    return StoredEvent(
+        Event(derived_id(Source.TRANSFERS, jr.id), TRANSFER_EVENT[jr.status], jr.ts // _NS,
+              {"transfer": transfer_data(jr)}),
+        Position(txid, Source.TRANSFERS, jr.id),
+        jr.ts,
+        _owners(d_owner, c_owner),
+        (jr.debit_account_id, jr.credit_account_id),
+    )  # fmt: skip
 
 
 def stored_event(row: Sequence[Any]) -> StoredEvent:
     """One row of :data:`SELECT_EVENTS` as an event with its audience."""
-    eid, etype, subject, data, txid, owner, d_owner, c_owner = row[:8]
-    t = row[8 : 8 + _N_TRANSFER]
-    a = row[8 + _N_TRANSFER :]
+    assert len(row) == 9 + _N_TRANSFER + _N_ACCOUNT
+    eid, etype, subject, data, txid, created_ns, owner, d_owner, c_owner = row[:9]
+    t = row[9 : 9 + _N_TRANSFER]
+    a = row[9 + _N_TRANSFER :]
     keys: tuple[str, ...]
-    if t[0] is not None:
+    if t[0] is not None:  # a ledger event from before migration 9: the body is its row's
         jr = JournalRow(*t)
         body = {"transfer": transfer_data(jr)}
         keys = (jr.debit_account_id, jr.credit_account_id)
@@ -195,5 +297,17 @@ def stored_event(row: Sequence[Any]) -> StoredEvent:
     else:
         body = msgspec.json.decode(data) if data is not None else {}
         keys = (subject,)
-    users = frozenset(u for u in (owner, d_owner, c_owner) if u)
-    return StoredEvent(Event(eid, etype, created_of(eid), body), txid, users, keys)
+    return StoredEvent(
+        Event(eid, etype, created_ns // _NS, body),
+        Position(txid, Source.EVENTS, eid),
+        created_ns,
+        _owners(owner, d_owner, c_owner),
+        keys,
+    )
+
+
+RENDER_BY_SOURCE = {
+    Source.ACCOUNTS: account_event,
+    Source.TRANSFERS: transfer_event,
+    Source.EVENTS: stored_event,
+}

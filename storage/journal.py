@@ -15,7 +15,6 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from paynode.domain.ledger.model import AccountSpec, JournalRow, Row, shard_key
-from paynode.storage.events import EVENT_COLUMNS, event_lines
 from paynode.storage.schema import ACCOUNT_COLUMNS, TRANSFER_COLUMNS
 
 _COPY_TRANSFERS = f"COPY transfers ({', '.join(TRANSFER_COLUMNS)}) FROM STDIN (FORMAT BINARY)"
@@ -25,7 +24,6 @@ _TRANSFER_TYPES = ["text", "text", "text", "int8", "text", "int4", "text", "int4
                    "text", "int8", "int8", "int8"]  # fmt: skip
 assert len(_TRANSFER_TYPES) == len(TRANSFER_COLUMNS)
 _COPY_ACCOUNTS = f"COPY accounts ({', '.join(ACCOUNT_COLUMNS)}) FROM STDIN"
-_COPY_EVENTS = f"COPY events ({', '.join(EVENT_COLUMNS)}) FROM STDIN"
 assert JournalRow.__struct_fields__ == TRANSFER_COLUMNS, "COPY order must match JournalRow"
 
 
@@ -51,9 +49,10 @@ async def commit(
     accounts: Sequence[AccountSpec],
     rows: Sequence[Row],
 ) -> None:
-    """Write accounts, journal rows and their events in one transaction; return once durable.
+    """Write accounts and journal rows in one transaction; return once durable.
 
-    ``rows`` are tuples in JournalRow's field order (what the shards keep).
+    ``rows`` are tuples in JournalRow's field order (what the shards keep). Their
+    events are not written: the journal is the outbox (storage/outbox.py).
     """
     async with conn.transaction(), conn.cursor() as cur:
         if accounts:
@@ -64,9 +63,6 @@ async def commit(
                 copy.set_types(_TRANSFER_TYPES)
                 for row in rows:
                     await copy.write_row(row)
-        if accounts or rows:
-            async with cur.copy(_COPY_EVENTS) as copy:
-                await copy.write(event_lines(accounts, [JournalRow(*r) for r in rows]))
 
 
 async def existing_ids(conn: psycopg.AsyncConnection, ids: Sequence[str]) -> set[str]:

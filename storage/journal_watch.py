@@ -2,7 +2,7 @@
 
 Every transaction that inserts into the journal or the other followed tables
 (transfers, accounts, events, audit_log) announces its txid on
-:data:`CHANNEL` when it commits: a statement-level trigger (migration 9), so
+:data:`CHANNEL` when it commits: a statement-level trigger (migration 8), so
 no writer can forget. Followers (the analytics stream, the notifier's fan-out)
 sleep until an announcement instead of polling on a short timer, which costs
 an idle node CPU in every follower and in PostgreSQL.

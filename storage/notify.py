@@ -15,9 +15,11 @@ import msgspec
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from paynode.domain.notify.outbox import START, Position, Source
 from paynode.storage import pii
-from paynode.storage.events import SELECT_EVENTS, STEP_UP_EVENT, VISIBLE, StoredEvent, stored_event
+from paynode.storage.events import STEP_UP_EVENT, StoredEvent, parse_event_id, type_sql
 from paynode.storage.keyring import Keyring
+from paynode.storage.outbox import render
 from paynode.storage.rows import record
 
 # -- endpoints ------------------------------------------------------------------------
@@ -47,7 +49,7 @@ class LiveEndpoint(msgspec.Struct, kw_only=True):
     secrets: tuple[str, ...]  # the current one first
 
     def wants(self, event: StoredEvent) -> bool:
-        if event.txid <= self.start_txid:
+        if event.position.txid <= self.start_txid:
             return False  # committed before the endpoint existed
         if "*" not in self.events and event.event.type not in self.events:
             return False
@@ -217,90 +219,45 @@ async def live_endpoints(conn: AsyncConnection, keys: Keyring) -> list[LiveEndpo
     return out
 
 
-# -- the outbox, read ------------------------------------------------------------------
-
-
-async def event_position(conn: AsyncConnection, event_id: str) -> tuple[int, str] | None:
-    row = (
-        await conn.execute(sa.text("SELECT txid, id FROM events WHERE id = :id"), {"id": event_id})
-    ).first()
-    return None if row is None else (row[0], row[1])
-
-
-_CONCERNS = (
-    "(e.owner_user_id = ANY(:users) OR e.debit_account_id IN (SELECT id FROM mine)"
-    " OR e.credit_account_id IN (SELECT id FROM mine))"
-)
-_MINE = "mine AS (SELECT id FROM accounts WHERE owner_user_id = ANY(:users))"
-
-
-async def read_events(
-    conn: AsyncConnection,
-    after: tuple[int, str],
-    limit: int,
-    types: Sequence[str] = (),
-    users: Sequence[str] | None = None,
-) -> tuple[list[StoredEvent], tuple[int, str] | None, int]:
-    """Committed events after ``after`` in outbox order; ``users`` keeps only theirs.
-
-    ``limit`` bounds the events scanned, not the ones kept. The window is
-    found on the ``(txid, id)`` index alone, and only the events kept are
-    joined and rendered: a subscriber's cost does not grow with everyone
-    else's traffic. Returns the kept events, the last position scanned (None
-    when nothing was) and how many were scanned.
-    """
-    where = [VISIBLE, "(e.txid, e.id) > (:txid, :eid)"]
-    if types:
-        where.append("e.type = ANY(:types)")
-    concerns = "true" if users is None else _CONCERNS
-    window = (
-        f"WITH {_MINE}, win AS (SELECT e.txid, e.id, {concerns} AS kept FROM events e"
-        f" WHERE {' AND '.join(where)} ORDER BY e.txid, e.id LIMIT :limit)"
-        " SELECT count(*), max(txid),"
-        " max(id) FILTER (WHERE txid = (SELECT max(txid) FROM win)),"
-        " coalesce(array_agg(id) FILTER (WHERE kept), '{}') FROM win"
-    )
-    params = {"txid": after[0], "eid": after[1], "types": list(types), "limit": limit,
-              "users": list(users or ())}  # fmt: skip
-    scanned, last_txid, last_id, kept = (await conn.execute(sa.text(window), params)).one()
-    if not scanned:
-        return [], None, 0
-    rows = await conn.execute(
-        sa.text(f"{SELECT_EVENTS} WHERE e.id = ANY(:ids) ORDER BY e.txid, e.id"), {"ids": kept}
-    )
-    return [stored_event(r) for r in rows], (last_txid, last_id), int(scanned)
-
-
-async def get_event(conn: AsyncConnection, event_id: str) -> StoredEvent | None:
-    row = (
-        await conn.execute(sa.text(f"{SELECT_EVENTS} WHERE e.id = :id"), {"id": event_id})
-    ).first()
-    return None if row is None else stored_event(row)
-
-
 # -- fan-out and deliveries (the notifier) ----------------------------------------------
 
 CURSOR_NAME = "fanout"
 
 
-async def load_cursor(conn: AsyncConnection) -> tuple[int, str]:
+async def load_cursor(conn: AsyncConnection) -> Position:
     row = (
         await conn.execute(
-            sa.text("SELECT txid, event_id FROM notifier_cursor WHERE name = :n"),
+            sa.text("SELECT txid, source, key FROM notifier_cursor WHERE name = :n"),
             {"n": CURSOR_NAME},
         )
     ).first()
-    return (0, "") if row is None else (row[0], row[1])
+    return START if row is None else Position(row[0], Source(row[1]), row[2])
 
 
-async def save_cursor(conn: AsyncConnection, position: tuple[int, str]) -> None:
+async def save_cursor(conn: AsyncConnection, position: Position) -> None:
     await conn.execute(
         sa.text(
-            "INSERT INTO notifier_cursor (name, txid, event_id) VALUES (:n, :t, :e)"
-            " ON CONFLICT (name) DO UPDATE SET txid = excluded.txid, event_id = excluded.event_id"
+            "INSERT INTO notifier_cursor (name, txid, source, key) VALUES (:n, :t, :s, :k)"
+            " ON CONFLICT (name) DO UPDATE SET txid = excluded.txid, source = excluded.source,"
+            " key = excluded.key"
         ),
-        {"n": CURSOR_NAME, "t": position[0], "e": position[1]},
+        {"n": CURSOR_NAME, "t": position.txid, "s": int(position.source), "k": position.key},
     )
+
+
+async def subscribers_started(conn: AsyncConnection, after: int, before: int) -> set[str]:
+    """Ids of the live endpoints and devices started (or re-enabled) in a txid between
+    ``after`` and ``before``, exclusive: recent ones, each found by an index."""
+    rows = await conn.execute(
+        sa.text(
+            "SELECT id FROM webhook_endpoints WHERE enabled AND deleted_at IS NULL"
+            " AND start_txid > :a AND start_txid < :b UNION ALL"
+            " SELECT id FROM devices WHERE deleted_at IS NULL"
+            " AND start_txid > :a AND start_txid < :b"
+        ),
+        {"a": after, "b": before},
+    )
+    return {r[0] for r in rows}
 
 
 async def visible_horizon(conn: AsyncConnection) -> int:
@@ -333,21 +290,34 @@ class PendingDelivery(msgspec.Struct):
     event: StoredEvent
 
 
+async def _events_of(conn: AsyncConnection, ids: Sequence[str]) -> dict[str, StoredEvent]:
+    """The events these ids name, rendered (an id that names none is left out)."""
+    refs = {eid: ref for eid in ids if (ref := parse_event_id(eid)) is not None}
+    found = await render(conn, refs.values())
+    return {eid: found[ref] for eid, ref in refs.items() if ref in found}
+
+
 async def pending_deliveries(
     conn: AsyncConnection, endpoint_id: str, limit: int, after: int = 0
 ) -> list[PendingDelivery]:
     """Pending deliveries of an endpoint with ids above ``after``, in outbox order."""
-    rows = await conn.execute(
-        sa.text(
-            "SELECT d.id, d.attempts, extract(epoch FROM d.next_attempt_at)::float8,"
-            " d.order_keys, ev.* FROM webhook_deliveries d"
-            f" CROSS JOIN LATERAL ({SELECT_EVENTS} WHERE e.id = d.event_id) ev"
-            " WHERE d.endpoint_id = :ep AND d.status = 'pending' AND d.id > :after"
-            " ORDER BY d.id LIMIT :limit"
-        ),
-        {"ep": endpoint_id, "limit": limit, "after": after},
-    )
-    return [PendingDelivery(r[0], r[1], r[2], tuple(r[3]), stored_event(r[4:])) for r in rows]
+    rows = (
+        await conn.execute(
+            sa.text(
+                "SELECT d.id, d.attempts, extract(epoch FROM d.next_attempt_at)::float8,"
+                " d.order_keys, d.event_id FROM webhook_deliveries d"
+                " WHERE d.endpoint_id = :ep AND d.status = 'pending' AND d.id > :after"
+                " ORDER BY d.id LIMIT :limit"
+            ),
+            {"ep": endpoint_id, "limit": limit, "after": after},
+        )
+    ).all()
+    events = await _events_of(conn, [r[4] for r in rows])
+    # Every delivery names an event that exists (events and the journal are never
+    # deleted); one that does not is never sent, as before with a join.
+    return [
+        PendingDelivery(r[0], r[1], r[2], tuple(r[3]), events[r[4]]) for r in rows if r[4] in events
+    ]
 
 
 async def record_attempt(
@@ -415,11 +385,13 @@ async def list_deliveries(
     rows = (
         await conn.execute(
             sa.text(
-                "SELECT d.id, d.event_id, e.type, d.status, d.attempts,"
+                "SELECT * FROM (SELECT d.id, d.event_id, "
+                + type_sql("d.event_id")
+                + " AS type, d.status, d.attempts,"
                 " CASE WHEN d.status = 'pending' THEN d.next_attempt_at END, d.last_status,"
                 " d.last_error, d.created_at, d.delivered_at"
-                " FROM webhook_deliveries d JOIN events e ON e.id = d.event_id"
-                f" WHERE {where} ORDER BY d.id LIMIT :limit"
+                f" FROM webhook_deliveries d WHERE {where} ORDER BY d.id LIMIT :limit) x"
+                " WHERE x.type IS NOT NULL ORDER BY x.id"
             ),
             {"ep": endpoint_id, "after": after, "limit": limit, "st": status},
         )
@@ -606,7 +578,7 @@ class LiveDevice(msgspec.Struct, kw_only=True):
     def wants(self, event: StoredEvent) -> bool:
         # A step-up code goes to every device of the payer, whatever it chose to hear.
         return (
-            event.txid > self.start_txid
+            event.position.txid > self.start_txid
             and self.user_id in event.users
             and ("*" in self.events or event.event.type in self.events
                  or event.event.type == STEP_UP_EVENT)
@@ -643,15 +615,17 @@ class PendingPush(msgspec.Struct):
 
 
 async def pending_pushes(conn: AsyncConnection, keys: Keyring, limit: int) -> list[PendingPush]:
-    rows = await conn.execute(
-        sa.text(
-            "SELECT p.id, p.device_id, dv.platform, dv.token_ct, p.attempts, ev.*"
-            " FROM push_notifications p JOIN devices dv ON dv.id = p.device_id"
-            f" CROSS JOIN LATERAL ({SELECT_EVENTS} WHERE e.id = p.event_id) ev"
-            " WHERE p.status = 'pending' AND dv.deleted_at IS NULL ORDER BY p.id LIMIT :limit"
-        ),
-        {"limit": limit},
-    )
+    rows = (
+        await conn.execute(
+            sa.text(
+                "SELECT p.id, p.device_id, dv.platform, dv.token_ct, p.attempts, p.event_id"
+                " FROM push_notifications p JOIN devices dv ON dv.id = p.device_id"
+                " WHERE p.status = 'pending' AND dv.deleted_at IS NULL ORDER BY p.id LIMIT :limit"
+            ),
+            {"limit": limit},
+        )
+    ).all()
+    events = await _events_of(conn, [r[5] for r in rows])
     return [
         PendingPush(
             r[0],
@@ -659,9 +633,10 @@ async def pending_pushes(conn: AsyncConnection, keys: Keyring, limit: int) -> li
             r[2],
             pii.open_(keys, bytes(r[3]), "devices", "token_ct", r[1]),
             r[4],
-            stored_event(r[5:]),
+            events[r[5]],
         )
         for r in rows
+        if r[5] in events
     ]
 
 

@@ -2,8 +2,13 @@
 
 The DDL lives in :mod:`storage.migrations` (versioned); each table here must
 describe what those migrations leave behind. Tables queried only with SQL
-text (the outbox and notifications in storage/notify.py and events.py, the
-rails in payments.py and ach.py) are described by migrations 4 and 5 alone.
+text (the outbox and notifications in storage/outbox.py, notify.py and
+events.py, the rails in payments.py and ach.py) are described by migrations
+4, 5 and 9 alone (9: ``outbox_boundary``, and ``notifier_cursor`` keyed by
+``(txid, source, key)``).
+
+``accounts`` and ``transfers`` are also the outbox of their ledger events:
+readers follow them on their ``(txid, id)`` indexes (migration 3).
 """
 
 from __future__ import annotations
@@ -39,7 +44,8 @@ accounts = Table(
     Column("shard_key", BigInteger, nullable=False),
     Column("ts", BigInteger, nullable=False),
     Column("owner_user_id", Text),  # the user who may read and debit it; NULL: admins only
-    Column("txid", BigInteger, nullable=False),  # writing transaction (migration 3)
+    # Writing transaction (migration 3): the commit order account.created events follow.
+    Column("txid", BigInteger, nullable=False),
 )
 
 transfers = Table(
@@ -58,7 +64,8 @@ transfers = Table(
     Column("posted_amount", BigInteger, nullable=False),
     Column("pending_delta", BigInteger, nullable=False),
     Column("ts", BigInteger, nullable=False),
-    # The writing transaction's id, set by PostgreSQL: the commit order analytics follows.
+    # The writing transaction's id, set by PostgreSQL: the commit order analytics and
+    # the transfer.* events follow.
     Column("txid", BigInteger, nullable=False),
 )
 

@@ -1,5 +1,8 @@
 """SIGKILL the node while it delivers webhooks; after the restart every event arrives.
 
+Event ids are derived from the journal rows, so an event has the same id
+before and after the restart, in the webhooks and in ``GET /v1/events``.
+
 The node runs as the real ``paynode run`` process tree; the receiver is a
 real HTTP server in this process that verifies every signature and answers
 slowly, so the kill lands with deliveries in flight and queued.
@@ -22,6 +25,19 @@ from tests.conftest import ADMIN_HEADERS, ADMIN_KEY, wait_until
 pytestmark = pytest.mark.slow
 
 TRANSFERS = 150
+
+
+def _listed(http: httpx.Client) -> dict[str, str]:
+    """transfer id -> event id of this test's transfer.posted events, via the API."""
+    out: dict[str, str] = {}
+    after = None
+    while True:
+        params = {"type": "transfer.posted", "limit": 1000} | ({"after": after} if after else {})
+        page = http.get("/v1/events", params=params).json()
+        out |= {e["data"]["transfer"]["id"]: e["id"] for e in page["events"]}
+        after = page["next_after"]
+        if not page["has_more"]:
+            return out
 
 
 def test_sigkill_mid_delivery_then_every_event_is_delivered(tmp_path: Path, request) -> None:
@@ -61,17 +77,25 @@ def test_sigkill_mid_delivery_then_every_event_is_delivered(tmp_path: Path, requ
         finally:
             node.kill()
         before_restart = len(receiver.delivered())
+        # The ids the node sent before it died, by transfer.
+        ids_before = {r.body["data"]["transfer"]["id"]: r.event_id for r in receiver.received}
 
         node.start()
         try:
             with psycopg.connect(libpq_url(node.database_url)) as conn:
+                # The journal is the outbox: a transfer.posted event per posted row.
                 outbox = {
-                    r[0]: r[1]
-                    for r in conn.execute(
-                        "SELECT id, subject_id FROM events WHERE type = 'transfer.posted'"
-                    )
+                    f"evt_t_{r[0]}": r[0]
+                    for r in conn.execute("SELECT id FROM transfers WHERE status = 'posted'")
                 }
+                assert conn.execute("SELECT count(*) FROM events").fetchone()[0] == 0
             assert set(outbox.values()) >= set(acked)
+            with httpx.Client(base_url=node.url, timeout=30, headers=ADMIN_HEADERS) as http:
+                ids_after = wait_until(
+                    lambda: (got := _listed(http)).keys() >= set(acked) and got,
+                    what="every acknowledged transfer's event listed",
+                )
+            assert {t: ids_after[t] for t in ids_before} == ids_before, "ids survive a restart"
 
             def all_arrived() -> bool:
                 return {r.event_id for r in receiver.delivered()} >= set(outbox)
@@ -80,6 +104,9 @@ def test_sigkill_mid_delivery_then_every_event_is_delivered(tmp_path: Path, requ
             assert all(r.verified for r in receiver.received)
             transfers = {r.body["data"]["transfer"]["id"] for r in receiver.delivered()}
             assert transfers >= set(acked), "an acknowledged transfer's event was never delivered"
+            # Sent before the kill and again after it: the same event, the same id.
+            for r in receiver.received:
+                assert r.event_id == ids_after[r.body["data"]["transfer"]["id"]]
             assert before_restart < len(outbox)
         finally:
             assert node.stop() == 0

@@ -7,8 +7,10 @@ from dataclasses import dataclass
 import pytest
 
 from paynode.actors.notify.destinations import DestinationError, check_url
+from paynode.actors.notify.push import apns_request
+from paynode.domain.notify.outbox import Source
 from paynode.domain.notify.schedule import backoff_s, ready
-from paynode.storage.events import created_of, event_id
+from paynode.storage.events import Event, EventRef, derived_id, event_id, parse_event_id
 
 
 @dataclass
@@ -52,7 +54,40 @@ def test_event_ids_are_time_ordered_and_distinct_per_subject() -> None:
     a, b = event_id(1_700_000_000_000_000_000, "t1"), event_id(1_700_000_000_000_000_000, "t2")
     assert a != b and len(a) == len(b) == 36
     assert event_id(1_700_000_000_000_000_001, "t1") > a
-    assert created_of(a) == 1_700_000_000
+    assert a.startswith("evt_") and int(a[4:20], 16) == 1_700_000_000_000_000_000
+
+
+def test_derived_event_ids_name_their_row() -> None:
+    assert derived_id(Source.TRANSFERS, "t-1") == "evt_t_t-1"
+    assert derived_id(Source.ACCOUNTS, "acct:1") == "evt_a_acct:1"
+    expiry = derived_id(Source.TRANSFERS, "~expired:ach:pay.1")
+    assert parse_event_id(expiry) == EventRef(Source.TRANSFERS, "~expired:ach:pay.1")
+    assert parse_event_id("evt_a_acct:1") == EventRef(Source.ACCOUNTS, "acct:1")
+    stored = event_id(1, "x")
+    assert parse_event_id(stored) == EventRef(Source.EVENTS, stored)
+    longest = "evt_t_" + "x" * 128
+    assert parse_event_id(longest) == EventRef(Source.TRANSFERS, "x" * 128)
+    for bad in ("", "evt_", "evt_t_", "evt_a_", "evt_nope", "evt_" + "g" * 32, "evt_" + "a" * 31,
+                "evt_" + "A" * 32, "evt_t_a/b", "evt_t_a b", "evt_x_abc", longest + "x",
+                "evt_t_\x00", "EVT_t_a"):  # fmt: skip
+        assert parse_event_id(bad) is None, bad
+    with pytest.raises(AssertionError):
+        derived_id(Source.TRANSFERS, "has space")
+
+
+def test_apns_collapse_id_fits_for_every_event_id() -> None:
+    def collapse(eid: str) -> str:
+        body = {"transfer": {"id": "t", "amount": 1, "currency": "USD"}}
+        return apns_request("tok", Event(eid, "transfer.posted", 0, body), "topic")["headers"][
+            "apns-collapse-id"
+        ]
+
+    short = derived_id(Source.TRANSFERS, "t-1")
+    assert collapse(short) == short  # an id that fits is used as is
+    long_a = derived_id(Source.TRANSFERS, "~expired:ach-settle:" + "p" * 64)
+    long_b = derived_id(Source.TRANSFERS, "~expired:ach-settle:" + "p" * 63 + "q")
+    assert len(collapse(long_a).encode()) <= 64
+    assert collapse(long_a) == collapse(long_a) != collapse(long_b)
 
 
 @pytest.mark.parametrize(

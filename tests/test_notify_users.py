@@ -532,8 +532,14 @@ def test_delivery_history_lists_every_attempt(make_node, clients) -> None:
         got = wait_until(receiver.delivered, what="the delivery after one failure")
     assert [_subject(r.body) for r in got] == [("transfer.posted", "hi-1")]
     problem(b.get(f"/v1/webhook-endpoints/{ep['id']}/deliveries"), 403, "forbidden")
-    r = a.get(f"/v1/webhook-endpoints/{ep['id']}/deliveries")
-    assert r.status_code == 200, r.text
+
+    def recorded() -> httpx.Response | None:
+        # The receiver answers before the node records that answer: wait for the record.
+        r = a.get(f"/v1/webhook-endpoints/{ep['id']}/deliveries")
+        assert r.status_code == 200, r.text
+        return r if [d["status"] for d in r.json()["deliveries"]] == ["delivered"] else None
+
+    r = wait_until(recorded, what="the delivery recorded as delivered")
     (delivery,) = r.json()["deliveries"]
     assert (delivery["event_id"], delivery["status"]) == (got[0].event_id, "delivered")
     assert [h["status_code"] for h in delivery["history"]] == [500, 204]

@@ -40,6 +40,17 @@ def _fingerprint(secret: str) -> str:
     return "sha256:" + hashlib.sha256(secret.encode()).hexdigest()[:16]
 
 
+APNS_COLLAPSE_ID_MAX_BYTES = 64  # APNs refuses a longer apns-collapse-id (BadCollapseId)
+
+
+def collapse_id(event_id: str) -> str:
+    """The event id, or for one too long for APNs (``evt_t_<a long transfer id>``) a
+    digest of it: still one per event, and the same for every push of that event."""
+    if len(event_id.encode()) <= APNS_COLLAPSE_ID_MAX_BYTES:
+        return event_id
+    return "evt_h_" + hashlib.blake2b(event_id.encode(), digest_size=24).hexdigest()
+
+
 def alert(event: Event, code: str | None = None) -> tuple[str, str]:
     """Title and body of the notification: amounts and ids only, no personal data.
 
@@ -78,7 +89,7 @@ def apns_request(token: str, event: Event, topic: str, code: str | None = None) 
             "apns-topic": topic,
             "apns-priority": "10",
             "apns-expiration": str(int(time.time()) + 86400),
-            "apns-collapse-id": event.id,
+            "apns-collapse-id": collapse_id(event.id),
         },
         "body": {
             "aps": {"alert": {"title": title, "body": body}, "sound": "default"},
