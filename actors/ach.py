@@ -19,6 +19,7 @@ import time
 import msgspec
 from sqlalchemy.exc import SQLAlchemyError
 
+from paynode.actors.background import lower_priority
 from paynode.domain.rails.ach_rules import Originator, Outgoing, build
 from paynode.domain.settings import Settings
 from paynode.storage import ach, payments
@@ -46,6 +47,7 @@ class AchOriginator:
     """Run under Ray as ``ray.remote(AchOriginator)``."""
 
     def __init__(self, settings: Settings, database_url: str, bank_name: str | None) -> None:
+        lower_priority()  # follows the journal: yields the CPU to the money path
         self.s = settings
         self._engine = async_engine(database_url, pool_size=2)
         self._keys = load_keyring(settings.data_path(), settings.keyring, create=False)

@@ -19,6 +19,7 @@ from pathlib import Path
 import msgspec
 import psycopg
 
+from paynode.actors.background import lower_priority
 from paynode.storage.analytics import (
     EXPORTED,
     RECON_COLUMNS,
@@ -61,6 +62,7 @@ class AnalyticsStreamer:
         max_rows: int = 100_000,
         max_segments: int = 64,
     ) -> None:
+        lower_priority()  # follows the journal: yields the CPU to the money path
         assert interval_ms >= 10 and max_rows >= 1 and max_segments >= 2
         self.database_url = database_url
         self.store = Store(Path(root))
@@ -135,7 +137,7 @@ class AnalyticsStreamer:
         last = 0.0
         try:
             while True:
-                if watch.announced < self.published_below and watch.connected:
+                if not watch.behind(self.published_below - 1):
                     await watch.wait(IDLE_CHECK_S)
                 rest = self.interval_s - (time.monotonic() - last)
                 if rest > 0:

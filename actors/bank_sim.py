@@ -23,6 +23,7 @@ import time
 import aiohttp
 import msgspec
 
+from paynode.actors.background import lower_priority
 from paynode.domain.notify.signature import HEADER, header
 from paynode.domain.rails.calendar import EASTERN
 from paynode.domain.rails.nacha import (
@@ -68,6 +69,7 @@ class BankSimulator:
         odfi_routing: str,
         returns: dict[str, str] | None = None,
     ) -> None:
+        lower_priority()  # stands in for a bank: yields the CPU to the money path
         self._url = f"{node_url}/v1/webhooks/{PROVIDER}"
         self._secret = secret
         self._delay = delay_s

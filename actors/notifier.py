@@ -30,6 +30,7 @@ import msgspec
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from paynode.actors.background import lower_priority
 from paynode.actors.notify.destinations import DestinationError, check_resolved
 from paynode.actors.notify.push import PushProvider, SinkProvider
 from paynode.domain.notify.outbox import START, Position, through
@@ -41,6 +42,7 @@ from paynode.storage import notify, outbox
 from paynode.storage import risk as risk_store
 from paynode.storage.database import async_engine
 from paynode.storage.events import STEP_UP_EVENT
+from paynode.storage.journal_watch import JournalWatch
 from paynode.storage.keyring import load as load_keyring
 
 log = logging.getLogger("paynode.notifier")
@@ -48,6 +50,7 @@ log = logging.getLogger("paynode.notifier")
 _RESPONSE_READ_LIMIT = 4096  # bytes of a receiver's answer read before closing
 _LAG_SAMPLES = 10_000
 _PUSH_MAX_ATTEMPTS = 5
+IDLE_CHECK_S = 30.0  # a fan-out pass even with nothing announced (one may be lost)
 USER_AGENT = "paynode-webhooks/1"
 
 
@@ -103,6 +106,7 @@ class Notifier:
     """Run under Ray as ``ray.remote(Notifier)``."""
 
     def __init__(self, settings: Settings, database_url: str) -> None:
+        lower_priority()  # follows the journal: yields the CPU to the money path
         self.s = settings
         self._url = database_url
         self._engine = async_engine(database_url, pool_size=4)
@@ -112,7 +116,7 @@ class Notifier:
         self._workers: dict[str, asyncio.Task[None]] = {}
         self._wakes: dict[str, asyncio.Event] = {}
         self._queues: dict[str, _Queue] = {}
-        self._fanout_wake = asyncio.Event()
+        self._watch = JournalWatch(database_url)  # wakes the fan-out on commits
         self._push_wake = asyncio.Event()
         self._cursor: Position = START
         self._global = asyncio.Semaphore(settings.webhook_max_concurrency)
@@ -172,7 +176,7 @@ class Notifier:
                 self._wakes[eid] = asyncio.Event()
                 self._workers[eid] = asyncio.create_task(self._endpoint_worker(eid))
             self._wakes[eid].set()
-        self._fanout_wake.set()
+        self._watch.nudge()
         return len(endpoints)
 
     async def wake(self, endpoint_id: str) -> None:
@@ -195,17 +199,25 @@ class Notifier:
     # -- fan-out ------------------------------------------------------------------
 
     async def _fanout_loop(self) -> None:
+        """Fan out while commits are announced beyond the position, one pass per
+        ``notify_interval_ms`` (batched); asleep otherwise (storage/journal_watch.py)."""
         interval = self.s.notify_interval_ms / 1000
-        while True:
-            try:
-                scanned = await self._fanout_once()
-            except (SQLAlchemyError, OSError) as e:
-                self._counts["errors"] += 1
-                log.warning("notifier: fan-out failed: %s", type(e).__name__)
-                scanned = 0
-            if scanned < self.s.notify_batch:
-                self._fanout_wake.clear()
-                await _wait(self._fanout_wake, interval)
+        self._watch.start()
+        try:
+            while True:
+                try:
+                    scanned = await self._fanout_once()
+                except (SQLAlchemyError, OSError) as e:
+                    self._counts["errors"] += 1
+                    log.warning("notifier: fan-out failed: %s", type(e).__name__)
+                    scanned = 0
+                if scanned >= self.s.notify_batch:
+                    continue  # behind: the next page at once
+                if not self._watch.behind(self._cursor.txid):
+                    await self._watch.wait(IDLE_CHECK_S)  # reload() nudges it too
+                await asyncio.sleep(interval)
+        finally:
+            await self._watch.stop()
 
     async def _fanout_once(self) -> int:
         """One pass: the next events for the subscribers known now, and the new position.

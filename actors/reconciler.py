@@ -42,6 +42,7 @@ from pathlib import Path
 import msgspec
 import psycopg
 
+from paynode.actors.background import lower_priority
 from paynode.domain.ledger.model import shard_key
 from paynode.domain.ledger.wire import decode_balances, encode
 from paynode.domain.rails.calendar import add_business_days
@@ -161,6 +162,7 @@ class Reconciler:
         full_every: int = 10,
         max_cached_accounts: int = MAX_CACHED_ACCOUNTS,
     ) -> None:
+        lower_priority()  # follows the journal: yields the CPU to the money path
         assert interval_s >= 0 and full_every >= 1 and max_cached_accounts >= 0
         self.database_url = database_url
         self.root = Path(analytics_root)

@@ -48,6 +48,14 @@ class JournalWatch:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
+    def nudge(self) -> None:
+        """Wake the waiter now (its follower has news of its own, e.g. a new subscriber)."""
+        self._moved.set()
+
+    def behind(self, covered_txid: int) -> bool:
+        """Whether a commit was announced beyond ``covered_txid`` (or we cannot know)."""
+        return self.announced > covered_txid or not self.connected
+
     async def wait(self, timeout_s: float) -> None:
         """Until something is announced (or ``timeout_s``); forgets earlier wake-ups."""
         with contextlib.suppress(TimeoutError):

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import psycopg
 import pytest
 import sqlalchemy as sa
+from msgspec.structs import astuple
 
 from paynode.benchmarks.receiver import Receiver, serve
 from paynode.domain.ledger.model import NO_METADATA, AccountSpec, JournalRow
@@ -47,7 +48,7 @@ def _commit(url: str, accounts: Sequence[AccountSpec] = (), rows: Sequence[Journ
     async def main() -> None:
         conn = await connect(url)
         try:
-            await journal.commit(conn, accounts, rows)
+            await journal.commit(conn, accounts, [astuple(r) for r in rows])
         finally:
             await conn.close()
 
@@ -171,7 +172,7 @@ def test_readers_wait_for_an_earlier_txid_that_commits_late(database_url) -> Non
     try:
         cols = ", ".join(TRANSFER_COLUMNS)
         with slow.cursor().copy(f"COPY transfers ({cols}) FROM STDIN") as copy:
-            copy.write(journal.transfer_lines([_row("early", "w1", "w2")]))
+            copy.write_row(astuple(_row("early", "w1", "w2")))
         early_txid = slow.execute("SELECT pg_current_xact_id()::text::bigint").fetchone()[0]
         _commit(database_url, rows=[_row("late", "w2", "w1")])  # a later txid, committed first
         with psycopg.connect(libpq_url(database_url)) as conn:
