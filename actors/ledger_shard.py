@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import psycopg
 from msgspec.structs import astuple
 
+from paynode.actors.heap import settle_heap
 from paynode.domain.ledger.model import ROW_CREDIT, AccountSpec, Code, Outcome, Row, shard_key
 from paynode.domain.ledger.rules import Ledger, refuse_group
 from paynode.domain.ledger.wire import (
@@ -223,6 +224,7 @@ class LedgerShard:
         fresh.inflight_ids = set(old.inflight_ids)
         fresh.locked_pendings = set(old.locked_pendings)
         self.ledger = fresh
+        settle_heap()  # the rebuilt ledger lives until the next rebuild
         self._rearm()
         self._rebuilds += 1
         self._ready = True

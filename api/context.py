@@ -16,6 +16,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from paynode.actors.heap import settle_heap
 from paynode.actors.names import (
     ACH_NAME,
     ANALYTICS_NAME,
@@ -107,6 +108,7 @@ async def open_context(
     revocations = asyncio.create_task(ctx.auth.follow_revocations(settings.database_url or ""))
     try:
         await _operator_accounts(client)
+        settle_heap()  # what start-up built lives as long as the process
         yield ctx
     finally:
         revocations.cancel()

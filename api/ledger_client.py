@@ -102,6 +102,11 @@ class LedgerClient:
 
     async def resolve(self, ids: set[str]) -> dict[str, AccountSpec]:
         """Static account facts (currency, flags) from cache or PostgreSQL; unknown ids absent."""
+        await self._cache_specs(ids)
+        return {i: self.specs[i] for i in ids if i in self.specs}
+
+    async def _cache_specs(self, ids: set[str]) -> None:
+        """Load into the cache the facts of those of ``ids`` it lacks (unknown ids stay out)."""
         specs = self.specs
         missing = [i for i in ids if i not in specs]
         if missing:
@@ -109,7 +114,6 @@ class LedgerClient:
             for spec in found:
                 if spec is not None:
                     specs[spec.id] = spec
-        return {i: specs[i] for i in ids if i in specs}
 
     async def _load_specs(self, ids: list[str]) -> list[AccountSpec | None]:
         async with self.engine.connect() as conn:
@@ -136,7 +140,8 @@ class LedgerClient:
                 ids.add(b.debit_account_id)
                 ids.add(b.credit_account_id)
         ids.discard(None)
-        specs = await self.resolve(ids)  # type: ignore[arg-type]
+        await self._cache_specs(ids)  # type: ignore[arg-type]
+        specs = self.specs  # read only below; an id absent from it does not exist
         if may_debit is not None:
             for i, (b, code) in enumerate(zip(bodies, codes, strict=True)):
                 debit = specs.get(b.debit_account_id) if not code else None  # type: ignore[arg-type]

