@@ -32,6 +32,7 @@ audit log goes out without source IPs and with only the keys of before/after.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import re
 import shutil
@@ -226,16 +227,38 @@ class Store:
     # -- compaction ------------------------------------------------------------------
 
     def compact(self, table: Exported, max_segments: int) -> int:
-        """Merge all but the newest segment once there are more than ``max_segments``.
+        """Merge segments in tiers, so that each row is rewritten a few times in all.
+
+        Segments are ordered by their last (txid, id). Leaving the newest alone,
+        once the last ``FANOUT`` segments before it are of the same size tier
+        (``FANOUT`` times bigger per tier), they become one segment of the next
+        tier; repeated while it applies, like a binary counter. A row is thus
+        rewritten about once per tier, log_FANOUT of the history, where merging
+        everything each time rewrote the whole history every few seconds under
+        load. Past ``max_segments`` all but the newest are merged (a bound, seldom
+        reached: the tiers keep about FANOUT per tier).
 
         The merged set goes into a new generation directory (hard links for the
         rest) and ``live`` is swapped to it in one rename: a reader sees the old
         set or the new one, never both. Returns the segments merged (0 if none).
         """
-        current = self.segments(table)
-        if len(current) <= max_segments:
-            return 0
-        merge, keep_newest = current[:-1], current[-1]
+        merged = 0
+        while run := self._mergeable(self.segments(table), max_segments):
+            self._merge(table, run)
+            merged += len(run)
+        return merged
+
+    @staticmethod
+    def _mergeable(current: list[Path], max_segments: int) -> list[Path]:
+        older = current[:-1]  # the newest stays as it is
+        if len(current) > max_segments:
+            return older
+        if len(older) < FANOUT:
+            return []
+        tiers = [_tier(p.stat().st_size) for p in older[-FANOUT:]]
+        return older[-FANOUT:] if len(set(tiers)) == 1 else []
+
+    def _merge(self, table: Exported, merge: list[Path]) -> None:
         gen_now = self.live.resolve()
         number = int(gen_now.name.split("-")[1]) + 1
         gen_next = self.root / f"gen-{number:06d}"
@@ -250,11 +273,10 @@ class Store:
         os.replace(merged, gen_next / merged.name)
         merged_names = {p.name for p in merge}
         for p in gen_now.iterdir():
-            if p.name not in merged_names or p.name == keep_newest.name:
+            if p.name not in merged_names:
                 os.link(p, gen_next / p.name)
         _swap_symlink(self.live, gen_next.name)
         self.collect_garbage()
-        return len(merge)
 
     def collect_garbage(self, grace_s: float = GRACE_S) -> None:
         """Remove generations older than the live one once no reader can still be listing them."""
@@ -271,6 +293,17 @@ class Store:
         source = _csv_source(csv_path, Exported(name, RECON_COLUMNS[name]))
         self._db.execute(f"COPY (SELECT * FROM {source}) TO '{staged}' (FORMAT parquet)")
         os.replace(staged, self.recon / f"{name}.parquet")
+
+
+FANOUT = 8  # segments of one tier merged into one of the next
+TIER_BASE_BYTES = 1 << 20  # segments up to this size are the first tier
+
+
+def _tier(size_bytes: int) -> int:
+    """0 up to TIER_BASE_BYTES, then one more per FANOUT times bigger."""
+    if size_bytes <= TIER_BASE_BYTES:
+        return 0
+    return 1 + int(math.log(size_bytes / TIER_BASE_BYTES, FANOUT))
 
 
 def _files(paths: list[Path]) -> str:
