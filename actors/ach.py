@@ -49,7 +49,7 @@ class AchOriginator:
     def __init__(self, settings: Settings, database_url: str, bank_name: str | None) -> None:
         lower_priority()  # follows the journal: yields the CPU to the money path
         self.s = settings
-        self._engine = async_engine(database_url, pool_size=2)
+        self._engine = async_engine(database_url, pool_size=2, name="paynode-ach")
         self._keys = load_keyring(settings.data_path(), settings.keyring, create=False)
         self._origin = Originator(
             odfi_routing=settings.ach_odfi_routing,

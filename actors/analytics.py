@@ -164,6 +164,7 @@ class AnalyticsStreamer:
                 autocommit=True,
                 connect_timeout=5,
                 options="-c statement_timeout=60000",
+                application_name="paynode-analytics",
             )
         return self._conn
 

@@ -42,7 +42,7 @@ class HandleDirectory:
     """Run under Ray as ``ray.remote(HandleDirectory)``."""
 
     def __init__(self, database_url: str) -> None:
-        self._engine = async_engine(database_url, pool_size=2)
+        self._engine = async_engine(database_url, pool_size=2, name="paynode-handles")
         self._by_name: dict[str, Handle] = {}
 
     async def start(self) -> int:

@@ -200,7 +200,7 @@ class LedgerShard:
             try:
                 if self._conn is not None:
                     await self._conn.close()
-                self._conn = await connect(self._url)
+                self._conn = await connect(self._url, f"paynode-shard-{self.index}")
                 snap = await journal.load_shard(self._conn, self.index, self.count)
                 break
             except (psycopg.Error, OSError) as e:

@@ -109,7 +109,7 @@ class Notifier:
         lower_priority()  # follows the journal: yields the CPU to the money path
         self.s = settings
         self._url = database_url
-        self._engine = async_engine(database_url, pool_size=4)
+        self._engine = async_engine(database_url, pool_size=4, name="paynode-notifier")
         self._keys = load_keyring(settings.data_path(), settings.keyring, create=False)
         self._endpoints: dict[str, notify.LiveEndpoint] = {}
         self._devices: list[notify.LiveDevice] = []

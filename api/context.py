@@ -80,7 +80,7 @@ async def open_context(
     def actor(name: str) -> Any:
         return ray.get_actor(name, namespace=settings.namespace)
 
-    engine = async_engine(settings.database_url or "", settings.db_pool_size)
+    engine = async_engine(settings.database_url or "", settings.db_pool_size, "paynode-front")
     client = LedgerClient([actor(n) for n in shard_names], engine, settings,
                           on_batch=metrics.observe_batch)  # fmt: skip
     risk = actor(RISK_NAME)

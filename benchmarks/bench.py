@@ -37,13 +37,15 @@ from paynode.benchmarks.node_process import NodeProcess, PeakRss, process_tree, 
 from paynode.benchmarks.receiver import Receiver, serve
 from paynode.benchmarks.reference import ReferenceServer
 from paynode.benchmarks.workload import Workload
+from paynode.domain.settings import from_env
 from paynode.storage.audit import journal_balances
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--url", help="target a running node instead of starting one")
     p.add_argument("--data-dir", help="data directory of the node started (default: a temp dir)")
-    p.add_argument("--shards", type=int, default=os.cpu_count() or 2)
+    p.add_argument("--shards", type=int, default=from_env().shard_count(),
+                   help="shards of the node started (default: the node's)")  # fmt: skip
     p.add_argument("--workers", type=int, default=None,
                    help="front processes of the node started (default: the node's)")  # fmt: skip
     p.add_argument("--mode", choices=("single", "batch", "direct", "handles", "risk", "cluster"),

