@@ -39,7 +39,7 @@ from paynode.api.audit_writer import audit
 from paynode.api.auth.scopes import Principal
 from paynode.api.auth.tokens import new_id
 from paynode.api.deps import Context, Ctx, check_owner, require
-from paynode.api.http import decode_body, json_response, public, read_body
+from paynode.api.http import SMALL_BODY_LIMIT, decode_body, json_response, public, read_body
 from paynode.api.notify_schemas import InboundEvent
 from paynode.api.schemas import TransferIn
 from paynode.domain.rails.ach_rules import (
@@ -54,7 +54,6 @@ from paynode.storage import ach, payments
 
 log = logging.getLogger("paynode.api.ach")
 router = APIRouter(tags=["ach"])
-_BODY_LIMIT = 16 * 1024
 _RETURN_FILE_LIMIT = 4 * 1024 * 1024
 
 
@@ -93,7 +92,7 @@ async def link_bank_account(
     ctx: Ctx,
     principal: Annotated[Principal, Depends(require("bank_accounts:write"))],
 ) -> Response:
-    body = await decode_body(request, BankAccountIn, _BODY_LIMIT)
+    body = await decode_body(request, BankAccountIn, SMALL_BODY_LIMIT)
     if not aba_valid(body.routing_number):
         raise p.ApiError(p.INVALID_ROUTING_NUMBER, field="$.routing_number")
     bank_id = new_id("ba")
@@ -167,7 +166,7 @@ async def verify_bank_account(
     principal: Annotated[Principal, Depends(require("bank_accounts:write"))],
 ) -> Response:
     found = await own_bank_account(ctx, principal, bank_account_id)
-    body = await decode_body(request, VerifyIn, _BODY_LIMIT)
+    body = await decode_body(request, VerifyIn, SMALL_BODY_LIMIT)
     if found.status in ("verification_failed", "closed"):
         raise p.ApiError(p.VERIFICATION_LOCKED)
     async with ctx.engine.begin() as conn:
@@ -278,7 +277,7 @@ async def bank_statement(
 ) -> Response:
     if ctx.bank_sim is None:
         raise p.ApiError(p.NOT_FOUND, "the bank simulator is off")
-    body = await decode_body(request, StatementIn, _BODY_LIMIT)
+    body = await decode_body(request, StatementIn, SMALL_BODY_LIMIT)
     lines = decode_statement(
         await ctx.bank_sim.statement.remote(body.routing_number, body.account_number)
     )

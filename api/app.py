@@ -20,8 +20,12 @@ from starlette.routing import Route
 from paynode.api import (
     ach_routes,
     contract,
+    device_routes,
     errors,
+    handle_routes,
     identity_routes,
+    inbound_routes,
+    key_routes,
     ledger_routes,
     notify_routes,
     ops_routes,
@@ -43,8 +47,10 @@ _NO_TELEMETRY: dict[str, Any] = (
     if "telemetry" in inspect.signature(FastAPI.__init__).parameters
     else {}
 )
-ROUTERS = (ledger_routes, ops_routes, identity_routes, recon_routes, notify_routes, rails_routes,
-           ach_routes, risk_routes)  # fmt: skip
+ROUTERS = (
+    ledger_routes, ops_routes, identity_routes, key_routes, recon_routes, notify_routes,
+    device_routes, inbound_routes, handle_routes, rails_routes, ach_routes, risk_routes,
+)  # fmt: skip
 
 
 def create_app(settings: Settings, shard_names: list[str], keys: Keyring) -> Any:

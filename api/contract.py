@@ -57,6 +57,11 @@ def _problem_for_validation(schema: dict[str, Any]) -> None:
             operation["responses"]["422"] = replies({}, (422,))[422]
 
 
+def authed(*more: int) -> tuple[int, ...]:
+    """The error statuses of a route behind a credential (401, 403, 429), and ``more``."""
+    return (401, 403, 429, *more)
+
+
 def replies(ok: dict[int, tuple[type, str]], errors: tuple[int, ...] = ()) -> dict[int | str, Any]:
     """Success bodies by status, plus problem+json for each error status."""
     out: dict[int | str, Any] = {

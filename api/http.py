@@ -12,6 +12,9 @@ from paynode.api import problems as p
 
 T = TypeVar("T")
 JSON = "application/json"
+# Bodies of every route but the transfer routes are small: a big one is a mistake or an
+# attack (413 beyond this).
+SMALL_BODY_LIMIT = 16 * 1024
 
 
 def public(t: type[T], record: msgspec.Struct) -> T:

@@ -25,12 +25,9 @@ from paynode.api.auth import tokens
 from paynode.api.auth.passwords import MIN_PASSWORD_CHARS, hash_password, verify_password
 from paynode.api.auth.scopes import USER_SCOPES, Principal
 from paynode.api.deps import Context, Ctx, check_owner, limit_auth_attempts, require
-from paynode.api.http import decode_body, json_response
+from paynode.api.http import SMALL_BODY_LIMIT, decode_body, json_response
 from paynode.api.identity_schemas import (
     Address,
-    ApiKeyIn,
-    ApiKeyOut,
-    ApiKeyPage,
     KycEventOut,
     KycIn,
     KycOut,
@@ -50,16 +47,10 @@ from paynode.storage import identity
 from paynode.storage import risk as risk_store
 from paynode.storage.identity import Profile, UserRecord
 
-BODY_LIMIT = 16 * 1024  # identity bodies are small; a big one is a mistake or an attack
 REFRESH_PREFIX = "rt"
 _USER_ID = re.compile(r"usr_[0-9a-f]{32}\Z")
-_KEY_ID = re.compile(r"pk_[0-9a-f]{32}\Z")
 
 router = APIRouter()
-
-
-def _auth_errors(*more: int) -> tuple[int, ...]:
-    return (401, 403, 429, *more)
 
 
 async def _issue(ctx: Context, conn, user_id: str, session_id: str) -> TokenPair:
@@ -84,7 +75,7 @@ async def _issue(ctx: Context, conn, user_id: str, session_id: str) -> TokenPair
     tags=["auth"],
 )
 async def register(request: Request, ctx: Ctx) -> Response:
-    body = await decode_body(request, RegisterIn, BODY_LIMIT)
+    body = await decode_body(request, RegisterIn, SMALL_BODY_LIMIT)
     if len(body.password) < MIN_PASSWORD_CHARS:
         raise p.ApiError(p.WEAK_PASSWORD, f"at least {MIN_PASSWORD_CHARS} characters", "$.password")
     password_hash = await asyncio.to_thread(hash_password, body.password)
@@ -107,7 +98,7 @@ async def register(request: Request, ctx: Ctx) -> Response:
     tags=["auth"],
 )
 async def login(request: Request, ctx: Ctx) -> Response:
-    body = await decode_body(request, LoginIn, BODY_LIMIT)
+    body = await decode_body(request, LoginIn, SMALL_BODY_LIMIT)
     async with ctx.engine.connect() as conn:
         found = await identity.login_lookup(conn, ctx.keys, body.email)
     stored = found[1] if found else None
@@ -128,7 +119,7 @@ async def login(request: Request, ctx: Ctx) -> Response:
     tags=["auth"],
 )
 async def refresh(request: Request, ctx: Ctx) -> Response:
-    body = await decode_body(request, RefreshIn, BODY_LIMIT)
+    body = await decode_body(request, RefreshIn, SMALL_BODY_LIMIT)
     parts = tokens.split_secret(body.refresh_token, REFRESH_PREFIX)
     if parts is None:
         raise p.ApiError(p.INVALID_REFRESH_TOKEN)
@@ -156,7 +147,7 @@ async def refresh(request: Request, ctx: Ctx) -> Response:
 @router.post(
     "/v1/auth/logout",
     openapi_extra=contract.body(LogoutIn),
-    responses={204: {"description": "Session ended"}, **contract.replies({}, _auth_errors())},
+    responses={204: {"description": "Session ended"}, **contract.replies({}, contract.authed())},
     status_code=204,
     tags=["auth"],
 )
@@ -171,112 +162,13 @@ async def logout(ctx: Ctx, principal: Annotated[Principal, Depends(require())]) 
 
 @router.get(
     "/v1/auth/me",
-    responses=contract.replies({200: (Me, "The caller")}, _auth_errors()),
+    responses=contract.replies({200: (Me, "The caller")}, contract.authed()),
     tags=["auth"],
 )
 async def me(principal: Annotated[Principal, Depends(require())]) -> Response:
     return json_response(
         Me(principal.kind, principal.id, principal.user_id, sorted(principal.scopes))
     )
-
-
-# -- API keys -----------------------------------------------------------------------------
-
-
-def _key_out(row: identity.ApiKeyRow, key: str | None = None) -> ApiKeyOut:
-    return ApiKeyOut(
-        row.id, row.name, row.scopes, row.owner_user_id, row.created_at, row.revoked_at, key
-    )
-
-
-@router.post(
-    "/v1/api-keys",
-    openapi_extra=contract.body(ApiKeyIn),
-    responses=contract.replies(
-        {201: (ApiKeyOut, "Created; `key` is shown only now")}, _auth_errors(400, 404, 413, 422)
-    ),
-    status_code=201,
-    tags=["api-keys"],
-)
-async def create_api_key(
-    request: Request, ctx: Ctx, principal: Annotated[Principal, Depends(require("api_keys:write"))]
-) -> Response:
-    body = await decode_body(request, ApiKeyIn, BODY_LIMIT)
-    scopes = sorted(set(body.scopes))
-    if not principal.admin and not set(scopes) <= principal.scopes:
-        raise p.ApiError(p.SCOPE_NOT_GRANTABLE)
-    owner = body.owner_user_id
-    if not principal.admin:
-        if owner is not None and owner != principal.user_id:
-            raise p.ApiError(p.FORBIDDEN, field="$.owner_user_id")
-        owner = principal.user_id
-    elif owner is None and "admin" not in scopes:
-        # A non-admin key acts as a user; without one it could act on nothing.
-        raise p.ApiError(p.MISSING_FIELD, "a key without admin needs an owner", "$.owner_user_id")
-    key_id, secret, key = tokens.new_secret("pk")
-    row = identity.ApiKeyRow(
-        key_id,
-        tokens.secret_hash(secret),
-        body.name,
-        scopes,
-        owner,
-        principal.id,
-        None,
-        None,  # type: ignore[arg-type]
-    )
-    async with ctx.engine.begin() as conn:
-        if owner is not None and not await identity.user_exists(conn, owner):
-            raise p.ApiError(p.USER_NOT_FOUND, field="$.owner_user_id")
-        await identity.create_api_key(conn, row)
-        stored = await identity.get_api_key(conn, key_id)
-        await audit(conn, request, principal, "api_key.create", key_id,
-                    after={"scopes": scopes, "owner_user_id": owner})  # fmt: skip
-    assert stored is not None
-    return json_response(_key_out(stored, key), 201)
-
-
-@router.get(
-    "/v1/api-keys",
-    responses=contract.replies(
-        {200: (ApiKeyPage, "Your keys (admins: all), no secrets")}, _auth_errors()
-    ),
-    tags=["api-keys"],
-)
-async def list_api_keys(
-    ctx: Ctx, principal: Annotated[Principal, Depends(require("api_keys:write"))]
-) -> Response:
-    owner = None if principal.admin else principal.user_id
-    if owner is None and not principal.admin:
-        return json_response(ApiKeyPage([]))
-    async with ctx.engine.connect() as conn:
-        rows = await identity.list_api_keys(conn, owner, limit=1000)
-    return json_response(ApiKeyPage([_key_out(r) for r in rows]))
-
-
-@router.delete(
-    "/v1/api-keys/{key_id}",
-    responses={204: {"description": "Revoked"}, **contract.replies({}, _auth_errors(404))},
-    status_code=204,
-    tags=["api-keys"],
-)
-async def revoke_api_key(
-    key_id: str,
-    request: Request,
-    ctx: Ctx,
-    principal: Annotated[Principal, Depends(require("api_keys:write"))],
-) -> Response:
-    if not _KEY_ID.match(key_id):
-        raise p.ApiError(p.API_KEY_NOT_FOUND)
-    async with ctx.engine.begin() as conn:
-        row = await identity.get_api_key(conn, key_id)
-        if row is None:
-            raise p.ApiError(p.API_KEY_NOT_FOUND)
-        if not principal.admin and row.owner_user_id != principal.user_id:
-            raise p.ApiError(p.FORBIDDEN)
-        await identity.revoke_api_key(conn, key_id)
-        await audit(conn, request, principal, "api_key.revoke", key_id)
-    ctx.auth.forget_api_key(key_id)
-    return Response(status_code=204)
 
 
 # -- users --------------------------------------------------------------------------------
@@ -322,14 +214,14 @@ def _profile_values(body: UserIn | UserPatch) -> dict[str, object]:
 @router.post(
     "/v1/users",
     openapi_extra=contract.body(UserIn),
-    responses=contract.replies({201: (UserOut, "Created")}, _auth_errors(400, 409, 413, 422)),
+    responses=contract.replies({201: (UserOut, "Created")}, contract.authed(400, 409, 413, 422)),
     status_code=201,
     tags=["users"],
 )
 async def create_user(
     request: Request, ctx: Ctx, principal: Annotated[Principal, Depends(require("admin"))]
 ) -> Response:
-    body = await decode_body(request, UserIn, BODY_LIMIT)
+    body = await decode_body(request, UserIn, SMALL_BODY_LIMIT)
     user_id = tokens.new_id("usr")
     profile = msgspec.convert(_profile_values(body), Profile)
     async with ctx.engine.begin() as conn:
@@ -344,7 +236,7 @@ async def create_user(
 
 @router.get(
     "/v1/users/{user_id}",
-    responses=contract.replies({200: (UserOut, "The profile")}, _auth_errors(404)),
+    responses=contract.replies({200: (UserOut, "The profile")}, contract.authed(404)),
     tags=["users"],
 )
 async def get_user(
@@ -359,7 +251,9 @@ async def get_user(
 @router.patch(
     "/v1/users/{user_id}",
     openapi_extra=contract.body(UserPatch),
-    responses=contract.replies({200: (UserOut, "Updated")}, _auth_errors(400, 404, 409, 413, 422)),
+    responses=contract.replies(
+        {200: (UserOut, "Updated")}, contract.authed(400, 404, 409, 413, 422)
+    ),
     tags=["users"],
 )
 async def patch_user(
@@ -369,7 +263,7 @@ async def patch_user(
     principal: Annotated[Principal, Depends(require("users:write"))],
 ) -> Response:
     _own_user(principal, user_id)
-    body = await decode_body(request, UserPatch, BODY_LIMIT)
+    body = await decode_body(request, UserPatch, SMALL_BODY_LIMIT)
     changes = _profile_values(body)
     async with ctx.engine.begin() as conn:
         try:
@@ -427,7 +321,7 @@ async def _move_kyc(
     "/v1/users/{user_id}/kyc",
     openapi_extra=contract.body(KycIn),
     responses=contract.replies(
-        {200: (KycOut, "Submitted; status is pending")}, _auth_errors(400, 404, 409, 413, 422)
+        {200: (KycOut, "Submitted; status is pending")}, contract.authed(400, 404, 409, 413, 422)
     ),
     tags=["kyc"],
 )
@@ -438,7 +332,7 @@ async def submit_kyc(
     principal: Annotated[Principal, Depends(require("users:write"))],
 ) -> Response:
     _own_user(principal, user_id)
-    body = await decode_body(request, KycIn, BODY_LIMIT)
+    body = await decode_body(request, KycIn, SMALL_BODY_LIMIT)
     digits = body.id_number.replace("-", "")
     if body.id_type in ("ssn", "itin") and not (digits.isdigit() and len(digits) == 9):
         raise p.ApiError(p.INVALID_FIELD, "an SSN or ITIN has 9 digits", "$.id_number")
@@ -455,7 +349,7 @@ async def submit_kyc(
 
 @router.get(
     "/v1/users/{user_id}/kyc",
-    responses=contract.replies({200: (KycOut, "Status and audit trail")}, _auth_errors(404)),
+    responses=contract.replies({200: (KycOut, "Status and audit trail")}, contract.authed(404)),
     tags=["kyc"],
 )
 async def get_kyc(
@@ -473,7 +367,9 @@ async def get_kyc(
 @router.post(
     "/v1/users/{user_id}/kyc/review",
     openapi_extra=contract.body(KycReviewIn),
-    responses=contract.replies({200: (KycOut, "Decided")}, _auth_errors(400, 404, 409, 413, 422)),
+    responses=contract.replies(
+        {200: (KycOut, "Decided")}, contract.authed(400, 404, 409, 413, 422)
+    ),
     tags=["kyc"],
 )
 async def review_kyc(
@@ -487,7 +383,7 @@ async def review_kyc(
     if principal.user_id == user_id:
         # Separation of duties: a reviewer key owned by this user cannot clear itself.
         raise p.ApiError(p.FORBIDDEN, "nobody reviews their own KYC")
-    body = await decode_body(request, KycReviewIn, BODY_LIMIT)
+    body = await decode_body(request, KycReviewIn, SMALL_BODY_LIMIT)
     if body.decision == "verified":
         async with ctx.engine.connect() as conn:
             if await risk_store.open_review_of(conn, "user", user_id) is not None:

@@ -9,7 +9,7 @@ why) before anything acts on it.
 from __future__ import annotations
 
 import logging
-from typing import Annotated, Literal, NoReturn
+from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
 import msgspec
@@ -24,19 +24,12 @@ from paynode.api.audit_writer import audit
 from paynode.api.auth.scopes import Principal
 from paynode.api.auth.tokens import new_id
 from paynode.api.deps import Context, Ctx, check_owner, require
-from paynode.api.http import decode_body, json_response, public, read_body
-from paynode.api.inbound import dispatch
+from paynode.api.http import SMALL_BODY_LIMIT, decode_body, json_response, public
 from paynode.api.notify_schemas import (
     DeliveryOut,
     DeliveryPage,
-    DeviceIn,
-    DeviceList,
-    DeviceOut,
-    DevicePatch,
     EventOut,
     EventPage,
-    InboundAck,
-    InboundEvent,
     RetryOut,
     RotateSecretIn,
     WebhookEndpointIn,
@@ -46,13 +39,12 @@ from paynode.api.notify_schemas import (
     WebhookEndpointWithSecret,
 )
 from paynode.domain.notify.outbox import START, Position, Source
-from paynode.domain.notify.signature import HEADER, SignatureError, new_secret, verify_signature
+from paynode.domain.notify.signature import new_secret
 from paynode.storage import notify, outbox
 from paynode.storage.events import EVENT_TYPES, StoredEvent, id_at, parse_event_id
 
 log = logging.getLogger("paynode.api.notify")
 router = APIRouter(tags=["notifications"])
-_BODY_LIMIT = 16 * 1024
 _SCAN_LIMIT = 10_000  # events looked at per list request (a user's filter may keep few)
 
 
@@ -193,7 +185,7 @@ async def _own_endpoint(ctx: Context, principal: Principal, endpoint_id: str) ->
     return found
 
 
-async def _reload(ctx: Context) -> None:
+async def reload_notifier(ctx: Context) -> None:
     """Tell the notifier now; it also re-reads every few seconds if this call is lost."""
     try:
         await ctx.notifier.reload.remote()
@@ -215,7 +207,7 @@ async def create_endpoint(
     ctx: Ctx,
     principal: Annotated[Principal, Depends(require("webhooks:write"))],
 ) -> Response:
-    body = await decode_body(request, WebhookEndpointIn, _BODY_LIMIT)
+    body = await decode_body(request, WebhookEndpointIn, SMALL_BODY_LIMIT)
     url = _checked_url(ctx, body.url)
     secret = new_secret()
     # An admin credential's endpoint hears every event; a user's, only theirs.
@@ -227,7 +219,7 @@ async def create_endpoint(
         )  # fmt: skip
         await audit(conn, request, principal, "webhook_endpoint.create", created.id,
                     after={"host": urlsplit(url).hostname, "events": created.events})  # fmt: skip
-    await _reload(ctx)
+    await reload_notifier(ctx)
     return json_response(_with_secret(created, secret), 201)
 
 
@@ -269,7 +261,7 @@ async def update_endpoint(
     principal: Annotated[Principal, Depends(require("webhooks:write"))],
 ) -> Response:
     await _own_endpoint(ctx, principal, endpoint_id)
-    body = await decode_body(request, WebhookEndpointPatch, _BODY_LIMIT)
+    body = await decode_body(request, WebhookEndpointPatch, SMALL_BODY_LIMIT)
     changes = {k: v for k, v in msgspec.structs.asdict(body).items() if v is not msgspec.UNSET}
     if "url" in changes:
         changes["url"] = _checked_url(ctx, changes["url"])
@@ -286,7 +278,7 @@ async def update_endpoint(
                         after={"changed": sorted(changes), "enabled": updated.enabled})  # fmt: skip
     if updated is None:
         raise p.ApiError(p.WEBHOOK_ENDPOINT_NOT_FOUND)
-    await _reload(ctx)
+    await reload_notifier(ctx)
     return json_response(_endpoint_out(updated))
 
 
@@ -303,11 +295,11 @@ async def delete_endpoint(
     principal: Annotated[Principal, Depends(require("webhooks:write"))],
 ) -> Response:
     await _own_endpoint(ctx, principal, endpoint_id)
-    return await _deleted(ctx, notify.delete_endpoint, endpoint_id, p.WEBHOOK_ENDPOINT_NOT_FOUND,
+    return await deleted(ctx, notify.delete_endpoint, endpoint_id, p.WEBHOOK_ENDPOINT_NOT_FOUND,
                           (request, principal, "webhook_endpoint.delete"))  # fmt: skip
 
 
-async def _deleted(
+async def deleted(
     ctx: Context, delete, object_id: str, missing: str,
     audited: tuple[Request, Principal, str] | None = None,
 ) -> Response:  # fmt: skip
@@ -317,7 +309,7 @@ async def _deleted(
             raise p.ApiError(missing)
         if audited is not None:
             await audit(conn, *audited, object_id)
-    await _reload(ctx)
+    await reload_notifier(ctx)
     return Response(status_code=204)
 
 
@@ -336,7 +328,7 @@ async def rotate_secret(
     principal: Annotated[Principal, Depends(require("webhooks:write"))],
 ) -> Response:
     await _own_endpoint(ctx, principal, endpoint_id)
-    body = await decode_body(request, RotateSecretIn, _BODY_LIMIT)
+    body = await decode_body(request, RotateSecretIn, SMALL_BODY_LIMIT)
     secret = new_secret()
     async with ctx.engine.begin() as conn:
         rotated = await notify.rotate_secret(conn, ctx.keys, endpoint_id, secret, body.overlap_s)
@@ -345,7 +337,7 @@ async def rotate_secret(
                         after={"overlap_s": body.overlap_s})  # fmt: skip
     if rotated is None:
         raise p.ApiError(p.WEBHOOK_ENDPOINT_NOT_FOUND)
-    await _reload(ctx)
+    await reload_notifier(ctx)
     return json_response(_with_secret(rotated, secret))
 
 
@@ -400,190 +392,3 @@ async def retry_delivery(
     except Exception as e:  # queued in PostgreSQL; the worker finds it on its next pass
         log.warning("notifier wake failed: %s", type(e).__name__)
     return json_response(RetryOut(delivery_id, "pending"), 202)
-
-
-# -- devices -------------------------------------------------------------------------------
-
-
-def _device_user(principal: Principal) -> str:
-    if principal.user_id is None:
-        raise p.ApiError(p.FORBIDDEN, "devices belong to users; use a user's credential")
-    return principal.user_id
-
-
-def _device_out(d: notify.Device) -> DeviceOut:
-    return DeviceOut(
-        id=d.id, platform=d.platform, token_last4=d.token_last4, events=d.events,
-        created_at=d.created_at,
-    )  # fmt: skip
-
-
-@router.post(
-    "/v1/devices",
-    openapi_extra=contract.body(DeviceIn),
-    responses=contract.replies(
-        {201: (DeviceOut, "Registered"), 200: (DeviceOut, "Already registered; events updated")},
-        (400, 401, 403, 413, 422, 429),
-    ),
-    status_code=201,
-)
-async def register_device(
-    request: Request,
-    ctx: Ctx,
-    principal: Annotated[Principal, Depends(require("devices:write"))],
-) -> Response:
-    user = _device_user(principal)
-    body = await decode_body(request, DeviceIn, _BODY_LIMIT)
-    async with ctx.engine.begin() as conn:
-        device, created = await notify.register_device(
-            conn, ctx.keys, new_id("dev"), user, body.platform, body.token,
-            sorted(set(body.events)),
-        )  # fmt: skip
-    await _reload(ctx)
-    return json_response(_device_out(device), 201 if created else 200)
-
-
-@router.get(
-    "/v1/devices",
-    responses=contract.replies({200: (DeviceList, "Your devices")}, (401, 403, 429)),
-)
-async def list_devices(
-    ctx: Ctx, principal: Annotated[Principal, Depends(require("devices:read"))]
-) -> Response:
-    user = _device_user(principal)
-    async with ctx.engine.connect() as conn:
-        found = await notify.list_devices(conn, ctx.keys, user)
-    return json_response(DeviceList([_device_out(d) for d in found]))
-
-
-async def _own_device(ctx: Context, principal: Principal, device_id: str) -> notify.Device:
-    async with ctx.engine.connect() as conn:
-        found = await notify.get_device(conn, ctx.keys, device_id) if len(device_id) <= 64 else None
-    if found is None:
-        raise p.ApiError(p.DEVICE_NOT_FOUND)
-    check_owner(principal, found.user_id)
-    return found
-
-
-@router.patch(
-    "/v1/devices/{device_id}",
-    openapi_extra=contract.body(DevicePatch),
-    responses=contract.replies({200: (DeviceOut, "Updated")}, (400, 401, 403, 404, 413, 422, 429)),
-)
-async def update_device(
-    device_id: str,
-    request: Request,
-    ctx: Ctx,
-    principal: Annotated[Principal, Depends(require("devices:write"))],
-) -> Response:
-    await _own_device(ctx, principal, device_id)
-    body = await decode_body(request, DevicePatch, _BODY_LIMIT)
-    async with ctx.engine.begin() as conn:
-        updated = await notify.update_device_events(
-            conn, ctx.keys, device_id, sorted(set(body.events))
-        )
-    if updated is None:
-        raise p.ApiError(p.DEVICE_NOT_FOUND)
-    await _reload(ctx)
-    return json_response(_device_out(updated))
-
-
-@router.delete(
-    "/v1/devices/{device_id}",
-    responses={204: {"description": "Unregistered"}} | contract.replies({}, (401, 403, 404, 429)),
-    status_code=204,
-)
-async def delete_device(
-    device_id: str,
-    ctx: Ctx,
-    principal: Annotated[Principal, Depends(require("devices:write"))],
-) -> Response:
-    await _own_device(ctx, principal, device_id)
-    return await _deleted(ctx, notify.delete_device, device_id, p.DEVICE_NOT_FOUND)
-
-
-# -- inbound webhooks ----------------------------------------------------------------------
-
-
-@router.post(
-    "/v1/webhooks/{provider}",
-    openapi_extra={
-        **contract.body(InboundEvent),
-        "parameters": [
-            {
-                "name": HEADER,
-                "in": "header",
-                "required": True,
-                "schema": {"type": "string"},
-                "description": "t=<unix>,v1=<hex HMAC-SHA256 of '<t>.<raw body>'>",
-            }
-        ],
-    },
-    responses=contract.replies(
-        {200: (InboundAck, "Accepted and stored")}, (400, 401, 404, 409, 413, 422, 429)
-    ),
-)
-async def inbound_webhook(
-    provider: str,
-    request: Request,
-    ctx: Ctx,
-    _: Annotated[None, Depends(contract.signed_by_provider)],
-) -> Response:
-    """A provider's signed event. Authenticated by its signature, not a bearer token."""
-    secret = ctx.settings.providers().get(provider)
-    raw = await read_body(request, notify.INBOUND_MAX_BYTES)
-    envelope = _lenient(raw)
-    event_id = envelope.get("id") if isinstance(envelope.get("id"), str) else None
-    event_type = envelope.get("type") if isinstance(envelope.get("type"), str) else None
-
-    async def refuse(code: str, signed_at: int | None = None) -> NoReturn:
-        async with ctx.engine.begin() as conn:
-            await notify.record_inbound(
-                conn, ctx.keys, _storable(provider, 64), _storable(event_id, 200),
-                _storable(event_type, 100), signed_at, "refused", code, raw,
-            )  # fmt: skip
-        raise p.ApiError(code)
-
-    if secret is None:
-        await refuse(p.UNKNOWN_PROVIDER)
-    try:
-        signed_at = verify_signature(
-            secret, request.headers.get(HEADER, ""), raw, ctx.settings.inbound_tolerance_s
-        )
-    except SignatureError as e:
-        await refuse(e.code)
-    try:
-        event = msgspec.json.decode(raw, type=InboundEvent)
-    except (msgspec.ValidationError, msgspec.DecodeError):
-        await refuse(p.INVALID_WEBHOOK_BODY, signed_at=signed_at)
-    try:
-        async with ctx.engine.begin() as conn:
-            row_id = await notify.record_inbound(
-                conn, ctx.keys, provider, event.id, event.type, signed_at, "accepted", None, raw
-            )
-    except notify.InboundReplayed:
-        # Accepted before but never handled (we failed mid-way): handle it now.
-        async with ctx.engine.connect() as conn:
-            pending = await notify.unhandled_inbound(conn, provider, event.id)
-        if pending is None:
-            await refuse(p.WEBHOOK_REPLAYED, signed_at=signed_at)
-        row_id = pending
-    handled_by = await dispatch(ctx, provider, event)
-    # Done, even with no handler ("none": kept for one registered later to replay).
-    async with ctx.engine.begin() as conn:
-        await notify.mark_inbound_handled(conn, row_id, handled_by or "none")
-    return json_response(InboundAck(row_id, "accepted", handled_by))
-
-
-def _storable(text: str | None, limit: int) -> str | None:
-    """Untrusted text cut to ``limit`` and without NUL (PostgreSQL text cannot hold it)."""
-    return (text or "").replace("\x00", "")[:limit] or None
-
-
-def _lenient(raw: bytes) -> dict:
-    """The envelope's fields for the record of a refusal (never trusted for anything else)."""
-    try:
-        value = msgspec.json.decode(raw)
-    except (msgspec.DecodeError, UnicodeDecodeError):
-        return {}
-    return value if isinstance(value, dict) else {}

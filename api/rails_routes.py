@@ -17,16 +17,14 @@ import msgspec
 from fastapi import APIRouter, Depends, Query, Request
 from starlette.responses import Response
 
-from paynode.actors.handles import decode_claimed, decode_handles
 from paynode.api import ach_routes, contract, risk_gate
 from paynode.api import problems as p
 from paynode.api.audit_writer import audit
 from paynode.api.auth.scopes import Principal
 from paynode.api.deps import Context, Ctx, check_owner, require
-from paynode.api.http import decode_body, json_response, public
+from paynode.api.handle_routes import lookup, normalized
+from paynode.api.http import SMALL_BODY_LIMIT, decode_body, json_response, public
 from paynode.api.rails_schemas import (
-    HandleIn,
-    HandleOut,
     NextActionOut,
     PaymentIn,
     PaymentOut,
@@ -41,86 +39,13 @@ from paynode.api.rails_schemas import (
 from paynode.api.schemas import TransferIn
 from paynode.domain.ledger.model import RETRYABLE, Code
 from paynode.domain.rails.ach_rules import CLEARING_ACCOUNT, SAME_DAY_LIMIT, hold_transfer_id
-from paynode.domain.rails.handles_rules import HandleError, normalize_handle
 from paynode.domain.rails.nacha import RETURN_CODES
 from paynode.storage import ach, payments
 from paynode.storage import risk as risk_store
 
 router = APIRouter(tags=["payments"])
-_BODY_LIMIT = 16 * 1024
 # Bank account ids as api/ach_routes.py makes them (new_id("ba")); anything else is an account.
 BANK_ACCOUNT_ID = re.compile(r"ba_[0-9a-f]{32}\Z")
-
-
-def _normalized(raw: str, field: str) -> str:
-    try:
-        return normalize_handle(raw)
-    except HandleError as e:
-        raise p.ApiError(e.code, str(e), field) from None
-
-
-async def _lookup(ctx: Context, name: str):
-    (found,) = decode_handles(await ctx.handles.resolve.remote([name]))
-    return found
-
-
-# -- handles ------------------------------------------------------------------------------
-
-
-@router.post(
-    "/v1/handles",
-    openapi_extra=contract.body(HandleIn),
-    responses=contract.replies({201: (HandleOut, "Claimed")}, (400, 401, 403, 409, 413, 422, 429)),
-    status_code=201,
-)
-async def claim_handle(
-    request: Request,
-    ctx: Ctx,
-    principal: Annotated[Principal, Depends(require("handles:write"))],
-) -> Response:
-    body = await decode_body(request, HandleIn, _BODY_LIMIT)
-    name = _normalized(body.handle, "$.handle")
-    spec = (await ctx.client.resolve({body.account_id})).get(body.account_id)
-    if spec is None:
-        raise p.ApiError(Code.ACCOUNT_NOT_FOUND, field="$.account_id")
-    check_owner(principal, spec.owner)
-    claimed = decode_claimed(await ctx.handles.claim.remote(name, spec.id, spec.owner))
-    if claimed.code or claimed.handle is None:
-        raise p.ApiError(p.HANDLE_TAKEN, field="$.handle")
-    h = claimed.handle
-    return json_response(HandleOut(h.handle, h.account_id, h.created_at), 201)
-
-
-@router.get(
-    "/v1/handles/{handle}",
-    responses=contract.replies({200: (HandleOut, "Whom to pay")}, (401, 403, 404, 422, 429)),
-)
-async def resolve_handle(
-    handle: str, ctx: Ctx, _: Annotated[Principal, Depends(require("handles:read"))]
-) -> Response:
-    found = await _lookup(ctx, _normalized(handle, "handle"))
-    if found is None:
-        raise p.ApiError(p.HANDLE_NOT_FOUND)
-    return json_response(HandleOut(found.handle, found.account_id, found.created_at))
-
-
-@router.delete(
-    "/v1/handles/{handle}",
-    responses={204: {"description": "Released"}} | contract.replies({}, (401, 403, 404, 422, 429)),
-    status_code=204,
-)
-async def release_handle(
-    handle: str,
-    ctx: Ctx,
-    principal: Annotated[Principal, Depends(require("handles:write"))],
-) -> Response:
-    name = _normalized(handle, "handle")
-    found = await _lookup(ctx, name)
-    if found is None:
-        raise p.ApiError(p.HANDLE_NOT_FOUND)
-    check_owner(principal, found.owner_user_id)
-    await ctx.handles.release.remote(name)
-    return Response(status_code=204)
 
 
 # -- payments -----------------------------------------------------------------------------
@@ -128,7 +53,7 @@ async def release_handle(
 
 async def _account_of(ctx: Context, ref: str, field: str) -> str:
     if ref.startswith("@"):
-        found = await _lookup(ctx, _normalized(ref, field))
+        found = await lookup(ctx, normalized(ref, field))
         if found is None:
             raise p.ApiError(p.HANDLE_NOT_FOUND, field=field, status=422)
         return found.account_id
@@ -212,7 +137,7 @@ async def create_payment(
     ctx: Ctx,
     principal: Annotated[Principal, Depends(require("payments:write"))],
 ) -> Response:
-    body = await decode_body(request, PaymentIn, _BODY_LIMIT)
+    body = await decode_body(request, PaymentIn, SMALL_BODY_LIMIT)
     banks = [bool(BANK_ACCOUNT_ID.match(r)) for r in (body.from_, body.to)]
     if all(banks) or (body.rail == "wallet" and any(banks)):
         raise p.ApiError(p.RAIL_NOT_AVAILABLE, "one side must be a wallet", "$.rail")
@@ -408,7 +333,7 @@ async def refund_payment(
     ctx: Ctx,
     principal: Annotated[Principal, Depends(require("payments:write"))],
 ) -> Response:
-    body = await decode_body(request, RefundIn, _BODY_LIMIT)
+    body = await decode_body(request, RefundIn, SMALL_BODY_LIMIT)
     pay = await visible_payment(ctx, principal, payment_id)
     # The payee gives the money back: only whoever may debit the credited account.
     payee = (await ctx.client.resolve({pay.credit_account_id})).get(pay.credit_account_id)

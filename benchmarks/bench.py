@@ -44,7 +44,7 @@ from paynode.storage.audit import journal_balances
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--url", help="target a running node instead of starting one")
     p.add_argument("--data-dir", help="data directory of the node started (default: a temp dir)")
-    p.add_argument("--shards", type=int, default=from_env().shard_count(),
+    p.add_argument("--shards", type=int, default=None,
                    help="shards of the node started (default: the node's)")  # fmt: skip
     p.add_argument("--workers", type=int, default=None,
                    help="front processes of the node started (default: the node's)")  # fmt: skip
@@ -89,6 +89,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    if args.shards is None:  # read here, not when the CLI's parser is built: bad settings
+        args.shards = from_env().shard_count()  # are the node's to report
     if args.concurrency is None:
         single = args.mode == "single" or (args.mode == "cluster" and args.load == "single")
         args.concurrency = 64 if single else 4

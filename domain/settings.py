@@ -51,7 +51,8 @@ class Settings(msgspec.Struct, kw_only=True):
     # Analytics and reconciliation.
     analytics_interval_ms: int = 250  # how often committed journal rows are published
     analytics_max_rows: int = 100_000  # rows per Parquet segment written
-    analytics_max_segments: int = 64  # live segments per table before compaction
+    analytics_max_segments: int = 64  # live segments per table beyond which all are merged
+    analytics_compact: bool = True  # merge segments in tiers; off: never (a forensic copy)
     recon_interval_s: float = 30.0  # incremental reconciliation; 0 = on demand only
     recon_full_every: int = 10  # every Nth scheduled run is a full one
 

@@ -39,7 +39,9 @@ def _parser() -> argparse.ArgumentParser:
     _common(run)
     run.add_argument("--host", help="listen address (default 127.0.0.1)")
     run.add_argument("--port", type=int, help="listen port (default 8000)")
-    run.add_argument("--shards", type=int, help="ledger shard actors (default: half the cores, at least 1)")
+    run.add_argument(
+        "--shards", type=int, help="shard actors (default: half the cores, at least 1)"
+    )
     run.add_argument("--workers", type=int, help="HTTP front processes sharing the shards")
     run.add_argument("--fd", type=int, help=(
         "serve on this inherited, already bound listening socket (a supervisor or test "

@@ -37,7 +37,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         "actors", help="cluster mode: start the shard and helper actors on RAY_ADDRESS"
     )
     actors.add_argument("--data-dir", help="data directory (default ./paynode-data)")
-    actors.add_argument("--shards", type=int, help="ledger shard actors (default: half the cores, at least 1)")
+    actors.add_argument(
+        "--shards", type=int, help="shard actors (default: half the cores, at least 1)"
+    )
     api = sub.add_parser("api", help="cluster mode: serve HTTP with actors found on RAY_ADDRESS")
     api.add_argument("--data-dir", help="data directory (default ./paynode-data)")
     api.add_argument("--host", help="listen address (default 127.0.0.1)")

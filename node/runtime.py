@@ -338,6 +338,7 @@ def start_helpers(
             settings.analytics_interval_ms,
             settings.analytics_max_rows,
             settings.analytics_max_segments,
+            settings.analytics_compact,
         )
     )
     ray.get(analytics.start.remote())

@@ -212,7 +212,7 @@ def test_no_false_findings_under_load_and_drift_still_found(make_node) -> None:
         # (a compaction would merge it into one named like it); reading across a compaction
         # is test_a_pinned_reader_sees_one_generation_across_a_compaction.
         node = make_node(recon_interval_s=1.0, recon_full_every=3, analytics_interval_ms=100,
-                         analytics_max_segments=100_000)  # fmt: skip
+                         analytics_compact=False)  # fmt: skip
         ids, limited = _seed(node)
         _clean_under_load(node, ids, limited)
         _drift_is_found_and_resolved(node, ids)
