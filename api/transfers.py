@@ -199,43 +199,50 @@ class TransferRoutes:
         }
 
     async def single(self, scope: Scope, receive: Receive, send: Send) -> None:
-        ctx = self.context()
-        try:
-            principal = await admit(ctx, scope)
-            raw = await read_body(scope, receive, ctx.settings.max_body_bytes)
-            body: TransferIn = _decode(raw, _decode_one)
-            flags = transfer_flags(body)  # the static rules, with the field that broke one
-            (result,) = await submit(ctx, principal, source_ip(scope), [body])
-            ctx.metrics.outcomes[result.code] += 1
-            if result.code:
-                raise p.ApiError(result.code)
-            out = _encode(applied_transfer(body, flags, result))
-        except ClientGone:
-            return
-        except Exception as e:  # every error becomes its problem+json answer
-            await problem_for(e)(scope, receive, send)
-            return
-        await _send_json(send, 200 if result.replayed else 201, out)
+        await self._serve(scope, receive, send, _decode_one, self._single)
 
     async def batch(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._serve(scope, receive, send, _decode_batch, self._batch)
+
+    async def _serve(
+        self, scope: Scope, receive: Receive, send: Send, decode: Callable[[bytes], Any],
+        work: Callable[[Context, Principal, Any, str], Awaitable[tuple[int, bytes]]],
+    ) -> None:  # fmt: skip
+        """Admit, read and decode the request, ``work`` it; every error as problem+json."""
         ctx = self.context()
         try:
             principal = await admit(ctx, scope)
             raw = await read_body(scope, receive, ctx.settings.max_body_bytes)
-            body: TransferBatchIn = _decode(raw, _decode_batch)
-            results = await submit(ctx, principal, source_ip(scope), body.transfers)
-            ctx.metrics.outcomes.update([r.code for r in results])
-            out = _encode(TransferBatchOut([
-                BatchResult(r.id, code=r.code) if r.code
-                else BatchResult(r.id, status=r.status)  # type: ignore[arg-type]
-                for r in results
-            ]))  # fmt: skip
+            status, out = await work(ctx, principal, _decode(raw, decode), source_ip(scope))
         except ClientGone:
             return
         except Exception as e:  # every error becomes its problem+json answer
             await problem_for(e)(scope, receive, send)
             return
-        await _send_json(send, 200, out)
+        await _send_json(send, status, out)
+
+    @staticmethod
+    async def _single(
+        ctx: Context, principal: Principal, body: TransferIn, source: str
+    ) -> tuple[int, bytes]:
+        flags = transfer_flags(body)  # the static rules, with the field that broke one
+        (result,) = await submit(ctx, principal, source, [body])
+        ctx.metrics.outcomes[result.code] += 1
+        if result.code:
+            raise p.ApiError(result.code)
+        return 200 if result.replayed else 201, _encode(applied_transfer(body, flags, result))
+
+    @staticmethod
+    async def _batch(
+        ctx: Context, principal: Principal, body: TransferBatchIn, source: str
+    ) -> tuple[int, bytes]:
+        results = await submit(ctx, principal, source, body.transfers)
+        ctx.metrics.outcomes.update([r.code for r in results])
+        return 200, _encode(TransferBatchOut([
+            BatchResult(r.id, code=r.code) if r.code
+            else BatchResult(r.id, status=r.status)  # type: ignore[arg-type]
+            for r in results
+        ]))  # fmt: skip
 
 
 async def _send_json(send: Send, status: int, body: bytes) -> None:
