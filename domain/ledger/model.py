@@ -8,6 +8,7 @@ units everywhere (a float cannot even be decoded into these types).
 from __future__ import annotations
 
 import hashlib
+from typing import Final
 
 import msgspec
 
@@ -167,7 +168,11 @@ class JournalRow(msgspec.Struct, array_like=True, frozen=True, gc=False):
 # A journal row as a plain tuple in JournalRow's field order, which is the journal's COPY
 # column order: what the shard keeps per transfer and writes, with no object around it.
 Row = tuple[str, str, str, int, str, int, str | None, int, str, str, int, int, int]
-ROW_ID, ROW_DEBIT, ROW_CREDIT, ROW_TS = 0, 1, 2, 12  # positions of the fields a shard reads
+# Positions of the fields a shard reads (Final: mypy types row[ROW_CREDIT] as that field's type).
+ROW_ID: Final = 0
+ROW_DEBIT: Final = 1
+ROW_CREDIT: Final = 2
+ROW_TS: Final = 12
 
 
 class Outcome(msgspec.Struct, array_like=True, frozen=True):

@@ -390,15 +390,15 @@ class Ledger:
                 if o.code:
                     results[j] = RESULT_OF[o.code]
                     continue
-                row = o.row
-                assert row is not None
-                stamps[j] = row.ts
+                decided = o.row
+                assert decided is not None
+                stamps[j] = decided.ts
                 if not amts[j]:
-                    amounts[j] = row.amount
+                    amounts[j] = decided.amount
                 if o.replayed:
                     results[j] = REPLAYED
                 else:
-                    new_rows.append(rows.get(row.id) or astuple(row))
+                    new_rows.append(rows.get(decided.id) or astuple(decided))
         self._clock = clock
         return BatchResult(results, stamps, amounts), new_rows
 

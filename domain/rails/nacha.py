@@ -599,7 +599,7 @@ def _service_class(codes: Iterable[int]) -> int:
 
 
 class _Totals(NamedTuple):
-    count: int
+    records: int  # entry and addenda records (`count` would hide tuple.count)
     entry_hash: int  # untruncated
     debit: int
     credit: int
@@ -663,7 +663,7 @@ def _finish_file(header: FileHeader, batches: Sequence[tuple[list[str], _Totals]
     count = entry_hash = debit = credit = 0
     for batch_lines, totals in batches:
         lines.extend(batch_lines)
-        count += totals.count
+        count += totals.records
         entry_hash += totals.entry_hash
         debit += totals.debit
         credit += totals.credit
@@ -893,7 +893,7 @@ class _Reader:
             raise self.error(f"{name} {value!r} (positions {start}-{end}) is not numeric")
         return value
 
-    def int(self, start: int, end: int, name: str) -> int:
+    def number(self, start: int, end: int, name: str) -> int:
         return int(self.digits(start, end, name))
 
     def blank(self, start: int, end: int, name: str) -> None:
@@ -916,16 +916,16 @@ class _Reader:
 
 
 def _parse_entry(r: _Reader, addenda: tuple[str, ...]) -> ParsedEntry:
-    code = r.int(2, 3, "transaction code")
+    code = r.number(2, 3, "transaction code")
     if code not in CREDIT_CODES | DEBIT_CODES:
         raise r.error(f"unknown transaction code {code}")
     routing = r.digits(4, 12, "receiving DFI routing")
     if not aba_valid(routing):
         raise r.error(f"receiving DFI routing {routing} fails the ABA check digit")
-    amount = r.int(30, 39, "amount")
+    amount = r.number(30, 39, "amount")
     if code in ZERO_AMOUNT_CODES and amount != 0:
         raise r.error(f"prenote/zero-dollar code {code} has amount {amount}")
-    indicator = r.int(79, 79, "addenda record indicator")
+    indicator = r.number(79, 79, "addenda record indicator")
     if indicator not in (0, 1):
         raise r.error(f"addenda record indicator {indicator} is not 0 or 1")
     if indicator != bool(addenda):
@@ -940,7 +940,7 @@ def _parse_entry(r: _Reader, addenda: tuple[str, ...]) -> ParsedEntry:
             if ar.raw(80, 94) != trace:
                 raise ar.error(f"addenda trace {ar.raw(80, 94)!r} is not the entry's {trace}")
         elif kind == "05":
-            if ar.int(84, 87, "addenda sequence number") != offset:
+            if ar.number(84, 87, "addenda sequence number") != offset:
                 raise ar.error(f"addenda sequence number is not {offset}")
             if ar.raw(88, 94) != trace[-7:]:
                 raise ar.error("entry detail sequence number is not the entry's trace sequence")
@@ -966,11 +966,11 @@ def _check_control(r: _Reader, name: str, recorded: int, computed: int) -> None:
 def _parse_batch(lines: list[str], i: int) -> tuple[ParsedBatch, int]:
     """Parse the batch whose header is lines[i]; return it and the index after its control."""
     h = _Reader(lines[i], i + 1, "batch header")
-    scc = h.int(2, 4, "service class code")
+    scc = h.number(2, 4, "service class code")
     if scc not in SERVICE_CLASS_CODES:
         raise h.error(f"service class code {scc} is not 200, 220 or 225")
     odfi_id = h.digits(80, 87, "originating DFI id")
-    batch_number = h.int(88, 94, "batch number")
+    batch_number = h.number(88, 94, "batch number")
     entries: list[ParsedEntry] = []
     i += 1
     while i < len(lines) and lines[i][0] == "6":
@@ -988,15 +988,15 @@ def _parse_batch(lines: list[str], i: int) -> tuple[ParsedBatch, int]:
         found = f"type {lines[i][0]!r}" if i < len(lines) else "end of file"
         raise NachaError(f"line {i + 1}: expected an entry or batch control (8), found {found}")
     c = _Reader(lines[i], i + 1, "batch control")
-    _check_control(c, "service class code", c.int(2, 4, "service class code"), scc)
+    _check_control(c, "service class code", c.number(2, 4, "service class code"), scc)
     count = sum(1 + len(e.addenda) for e in entries)
     entry_hash = sum(int(e.routing[:8]) for e in entries) % 10**10
     debit = sum(e.amount for e in entries if not e.is_credit)
     credit = sum(e.amount for e in entries if e.is_credit)
-    recorded_count = c.int(5, 10, "entry/addenda count")
-    recorded_hash = c.int(11, 20, "entry hash")
-    recorded_debit = c.int(21, 32, "total debit")
-    recorded_credit = c.int(33, 44, "total credit")
+    recorded_count = c.number(5, 10, "entry/addenda count")
+    recorded_hash = c.number(11, 20, "entry hash")
+    recorded_debit = c.number(21, 32, "total debit")
+    recorded_credit = c.number(33, 44, "total credit")
     _check_control(c, "entry/addenda count", recorded_count, count)
     _check_control(c, "entry hash", recorded_hash, entry_hash)
     _check_control(c, "total debit", recorded_debit, debit)
@@ -1006,7 +1006,7 @@ def _parse_batch(lines: list[str], i: int) -> tuple[ParsedBatch, int]:
     c.blank(74, 79, "reserved")
     if c.raw(80, 87) != odfi_id:
         raise c.error(f"ODFI id {c.raw(80, 87)!r} differs from the header's {odfi_id!r}")
-    _check_control(c, "batch number", c.int(88, 94, "batch number"), batch_number)
+    _check_control(c, "batch number", c.number(88, 94, "batch number"), batch_number)
     batch = ParsedBatch(
         service_class_code=scc,
         company_name=h.text(5, 20),
@@ -1077,12 +1077,12 @@ def parse_file(text: str) -> ParsedFile:
             raise NachaError(f"line {n + 1}: only 9-padding may follow the file control record")
     records = i + 1
     recorded = {
-        "batch count": c.int(2, 7, "batch count"),
-        "block count": c.int(8, 13, "block count"),
-        "entry/addenda count": c.int(14, 21, "entry/addenda count"),
-        "entry hash": c.int(22, 31, "entry hash"),
-        "total debit": c.int(32, 43, "total debit"),
-        "total credit": c.int(44, 55, "total credit"),
+        "batch count": c.number(2, 7, "batch count"),
+        "block count": c.number(8, 13, "block count"),
+        "entry/addenda count": c.number(14, 21, "entry/addenda count"),
+        "entry hash": c.number(22, 31, "entry hash"),
+        "total debit": c.number(32, 43, "total debit"),
+        "total credit": c.number(44, 55, "total credit"),
     }
     computed = {
         "batch count": len(batches),
