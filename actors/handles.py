@@ -10,6 +10,8 @@ before they reach it.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
+from typing import Any
 
 import msgspec
 import sqlalchemy as sa
@@ -47,7 +49,7 @@ class HandleDirectory:
 
     async def start(self) -> int:
         async with self._engine.connect() as conn:
-            rows = await conn.execute(
+            rows: Iterable[tuple[Any, ...]] = await conn.execute(
                 sa.text(
                     "SELECT handle, account_id, coalesce(owner_user_id, ''),"
                     " extract(epoch FROM created_at)::float8 FROM handles"
@@ -83,7 +85,7 @@ class HandleDirectory:
             return _enc.encode(Claimed("handle_taken", None))
         try:
             async with self._engine.begin() as conn:
-                created = (
+                created: float = (
                     await conn.execute(
                         sa.text(
                             "INSERT INTO handles (handle, account_id, owner_user_id)"

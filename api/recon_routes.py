@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated, Literal
+from collections.abc import Iterable
+from typing import Annotated, Any, Literal
 
 import sqlalchemy as sa
 from fastapi import APIRouter, Depends, Query, Request
@@ -103,7 +104,8 @@ async def list_discrepancies(
     if kind is not None:
         q = q.where(d.c.kind == kind)
     async with ctx.engine.connect() as conn:
-        rows = [DiscrepancyOut(*r) for r in await conn.execute(q)]
+        found: Iterable[tuple[Any, ...]] = await conn.execute(q)
+        rows = [DiscrepancyOut(*r) for r in found]
     more = len(rows) > limit
     rows = rows[:limit]
     return json_response(DiscrepancyPage(rows, rows[-1].id if more and rows else None))

@@ -30,7 +30,7 @@ GROUP BY a.id
 
 def journal_balances(database_url: str) -> dict[str, Balances]:
     with psycopg.connect(libpq_url(database_url)) as conn:
-        return {r[0]: tuple(r[1:]) for r in conn.execute(JOURNAL_BALANCES_SQL)}  # type: ignore[misc]
+        return {r[0]: tuple(r[1:]) for r in conn.execute(JOURNAL_BALANCES_SQL)}
 
 
 def currency_totals(database_url: str) -> dict[str, int]:

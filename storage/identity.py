@@ -9,6 +9,8 @@ changes in one transaction.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterable
+from typing import Any
 
 import msgspec
 import sqlalchemy as sa
@@ -351,4 +353,5 @@ async def kyc_history(conn: AsyncConnection, user_id: str, limit: int = 100) -> 
         .order_by(kyc_events.c.id)
         .limit(limit)
     )
-    return [KycEvent(*r) for r in await conn.execute(q)]
+    rows: Iterable[tuple[Any, ...]] = await conn.execute(q)
+    return [KycEvent(*r) for r in rows]

@@ -7,7 +7,8 @@ the shard answer any of it.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterable, Sequence
+from typing import Any
 
 import msgspec
 import psycopg
@@ -125,7 +126,7 @@ async def load_shard(
 
 async def account_specs(conn: AsyncConnection, ids: Collection[str]) -> dict[str, AccountSpec]:
     """The immutable facts of the accounts among ``ids`` that exist."""
-    rows = await conn.execute(
+    rows: Iterable[tuple[Any, ...]] = await conn.execute(
         sa.text(
             "SELECT id, currency, flags, metadata::text, ts, coalesce(owner_user_id, '')"
             " FROM accounts WHERE id = ANY(:ids)"
@@ -163,7 +164,7 @@ def _row_columns() -> str:
 
 async def transfer(conn: AsyncConnection, transfer_id: str) -> JournalRow | None:
     """One journaled transfer, or None."""
-    row = (
+    row: tuple[Any, ...] | None = (
         await conn.execute(
             sa.text(f"SELECT {_row_columns()} FROM transfers WHERE id = :id"), {"id": transfer_id}
         )
@@ -191,4 +192,5 @@ async def transfers_of(
     params: dict = {"account": account_id, "limit": limit}
     if before is not None:
         params |= {"ts": before[0], "id": before[1]}
-    return [JournalRow(*r) for r in await conn.execute(sa.text(query), params)]
+    rows: Iterable[tuple[Any, ...]] = await conn.execute(sa.text(query), params)
+    return [JournalRow(*r) for r in rows]

@@ -8,7 +8,7 @@ async connection so a caller controls the transaction.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import msgspec
@@ -191,7 +191,7 @@ async def rotate_secret(
 
 
 async def live_endpoints(conn: AsyncConnection, keys: Keyring) -> list[LiveEndpoint]:
-    rows = await conn.execute(
+    rows: Iterable[tuple[Any, ...]] = await conn.execute(
         sa.text(
             "SELECT id, owner_user_id, url, events, max_in_flight, start_txid, secret_ct,"
             " CASE WHEN previous_expires_at > now() THEN previous_secret_ct END"
@@ -672,7 +672,9 @@ async def record_inbound(
     payload: bytes | None,
 ) -> int:
     """Store one inbound webhook; an accepted event id seen before raises InboundReplayed."""
-    row_id = (await conn.execute(sa.text("SELECT nextval('inbound_webhooks_id_seq')"))).scalar_one()
+    row_id: int = (
+        await conn.execute(sa.text("SELECT nextval('inbound_webhooks_id_seq')"))
+    ).scalar_one()
     sealed = None
     if payload is not None:
         sealed = pii.seal(

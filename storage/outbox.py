@@ -18,6 +18,7 @@ keeps, not everyone else's events rendered.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -126,7 +127,8 @@ async def read_events(
         "users": list(users or ()),
     }
     by_source: dict[int, list[Scanned]] = {int(s): [] for s in READ_SOURCES}
-    for source, txid, key, kept in (await conn.execute(sa.text(sql), params)).all():
+    scanned: Sequence[tuple[Any, ...]] = (await conn.execute(sa.text(sql), params)).all()
+    for source, txid, key, kept in scanned:
         by_source[source].append(Scanned(txid, _SOURCE[source], key, kept))
     window = merge(list(by_source.values()), limit, limit)
     if not window:
@@ -163,5 +165,5 @@ async def event_position(conn: AsyncConnection, ref: EventRef) -> Position | Non
         sql = "SELECT txid FROM events WHERE id = :k"
     else:
         sql = f"SELECT txid FROM {_TABLE[ref.source]} WHERE id = :k AND {ABOVE_BOUNDARY}"
-    txid = (await conn.execute(sa.text(sql), {"k": ref.key})).scalar_one_or_none()
+    txid: int | None = (await conn.execute(sa.text(sql), {"k": ref.key})).scalar_one_or_none()
     return None if txid is None else Position(txid, ref.source, ref.key)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import time
+from collections.abc import Iterable
 from typing import Any
 
 import msgspec
@@ -208,7 +209,7 @@ async def finish(
 
 
 async def history(conn: AsyncConnection, payment_id: str) -> list[StatusChange]:
-    rows = await conn.execute(
+    rows: Iterable[tuple[Any, ...]] = await conn.execute(
         sa.text(
             "SELECT status, reason, at FROM payment_status_history WHERE payment_id = :p"
             " ORDER BY id"
@@ -226,7 +227,8 @@ async def list_for(
     after: str | None,
     limit: int,
 ) -> list[Payment]:
-    where, params = ["true"], {"limit": limit}
+    where: list[str] = ["true"]
+    params: dict[str, Any] = {"limit": limit}
     if user is not None:
         where.append("owner_user_id = :user")
         params["user"] = user

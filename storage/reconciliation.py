@@ -215,8 +215,9 @@ def compare_rows(
 
 
 def analytics_rows(con: duckdb.DuckDBPyConnection, lo: int, hi: int) -> int:
-    (count,) = con.execute(f"SELECT count(*) FROM journal WHERE {_duck_range(lo, hi)}").fetchone()
-    return int(count)
+    row = con.execute(f"SELECT count(*) FROM journal WHERE {_duck_range(lo, hi)}").fetchone()
+    assert row is not None  # count(*) answers one row
+    return int(row[0])
 
 
 # -- the bank's side (ACH) ---------------------------------------------------------------------

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import secrets
+from typing import Any
 
 import msgspec
 import sqlalchemy as sa
@@ -113,7 +114,7 @@ async def take_usage(
     params = {"u": user_id, "day": day, "month": month, "amt": amount, "payee": payee_account,
               "session": session_id or "", "list": list_version, "n": count,
               "payee_owner": payee_owner or "", "bank": bank_id or ""}  # fmt: skip
-    row = (await conn.execute(_TAKE, params)).first()
+    row: tuple[Any, ...] | None = (await conn.execute(_TAKE, params)).first()
     return None if row is None else Features(*row)
 
 
