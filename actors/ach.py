@@ -15,6 +15,7 @@ import datetime as dt
 import logging
 import secrets
 import time
+from typing import Any
 
 import msgspec
 from sqlalchemy.exc import SQLAlchemyError
@@ -57,7 +58,7 @@ class AchOriginator:
             company_id=settings.ach_company_id,
         )
         self._bank_name = bank_name
-        self._bank = None
+        self._bank: Any = None  # the bank's actor handle, found at start
         self._lock = asyncio.Lock()  # one cutoff at a time
         self._files_today: tuple[dt.date, int] = (dt.date.min, 0)
         self._task: asyncio.Task[None] | None = None

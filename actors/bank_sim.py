@@ -103,12 +103,12 @@ class BankSimulator:
             raise
         self._files[file_id] = parsed
         for batch in parsed.batches:
-            for e in batch.entries:
-                key = (e.routing, e.account_number)
+            for entry in batch.entries:
+                key = (entry.routing, entry.account_number)
                 lines = self._statements.setdefault(key, [])
                 lines.append(StatementLine(
-                    e.amount, "credit" if e.is_credit else "debit", batch.company_name,
-                    str(batch.effective_date or ""), e.trace_number,
+                    entry.amount, "credit" if entry.is_credit else "debit", batch.company_name,
+                    str(batch.effective_date or ""), entry.trace_number,
                 ))  # fmt: skip
                 del lines[:-_STATEMENT_LIMIT]
         task = asyncio.create_task(self._answer(file_id, parsed))

@@ -26,6 +26,7 @@ import time
 from collections import defaultdict, deque
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import psycopg
 from msgspec.structs import astuple
@@ -106,7 +107,7 @@ class LedgerShard:
         self._expiry_wake = asyncio.Event()
         self._expiry_due: int | None = None  # the deadline the expiry loop sleeps until
         self.ledger = Ledger()
-        self._peers: dict[int, object] = {}
+        self._peers: dict[int, Any] = {}  # actor handles
         self._queue: deque[_Job] = deque()
         self._wake = asyncio.Event()
         self._ready = False
@@ -171,7 +172,7 @@ class LedgerShard:
         await self._rebuild()
         return self._rebuilds
 
-    def _peer(self, index: int) -> object:
+    def _peer(self, index: int) -> Any:
         """The actor handle of shard ``index``, looked up by name once."""
         handle = self._peers.get(index)
         if handle is None:

@@ -251,7 +251,7 @@ class Notifier:
                 if not await notify.subscribers_started(conn, start.txid, last.txid) <= known:
                     raise _UnknownSubscriber
                 deliveries = []
-                pushes = []
+                pushes: list[tuple[str, str]] = []  # (device, event)
                 woken = set()
                 for ev in events:
                     for ep in endpoints:

@@ -38,6 +38,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import psycopg
@@ -181,8 +182,11 @@ class Reconciler:
     async def start(self) -> None:
         import ray
 
-        self.shards = [ray.get_actor(n, namespace=self.namespace) for n in self.shard_names]
-        self.analytics = ray.get_actor(self.analytics_name, namespace=self.namespace)
+        # Actor handles (Any: a method's .remote() is found at run time).
+        self.shards: list[Any] = [
+            ray.get_actor(n, namespace=self.namespace) for n in self.shard_names
+        ]
+        self.analytics: Any = ray.get_actor(self.analytics_name, namespace=self.namespace)
         if self.interval_s > 0:
             self._task = asyncio.get_running_loop().create_task(self._every())
 
@@ -230,7 +234,7 @@ class Reconciler:
     # -- one run ------------------------------------------------------------------------
 
     async def _run(self, kind: str, trigger: str, started: float) -> RunSummary:
-        conn = await asyncio.to_thread(
+        conn: psycopg.Connection = await asyncio.to_thread(
             psycopg.connect,
             libpq_url(self.database_url),
             autocommit=True,
@@ -411,7 +415,9 @@ class Reconciler:
         """Memory read before and after the journal; a difference must survive
         CONFIRM_ATTEMPTS reads (a credit leg reaches its shard just after the debit
         shard's commit: briefly, memory trails). Returns (drift, accounts in flight)."""
-        suspects, skipped, drift = list(at_hi), set(), []
+        suspects = list(at_hi)
+        skipped: set[str] = set()
+        drift: list[Finding] = []
         for _ in range(CONFIRM_ATTEMPTS):
             first = await self._memory(suspects)
             tail = await asyncio.to_thread(r.journal_tail, conn, suspects, hi)

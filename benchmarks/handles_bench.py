@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import random
 import time
+from typing import Any
 
 from paynode.benchmarks import steps
 from paynode.benchmarks.workload import Workload
@@ -34,7 +35,7 @@ def run(args: argparse.Namespace, w: Workload, target, report: dict) -> bool:
 
     assert target.shards is not None and target.namespace is not None
     steps.create_accounts_direct(target.shards, w, args.accounts)
-    directory = ray.get_actor(HANDLES_NAME, namespace=target.namespace)
+    directory: Any = ray.get_actor(HANDLES_NAME, namespace=target.namespace)
     names = [f"u{i}.{w.accounts[i].id[-6:]}".lower()[:30] for i in range(len(w.accounts))]
     print(f"claiming {len(names)} handles ...", flush=True)
     for k in range(0, len(names), 500):

@@ -43,7 +43,7 @@ def cmd_audit(settings: Settings, args: argparse.Namespace) -> int:
         return 2
     finally:
         if pg is not None:
-            pg.cleanup()  # type: ignore[attr-defined]
+            pg.cleanup()
     if result.first_broken_seq is not None:
         print(
             f"audit chain broken at seq {result.first_broken_seq}: "

@@ -136,7 +136,7 @@ def cmd_keys(settings: Settings, args: argparse.Namespace) -> int:
         report, stale = reseal_all(url, keys, batch=args.batch)
     finally:
         if pg is not None:
-            pg.cleanup()  # type: ignore[attr-defined]
+            pg.cleanup()
     print(
         f"resealed {report.values_resealed} values in {report.rows_seen} rows "
         f"({report.raced} raced with writes and were retried); {stale} still under old keys"
@@ -154,7 +154,7 @@ def cmd_migrate(settings: Settings) -> int:
         print(f"applied: {applied or 'nothing (up to date)'}")
     finally:
         if pg is not None:
-            pg.cleanup()  # type: ignore[attr-defined]
+            pg.cleanup()
     return 0
 
 

@@ -121,7 +121,7 @@ def app_from_env() -> Any:
     providers = settings.providers()
     if settings.bank_simulator and PROVIDER not in providers:
         # The simulator signs with a secret `paynode actors` made; this front must verify it.
-        sim = ray.get_actor(BANK_SIM_NAME, namespace=settings.namespace)
+        sim: Any = ray.get_actor(BANK_SIM_NAME, namespace=settings.namespace)
         providers[PROVIDER] = ray.get(sim.signing_secret.remote(), timeout=60)
         settings = msgspec.structs.replace(
             settings, webhook_providers=msgspec.json.encode(providers).decode()

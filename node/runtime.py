@@ -16,6 +16,7 @@ import secrets
 import signal
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 import psutil
@@ -36,6 +37,9 @@ from paynode.domain.settings import Settings
 from paynode.storage.database import libpq_url
 from paynode.storage.keyring import load as load_keyring
 from paynode.storage.migrations import migrate
+
+if TYPE_CHECKING:
+    from pgserver import PostgresServer
 
 log = logging.getLogger("paynode.node")
 
@@ -66,9 +70,10 @@ class Services:
     settings: Settings
     database_url: str
     shard_names: list[str]
-    shards: list[object] = field(default_factory=list)
-    helpers: list[object] = field(default_factory=list)  # analytics, reconciler, notifier
-    _pg: object | None = None
+    # Actor handles (Any: a method's .remote() is found at run time).
+    shards: list[Any] = field(default_factory=list)
+    helpers: list[Any] = field(default_factory=list)  # analytics, reconciler, notifier
+    _pg: PostgresServer | None = None
     _ray_started: bool = False
     _owner: psycopg.Connection | None = None
 
@@ -123,11 +128,11 @@ class Services:
             self._owner.close()
             self._owner = None
         if self._pg is not None:
-            self._pg.cleanup()  # type: ignore[attr-defined]
+            self._pg.cleanup()
             self._pg = None
 
 
-def start_postgres(settings: Settings) -> tuple[str, object | None]:
+def start_postgres(settings: Settings) -> tuple[str, PostgresServer | None]:
     """The DATABASE_URL to use, and the embedded server if this process started one."""
     if settings.database_url:
         return settings.database_url, None
@@ -188,14 +193,14 @@ def start_ray(settings: Settings) -> bool:
         return False
     if settings.ray_address:
         ray.init(address=settings.ray_address, namespace=settings.namespace,
-                 logging_level="WARNING")  # fmt: skip
+                 logging_level=logging.WARNING)  # fmt: skip
         return True
     ray.init(
         address="local",
         namespace=settings.namespace,
         num_cpus=max(2, settings.shard_count()),
         include_dashboard=False,
-        logging_level="WARNING",
+        logging_level=logging.WARNING,
         log_to_driver=True,
     )
     for node in ray.nodes():
@@ -245,7 +250,7 @@ def wait_until_gone(name: str, namespace: str, timeout: float = 30.0) -> None:
 
 def start_shards(
     settings: Settings, database_url: str, detached: bool = False
-) -> tuple[list[str], list[object]]:
+) -> tuple[list[str], list[Any]]:
     """Create (or adopt) the shard actors and let each rebuild from the journal.
 
     Ray restarts a crashed shard (``shard_max_restarts``); the new
@@ -259,7 +264,7 @@ def start_shards(
     count = settings.shard_count()
     names = [SHARD_NAME.format(index=i) for i in range(count)]
     remote = ray.remote(LedgerShard)
-    shards = [
+    shards: list[Any] = [
         remote.options(
             name=name,
             max_concurrency=10_000,
@@ -297,7 +302,7 @@ def find_shards(namespace: str) -> list[str]:
     """Names of the shard actors a ``paynode actors`` process started (cluster mode)."""
     import ray
 
-    first = ray.get_actor(SHARD_NAME.format(index=0), namespace=namespace)
+    first: Any = ray.get_actor(SHARD_NAME.format(index=0), namespace=namespace)
     _, count, _ = ray.get(first.identity.remote(), timeout=60)
     return [SHARD_NAME.format(index=i) for i in range(count)]
 
@@ -310,7 +315,7 @@ def resolved_paths(settings: Settings) -> Settings:
 
 def start_helpers(
     settings: Settings, database_url: str, shard_names: list[str], detached: bool = False
-) -> list[object]:
+) -> list[Any]:
     """The analytics follower, the reconciler (after the shards: it reads them), the notifier
     and the handle directory."""
     import ray
@@ -329,7 +334,7 @@ def start_helpers(
         "max_restarts": 0,
         "scheduling_strategy": _this_node(),
     }
-    analytics = (
+    analytics: Any = (
         ray.remote(AnalyticsStreamer)
         .options(name=ANALYTICS_NAME, max_concurrency=16, **options)
         .remote(
@@ -342,7 +347,7 @@ def start_helpers(
         )
     )
     ray.get(analytics.start.remote())
-    reconciler = (
+    reconciler: Any = (
         ray.remote(Reconciler)
         .options(name=RECONCILER_NAME, max_concurrency=16, **options)
         .remote(
@@ -357,31 +362,31 @@ def start_helpers(
     )
     ray.get(reconciler.start.remote())
     load_keyring(settings.data_path(), settings.keyring)  # exists before the notifier reads it
-    notifier = (
+    notifier: Any = (
         ray.remote(Notifier)
         .options(name=NOTIFIER_NAME, max_concurrency=1000, **options)
         .remote(resolved_paths(settings), database_url)
     )
     ray.get(notifier.start.remote())
-    handles = (
+    handles: Any = (
         ray.remote(HandleDirectory)
         .options(name=HANDLES_NAME, max_concurrency=1000, **options)
         .remote(database_url)
     )
     ray.get(handles.start.remote())  # warm: every live handle in memory before the API opens
-    helpers = [analytics, reconciler, notifier, handles]
+    helpers: list[Any] = [analytics, reconciler, notifier, handles]
     bank_name = None
     if settings.bank_simulator:
         helpers.append(_start_bank_simulator(settings, options))
         bank_name = BANK_SIM_NAME
-    ach = (
+    ach: Any = (
         ray.remote(AchOriginator)
         .options(name=ACH_NAME, max_concurrency=16, **options)
         .remote(resolved_paths(settings), database_url, bank_name)
     )
     ray.get(ach.start.remote())
     helpers.append(ach)
-    risk = (
+    risk: Any = (
         ray.remote(RiskActor)
         .options(name=RISK_NAME, max_concurrency=8, **options)
         .remote(
@@ -401,7 +406,7 @@ def _this_node() -> object:
     return NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
 
 
-def _start_bank_simulator(settings: Settings, options: dict) -> object:
+def _start_bank_simulator(settings: Settings, options: dict) -> Any:
     """The simulated bank, and the secret it signs its webhooks with (added to ours)."""
     import ray
 
@@ -413,7 +418,7 @@ def _start_bank_simulator(settings: Settings, options: dict) -> object:
         providers[PROVIDER] = secrets.token_urlsafe(32)
         settings.webhook_providers = json.dumps(providers)
     returns = json.loads(settings.bank_sim_returns) if settings.bank_sim_returns else None
-    sim = (
+    sim: Any = (
         ray.remote(BankSimulator)
         .options(name=BANK_SIM_NAME, max_concurrency=100, **options)
         .remote(
