@@ -61,8 +61,9 @@ async def inbound_webhook(
 
     async def refuse(code: str, signed_at: int | None = None) -> NoReturn:
         async with ctx.engine.begin() as conn:
+            # provider is NOT NULL: a name with nothing storable in it (only NULs) is "".
             await notify.record_inbound(
-                conn, ctx.keys, _storable(provider, 64), _storable(event_id, 200),
+                conn, ctx.keys, _storable(provider, 64) or "", _storable(event_id, 200),
                 _storable(event_type, 100), signed_at, "refused", code, raw,
             )  # fmt: skip
         raise p.ApiError(code)

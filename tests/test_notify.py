@@ -281,6 +281,10 @@ def test_inbound_webhooks_verified_stored_and_replays_refused(make_node) -> None
     problem(r, 401, "signature_missing")
     r = client.post("/v1/webhooks/nobank", json=ev)
     problem(r, 404, "unknown_provider")
+    # A provider name with nothing storable in it (PostgreSQL text holds no NUL) is still
+    # refused and recorded, under the empty name.
+    r = client.post("/v1/webhooks/%00", json={**ev, "id": "bank-evt-5"})
+    problem(r, 404, "unknown_provider")
     with psycopg.connect(libpq_url(node.database_url)) as conn:
         stored = conn.execute(
             "SELECT event_id, status, reason FROM inbound_webhooks ORDER BY id"
@@ -293,6 +297,7 @@ def test_inbound_webhooks_verified_stored_and_replays_refused(make_node) -> None
         ("bank-evt-4", "refused", "signature_mismatch"),
         ("bank-evt-1", "refused", "signature_missing"),
         ("bank-evt-1", "refused", "unknown_provider"),
+        ("bank-evt-5", "refused", "unknown_provider"),
     ]
     client.close()
 
