@@ -60,20 +60,13 @@ async def create_api_key(
         # A non-admin key acts as a user; without one it could act on nothing.
         raise p.ApiError(p.MISSING_FIELD, "a key without admin needs an owner", "$.owner_user_id")
     key_id, secret, key = tokens.new_secret("pk")
-    row = identity.ApiKeyRow(
-        key_id,
-        tokens.secret_hash(secret),
-        body.name,
-        scopes,
-        owner,
-        principal.id,
-        None,
-        None,  # type: ignore[arg-type]
-    )
     async with ctx.engine.begin() as conn:
         if owner is not None and not await identity.user_exists(conn, owner):
             raise p.ApiError(p.USER_NOT_FOUND, field="$.owner_user_id")
-        await identity.create_api_key(conn, row)
+        await identity.create_api_key(
+            conn, key_id=key_id, secret_hash=tokens.secret_hash(secret), name=body.name,
+            scopes=scopes, owner_user_id=owner, created_by=principal.id,
+        )  # fmt: skip
         stored = await identity.get_api_key(conn, key_id)
         await audit(conn, request, principal, "api_key.create", key_id,
                     after={"scopes": scopes, "owner_user_id": owner})  # fmt: skip

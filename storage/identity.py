@@ -9,7 +9,7 @@ changes in one transaction.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import msgspec
@@ -266,11 +266,23 @@ class ApiKeyRow(msgspec.Struct):
     revoked_at: dt.datetime | None
 
 
-async def create_api_key(conn: AsyncConnection, row: ApiKeyRow) -> None:
-    values = msgspec.structs.asdict(row)
-    values.pop("created_at")
-    values.pop("revoked_at")
-    await conn.execute(sa.insert(api_keys).values(**values))
+async def create_api_key(
+    conn: AsyncConnection,
+    *,
+    key_id: str,
+    secret_hash: bytes,
+    name: str,
+    scopes: Sequence[str],
+    owner_user_id: str | None,
+    created_by: str,
+) -> None:
+    """A new key: the database stamps created_at; revoked_at starts NULL."""
+    await conn.execute(
+        sa.insert(api_keys).values(
+            id=key_id, secret_hash=secret_hash, name=name, scopes=list(scopes),
+            owner_user_id=owner_user_id, created_by=created_by,
+        )
+    )  # fmt: skip
 
 
 async def get_api_key(conn: AsyncConnection, key_id: str) -> ApiKeyRow | None:
