@@ -210,9 +210,9 @@ async def list_files(ctx: Ctx, _: Annotated[Principal, Depends(require("admin"))
         200: {
             "description": "The NACHA file (94-character records)",
             "content": {"text/plain": {"schema": {"type": "string"}}},
-        }
-    }
-    | contract.replies({}, (401, 403, 404, 429)),
+        },
+        **contract.replies({}, (401, 403, 404, 429)),
+    },
 )
 async def download_file(
     file_id: str, ctx: Ctx, _: Annotated[Principal, Depends(require("admin"))]
@@ -337,7 +337,7 @@ async def apply_returns(ctx: Context, returns: Sequence[Return]) -> ReturnsOut:
     todo = [(r, e) for r, e in todo if e.status != "returned"]
     moves = []
     for _, e in todo:
-        pay = pays.get(e.payment_id)
+        pay = pays.get(e.payment_id) if e.payment_id is not None else None
         if pay is None:
             continue
         if e.status == "settled":
@@ -376,12 +376,12 @@ async def _from_bank(ctx: Context, provider: str, event: InboundEvent) -> str:
         return "ach.settlement"
     if event.type == "ach.returns":
         text = event.data.get("file")
-        try:
-            returns = parse_returns(text) if isinstance(text, str) else None
-        except NachaError:
-            returns = None
-        if returns is None:
+        if not isinstance(text, str):
             raise p.ApiError(p.INVALID_NACHA_FILE)
+        try:
+            returns = parse_returns(text)
+        except NachaError:
+            raise p.ApiError(p.INVALID_NACHA_FILE) from None
         if not await _known_file(ctx, event.id):
             await _keep_return_file(ctx, event.id, text, returns)
         await apply_returns(ctx, returns)

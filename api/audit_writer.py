@@ -74,6 +74,7 @@ class AuditWriter:
                     async with self._engine.connect() as conn:
                         # psycopg's own connection from the pool: one COPY per flush
                         raw = (await conn.get_raw_connection()).driver_connection
+                        assert raw is not None  # a pooled connection is open
                         await append_copy(raw, [e for e, _ in batch])
                 except Exception as e:  # every waiter learns; the loop goes on
                     log.warning("audit flush of %d records failed: %s", len(batch),

@@ -50,7 +50,7 @@ def _strip(t: Any, path: tuple[str, ...], checks: list[_Check]) -> Any:
                 kept_fields = {k: getattr(meta, k) for k in _KEPT if getattr(meta, k) is not None}
                 meta = msgspec.Meta(**kept_fields)
             kept.append(meta)
-        return Annotated[(_strip(base, path, checks), *kept)]  # type: ignore[return-value]
+        return Annotated[(_strip(base, path, checks), *kept)]
     if origin in (typing.Union, types.UnionType):
         return typing.Union[tuple(_strip(a, path, checks) for a in get_args(t))]  # noqa: UP007
     if origin is list:
@@ -63,7 +63,7 @@ def _strip(t: Any, path: tuple[str, ...], checks: list[_Check]) -> Any:
 
 def _stripped_struct(t: type[msgspec.Struct], path: tuple[str, ...], checks: list[_Check]) -> Any:
     hints = typing.get_type_hints(t, include_extras=True)
-    fields = []
+    fields: list[tuple[str, Any] | tuple[str, Any, Any]] = []  # (name, type[, default])
     for f in msgspec.structs.fields(t):
         ftype = _strip(hints[f.name], (*path, f.name), checks)
         if f.default is not msgspec.NODEFAULT:
@@ -143,4 +143,4 @@ class BulkDecoder(Generic[T]):
                     raise msgspec.ValidationError(
                         f"Expected `str` matching regex {check.pattern!r} - at `{where}`"
                     )
-        return value  # type: ignore[no-any-return]
+        return value

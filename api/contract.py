@@ -91,7 +91,7 @@ def required_scopes(app: FastAPI) -> dict[tuple[str, str], str]:
         found = "none"
         for dep in route.dependant.dependencies:
             found = getattr(dep.call, "required_scope", found)
-        for method in route.methods:
+        for method in route.methods or ():
             out[(method, route.path)] = found
     return out
 

@@ -115,7 +115,7 @@ async def update_device(
 
 @router.delete(
     "/v1/devices/{device_id}",
-    responses={204: {"description": "Unregistered"}} | contract.replies({}, (401, 403, 404, 429)),
+    responses={204: {"description": "Unregistered"}, **contract.replies({}, (401, 403, 404, 429))},
     status_code=204,
 )
 async def delete_device(

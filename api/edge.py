@@ -12,7 +12,7 @@ closure per request, and these checks sit on the path of every transfer.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from paynode.api import problems as p
@@ -39,7 +39,7 @@ class Edge:
     def __init__(
         self,
         app: App,
-        hot: dict[tuple[str, str], App],
+        hot: Mapping[tuple[str, str], App],
         settings: Settings,
         metrics: FrontMetrics,
     ) -> None:

@@ -77,7 +77,7 @@ async def resolve_handle(
 
 @router.delete(
     "/v1/handles/{handle}",
-    responses={204: {"description": "Released"}} | contract.replies({}, (401, 403, 404, 422, 429)),
+    responses={204: {"description": "Released"}, **contract.replies({}, (401, 403, 404, 422, 429))},
     status_code=204,
 )
 async def release_handle(

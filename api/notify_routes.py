@@ -49,7 +49,7 @@ _SCAN_LIMIT = 10_000  # events looked at per list request (a user's filter may k
 
 
 def _event_out(e: StoredEvent) -> EventOut:
-    return EventOut(e.event.id, e.event.type, e.event.created, e.event.data)  # type: ignore[arg-type]
+    return EventOut(e.event.id, e.event.type, e.event.created, e.event.data)
 
 
 def _may_see(principal: Principal, e: StoredEvent) -> bool:
@@ -284,8 +284,10 @@ async def update_endpoint(
 
 @router.delete(
     "/v1/webhook-endpoints/{endpoint_id}",
-    responses={204: {"description": "Deleted; no further deliveries"}}
-    | contract.replies({}, (401, 403, 404, 429)),
+    responses={
+        204: {"description": "Deleted; no further deliveries"},
+        **contract.replies({}, (401, 403, 404, 429)),
+    },
     status_code=204,
 )
 async def delete_endpoint(

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import datetime as dt
 import time
+from collections.abc import Sequence
 
 import msgspec
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -28,7 +29,7 @@ from paynode.api.auth.scopes import Principal
 from paynode.api.context import Context
 from paynode.api.metrics import RiskStats
 from paynode.api.schemas import TransferIn
-from paynode.domain.ledger.model import Outcome
+from paynode.domain.ledger.plan import TransferResult
 from paynode.domain.risk import limits, otp, rules
 from paynode.storage import ach, identity, payments
 from paynode.storage import risk as store
@@ -251,7 +252,7 @@ async def take_transfer_usage(
 
 
 async def release_unmoved(
-    ctx: Context, principal: Principal, counted: Counted, outcomes: list[Outcome] | None
+    ctx: Context, principal: Principal, counted: Counted, outcomes: Sequence[TransferResult] | None
 ) -> None:
     """Give back what refused or replayed transfers counted (they moved nothing now);
     ``outcomes`` None: the whole request was refused."""

@@ -175,10 +175,10 @@ async def decide_review(
             await store.set_screening(conn, "users", review.subject_id, False,
                                       ctx.policy.list_version)  # fmt: skip
         elif review.kind == "user":
-            status = await identity.lock_kyc_status(conn, review.subject_id)
-            if status is not None and status != "rejected":
+            kyc = await identity.lock_kyc_status(conn, review.subject_id)
+            if kyc is not None and kyc != "rejected":
                 await identity.set_kyc(
-                    conn, ctx.keys, review.subject_id, from_status=status, to_status="rejected",
+                    conn, ctx.keys, review.subject_id, from_status=kyc, to_status="rejected",
                     actor=principal.id, reason="sanctions match confirmed in review",
                 )  # fmt: skip
         await audit(conn, request, principal, f"review.{body.decision}", review_id,

@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
+from starlette.types import Receive, Scope, Send
 
 from paynode.api import problems as p
 from paynode.api import risk_gate
@@ -41,10 +42,6 @@ from paynode.api.schemas import (
 from paynode.api.validation import transfer_flags
 from paynode.domain.ledger.plan import TransferResult
 from paynode.storage.audit_log import Entry
-
-Scope = dict[str, Any]
-Receive = Callable[[], Awaitable[dict[str, Any]]]
-Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 SCOPE = "transfers:write"
 _JSON = [(b"content-type", b"application/json")]

@@ -50,8 +50,8 @@ async def run(calls: ShardCalls, group: TwoPhase) -> list[Outcome]:
     if failure is not None:
         await _abort(calls, gid, deciders)
         return refuse_group(ops, *failure)
-    rows = [by_id[op.id].row for op in ops]
-    assert all(r is not None for r in rows), "a debit decider returned no row"
+    rows = [row for op in ops if (row := by_id[op.id].row) is not None]
+    assert len(rows) == len(ops), "a debit decider returned no row"
     try:
         committed: list[Outcome] = await calls.commit[deciders[0]].submit(
             Commit(gid, rows, participants), weight=len(ops)

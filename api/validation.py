@@ -54,9 +54,9 @@ def transfer_flags(t: TransferIn) -> int:
     else:
         if t.pending_id is not None:
             raise p.ApiError(p.PENDING_ID_MUST_BE_EMPTY, field="$.pending_id")
-        for name in ("debit_account_id", "credit_account_id", "amount", "currency"):
-            if getattr(t, name) is None:
-                raise p.ApiError(p.MISSING_FIELD, f"`{name}` is required", f"$.{name}")
+        for attr in ("debit_account_id", "credit_account_id", "amount", "currency"):
+            if getattr(t, attr) is None:
+                raise p.ApiError(p.MISSING_FIELD, f"`{attr}` is required", f"$.{attr}")
     if t.timeout_s is not None and not kinds & TransferFlags.PENDING:
         raise p.ApiError(p.TIMEOUT_RESERVED, field="$.timeout_s")
     if t.debit_account_id is not None and t.debit_account_id == t.credit_account_id:

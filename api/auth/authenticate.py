@@ -99,7 +99,7 @@ class Authenticator:
         if row is _MISSING:
             async with self.engine.connect() as conn:
                 row = await identity.get_api_key(conn, key_id)
-            self._api_keys.put(key_id, row)  # type: ignore[arg-type]
+            self._api_keys.put(key_id, row)
         if not isinstance(row, identity.ApiKeyRow) or row.revoked_at is not None:
             raise unauthorized(p.INVALID_API_KEY)
         if not hmac.compare_digest(secret_hash(secret), row.secret_hash):

@@ -51,17 +51,30 @@ def canonical_metadata(metadata: Mapping[str, str]) -> str:
 
 
 class TransferRequest(Protocol):
-    """What the planner reads of a request (the API's TransferIn is one)."""
+    """What the planner reads of a request (the API's TransferIn is one).
 
-    id: str
-    debit_account_id: str | None
-    credit_account_id: str | None
-    amount: int | None
-    currency: str | None
-    flags: Sequence[str]
-    pending_id: str | None
-    timeout_s: int | None
-    metadata: Mapping[str, str]
+    Read-only members (properties), so a request may hold narrower types: a list of flag
+    literals for Sequence[str], a dict for Mapping[str, str].
+    """
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def debit_account_id(self) -> str | None: ...
+    @property
+    def credit_account_id(self) -> str | None: ...
+    @property
+    def amount(self) -> int | None: ...
+    @property
+    def currency(self) -> str | None: ...
+    @property
+    def flags(self) -> Sequence[str]: ...
+    @property
+    def pending_id(self) -> str | None: ...
+    @property
+    def timeout_s(self) -> int | None: ...
+    @property
+    def metadata(self) -> Mapping[str, str]: ...
 
 
 class TransferResult(msgspec.Struct, array_like=True, gc=False):
