@@ -275,9 +275,11 @@ def check(database_url: str, schema: str = "baseline") -> list[str]:
     transfers = sql.Identifier(schema, "transfers")
     problems: list[str] = []
     with psycopg.connect(libpq_url(database_url), autocommit=True, connect_timeout=10) as conn:
-        (net,) = conn.execute(
+        row = conn.execute(
             sql.SQL("SELECT coalesce(sum(credits - debits), 0) FROM {}").format(accounts)
-        ).fetchone()  # type: ignore[misc]
+        ).fetchone()
+        assert row is not None
+        net = row[0]
         if net != 0:
             problems.append(f"sum(credits - debits) over accounts is {net}, not 0")
 
@@ -307,13 +309,15 @@ def check(database_url: str, schema: str = "baseline") -> list[str]:
         if len(mismatches) > 20:
             problems.append(f"... and {len(mismatches) - 20} more accounts disagree with transfers")
 
-        (orphans,) = conn.execute(
+        row = conn.execute(
             sql.SQL(
                 "SELECT count(*) FROM {t} t WHERE NOT EXISTS "
                 "(SELECT 1 FROM {a} a WHERE a.id = t.debit_account_id) OR NOT EXISTS "
                 "(SELECT 1 FROM {a} a WHERE a.id = t.credit_account_id)"
             ).format(t=transfers, a=accounts)
-        ).fetchone()  # type: ignore[misc]
+        ).fetchone()
+        assert row is not None
+        orphans = row[0]
         if orphans:
             problems.append(f"{orphans} transfers name an account that does not exist")
     return problems

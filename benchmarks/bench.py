@@ -311,6 +311,7 @@ def _webhook_phases(
             phase = {"phase": name, "transfers_per_s": round(run.rate, 1),
                      "p99_ms": run.latency.summary_ms()["p99"]}  # fmt: skip
             if name == "ok":
+                assert last_id is not None  # the healthy endpoint was just created
                 phase["catch_up_s"] = webhooks.wait_delivered(database_url, last_id)
             if receiver is not None:
                 phase |= webhooks.lag_summary(receiver, since)
@@ -366,7 +367,9 @@ def _catch_up(url: str, database_url: str | None, timeout: float = 60.0) -> dict
     from paynode.storage.database import libpq_url
 
     with psycopg.connect(libpq_url(database_url)) as conn:
-        (journal_rows,) = conn.execute("SELECT count(*) FROM transfers").fetchone()
+        row = conn.execute("SELECT count(*) FROM transfers").fetchone()
+    assert row is not None
+    journal_rows = row[0]
     started = time.monotonic()
     while time.monotonic() - started < timeout:
         if _scrape(url)["analytics_rows"] >= journal_rows:
@@ -386,9 +389,11 @@ def _audit_analytics(data_dir: Path, database_url: str) -> list[str]:
             "SELECT account_id, debits_posted, credits_posted, debits_pending, credits_pending"
             " FROM balances"
         ).fetchall()
-        (duck_rows,) = con.execute("SELECT count(*) FROM journal").fetchone()
+        row = con.execute("SELECT count(*) FROM journal").fetchone()
     finally:
         con.close()
+    assert row is not None
+    duck_rows = row[0]
     duck = {r[0]: tuple(r[1:]) for r in rows}
     diff = [a for a, b in journal.items() if duck.get(a) != b]
     problems = [f"{len(diff)} accounts differ in DuckDB, e.g. {diff[:3]}"] if diff else []
@@ -425,6 +430,7 @@ def _run_direct(args: argparse.Namespace, w: Workload, target: Target, report: d
     memory = {}
     for raw in ray.get([s.balances.remote() for s in shards]):
         for b in decode_balances(raw) or []:
+            assert b is not None  # balances() lists only existing accounts
             memory[b.id] = (b.debits_posted, b.credits_posted, b.debits_pending,
                             b.credits_pending)  # fmt: skip
     problems = []
@@ -505,8 +511,8 @@ def _scrape(url: str) -> dict[str, float]:
             total[key] += float(m.group(1))
     for name, key in (("paynode_analytics_lag_seconds", "analytics_lag"),
                       ("paynode_analytics_rows_total", "analytics_rows")):  # fmt: skip
-        m = re.search(rf"^{name} ([0-9.e+-]+)$", text, re.M)
-        total[key] = float(m.group(1)) if m else -1.0
+        found = re.search(rf"^{name} ([0-9.e+-]+)$", text, re.M)
+        total[key] = float(found.group(1)) if found else -1.0
     return total
 
 

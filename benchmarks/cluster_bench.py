@@ -21,6 +21,7 @@ import contextlib
 import os
 import tempfile
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import psycopg
@@ -46,6 +47,7 @@ def run(args: argparse.Namespace, w: Workload, target: object, report: dict) -> 
             database_url = _fresh_database(admin_url)
             data_dir = root / label.replace(" ", "-")
             env = dict(os.environ, DATABASE_URL=database_url)
+            stop: Callable[[], object]  # NodeProcess.stop or ClusterNode.stop
             if label == "one process":
                 node = NodeProcess(data_dir, args.shards, env=env)
                 print(f"starting paynode run ({args.shards} shards) ...", flush=True)
@@ -59,12 +61,12 @@ def run(args: argparse.Namespace, w: Workload, target: object, report: dict) -> 
                       flush=True)  # fmt: skip
                 cluster.start()
                 key = {"PAYNODE_API_KEY": os.environ["PAYNODE_API_KEY"]}
-                node = ClusterNode(cluster, database_url, data_dir, steps.free_port(),
-                                   shards=args.shards,
-                                   api_workers=args.api_workers, env=key)  # fmt: skip
-                node.start_actors()
-                node.start_api()
-                url, rss, stop = node.url, node.rss_bytes, node.stop
+                cnode = ClusterNode(cluster, database_url, data_dir, steps.free_port(),
+                                    shards=args.shards,
+                                    api_workers=args.api_workers, env=key)  # fmt: skip
+                cnode.start_actors()
+                cnode.start_api()
+                url, rss, stop = cnode.url, cnode.rss_bytes, cnode.stop
             try:
                 lw = Workload(args.accounts, args.shards, prefix="c" + uuid.uuid4().hex[:6],
                               skew=args.skew, cross_shard_ratio=args.cross_shard_ratio)  # fmt: skip

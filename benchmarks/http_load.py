@@ -18,8 +18,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import msgspec
 
@@ -185,11 +186,11 @@ async def open_loop(
     return result
 
 
-def run(coroutine_factory: Callable[[], object]) -> RunResult:
+def run(coroutine_factory: Callable[[], Coroutine[Any, Any, RunResult]]) -> RunResult:
     """Run a load on uvloop when it is installed (as the node does)."""
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency
-        return asyncio.run(coroutine_factory())  # type: ignore[arg-type]
+        return asyncio.run(coroutine_factory())
     with contextlib.closing(uvloop.new_event_loop()) as loop:
-        return loop.run_until_complete(coroutine_factory())  # type: ignore[arg-type]
+        return loop.run_until_complete(coroutine_factory())

@@ -22,6 +22,7 @@ import argparse
 import asyncio
 import re
 import time
+from collections.abc import Sequence
 
 import aiohttp
 
@@ -78,7 +79,7 @@ async def _user(s: aiohttp.ClientSession, url: str, i: int, tag: str) -> tuple[s
 
 
 async def _phase(
-    s: aiohttp.ClientSession, url: str, clients: list[tuple[str, dict | None]], payee: str,
+    s: aiohttp.ClientSession, url: str, clients: Sequence[tuple[str, dict | None]], payee: str,
     duration: float, prefix: str,
 ) -> dict:  # fmt: skip
     latencies: list[float] = []

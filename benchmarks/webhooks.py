@@ -101,7 +101,9 @@ def wait_delivered(database_url: str, endpoint_id: str, timeout: float = 120.0) 
     t0 = time.monotonic()
     with psycopg.connect(libpq_url(database_url), autocommit=True) as conn:
         # transfer.posted events are derived from the journal: the load's last commit.
-        last = conn.execute("SELECT coalesce(max(txid), 0) FROM transfers").fetchone()[0]
+        row = conn.execute("SELECT coalesce(max(txid), 0) FROM transfers").fetchone()
+        assert row is not None
+        last = row[0]
         while time.monotonic() - t0 < timeout:
             cursor = conn.execute("SELECT coalesce(max(txid), 0) FROM notifier_cursor").fetchone()
             pending = conn.execute(
@@ -109,6 +111,7 @@ def wait_delivered(database_url: str, endpoint_id: str, timeout: float = 120.0) 
                 " AND status = 'pending'",
                 (endpoint_id,),
             ).fetchone()
+            assert cursor is not None and pending is not None
             if cursor[0] >= last and pending[0] == 0:
                 return round(time.monotonic() - t0, 2)
             time.sleep(0.1)
