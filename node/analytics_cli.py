@@ -95,7 +95,7 @@ def cmd_sql(settings: Settings, args: argparse.Namespace) -> int:
     con = connect_views(root)
     try:
         cur = con.execute(args.query)
-        if cur.description is None:
+        if not cur.description:  # no result set (DB-API says None; duckdb's types, never)
             return 0
         columns = [d[0] for d in cur.description]
         rows = cur.fetchmany(MAX_ROWS + 1)
