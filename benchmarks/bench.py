@@ -265,7 +265,9 @@ def _single_against_reference(
         ref_url = f"http://127.0.0.1:{ref.port}"
         requests = steps.single_requests(ref_url, w, 2 * rate, args.duration)
         steps.wait_listening(ref.port)
-        with Measured(None, "request", lambda: [psutil.Process(ref.proc.pid)]) as m:  # type: ignore[union-attr]
+        assert ref.proc is not None  # started by the with
+        pid = ref.proc.pid
+        with Measured(None, "request", lambda: [psutil.Process(pid)]) as m:
             reference = steps.closed_single(ref_url, requests, c, args.duration, mode="reference")
             m.count = reference.requests
     report["single"] = single.summary() | {"cpu": single_cpu}

@@ -7,7 +7,7 @@ a user acts as that user, a key with ``admin`` acts on everything.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 import msgspec
 
@@ -35,7 +35,7 @@ Scope = Literal[
     "reconciliation:write",
     "admin",
 ]
-ALL_SCOPES: tuple[str, ...] = Scope.__args__  # type: ignore[attr-defined]
+ALL_SCOPES: tuple[str, ...] = get_args(Scope)
 # Operator scopes see or act on the whole node, not on one user's things.
 OPERATOR_SCOPES = frozenset({"admin", "kyc:review", "reconciliation:read", "reconciliation:write"})
 USER_SCOPES: tuple[str, ...] = tuple(s for s in ALL_SCOPES if s not in OPERATOR_SCOPES)
