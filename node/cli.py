@@ -146,12 +146,15 @@ def cmd_keys(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_migrate(settings: Settings) -> int:
     from paynode.node.runtime import start_postgres
-    from paynode.storage.migrations import migrate
+    from paynode.storage.migrations import MigrationError, migrate
 
     url, pg = start_postgres(settings)
     try:
         applied = migrate(url)
         print(f"applied: {applied or 'nothing (up to date)'}")
+    except MigrationError as e:
+        print(f"paynode: {e}", file=sys.stderr)
+        return 1
     finally:
         if pg is not None:
             pg.cleanup()  # type: ignore[attr-defined]
