@@ -184,7 +184,7 @@ def cmd_run(settings: Settings, fd: int | None = None) -> int:
     keeper = threading.Thread(target=_keep_ownership, args=(services, stopping), daemon=True)
     keeper.start()
     try:
-        settings = msgspec.structs.replace(settings, database_url=services.database_url)
+        settings = msgspec.structs.replace(services.settings, database_url=services.database_url)
         if settings.workers > 1:
             _serve_workers(settings, services, sock)
             return 0

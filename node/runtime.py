@@ -408,10 +408,7 @@ def _start_bank_simulator(settings: Settings, options: dict) -> object:
     from paynode.actors.bank_sim import PROVIDER, BankSimulator
 
     providers = settings.providers()
-    if PROVIDER not in providers:
-        # Mutated in place: the HTTP front created afterwards reads the same settings.
-        providers[PROVIDER] = secrets.token_urlsafe(32)
-        settings.webhook_providers = json.dumps(providers)
+    assert PROVIDER in providers, "start() gives the simulator its secret first"
     returns = json.loads(settings.bank_sim_returns) if settings.bank_sim_returns else None
     sim = (
         ray.remote(BankSimulator)
@@ -425,9 +422,26 @@ def _start_bank_simulator(settings: Settings, options: dict) -> object:
     return sim
 
 
+def with_bank_secret(settings: Settings) -> Settings:
+    """The settings with a signing secret for the simulated bank's webhooks (one made up
+    for this run when none is configured): the front verifies what the actor signs."""
+    if not settings.bank_simulator:
+        return settings
+    from paynode.actors.bank_sim import PROVIDER
+
+    providers = settings.providers()
+    if PROVIDER in providers:
+        return settings
+    providers[PROVIDER] = secrets.token_urlsafe(32)
+    return msgspec.structs.replace(settings, webhook_providers=json.dumps(providers))
+
+
 def start(settings: Settings, detached: bool = False) -> Services:
+    """Everything but the HTTP front; ``detached`` for cluster mode (``paynode actors``).
+    The front is built from the returned ``Services.settings``."""
     """Everything but the HTTP front; ``detached`` for cluster mode (``paynode actors``)."""
     database_url, pg = start_postgres(settings)
+    settings = with_bank_secret(settings)
     services = Services(settings, database_url, [], _pg=pg)
     try:
         services._owner = claim_database(database_url)

@@ -174,7 +174,7 @@ def make_node(
     import uvicorn
 
     from paynode.api.app import create_app
-    from paynode.node.runtime import start_helpers, start_shards
+    from paynode.node.runtime import start_helpers, start_shards, with_bank_secret
     from paynode.storage.keyring import load
 
     running: list[tuple[uvicorn.Server, threading.Thread, list]] = []
@@ -192,7 +192,7 @@ def make_node(
             "api_key": ADMIN_KEY,
             "data_dir": str(tmp_path_factory.mktemp("node")),
         }
-        settings = Settings(**(values | overrides))
+        settings = with_bank_secret(Settings(**(values | overrides)))
         names, handles = start_shards(settings, database_url)
         helpers = start_helpers(settings, database_url, names)
         keys = load(settings.data_path(), settings.keyring)

@@ -45,13 +45,16 @@ def test_migrate_applies_once(empty_database_url: str) -> None:
         (["run", "--shards", "-1"], {}, "shards must be"),
         (["run", "--port", "70000"], {}, "port must be"),
         (["run"], {"PAYNODE_BATCH_MAX_INFLIGHT": "0"}, "batch_max_inflight"),
-        (["run"], {"PAYNODE_BATCH_WINDOW_MS": "soon"}, "Expected `float`"),
+        (["run"], {"PAYNODE_BATCH_WINDOW_MS": "soon"}, "batch_window_ms must be `float`"),
+        (["run"], {"PAYNODE_API_KEY": "short-secret"}, "api_key must be `str` of length >= 16"),
+        (["run"], {"PAYNODE_QUEUE_LIMIT": "10"}, "queue_limit must be >= batch_max_items"),
     ],
 )
 def test_bad_configuration_is_refused_before_start(args, env_extra, message) -> None:
     result = _paynode(*args, env={**os.environ, **env_extra})
     assert result.returncode == 2
     assert message in result.stderr
+    assert "short-secret" not in result.stderr  # a refused value is never echoed
 
 
 def test_second_node_on_the_same_database_is_refused(database_url: str) -> None:
