@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import signal
 import socket
 import sys
 import threading
@@ -212,6 +214,10 @@ def cmd_run(settings: Settings, fd: int | None = None) -> int:
         keeper.join(timeout=15)
         services.stop()
         print("paynode stopped", flush=True)
+    cause = services.database_lost()
+    if cause is not None:
+        print(f"paynode: embedded PostgreSQL could not be restarted: {cause}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -233,7 +239,12 @@ def _serve_workers(settings: Settings, services: Any, sock: socket.socket) -> No
 
 
 def _keep_ownership(services, stopping: threading.Event) -> None:
+    """Every 2 s: the embedded PostgreSQL restarted if it died, then the ownership lock
+    taken again if it was lost. A database that cannot be brought back stops the node."""
     while not stopping.wait(2.0):
+        if services.keep_database() is not None:
+            os.kill(os.getpid(), signal.SIGTERM)  # cmd_run then exits non-zero
+            return
         services.keep_ownership()
 
 

@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import msgspec
-import psutil
 import psycopg
 
 from paynode.actors.names import (
@@ -33,6 +32,7 @@ from paynode.actors.names import (
     SHARD_NAME,
 )
 from paynode.domain.settings import Settings
+from paynode.node import embedded_pg
 from paynode.storage.database import libpq_url
 from paynode.storage.keyring import load as load_keyring
 from paynode.storage.migrations import migrate
@@ -71,6 +71,21 @@ class Services:
     _pg: object | None = None
     _ray_started: bool = False
     _owner: psycopg.Connection | None = None
+    _supervisor: embedded_pg.Supervisor | None = None
+
+    def keep_database(self) -> str | None:
+        """Restart the embedded PostgreSQL if it died; the cause once that is given up on
+        (the node must then exit non-zero). An outside server is its supervisor's job."""
+        if self._pg is None:
+            return None
+        if self._supervisor is None:
+            self._supervisor = embedded_pg.Supervisor(self._pg)
+        self._supervisor.check()
+        return self._supervisor.gave_up
+
+    def database_lost(self) -> str | None:
+        """Why the embedded PostgreSQL could not be restarted, if it could not."""
+        return None if self._supervisor is None else self._supervisor.gave_up
 
     def keep_ownership(self) -> None:
         """Take the ownership lock again if PostgreSQL restarted (the session holding it
@@ -131,34 +146,7 @@ def start_postgres(settings: Settings) -> tuple[str, object | None]:
     """The DATABASE_URL to use, and the embedded server if this process started one."""
     if settings.database_url:
         return settings.database_url, None
-    import pgserver
-
-    pgdata = settings.data_path() / "pg"
-    pgdata.parent.mkdir(parents=True, exist_ok=True)
-    _forget_dead_users(pgdata)
-    server = pgserver.get_server(pgdata, cleanup_mode="stop")
-    url = server.get_uri()
-    log.info("embedded PostgreSQL under %s", pgdata)
-    return url, server
-
-
-def _forget_dead_users(pgdata: Path) -> None:
-    """Drop pids of killed nodes from pgserver's user list.
-
-    pgserver stops PostgreSQL when its last user exits; a node killed with
-    SIGKILL never deregisters, and PostgreSQL would then outlive every later
-    clean shutdown.
-    """
-    users = pgdata / ".handle_pids.json"
-    if not users.exists():
-        return
-    try:
-        pids = json.loads(users.read_text())
-    except ValueError:
-        pids = []
-    alive = [pid for pid in pids if isinstance(pid, int) and psutil.pid_exists(pid)]
-    if alive != pids:
-        users.write_text(json.dumps(alive))
+    return embedded_pg.start(settings.data_path() / "pg")
 
 
 def ray_token(settings: Settings) -> str:
