@@ -23,6 +23,7 @@ import bisect
 import contextlib
 import logging
 import time
+import uuid
 from collections import defaultdict, deque
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -39,6 +40,8 @@ from paynode.domain.ledger.wire import (
     RESULT_OF,
     AccountResult,
     BatchResult,
+    Commit,
+    Prepared,
     ShardStats,
     TransferBatch,
     batch_groups,
@@ -123,6 +126,13 @@ class LedgerShard:
         self._rebuilds = 0
         self._phase: dict[str, float] = {"durable_wait": 0.0, "forward": 0.0, "calls": 0}
         self._starting: asyncio.Task[None] | None = None
+        # Two-phase groups across shards. A reservation lives in the memory of the
+        # incarnation that prepared it: ``epoch`` names this incarnation, peers learn a
+        # restarted shard's new one (``fence``) before it decides anything, and a primary
+        # journals a group only if every decider is still the incarnation that prepared.
+        self.epoch = uuid.uuid4().hex
+        self._peer_epochs: dict[int, str] = {}
+        self._group_commits = 0  # groups this shard, as primary, is journaling now
 
     # -- life cycle -------------------------------------------------------
 
@@ -140,6 +150,10 @@ class LedgerShard:
         return len(self.ledger.accounts)
 
     async def _start(self) -> None:
+        if _restarted():
+            # Before the journal is read: groups the previous incarnation prepared are
+            # then either journaled (and in the rebuild) or refused at their commit.
+            await self._fence_peers()
         await self._rebuild()
         self._tasks = [
             asyncio.create_task(self._commit_loop()),
@@ -155,6 +169,43 @@ class LedgerShard:
         log.warning("shard %d: restarted after a crash; peers re-read the journal", self.index)
         others = [i for i in range(self.count) if i != self.index]
         await self._call_peers({i: self._peer(i).resync.remote() for i in others})
+
+    async def _fence_peers(self) -> None:
+        """Tell every peer this incarnation's epoch; each answers once no group it is
+        journaling as primary can still carry the previous one."""
+        log.warning("shard %d: restarted; fencing groups its last incarnation prepared",
+                    self.index)  # fmt: skip
+        calls = {}
+        for i in range(self.count):
+            if i != self.index:
+                try:
+                    calls[i] = self._peer(i).fence.remote(self.index, self.epoch)
+                except Exception as e:  # not found: a peer that is not up commits nothing
+                    log.error("shard %d: peer %d not found: %s", self.index, i, type(e).__name__)
+        await self._call_peers(calls)
+
+    async def fence(self, index: int, epoch: str) -> None:
+        """Shard ``index`` restarted as ``epoch``: refuse from now on every commit of a group
+        it prepared as an earlier incarnation, and return once the group commits already
+        under way (which passed that check) are durable, so that its rebuild sees them.
+
+        Does not wait for this shard's own start: two shards restarting together fence
+        each other while starting."""
+        assert 0 <= index < self.count and index != self.index
+        self._peer_epochs[index] = epoch
+        deadline = time.monotonic() + 60
+        while self._group_commits and time.monotonic() < deadline:
+            await asyncio.sleep(0.002)
+
+    def _stale(self, c: Commit) -> bool:
+        """Whether a decider of group ``c`` is no longer the incarnation that reserved for it
+        (this shard included: a restarted primary holds no reservation either)."""
+        if c.gid not in self.ledger.holds or c.epochs.get(self.index) != self.epoch:
+            return True
+        return any(
+            self._peer_epochs.get(p, epoch) != epoch for p, epoch in c.epochs.items()
+            if p != self.index
+        )  # fmt: skip
 
     async def resync(self) -> int:
         """Re-read this shard's accounts from the journal without losing decided work.
@@ -419,23 +470,31 @@ class LedgerShard:
         await self.start()
         items = decode_prepares(payload)
         if not self._ready:
-            return encode([_unavailable(p.ops) for p in items])
+            return encode([Prepared(self.epoch, _unavailable(p.ops)) for p in items])
         now = time.time_ns()
-        return encode([self.ledger.prepare(p.gid, p.ops, now) for p in items])
+        return encode([Prepared(self.epoch, self.ledger.prepare(p.gid, p.ops, now)) for p in items])
 
     async def commit(self, payload: bytes) -> bytes:
         """Primary of prepared groups: journal their rows, then finish them everywhere."""
         await self.start()
-        items = decode_commits(payload)
+        every = decode_commits(payload)
+        # Checked and counted with no await in between: a fence arriving later either
+        # finds the group refused here or waits for it to be durable.
+        answers: list[list[Outcome]] = [_unavailable(c.rows) if self._stale(c) else []
+                                        for c in every]  # fmt: skip
+        items = [c for c, answer in zip(every, answers, strict=True) if not answer]
+        if not items:
+            return encode(answers)
         rows = [astuple(r) for c in items for r in c.rows]
+        self._group_commits += 1
         try:
             await self._durable((), rows, forward=False)  # `finish` applies them everywhere
         except JournalConflict:
-            return encode(await self._commit_after_conflict(items))
+            return encode(_merge(answers, await self._commit_after_conflict(items)))
         except StorageUnavailable:
-            return encode(
-                [[Outcome(r.id, Code.STORAGE_UNAVAILABLE) for r in c.rows] for c in items]
-            )
+            return encode(_merge(answers, [_unavailable(c.rows) for c in items]))
+        finally:
+            self._group_commits -= 1
         calls: dict[int, list] = defaultdict(list)
         for c in items:
             self.ledger.release(c.gid)
@@ -448,7 +507,7 @@ class LedgerShard:
         await self._call_peers(
             {p: self._peer(p).finish.remote(encode(v)) for p, v in calls.items()}
         )
-        return encode([[] for _ in items])
+        return encode(answers)
 
     async def _commit_after_conflict(self, items: list) -> list[list[Outcome]]:
         """Refuse the groups holding an id another shard journaled; the rest may retry."""
@@ -625,6 +684,12 @@ def _restarted() -> bool:
             return ray.get_runtime_context().was_current_actor_reconstructed
     except Exception:  # not running under Ray (pure tests)
         return False
+
+
+def _merge(answers: list[list[Outcome]], journaled: list[list[Outcome]]) -> list[list[Outcome]]:
+    """Per group, in order: refused before journaling (``answers``) or what journaling said."""
+    rest = iter(journaled)
+    return [answer or next(rest) for answer in answers]
 
 
 def _unavailable(ops: Sequence) -> list[Outcome]:

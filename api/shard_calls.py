@@ -23,6 +23,7 @@ from paynode.domain.ledger.wire import (
     decode_balances,
     decode_batch_result,
     decode_outcomes,
+    decode_prepared,
     empty_batch,
     encode,
     extend_batch,
@@ -85,7 +86,7 @@ class ShardCalls:
             )
 
         self.execute = [batcher(_execute_sender(h)) for h in self.handles]
-        self.prepare = [batcher(_sender(h, "prepare", decode_outcomes)) for h in self.handles]
+        self.prepare = [batcher(_sender(h, "prepare", decode_prepared)) for h in self.handles]
         self.commit = [batcher(_sender(h, "commit", decode_outcomes)) for h in self.handles]
         self.create = [
             batcher(_sender(h, "create_accounts", decode_account_results)) for h in self.handles
