@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Collection, Sequence
 
-import msgspec
 import psycopg
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from paynode.domain.ledger.model import AccountSpec, JournalRow, Row, shard_key
+from paynode.domain.ledger.ports import ShardSnapshot
 from paynode.storage.schema import ACCOUNT_COLUMNS, TRANSFER_COLUMNS
 
 _COPY_TRANSFERS = f"COPY transfers ({', '.join(TRANSFER_COLUMNS)}) FROM STDIN (FORMAT BINARY)"
@@ -74,11 +74,6 @@ async def existing_ids(conn: psycopg.AsyncConnection, ids: Sequence[str]) -> set
 
 def _replay_order(row: JournalRow) -> tuple[int, str]:
     return row.ts, row.id
-
-
-class ShardSnapshot(msgspec.Struct):
-    accounts: list[AccountSpec]
-    rows: list[JournalRow]
 
 
 async def load_shard(
