@@ -4,8 +4,8 @@
 transfer (``api/validation.py``), the account facts it names (cached: accounts
 are immutable), the plan (``domain/ledger/plan.py``: one columnar batch per
 shard, or a two-phase group), and the shard calls (``api/shard_calls.py``,
-``api/two_phase.py``). The journal queries it needs live in
-``storage/journal.py``.
+``api/two_phase.py``). What it reads of the journal comes through
+``domain.ledger.ports.JournalReads`` (``storage.journal.EngineReads`` in production).
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import msgspec
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from paynode.api import problems as p
 from paynode.api import two_phase
@@ -38,9 +37,9 @@ from paynode.domain.ledger.plan import (
     plan,
     settle,
 )
+from paynode.domain.ledger.ports import JournalReads
 from paynode.domain.ledger.wire import AccountResult
 from paynode.domain.settings import Settings
-from paynode.storage import journal
 
 __all__ = ["LedgerClient", "ShardLost", "TransferResult", "Unavailable"]
 
@@ -52,13 +51,13 @@ class LedgerClient:
     def __init__(
         self,
         shards: Sequence[Any],
-        engine: AsyncEngine,
+        reads: JournalReads,
         settings: Settings,
         on_batch: Callable[[int], None] | None = None,
     ) -> None:
         self.shards = list(shards)
         self.count = len(self.shards)
-        self.engine = engine
+        self.reads = reads
         self.settings = settings
         self.calls = ShardCalls(self.shards, settings, on_batch)
         self.specs: dict[str, AccountSpec] = {}  # immutable facts, safe to cache forever
@@ -116,8 +115,7 @@ class LedgerClient:
                     specs[spec.id] = spec
 
     async def _load_specs(self, ids: list[str]) -> list[AccountSpec | None]:
-        async with self.engine.connect() as conn:
-            found = await journal.account_specs(conn, set(ids))
+        found = await self.reads.account_specs(set(ids))
         return [found.get(i) for i in ids]
 
     # -- transfers ----------------------------------------------------------
@@ -209,8 +207,7 @@ class LedgerClient:
         }
         rest = wanted - known.keys()
         if rest:
-            async with self.engine.connect() as conn:
-                known.update(await journal.pending_parties(conn, rest))  # type: ignore[arg-type]
+            known.update(await self.reads.pending_parties(rest))  # type: ignore[arg-type]
         for i, b in enumerate(bodies):
             if b.pending_id not in wanted or codes[i]:
                 continue
@@ -246,8 +243,7 @@ class LedgerClient:
             bodies[i].pending_id or "" for i in suspects
             if results[i].code == Code.PENDING_NOT_FOUND
         }  # fmt: skip
-        async with self.engine.connect() as conn:
-            found = await journal.statuses(conn, wanted)
+        found = await self.reads.statuses(wanted)
         for i in suspects:
             r, pending_id = results[i], bodies[i].pending_id
             if r.id in found:

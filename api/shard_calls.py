@@ -14,6 +14,7 @@ from typing import Any
 from paynode.api import problems as p
 from paynode.api.batcher import MicroBatcher
 from paynode.domain.ledger.model import AccountSpec, Code
+from paynode.domain.ledger.ports import PeerLost
 from paynode.domain.ledger.wire import (
     AccountResult,
     BatchResult,
@@ -48,7 +49,7 @@ def _actor_errors() -> tuple[type[BaseException], ...]:
     Ray reads its auth settings at import)."""
     from ray.exceptions import ActorUnavailableError, RayActorError
 
-    return (RayActorError, ActorUnavailableError)
+    return (RayActorError, ActorUnavailableError, PeerLost)
 
 
 async def call(ref: Awaitable[Any]) -> Any:

@@ -8,7 +8,7 @@ interfaces, and drives the real shard and front code over a virtual clock.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Collection, Sequence
 from typing import Any, Protocol
 
 import msgspec
@@ -22,6 +22,11 @@ class StorageUnavailable(Exception):
 
 class JournalConflict(StorageUnavailable):
     """A transfer id in the batch was already journaled by another shard."""
+
+
+class PeerLost(Exception):
+    """The called shard died with the call (Ray raises its own errors for this; the
+    simulator raises this one): the call's outcome is unknown."""
 
 
 class ShardSnapshot(msgspec.Struct):
@@ -57,3 +62,16 @@ class Peers(Protocol):
 
     def call(self, index: int, method: str, *args: Any) -> Awaitable[Any]:
         """Call ``method`` of shard ``index``; the awaitable fails if that shard died."""
+
+
+class JournalReads(Protocol):
+    """What the front reads of the journal to plan and to explain refusals."""
+
+    async def account_specs(self, ids: Collection[str]) -> dict[str, AccountSpec]:
+        """The immutable facts of the accounts among ``ids`` that exist."""
+
+    async def pending_parties(self, ids: Collection[str]) -> dict[str, tuple[str, str, str]]:
+        """(debit, credit, currency) of the transfers among ``ids`` that are pendings."""
+
+    async def statuses(self, ids: Collection[str]) -> dict[str, str]:
+        """The status of every journaled transfer among ``ids``."""
