@@ -33,7 +33,15 @@ from msgspec.structs import astuple
 from paynode.actors.heap import settle_heap
 from paynode.actors.ray_peers import RayPeers
 from paynode.actors.ray_peers import restarted as ray_restarted
-from paynode.domain.ledger.model import ROW_CREDIT, AccountSpec, Code, Outcome, Row, shard_key
+from paynode.domain.ledger.model import (
+    ROW_CREDIT,
+    ROW_ID,
+    AccountSpec,
+    Code,
+    Outcome,
+    Row,
+    shard_key,
+)
 from paynode.domain.ledger.ports import JournalConflict, Peers, ShardJournal, StorageUnavailable
 from paynode.domain.ledger.rules import Ledger, refuse_group
 from paynode.domain.ledger.wire import (
@@ -43,6 +51,7 @@ from paynode.domain.ledger.wire import (
     AccountResult,
     BatchResult,
     Commit,
+    Finish,
     Prepared,
     ShardStats,
     TransferBatch,
@@ -361,6 +370,28 @@ class LedgerShard:
                 job.done.set_exception(error)
         self._queue.clear()
         await self._rebuild()
+        if not isinstance(error, JournalConflict):  # a unique violation rolled back for sure
+            await self._forward_journaled(jobs)
+
+    async def _forward_journaled(self, jobs: list[_Job]) -> None:
+        """A failed commit may have committed (only its acknowledgement lost): the rebuild
+        holds its rows, and their credit legs must still reach the shards that own them.
+        Found by the simulator (a torn commit left a peer's credits short of the journal)."""
+        remote = self._remote_legs(jobs)
+        if not remote:
+            return
+        try:
+            ids = [row[ROW_ID] for rows in remote.values() for row in rows]
+            present = await self._journal.existing_ids(ids, fresh=True)
+        except StorageUnavailable:
+            await self._tell_peers_to_resync()  # cannot tell: the peers re-read the journal
+            return
+        calls = {
+            i: self._peers_port.call(i, "apply_rows", encode(landed))
+            for i, rows in remote.items()
+            if (landed := [row for row in rows if row[ROW_ID] in present])
+        }
+        await self._call_peers(calls)
 
     def _observe(self, seconds: float, rows: int) -> None:
         self._commits += 1
@@ -385,7 +416,10 @@ class LedgerShard:
         self._rearm()
         if not rows:
             if REPLAYED in result.results:
-                await self._barrier()  # a replay must not be answered before its commit
+                try:
+                    await self._barrier()  # a replay must not be answered before its commit
+                except StorageUnavailable:  # found by the simulator: it escaped as an error
+                    return refused(len(batch), Code.STORAGE_UNAVAILABLE)
             return result
         t0 = time.perf_counter()
         try:
@@ -481,6 +515,10 @@ class LedgerShard:
         except JournalConflict:
             return encode(_merge(answers, await self._commit_after_conflict(items)))
         except StorageUnavailable:
+            # It may have committed with only the acknowledgement lost (a torn commit):
+            # the journal decides for every participant (found by the simulator: the
+            # others were aborted and never applied rows the journal held).
+            await self._settle_participants(items)
             return encode(_merge(answers, [_unavailable(c.rows) for c in items]))
         finally:
             self._group_commits -= 1
@@ -497,6 +535,18 @@ class LedgerShard:
             {p: self._peers_port.call(p, "finish", encode(v)) for p, v in calls.items()}
         )
         return encode(answers)
+
+    async def _settle_participants(self, items: list[Commit]) -> None:
+        """Each other participant applies what the journal holds of these groups and frees
+        their reservations (``settle``); this shard's rebuild already holds it."""
+        calls: dict[int, list[Finish]] = defaultdict(list)
+        for c in items:
+            for p in c.participants:
+                if p != self.index:
+                    calls[p].append(Finish(c.gid, c.rows))
+        await self._call_peers(
+            {p: self._peers_port.call(p, "settle", encode(v)) for p, v in calls.items()}
+        )
 
     async def _commit_after_conflict(self, items: list) -> list[list[Outcome]]:
         """Refuse the groups holding an id another shard journaled; the rest may retry."""

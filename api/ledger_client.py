@@ -173,6 +173,7 @@ class LedgerClient:
                 raise Overloaded
             # Shielded: a client timeout must not strand reservations halfway.
             task = asyncio.ensure_future(two_phase.run(self.calls, segment))
+            task.add_done_callback(_observed)  # its failure is ours to raise, or nobody's
             outcomes = await asyncio.shield(task)
             for k, o in enumerate(outcomes):
                 results[segment.start + k] = from_outcome(o)
@@ -252,6 +253,13 @@ class LedgerClient:
                 code = (Code.PENDING_ACCOUNT_MISMATCH if found[pending_id] == "pending"
                         else Code.PENDING_NOT_PENDING)  # fmt: skip
                 results[i] = TransferResult(r.id, code)
+
+
+def _observed(task: asyncio.Future[Any]) -> None:
+    """Mark a shielded group's failure as seen: when the request awaiting it timed out,
+    nobody else will (and asyncio would log "exception was never retrieved")."""
+    if not task.cancelled():
+        task.exception()
 
 
 def _checked(bodies: Sequence[TransferIn]) -> tuple[list[int], list[str]]:
