@@ -125,6 +125,11 @@ class LedgerShard:
         self._wake = asyncio.Event()
         self._ready = False
         self._rebuilt = asyncio.Event()
+        # One rebuild at a time, each from a quiet shard. Two that overlapped (two peers'
+        # resyncs, or a resync and a failed commit) let the later one, reading the journal
+        # before work the earlier one's end let in was committed, drop acknowledged
+        # transfers from memory. Found by the simulator.
+        self._rebuild_lock = asyncio.Lock()
         self._committing = False  # a transaction is in flight (its jobs left the queue)
         self._tasks: list[asyncio.Task[None]] = []
         self._forwards: set[asyncio.Task[None]] = set()  # credit legs on their way to peers
@@ -164,7 +169,8 @@ class LedgerShard:
             # Before the journal is read: groups the previous incarnation prepared are
             # then either journaled (and in the rebuild) or refused at their commit.
             await self._fence_peers()
-        await self._rebuild()
+        async with self._rebuild_lock:
+            await self._rebuild()
         self._tasks = [
             asyncio.create_task(self._commit_loop()),
             asyncio.create_task(self._expiry_loop()),
@@ -226,12 +232,13 @@ class LedgerShard:
         number of rebuilds so far.
         """
         await self.start()
-        self._ready = False
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + 60
-        while (self._queue or self._committing) and loop.time() < deadline:
-            await asyncio.sleep(0.002)
-        await self._rebuild()
+        async with self._rebuild_lock:
+            self._ready = False
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 60
+            while (self._queue or self._committing) and loop.time() < deadline:
+                await asyncio.sleep(0.002)
+            await self._rebuild()
         return self._rebuilds
 
     async def ping(self) -> bool:
@@ -369,7 +376,15 @@ class LedgerShard:
             if not job.done.done():
                 job.done.set_exception(error)
         self._queue.clear()
-        await self._rebuild()
+        async with self._rebuild_lock:
+            # Whatever a rebuild that ran meanwhile let in is decided on state this one
+            # discards (this is the commit loop: nothing of it can be committing).
+            self._ready = False
+            for job in self._queue:
+                if not job.done.done():
+                    job.done.set_exception(error)
+            self._queue.clear()
+            await self._rebuild()
         if not isinstance(error, JournalConflict):  # a unique violation rolled back for sure
             await self._forward_journaled(jobs)
 
@@ -495,7 +510,18 @@ class LedgerShard:
         if not self._ready:
             return encode([Prepared(self.epoch, _unavailable(p.ops)) for p in items])
         now = self._now_ns()
-        return encode([Prepared(self.epoch, self.ledger.prepare(p.gid, p.ops, now)) for p in items])
+        answers = [Prepared(self.epoch, self.ledger.prepare(p.gid, p.ops, now)) for p in items]
+        # Decided on memory that may hold effects not yet durable (a credit queued for
+        # this shard's next group commit), while the group commits on another shard:
+        # those effects must be durable first, or the group could outlive them. Found by
+        # the simulator: a chain was journaled on a credit whose commit came later.
+        try:
+            await self._barrier()
+        except StorageUnavailable:
+            for p in items:
+                self.ledger.release(p.gid)  # the rebuild kept the reservations
+            return encode([Prepared(self.epoch, _unavailable(p.ops)) for p in items])
+        return encode(answers)
 
     async def commit(self, payload: bytes) -> bytes:
         """Primary of prepared groups: journal their rows, then finish them everywhere."""

@@ -107,12 +107,14 @@ async def open_context(
     )
     ctx.audit.start()
     revocations = asyncio.create_task(ctx.auth.follow_revocations(settings.database_url or ""))
+    keepalive = asyncio.create_task(client.keep_shards_started())
     try:
         await _operator_accounts(client)
         settle_heap()  # what start-up built lives as long as the process
         yield ctx
     finally:
         revocations.cancel()
+        keepalive.cancel()
         await ctx.audit.stop()
         await engine.dispose()
 

@@ -20,7 +20,7 @@ from paynode.api import problems as p
 from paynode.api import two_phase
 from paynode.api.batcher import MicroBatcher, Overloaded
 from paynode.api.schemas import TransferIn
-from paynode.api.shard_calls import ShardCalls, ShardLost, Unavailable
+from paynode.api.shard_calls import ShardCalls, ShardLost, Unavailable, call
 from paynode.api.validation import transfer_flags
 from paynode.domain.ledger.model import (
     AccountBalances,
@@ -43,6 +43,7 @@ from paynode.domain.settings import Settings
 
 __all__ = ["LedgerClient", "ShardLost", "TransferResult", "Unavailable"]
 
+KEEPALIVE_S = 2.0  # how often the front pings the shards (a restarted one then rebuilds)
 _MAX_CACHED_PLACEMENTS = 10_000_000  # ids are client-chosen: the cache is bounded
 _RESOLVES = TransferFlags.POST_PENDING | TransferFlags.VOID_PENDING
 
@@ -80,6 +81,20 @@ class LedgerClient:
             if len(self._shards_by_account) < _MAX_CACHED_PLACEMENTS:
                 self._shards_by_account[account_id] = shard
         return shard
+
+    async def keep_shards_started(self, interval_s: float = KEEPALIVE_S) -> None:
+        """Ping every shard every ``interval_s``, for as long as the front runs.
+
+        Ray restarts a crashed shard without calling it; the new incarnation rebuilds
+        on its first message. On an idle node nothing else would send one, and the
+        pendings it holds would not expire past their timeouts (found by the
+        simulator). Failures are expected while a shard restarts: the next ping retries.
+        """
+        while True:
+            await asyncio.sleep(interval_s)
+            await asyncio.gather(
+                *(call(h.ping.remote()) for h in self.shards), return_exceptions=True
+            )
 
     async def _wait(self, fut: asyncio.Future[Any]) -> Any:
         try:

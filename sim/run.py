@@ -12,11 +12,13 @@ killed and rebuilt; and replaying every acknowledged request changes nothing.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 import traceback
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from paynode.api import problems as p
 from paynode.api import two_phase
@@ -25,12 +27,13 @@ from paynode.api.ledger_client import LedgerClient
 from paynode.api.schemas import TransferIn
 from paynode.api.shard_calls import Unavailable
 from paynode.domain.ledger.model import RETRYABLE, AccountFlags, AccountSpec, Code
+from paynode.domain.ledger.ports import StorageUnavailable
 from paynode.domain.settings import Settings
 from paynode.sim import world as w
 from paynode.sim.loop import Stalled, VirtualLoop
 
 USD = "USD"
-RETRY_LIMIT = 50  # a request retried this often without an answer is a liveness failure
+RETRY_LIMIT = 200  # a request retried this often without an answer is a liveness failure
 RETRY_CODES = RETRYABLE | {p.OVERLOADED, p.TIMEOUT, p.SHARD_RESTARTED}
 SETTLE_S = 5.0  # virtual seconds for forwards, expiries and restarts to finish
 
@@ -48,6 +51,7 @@ class Report:
     calls: int = 0
     virtual_s: float = 0.0
     wall_s: float = 0.0
+    fingerprint: str = ""  # of the journal in commit order: equal for equal runs
 
 
 @dataclass
@@ -97,9 +101,10 @@ def run(seed: int, shards: int = 2, clients: int = 3, steps: int = 25) -> Report
         report.failure = f"{type(e).__name__}: {e}"
     except Exception as e:  # the code under test raised where it should have answered
         report.ok = False
-        where = traceback.extract_tb(e.__traceback__)[-1]
-        report.failure = (f"unexpected {type(e).__name__}: {e}"
-                          f" (at {where.filename}:{where.lineno} in {where.name})")  # fmt: skip
+        frames = traceback.extract_tb(e.__traceback__)[-4:]
+        where = " <- ".join(f"{Path(f.filename).name}:{f.lineno} {f.name}"
+                            for f in reversed(frames))  # fmt: skip
+        report.failure = f"unexpected {type(e).__name__}: {e} (at {where})"
     finally:
         two_phase.uuid, _shard_module().uuid = saved  # type: ignore[attr-defined]
         for task in asyncio.all_tasks(loop):
@@ -109,6 +114,11 @@ def run(seed: int, shards: int = 2, clients: int = 3, steps: int = 25) -> Report
     report.kills, report.torn_commits = world.kills, world.torn_commits
     report.commits, report.calls = world.db.commits, world.network.calls
     report.virtual_s = loop.now
+    report.fingerprint = hashlib.sha256(
+        "\n".join(
+            f"{r.id} {r.status} {r.posted_amount} {r.ts}" for r in world.db.rows.values()
+        ).encode()
+    ).hexdigest()[:16]
     report.wall_s = time.perf_counter() - t0
     return report
 
@@ -130,6 +140,7 @@ async def _main(world: w.World, report: Report, clients: int, steps: int) -> Non
     state = [_Client() for _ in range(clients)]
     stop = asyncio.Event()
     killer = asyncio.get_running_loop().create_task(_killer(world, stop))
+    keepalive = asyncio.get_running_loop().create_task(front.keep_shards_started())
     try:
         await asyncio.gather(*(_client(world, front, accounts, ids, c, steps) for c in state))
     finally:
@@ -142,6 +153,7 @@ async def _main(world: w.World, report: Report, clients: int, steps: int) -> Non
     report.requests = sum(c.sent for c in state)
     report.acked = sum(len(c.acked) for c in state)
     await _check_end(world, front, accounts, state)
+    keepalive.cancel()
 
 
 async def _open_accounts(world: w.World, front: LedgerClient) -> list[AccountSpec]:
@@ -211,7 +223,10 @@ def _request(
 async def _client(world: w.World, front: LedgerClient, accounts: Sequence[AccountSpec],
                   ids: _Ids, c: _Client, steps: int) -> None:  # fmt: skip
     rng = world.rng
-    funding = [_transfer(ids("f"), "bank", a.id, 1_000) for a in accounts if a.flags]
+    # Tight funds: the constrained accounts are often near zero, where a lost
+    # reservation or a doubled decision would show as an overdraft.
+    funding = [_transfer(ids("f"), "bank", a.id, rng.randint(100, 600)) for a in accounts
+               if a.flags]  # fmt: skip
     await _send(world, front, c, funding)  # each client funds the constrained accounts once
     for _ in range(steps):
         await _send(world, front, c, _request(world, accounts, ids, c))
@@ -232,7 +247,7 @@ async def _answered(world: w.World, front: LedgerClient, body: list[TransferIn])
             results = None
         if results is not None and not any(r.code in RETRY_CODES for r in results):
             return results
-        await asyncio.sleep(world.rng.uniform(0.01, 0.2))
+        await asyncio.sleep(world.rng.uniform(0.01, 0.5))
     raise AssertionError(f"no answer for {[b.id for b in body]} after {RETRY_LIMIT} tries")
 
 
@@ -262,7 +277,10 @@ async def _killer(world: w.World, stop: asyncio.Event) -> None:
 
 
 def _check_memory(world: w.World) -> None:
-    """No shard's memory has a constrained account overdrawn, even uncommitted."""
+    """No shard's memory has a constrained account overdrawn, even uncommitted (and no
+    commit broke the journal's invariants since the last check)."""
+    if world.db.broken is not None:
+        raise world.db.broken
     for inc in world.live.values():
         for a in inc.shard.ledger.accounts.values():
             if a.flags & AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDITS and a.dp + a.dpend > a.cp:
@@ -272,6 +290,8 @@ def _check_memory(world: w.World) -> None:
 async def _check_end(world: w.World, front: LedgerClient, accounts: Sequence[AccountSpec],
                      state: list[_Client]) -> None:  # fmt: skip
     db = world.db
+    if db.broken is not None:
+        raise db.broken
     db.check()
     acked = {tid for c in state for tid in c.acked}
     lost = sorted(acked - db.rows.keys())
@@ -294,7 +314,8 @@ async def _check_end(world: w.World, front: LedgerClient, accounts: Sequence[Acc
                     f" (request {[b.id for b in body]})"
                 )
     if len(db.rows) != rows:
-        raise w.InvariantBroken(f"replays wrote {len(db.rows) - rows} new journal rows")
+        new = [(r.id, r.status, r.pending_id) for r in list(db.rows.values())[rows:]]
+        raise w.InvariantBroken(f"replays wrote new journal rows: {new}")
 
 
 async def _memory_equals_journal(
@@ -303,13 +324,25 @@ async def _memory_equals_journal(
     from paynode.domain.ledger.wire import decode_balances
 
     for index, inc in sorted(world.live.items()):
-        balances = decode_balances(await world.spawn(inc, inc.shard.balances())) or []
+        for _ in range(RETRY_LIMIT):  # a shard re-reading the journal answers when done
+            try:
+                answer = await world.spawn(inc, inc.shard.balances())
+                break
+            except StorageUnavailable:
+                await asyncio.sleep(0.1)
+        else:
+            raise AssertionError(f"{when}: shard {index} never became ready")
+        balances = decode_balances(answer) or []
         for b in balances:
             if b is None:
                 continue
             journal = world.db.balances.get(b.id, [0, 0, 0, 0])
             memory = [b.debits_posted, b.credits_posted, b.debits_pending, b.credits_pending]
             if memory != journal:
+                rows = [(r.id, r.status, r.pending_id, r.ts, r.pending_delta)
+                        for r in world.db.rows.values() if r.pending_delta
+                        and b.id in (r.debit_account_id, r.credit_account_id)]  # fmt: skip
                 raise w.InvariantBroken(
-                    f"{when}: shard {index} has {b.id} at {memory}, the journal {journal}"
+                    f"{when}: shard {index} has {b.id} at {memory}, the journal {journal};"
+                    f" its pending rows {rows}"
                 )

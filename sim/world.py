@@ -61,7 +61,7 @@ class Faults:
     @staticmethod
     def draw(rng: random.Random) -> Faults:
         """Some runs calm, some stormy: each fault rate is scaled by a factor of the seed."""
-        storm = rng.choice((0.0, 0.5, 1.0, 3.0))
+        storm = rng.choice((0.0, 0.5, 1.0, 3.0, 6.0))
         return Faults(
             slow_commit=0.02 * storm,
             commit_fails=0.01 * storm,
@@ -80,6 +80,9 @@ class Database:
         # Per account: debits posted, credits posted, debits pending, credits pending.
         self.balances: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0, 0])
         self.commits = 0
+        # The first broken invariant. It is raised inside the shard that committed, where
+        # the code under test may swallow it; the run reports it at its next check.
+        self.broken: InvariantBroken | None = None
 
     def apply(self, accounts: Sequence[AccountSpec], rows: Sequence[Row]) -> None:
         """One transaction: all of it, or (a duplicate id) nothing."""
@@ -99,7 +102,11 @@ class Database:
             credit[1] += r.posted_amount
             credit[3] += r.pending_delta
         self.commits += 1
-        self.check({r.debit_account_id for r in fresh})
+        try:
+            self.check({r.debit_account_id for r in fresh})
+        except InvariantBroken as e:
+            self.broken = self.broken or InvariantBroken(f"at commit {self.commits}: {e}")
+            raise
 
     def check(self, debited: Collection[str] | None = None) -> None:
         """Zero sum per currency; no constrained account overdrawn (``debited``: only those)."""
@@ -129,8 +136,9 @@ class Database:
 class ShardJournal:
     """A shard's connection to the simulated journal (``ports.ShardJournal``)."""
 
-    def __init__(self, world: World) -> None:
+    def __init__(self, world: World, index: int) -> None:
         self._world = world
+        self.index = index
 
     async def _io(self) -> None:
         w = self._world
@@ -204,7 +212,9 @@ class Incarnation:
     """One life of a shard process: its object and every task it runs."""
 
     shard: LedgerShard
-    tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+    # A dict, not a set: a kill cancels them in creation order. A set would order them
+    # by address, and a run would depend on what ran before it in the process.
+    tasks: dict[asyncio.Task[Any], None] = field(default_factory=dict)
     alive: bool = True
 
 
@@ -317,14 +327,14 @@ class World:
         task = asyncio.Task(coro, loop=loop, **kw)
         inc = _INCARNATION.get() if kw.get("context") is None else kw["context"].get(_INCARNATION)
         if inc is not None:
-            inc.tasks.add(task)
-            task.add_done_callback(inc.tasks.discard)
+            inc.tasks[task] = None
+            task.add_done_callback(lambda t: inc.tasks.pop(t, None))
         return task
 
     def boot(self, index: int, restarted: bool) -> Incarnation:
         shard = LedgerShard(
             index, self.count, "sim://journal", "sim", commit_max_rows=4096,
-            expiry_interval_ms=50, journal=ShardJournal(self), peers=Peers(self, index),
+            expiry_interval_ms=50, journal=ShardJournal(self, index), peers=Peers(self, index),
             restarted=lambda: restarted, now_ns=self.now_ns,
         )  # fmt: skip
         inc = Incarnation(shard)
