@@ -23,16 +23,26 @@ import bisect
 import contextlib
 import logging
 import time
+import uuid
 from collections import defaultdict, deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
-import psycopg
 from msgspec.structs import astuple
 
 from paynode.actors.heap import settle_heap
-from paynode.domain.ledger.model import ROW_CREDIT, AccountSpec, Code, Outcome, Row, shard_key
+from paynode.actors.ray_peers import RayPeers
+from paynode.actors.ray_peers import restarted as ray_restarted
+from paynode.domain.ledger.model import (
+    ROW_CREDIT,
+    ROW_ID,
+    AccountSpec,
+    Code,
+    Outcome,
+    Row,
+    shard_key,
+)
+from paynode.domain.ledger.ports import JournalConflict, Peers, ShardJournal, StorageUnavailable
 from paynode.domain.ledger.rules import Ledger, refuse_group
 from paynode.domain.ledger.wire import (
     COMMIT_BUCKETS_S,
@@ -40,6 +50,9 @@ from paynode.domain.ledger.wire import (
     RESULT_OF,
     AccountResult,
     BatchResult,
+    Commit,
+    Finish,
+    Prepared,
     ShardStats,
     TransferBatch,
     batch_groups,
@@ -56,18 +69,9 @@ from paynode.domain.ledger.wire import (
     refused,
     subset,
 )
-from paynode.storage import journal
-from paynode.storage.database import connect
+from paynode.storage.shard_journal import PgShardJournal
 
 log = logging.getLogger("paynode.shard")
-
-
-class StorageUnavailable(Exception):
-    """The journal could not be written; nothing of the batch is durable."""
-
-
-class JournalConflict(StorageUnavailable):
-    """A transfer id in the batch was already journaled by another shard."""
 
 
 @dataclass
@@ -94,26 +98,39 @@ class LedgerShard:
         commit_max_rows: int = 65_536,
         expiry_interval_ms: int = 200,
         peer_names: Sequence[str] = (),
+        *,
+        journal: ShardJournal | None = None,
+        peers: Peers | None = None,
+        restarted: Callable[[], bool] = ray_restarted,
+        now_ns: Callable[[], int] = time.time_ns,
     ) -> None:
+        """Under Ray the edges default to PostgreSQL at ``database_url`` and the peers
+        named ``peer_names``; the simulator passes its own (``domain/ledger/ports.py``)."""
         assert 0 <= index < count
         assert not peer_names or len(peer_names) == count
         self.index = index
-        self._peer_names = list(peer_names)
+        self._journal: ShardJournal = journal or PgShardJournal(
+            database_url, f"paynode-shard-{index}"
+        )
+        self._peers_port: Peers = peers or RayPeers(peer_names, namespace)
+        self._restarted = restarted
+        self._now_ns = now_ns
         self.count = count
-        self._url = database_url
-        self._namespace = namespace
         self._commit_max_rows = commit_max_rows
         self._expiry_interval = expiry_interval_ms / 1000
         self._expiry_wake = asyncio.Event()
         self._expiry_due: int | None = None  # the deadline the expiry loop sleeps until
         self.ledger = Ledger()
-        self._peers: dict[int, Any] = {}  # actor handles
         self._queue: deque[_Job] = deque()
         self._wake = asyncio.Event()
         self._ready = False
         self._rebuilt = asyncio.Event()
+        # One rebuild at a time, each from a quiet shard. Two that overlapped (two peers'
+        # resyncs, or a resync and a failed commit) let the later one, reading the journal
+        # before work the earlier one's end let in was committed, drop acknowledged
+        # transfers from memory. Found by the simulator.
+        self._rebuild_lock = asyncio.Lock()
         self._committing = False  # a transaction is in flight (its jobs left the queue)
-        self._conn: psycopg.AsyncConnection | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._forwards: set[asyncio.Task[None]] = set()  # credit legs on their way to peers
         self._commits = 0
@@ -124,6 +141,13 @@ class LedgerShard:
         self._rebuilds = 0
         self._phase: dict[str, float] = {"durable_wait": 0.0, "forward": 0.0, "calls": 0}
         self._starting: asyncio.Task[None] | None = None
+        # Two-phase groups across shards. A reservation lives in the memory of the
+        # incarnation that prepared it: ``epoch`` names this incarnation, peers learn a
+        # restarted shard's new one (``fence``) before it decides anything, and a primary
+        # journals a group only if every decider is still the incarnation that prepared.
+        self.epoch = uuid.uuid4().hex
+        self._peer_epochs: dict[int, str] = {}
+        self._group_commits = 0  # groups this shard, as primary, is journaling now
 
     # -- life cycle -------------------------------------------------------
 
@@ -141,12 +165,17 @@ class LedgerShard:
         return len(self.ledger.accounts)
 
     async def _start(self) -> None:
-        await self._rebuild()
+        if self._restarted():
+            # Before the journal is read: groups the previous incarnation prepared are
+            # then either journaled (and in the rebuild) or refused at their commit.
+            await self._fence_peers()
+        async with self._rebuild_lock:
+            await self._rebuild()
         self._tasks = [
             asyncio.create_task(self._commit_loop()),
             asyncio.create_task(self._expiry_loop()),
         ]
-        if _restarted():
+        if self._restarted():
             self._tasks.append(asyncio.create_task(self._tell_peers_to_resync()))
 
     async def _tell_peers_to_resync(self) -> None:
@@ -155,7 +184,45 @@ class LedgerShard:
         journal; until it has, its credit balances can only be short, never long."""
         log.warning("shard %d: restarted after a crash; peers re-read the journal", self.index)
         others = [i for i in range(self.count) if i != self.index]
-        await self._call_peers({i: self._peer(i).resync.remote() for i in others})
+        await self._call_peers({i: self._peers_port.call(i, "resync") for i in others})
+
+    async def _fence_peers(self) -> None:
+        """Tell every peer this incarnation's epoch; each answers once no group it is
+        journaling as primary can still carry the previous one."""
+        log.warning("shard %d: restarted; fencing groups its last incarnation prepared",
+                    self.index)  # fmt: skip
+        calls = {}
+        for i in range(self.count):
+            if i != self.index:
+                try:
+                    calls[i] = self._peers_port.call(i, "fence", self.index, self.epoch)
+                except Exception as e:  # not found: a peer that is not up commits nothing
+                    log.error("shard %d: peer %d not found: %s", self.index, i, type(e).__name__)
+        await self._call_peers(calls)
+
+    async def fence(self, index: int, epoch: str) -> None:
+        """Shard ``index`` restarted as ``epoch``: refuse from now on every commit of a group
+        it prepared as an earlier incarnation, and return once the group commits already
+        under way (which passed that check) are durable, so that its rebuild sees them.
+
+        Does not wait for this shard's own start: two shards restarting together fence
+        each other while starting."""
+        assert 0 <= index < self.count and index != self.index
+        self._peer_epochs[index] = epoch
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 60
+        while self._group_commits and loop.time() < deadline:
+            await asyncio.sleep(0.002)
+
+    def _stale(self, c: Commit) -> bool:
+        """Whether a decider of group ``c`` is no longer the incarnation that reserved for it
+        (this shard included: a restarted primary holds no reservation either)."""
+        if c.gid not in self.ledger.holds or c.epochs.get(self.index) != self.epoch:
+            return True
+        return any(
+            self._peer_epochs.get(p, epoch) != epoch for p, epoch in c.epochs.items()
+            if p != self.index
+        )  # fmt: skip
 
     async def resync(self) -> int:
         """Re-read this shard's accounts from the journal without losing decided work.
@@ -165,22 +232,14 @@ class LedgerShard:
         number of rebuilds so far.
         """
         await self.start()
-        self._ready = False
-        deadline = time.monotonic() + 60
-        while (self._queue or self._committing) and time.monotonic() < deadline:
-            await asyncio.sleep(0.002)
-        await self._rebuild()
+        async with self._rebuild_lock:
+            self._ready = False
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 60
+            while (self._queue or self._committing) and loop.time() < deadline:
+                await asyncio.sleep(0.002)
+            await self._rebuild()
         return self._rebuilds
-
-    def _peer(self, index: int) -> Any:
-        """The actor handle of shard ``index``, looked up by name once."""
-        handle = self._peers.get(index)
-        if handle is None:
-            import ray
-
-            handle = ray.get_actor(self._peer_names[index], namespace=self._namespace)
-            self._peers[index] = handle
-        return handle
 
     async def ping(self) -> bool:
         await self.start()
@@ -199,13 +258,11 @@ class LedgerShard:
         delay = 0.1
         while True:
             try:
-                if self._conn is not None:
-                    await self._conn.close()
-                self._conn = await connect(self._url, f"paynode-shard-{self.index}")
-                snap = await journal.load_shard(self._conn, self.index, self.count)
+                await self._journal.open()
+                snap = await self._journal.load(self.index, self.count)
                 break
-            except (psycopg.Error, OSError) as e:
-                log.warning("shard %d: rebuild failed (%s); retrying", self.index, type(e).__name__)
+            except StorageUnavailable as e:
+                log.warning("shard %d: rebuild failed (%s); retrying", self.index, e)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
         old = self.ledger
@@ -271,14 +328,13 @@ class LedgerShard:
             t0 = time.perf_counter()
             self._committing = True
             try:
-                assert self._conn is not None
-                await journal.commit(self._conn, accounts, rows)
-            except psycopg.errors.UniqueViolation:
-                await self._fail(jobs, JournalConflict("id already journaled"))
+                await self._journal.commit(accounts, rows)
+            except JournalConflict as e:
+                await self._fail(jobs, e)
                 return
-            except (psycopg.Error, OSError) as e:
-                log.error("shard %d: commit failed: %s", self.index, type(e).__name__)
-                await self._fail(jobs, StorageUnavailable(type(e).__name__))
+            except StorageUnavailable as e:
+                log.error("shard %d: commit failed: %s", self.index, e)
+                await self._fail(jobs, e)
                 return
             finally:
                 self._committing = False
@@ -290,7 +346,7 @@ class LedgerShard:
         # One call per peer for the whole commit, sent now (in commit order, so a peer
         # applies a pending's credit leg before its post's), awaited apart: the next
         # commit need not wait for this one's peers.
-        calls = {i: self._peer(i).apply_rows.remote(encode(r)) for i, r in remote.items()}
+        calls = {i: self._peers_port.call(i, "apply_rows", encode(r)) for i, r in remote.items()}
         task = asyncio.create_task(self._forwarded(calls, jobs))
         self._forwards.add(task)
         task.add_done_callback(self._forwards.discard)
@@ -320,7 +376,37 @@ class LedgerShard:
             if not job.done.done():
                 job.done.set_exception(error)
         self._queue.clear()
-        await self._rebuild()
+        async with self._rebuild_lock:
+            # Whatever a rebuild that ran meanwhile let in is decided on state this one
+            # discards (this is the commit loop: nothing of it can be committing).
+            self._ready = False
+            for job in self._queue:
+                if not job.done.done():
+                    job.done.set_exception(error)
+            self._queue.clear()
+            await self._rebuild()
+        if not isinstance(error, JournalConflict):  # a unique violation rolled back for sure
+            await self._forward_journaled(jobs)
+
+    async def _forward_journaled(self, jobs: list[_Job]) -> None:
+        """A failed commit may have committed (only its acknowledgement lost): the rebuild
+        holds its rows, and their credit legs must still reach the shards that own them.
+        Found by the simulator (a torn commit left a peer's credits short of the journal)."""
+        remote = self._remote_legs(jobs)
+        if not remote:
+            return
+        try:
+            ids = [row[ROW_ID] for rows in remote.values() for row in rows]
+            present = await self._journal.existing_ids(ids, fresh=True)
+        except StorageUnavailable:
+            await self._tell_peers_to_resync()  # cannot tell: the peers re-read the journal
+            return
+        calls = {
+            i: self._peers_port.call(i, "apply_rows", encode(landed))
+            for i, rows in remote.items()
+            if (landed := [row for row in rows if row[ROW_ID] in present])
+        }
+        await self._call_peers(calls)
 
     def _observe(self, seconds: float, rows: int) -> None:
         self._commits += 1
@@ -341,11 +427,14 @@ class LedgerShard:
         return encode(await self._execute(batch))
 
     async def _execute(self, batch: TransferBatch, retried: bool = False) -> BatchResult:
-        result, rows = self.ledger.execute_batch(batch, time.time_ns())
+        result, rows = self.ledger.execute_batch(batch, self._now_ns())
         self._rearm()
         if not rows:
             if REPLAYED in result.results:
-                await self._barrier()  # a replay must not be answered before its commit
+                try:
+                    await self._barrier()  # a replay must not be answered before its commit
+                except StorageUnavailable:  # found by the simulator: it escaped as an error
+                    return refused(len(batch), Code.STORAGE_UNAVAILABLE)
             return result
         t0 = time.perf_counter()
         try:
@@ -367,10 +456,9 @@ class LedgerShard:
         batch is applied; the groups without a taken id are decided again.
         """
         await self._rebuilt.wait()
-        assert self._conn is not None
         try:
-            taken = await journal.existing_ids(self._conn, batch.ids)
-        except psycopg.Error:
+            taken = await self._journal.existing_ids(batch.ids)
+        except StorageUnavailable:
             return refused(len(batch), Code.STORAGE_UNAVAILABLE)
         spans = batch_groups(batch)
         clean = [(a, b) for a, b in spans if not any(i in taken for i in batch.ids[a:b])]
@@ -420,23 +508,46 @@ class LedgerShard:
         await self.start()
         items = decode_prepares(payload)
         if not self._ready:
-            return encode([_unavailable(p.ops) for p in items])
-        now = time.time_ns()
-        return encode([self.ledger.prepare(p.gid, p.ops, now) for p in items])
+            return encode([Prepared(self.epoch, _unavailable(p.ops)) for p in items])
+        now = self._now_ns()
+        answers = [Prepared(self.epoch, self.ledger.prepare(p.gid, p.ops, now)) for p in items]
+        # Decided on memory that may hold effects not yet durable (a credit queued for
+        # this shard's next group commit), while the group commits on another shard:
+        # those effects must be durable first, or the group could outlive them. Found by
+        # the simulator: a chain was journaled on a credit whose commit came later.
+        try:
+            await self._barrier()
+        except StorageUnavailable:
+            for p in items:
+                self.ledger.release(p.gid)  # the rebuild kept the reservations
+            return encode([Prepared(self.epoch, _unavailable(p.ops)) for p in items])
+        return encode(answers)
 
     async def commit(self, payload: bytes) -> bytes:
         """Primary of prepared groups: journal their rows, then finish them everywhere."""
         await self.start()
-        items = decode_commits(payload)
+        every = decode_commits(payload)
+        # Checked and counted with no await in between: a fence arriving later either
+        # finds the group refused here or waits for it to be durable.
+        answers: list[list[Outcome]] = [_unavailable(c.rows) if self._stale(c) else []
+                                        for c in every]  # fmt: skip
+        items = [c for c, answer in zip(every, answers, strict=True) if not answer]
+        if not items:
+            return encode(answers)
         rows = [astuple(r) for c in items for r in c.rows]
+        self._group_commits += 1
         try:
             await self._durable((), rows, forward=False)  # `finish` applies them everywhere
         except JournalConflict:
-            return encode(await self._commit_after_conflict(items))
+            return encode(_merge(answers, await self._commit_after_conflict(items)))
         except StorageUnavailable:
-            return encode(
-                [[Outcome(r.id, Code.STORAGE_UNAVAILABLE) for r in c.rows] for c in items]
-            )
+            # It may have committed with only the acknowledgement lost (a torn commit):
+            # the journal decides for every participant (found by the simulator: the
+            # others were aborted and never applied rows the journal held).
+            await self._settle_participants(items)
+            return encode(_merge(answers, [_unavailable(c.rows) for c in items]))
+        finally:
+            self._group_commits -= 1
         calls: dict[int, list] = defaultdict(list)
         for c in items:
             self.ledger.release(c.gid)
@@ -447,17 +558,28 @@ class LedgerShard:
                     calls[p].append([c.gid, c.rows])
         self._rearm()
         await self._call_peers(
-            {p: self._peer(p).finish.remote(encode(v)) for p, v in calls.items()}
+            {p: self._peers_port.call(p, "finish", encode(v)) for p, v in calls.items()}
         )
-        return encode([[] for _ in items])
+        return encode(answers)
+
+    async def _settle_participants(self, items: list[Commit]) -> None:
+        """Each other participant applies what the journal holds of these groups and frees
+        their reservations (``settle``); this shard's rebuild already holds it."""
+        calls: dict[int, list[Finish]] = defaultdict(list)
+        for c in items:
+            for p in c.participants:
+                if p != self.index:
+                    calls[p].append(Finish(c.gid, c.rows))
+        await self._call_peers(
+            {p: self._peers_port.call(p, "settle", encode(v)) for p, v in calls.items()}
+        )
 
     async def _commit_after_conflict(self, items: list) -> list[list[Outcome]]:
         """Refuse the groups holding an id another shard journaled; the rest may retry."""
         await self._rebuilt.wait()
-        assert self._conn is not None
         try:
-            taken = await journal.existing_ids(self._conn, [r.id for c in items for r in c.rows])
-        except psycopg.Error:
+            taken = await self._journal.existing_ids([r.id for c in items for r in c.rows])
+        except StorageUnavailable:
             taken = set()
         out = []
         for c in items:
@@ -490,9 +612,9 @@ class LedgerShard:
         await self._rebuilt.wait()
         try:
             # Its own connection: the commit loop's may be inside a transaction.
-            async with await connect(self._url) as conn:
-                present = await journal.existing_ids(conn, [r.id for f in items for r in f.rows])
-        except (psycopg.Error, OSError):
+            ids = [r.id for f in items for r in f.rows]
+            present = await self._journal.existing_ids(ids, fresh=True)
+        except StorageUnavailable:
             await self.resync()  # the journal decides, one way or another
             return 0
         applied = 0
@@ -513,7 +635,7 @@ class LedgerShard:
         specs = decode_specs(payload)
         if not self._ready:
             return encode([AccountResult(Code.STORAGE_UNAVAILABLE, s) for s in specs])
-        now = time.time_ns()
+        now = self._now_ns()
         results: list[AccountResult] = []
         fresh: list[AccountSpec] = []
         for spec in specs:
@@ -569,7 +691,8 @@ class LedgerShard:
         batches the expiries of a busy shard into one commit."""
         while True:
             self._expiry_due = self.ledger.next_expiry()
-            wait_s = None if self._expiry_due is None else (self._expiry_due - time.time_ns()) / 1e9
+            due = self._expiry_due
+            wait_s = None if due is None else (due - self._now_ns()) / 1e9
             if wait_s is None or wait_s > 0:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._expiry_wake.wait(), wait_s)
@@ -577,7 +700,7 @@ class LedgerShard:
             await asyncio.sleep(self._expiry_interval)  # batches; also paces a rebuilding shard
             if not self._ready:
                 continue
-            expired = self.ledger.expire_due(time.time_ns(), limit=self._commit_max_rows)
+            expired = self.ledger.expire_due(self._now_ns(), limit=self._commit_max_rows)
             if not expired:
                 continue
             rows = [astuple(r) for r in expired]
@@ -610,22 +733,13 @@ class LedgerShard:
     async def stop(self) -> None:
         for t in self._tasks:
             t.cancel()
-        if self._conn is not None:
-            await self._conn.close()
+        await self._journal.close()
 
 
-def _restarted() -> bool:
-    """Whether Ray restarted this actor after its process died."""
-    import warnings
-
-    try:
-        import ray
-
-        with warnings.catch_warnings():  # Ray's own property uses a deprecated one inside
-            warnings.simplefilter("ignore", DeprecationWarning)
-            return ray.get_runtime_context().was_current_actor_reconstructed
-    except Exception:  # not running under Ray (pure tests)
-        return False
+def _merge(answers: list[list[Outcome]], journaled: list[list[Outcome]]) -> list[list[Outcome]]:
+    """Per group, in order: refused before journaling (``answers``) or what journaling said."""
+    rest = iter(journaled)
+    return [answer or next(rest) for answer in answers]
 
 
 def _unavailable(ops: Sequence) -> list[Outcome]:

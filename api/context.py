@@ -38,6 +38,7 @@ from paynode.domain.ledger.model import AccountSpec, Code
 from paynode.domain.rails.ach_rules import CLEARING_ACCOUNT, MICRODEPOSIT_ACCOUNT
 from paynode.domain.settings import Settings
 from paynode.storage.database import async_engine
+from paynode.storage.journal import EngineReads
 from paynode.storage.keyring import Keyring
 
 log = logging.getLogger("paynode.api")
@@ -81,7 +82,7 @@ async def open_context(
         return ray.get_actor(name, namespace=settings.namespace)
 
     engine = async_engine(settings.database_url or "", settings.db_pool_size, "paynode-front")
-    client = LedgerClient([actor(n) for n in shard_names], engine, settings,
+    client = LedgerClient([actor(n) for n in shard_names], EngineReads(engine), settings,
                           on_batch=metrics.observe_batch)  # fmt: skip
     risk = actor(RISK_NAME)
     ctx = Context(
@@ -106,12 +107,14 @@ async def open_context(
     )
     ctx.audit.start()
     revocations = asyncio.create_task(ctx.auth.follow_revocations(settings.database_url or ""))
+    keepalive = asyncio.create_task(client.keep_shards_started())
     try:
         await _operator_accounts(client)
         settle_heap()  # what start-up built lives as long as the process
         yield ctx
     finally:
         revocations.cancel()
+        keepalive.cancel()
         await ctx.audit.stop()
         await engine.dispose()
 

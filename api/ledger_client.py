@@ -4,8 +4,8 @@
 transfer (``api/validation.py``), the account facts it names (cached: accounts
 are immutable), the plan (``domain/ledger/plan.py``: one columnar batch per
 shard, or a two-phase group), and the shard calls (``api/shard_calls.py``,
-``api/two_phase.py``). The journal queries it needs live in
-``storage/journal.py``.
+``api/two_phase.py``). What it reads of the journal comes through
+``domain.ledger.ports.JournalReads`` (``storage.journal.EngineReads`` in production).
 """
 
 from __future__ import annotations
@@ -15,13 +15,12 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import msgspec
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from paynode.api import problems as p
 from paynode.api import two_phase
 from paynode.api.batcher import MicroBatcher, Overloaded
 from paynode.api.schemas import TransferIn
-from paynode.api.shard_calls import ShardCalls, ShardLost, Unavailable
+from paynode.api.shard_calls import ShardCalls, ShardLost, Unavailable, call
 from paynode.api.validation import transfer_flags
 from paynode.domain.ledger.model import (
     AccountBalances,
@@ -38,12 +37,13 @@ from paynode.domain.ledger.plan import (
     plan,
     settle,
 )
+from paynode.domain.ledger.ports import JournalReads
 from paynode.domain.ledger.wire import AccountResult
 from paynode.domain.settings import Settings
-from paynode.storage import journal
 
 __all__ = ["LedgerClient", "ShardLost", "TransferResult", "Unavailable"]
 
+KEEPALIVE_S = 2.0  # how often the front pings the shards (a restarted one then rebuilds)
 _MAX_CACHED_PLACEMENTS = 10_000_000  # ids are client-chosen: the cache is bounded
 _RESOLVES = TransferFlags.POST_PENDING | TransferFlags.VOID_PENDING
 
@@ -52,13 +52,13 @@ class LedgerClient:
     def __init__(
         self,
         shards: Sequence[Any],
-        engine: AsyncEngine,
+        reads: JournalReads,
         settings: Settings,
         on_batch: Callable[[int], None] | None = None,
     ) -> None:
         self.shards = list(shards)
         self.count = len(self.shards)
-        self.engine = engine
+        self.reads = reads
         self.settings = settings
         self.calls = ShardCalls(self.shards, settings, on_batch)
         self.specs: dict[str, AccountSpec] = {}  # immutable facts, safe to cache forever
@@ -81,6 +81,20 @@ class LedgerClient:
             if len(self._shards_by_account) < _MAX_CACHED_PLACEMENTS:
                 self._shards_by_account[account_id] = shard
         return shard
+
+    async def keep_shards_started(self, interval_s: float = KEEPALIVE_S) -> None:
+        """Ping every shard every ``interval_s``, for as long as the front runs.
+
+        Ray restarts a crashed shard without calling it; the new incarnation rebuilds
+        on its first message. On an idle node nothing else would send one, and the
+        pendings it holds would not expire past their timeouts (found by the
+        simulator). Failures are expected while a shard restarts: the next ping retries.
+        """
+        while True:
+            await asyncio.sleep(interval_s)
+            await asyncio.gather(
+                *(call(h.ping.remote()) for h in self.shards), return_exceptions=True
+            )
 
     async def _wait(self, fut: asyncio.Future[Any]) -> Any:
         try:
@@ -116,8 +130,7 @@ class LedgerClient:
                     specs[spec.id] = spec
 
     async def _load_specs(self, ids: list[str]) -> list[AccountSpec | None]:
-        async with self.engine.connect() as conn:
-            found = await journal.account_specs(conn, set(ids))
+        found = await self.reads.account_specs(set(ids))
         return [found.get(i) for i in ids]
 
     # -- transfers ----------------------------------------------------------
@@ -175,6 +188,7 @@ class LedgerClient:
                 raise Overloaded
             # Shielded: a client timeout must not strand reservations halfway.
             task = asyncio.ensure_future(two_phase.run(self.calls, segment))
+            task.add_done_callback(_observed)  # its failure is ours to raise, or nobody's
             outcomes = await asyncio.shield(task)
             for k, o in enumerate(outcomes):
                 results[segment.start + k] = from_outcome(o)
@@ -209,8 +223,7 @@ class LedgerClient:
         }
         rest = wanted - known.keys()
         if rest:
-            async with self.engine.connect() as conn:
-                known.update(await journal.pending_parties(conn, rest))  # type: ignore[arg-type]
+            known.update(await self.reads.pending_parties(rest))  # type: ignore[arg-type]
         for i, b in enumerate(bodies):
             if b.pending_id not in wanted or codes[i]:
                 continue
@@ -246,8 +259,7 @@ class LedgerClient:
             bodies[i].pending_id or "" for i in suspects
             if results[i].code == Code.PENDING_NOT_FOUND
         }  # fmt: skip
-        async with self.engine.connect() as conn:
-            found = await journal.statuses(conn, wanted)
+        found = await self.reads.statuses(wanted)
         for i in suspects:
             r, pending_id = results[i], bodies[i].pending_id
             if r.id in found:
@@ -256,6 +268,13 @@ class LedgerClient:
                 code = (Code.PENDING_ACCOUNT_MISMATCH if found[pending_id] == "pending"
                         else Code.PENDING_NOT_PENDING)  # fmt: skip
                 results[i] = TransferResult(r.id, code)
+
+
+def _observed(task: asyncio.Future[Any]) -> None:
+    """Mark a shielded group's failure as seen: when the request awaiting it timed out,
+    nobody else will (and asyncio would log "exception was never retrieved")."""
+    if not task.cancelled():
+        task.exception()
 
 
 def _checked(bodies: Sequence[TransferIn]) -> tuple[list[int], list[str]]:

@@ -15,7 +15,7 @@ from paynode.actors.reconciler import decode_status as decode_recon
 from paynode.api import contract
 from paynode.api.deps import Ctx
 from paynode.api.http import json_response
-from paynode.api.metrics import render, render_helpers
+from paynode.api.metrics import CONTENT_TYPE, exposition, front_families, helper_families
 from paynode.api.schemas import Health, Readiness
 from paynode.domain.ledger.wire import decode_stats
 
@@ -69,12 +69,11 @@ async def prometheus(ctx: Ctx) -> Response:
     raw = await asyncio.gather(*(bounded(c) for c in calls))
     *shard_raw, analytics_raw, recon_raw, notifier_raw = raw
     stats = [decode_stats(r) if isinstance(r, bytes) else None for r in shard_raw]
-    text = render(ctx.metrics, ctx.client.queue_depths(), stats)
-    helpers = render_helpers(
+    families = front_families(ctx.metrics, ctx.client.queue_depths(), stats)
+    families += helper_families(
         decode_analytics(analytics_raw) if isinstance(analytics_raw, bytes) else None,
         decode_recon(recon_raw) if isinstance(recon_raw, bytes) else None,
         decode_notifier(notifier_raw) if isinstance(notifier_raw, bytes) else None,
     )
-    helpers += ctx.risk_stats.render()
-    text += "\n".join(helpers) + "\n"
-    return Response(text, media_type="text/plain; version=0.0.4")
+    families += ctx.risk_stats.families()
+    return Response(exposition(families), media_type=CONTENT_TYPE)

@@ -16,7 +16,7 @@ import msgspec
 from fastapi import APIRouter, Depends, Query, Request
 from starlette.responses import Response
 
-from paynode.api import contract, rails_routes
+from paynode.api import contract, payment_service, rails_routes
 from paynode.api import problems as p
 from paynode.api.audit_writer import audit
 from paynode.api.auth.scopes import Principal
@@ -55,7 +55,7 @@ async def confirm_payment(
     principal: Annotated[Principal, Depends(require("payments:write"))],
 ) -> Response:
     body = await decode_body(request, ConfirmIn, _BODY_LIMIT)
-    pay = await rails_routes.visible_payment(ctx, principal, payment_id)
+    pay = await payment_service.visible(ctx, principal, payment_id)
     if pay.owner_user_id is None or pay.owner_user_id != principal.user_id:
         raise p.ApiError(p.FORBIDDEN, "only the payer confirms a payment")
     s = ctx.settings
@@ -84,7 +84,7 @@ async def confirm_payment(
         detail = f"{left} attempts left" if outcome == "otp_invalid" else ""
         raise p.ApiError(_OUTCOME_CODES[outcome], detail, "$.otp")
     if pay.status == "processing":
-        pay = await rails_routes.execute(ctx, pay)
+        pay = await payment_service.execute(ctx, pay)
     return json_response(await rails_routes.payment_out(ctx, pay))
 
 
@@ -186,5 +186,5 @@ async def decide_review(
                     after={"status": decided.status, "kind": review.kind,
                            "subject": review.subject_id})  # fmt: skip
     if proceed is not None and proceed.status == "processing":
-        await rails_routes.execute(ctx, proceed)
+        await payment_service.execute(ctx, proceed)
     return json_response(_review_out(decided))

@@ -14,6 +14,7 @@ from typing import Any
 from paynode.api import problems as p
 from paynode.api.batcher import MicroBatcher
 from paynode.domain.ledger.model import AccountSpec, Code
+from paynode.domain.ledger.ports import PeerLost
 from paynode.domain.ledger.wire import (
     AccountResult,
     BatchResult,
@@ -23,6 +24,7 @@ from paynode.domain.ledger.wire import (
     decode_balances,
     decode_batch_result,
     decode_outcomes,
+    decode_prepared,
     empty_batch,
     encode,
     extend_batch,
@@ -47,7 +49,7 @@ def _actor_errors() -> tuple[type[BaseException], ...]:
     Ray reads its auth settings at import)."""
     from ray.exceptions import ActorUnavailableError, RayActorError
 
-    return (RayActorError, ActorUnavailableError)
+    return (RayActorError, ActorUnavailableError, PeerLost)
 
 
 async def call(ref: Awaitable[Any]) -> Any:
@@ -85,7 +87,7 @@ class ShardCalls:
             )
 
         self.execute = [batcher(_execute_sender(h)) for h in self.handles]
-        self.prepare = [batcher(_sender(h, "prepare", decode_outcomes)) for h in self.handles]
+        self.prepare = [batcher(_sender(h, "prepare", decode_prepared)) for h in self.handles]
         self.commit = [batcher(_sender(h, "commit", decode_outcomes)) for h in self.handles]
         self.create = [
             batcher(_sender(h, "create_accounts", decode_account_results)) for h in self.handles

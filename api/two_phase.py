@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Awaitable, Callable
 
 from paynode.api.batcher import Overloaded
 from paynode.api.shard_calls import ShardCalls, Unavailable, unexpected
@@ -19,6 +20,11 @@ from paynode.domain.ledger.model import Code, Outcome
 from paynode.domain.ledger.plan import TwoPhase
 from paynode.domain.ledger.rules import refuse_group
 from paynode.domain.ledger.wire import Commit, Prepare
+
+# A fault-injection point for tests: awaited after every decider prepared a group and
+# before its primary commits it, the window a decider's death must not open. Nothing in
+# the product (no setting, no variable) sets it; tests/test_two_phase_window.py does.
+between_prepare_and_commit: Callable[[TwoPhase], Awaitable[None]] | None = None
 
 
 async def run(calls: ShardCalls, group: TwoPhase) -> list[Outcome]:
@@ -38,7 +44,8 @@ async def run(calls: ShardCalls, group: TwoPhase) -> list[Outcome]:
     if any(isinstance(a, BaseException) for a in prepared):
         await _abort(calls, gid, deciders)  # a dead decider kept nothing; free the others
         raise next(a for a in prepared if isinstance(a, BaseException))
-    answers: list[list[Outcome]] = prepared  # type: ignore[assignment]
+    answers = [a.outcomes for a in prepared]  # type: ignore[union-attr]
+    epochs = {s: a.epoch for s, a in zip(deciders, prepared, strict=True)}  # type: ignore[union-attr]
     failure = _first_failure(answers)
     by_id = {o.id: o for answer in answers for o in answer if o.row is not None}
     replayed = [i for i, op in enumerate(ops) if by_id[op.id].replayed] if not failure else []
@@ -52,9 +59,11 @@ async def run(calls: ShardCalls, group: TwoPhase) -> list[Outcome]:
         return refuse_group(ops, *failure)
     rows = [row for op in ops if (row := by_id[op.id].row) is not None]
     assert len(rows) == len(ops), "a debit decider returned no row"
+    if between_prepare_and_commit is not None:
+        await between_prepare_and_commit(group)
     try:
         committed: list[Outcome] = await calls.commit[deciders[0]].submit(
-            Commit(gid, rows, participants), weight=len(ops)
+            Commit(gid, rows, participants, epochs), weight=len(ops)
         )
     except Overloaded:
         # The primary's commit queue is full (slow commits): nothing was queued, so

@@ -1,75 +1,43 @@
-"""A log-linear latency histogram (HDR-style): bounded memory, ~1% relative error.
+"""Latency histograms for the load generators: HdrHistogram (the ``hdrhistogram``
+package), 3 significant digits from 1 us to an hour, bounded memory.
 
-Values are recorded in microseconds into buckets whose width grows with the
-value (``SUB`` linear sub-buckets per power of two), so p99.9 of a million
-samples costs a few kilobytes, and histograms from several workers merge
-by adding counts.
+A thin adapter: recording takes seconds (what ``perf_counter`` differences are)
+and the summary is in milliseconds, the units the bench prints. Recording costs
+~1.2 us per value here (our former hand-written log-linear buckets: ~0.6 us),
+nothing next to a request (the generator records one value per request).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 
-SUB_BITS = 7  # 128 sub-buckets per power of two: <= 0.8% relative error
-SUB = 1 << SUB_BITS
+from hdrh.histogram import HdrHistogram
+
 MAX_US = 3_600_000_000  # one hour; larger values are clamped
-
-
-def _index(us: int) -> int:
-    if us < SUB:
-        return us
-    exp = us.bit_length() - SUB_BITS - 1  # us >> exp lies in [SUB, 2 * SUB)
-    return SUB + exp * SUB + (us >> exp) - SUB
-
-
-def _bounds(index: int) -> tuple[int, int]:
-    """The smallest and largest microsecond values of bucket ``index``."""
-    if index < SUB:
-        return index, index
-    exp, sub = divmod(index - SUB, SUB)
-    mantissa = SUB + sub
-    return mantissa << exp, ((mantissa + 1) << exp) - 1
+_DIGITS = 3  # relative error <= 0.1%
 
 
 class Histogram:
     def __init__(self) -> None:
-        self.counts: dict[int, int] = {}
-        self.total = 0
-        self.max_us = 0
+        self._h = HdrHistogram(1, MAX_US, _DIGITS)
+
+    @property
+    def total(self) -> int:
+        return int(self._h.get_total_count())
 
     def record(self, seconds: float) -> None:
-        us = min(MAX_US, max(0, int(seconds * 1_000_000)))
-        i = _index(us)
-        self.counts[i] = self.counts.get(i, 0) + 1
-        self.total += 1
-        if us > self.max_us:
-            self.max_us = us
+        self._h.record_value(min(MAX_US, max(1, int(seconds * 1_000_000))))
 
     def merge(self, other: Histogram) -> None:
-        for i, n in other.counts.items():
-            self.counts[i] = self.counts.get(i, 0) + n
-        self.total += other.total
-        self.max_us = max(self.max_us, other.max_us)
+        self._h.add(other._h)
 
     def percentile(self, q: float) -> float:
         """The value (seconds) at quantile ``q`` in [0, 1]; 0.0 when empty."""
         if not self.total:
             return 0.0
-        if q >= 1.0:
-            return self.max_us / 1e6
-        rank = q * self.total
-        seen = 0
-        for i in sorted(self.counts):
-            seen += self.counts[i]
-            if seen > rank:
-                return min(_bounds(i)[1], self.max_us) / 1e6
-        return self.max_us / 1e6
+        return self._h.get_value_at_percentile(min(100.0, q * 100)) / 1e6
 
     def summary_ms(self, quantiles: Iterable[float] = (0.5, 0.9, 0.99, 0.999)) -> dict[str, float]:
-        return {_label(q): round(self.percentile(q) * 1000, 3) for q in quantiles} | {
-            "max": round(self.max_us / 1000, 3)
+        return {f"p{q * 100:g}": round(self.percentile(q) * 1000, 3) for q in quantiles} | {
+            "max": round(self._h.get_max_value() / 1000 if self.total else 0.0, 3)
         }
-
-
-def _label(q: float) -> str:
-    return f"p{q * 100:g}"

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import signal
 import socket
 import sys
 import threading
@@ -146,12 +148,15 @@ def cmd_keys(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_migrate(settings: Settings) -> int:
     from paynode.node.runtime import start_postgres
-    from paynode.storage.migrations import migrate
+    from paynode.storage.migrations import MigrationError, migrate
 
     url, pg = start_postgres(settings)
     try:
         applied = migrate(url)
         print(f"applied: {applied or 'nothing (up to date)'}")
+    except MigrationError as e:
+        print(f"paynode: {e}", file=sys.stderr)
+        return 1
     finally:
         if pg is not None:
             pg.cleanup()
@@ -181,7 +186,7 @@ def cmd_run(settings: Settings, fd: int | None = None) -> int:
     keeper = threading.Thread(target=_keep_ownership, args=(services, stopping), daemon=True)
     keeper.start()
     try:
-        settings = msgspec.structs.replace(settings, database_url=services.database_url)
+        settings = msgspec.structs.replace(services.settings, database_url=services.database_url)
         if settings.workers > 1:
             _serve_workers(settings, services, sock)
             return 0
@@ -209,6 +214,10 @@ def cmd_run(settings: Settings, fd: int | None = None) -> int:
         keeper.join(timeout=15)
         services.stop()
         print("paynode stopped", flush=True)
+    cause = services.database_lost()
+    if cause is not None:
+        print(f"paynode: embedded PostgreSQL could not be restarted: {cause}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -230,7 +239,12 @@ def _serve_workers(settings: Settings, services: Any, sock: socket.socket) -> No
 
 
 def _keep_ownership(services, stopping: threading.Event) -> None:
+    """Every 2 s: the embedded PostgreSQL restarted if it died, then the ownership lock
+    taken again if it was lost. A database that cannot be brought back stops the node."""
     while not stopping.wait(2.0):
+        if services.keep_database() is not None:
+            os.kill(os.getpid(), signal.SIGTERM)  # cmd_run then exits non-zero
+            return
         services.keep_ownership()
 
 

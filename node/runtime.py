@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import msgspec
-import psutil
 import psycopg
 
 from paynode.actors.names import (
@@ -34,6 +33,7 @@ from paynode.actors.names import (
     SHARD_NAME,
 )
 from paynode.domain.settings import Settings
+from paynode.node import embedded_pg
 from paynode.storage.database import libpq_url
 from paynode.storage.keyring import load as load_keyring
 from paynode.storage.migrations import migrate
@@ -76,6 +76,21 @@ class Services:
     _pg: PostgresServer | None = None
     _ray_started: bool = False
     _owner: psycopg.Connection | None = None
+    _supervisor: embedded_pg.Supervisor | None = None
+
+    def keep_database(self) -> str | None:
+        """Restart the embedded PostgreSQL if it died; the cause once that is given up on
+        (the node must then exit non-zero). An outside server is its supervisor's job."""
+        if self._pg is None:
+            return None
+        if self._supervisor is None:
+            self._supervisor = embedded_pg.Supervisor(self._pg)
+        self._supervisor.check()
+        return self._supervisor.gave_up
+
+    def database_lost(self) -> str | None:
+        """Why the embedded PostgreSQL could not be restarted, if it could not."""
+        return None if self._supervisor is None else self._supervisor.gave_up
 
     def keep_ownership(self) -> None:
         """Take the ownership lock again if PostgreSQL restarted (the session holding it
@@ -136,34 +151,7 @@ def start_postgres(settings: Settings) -> tuple[str, PostgresServer | None]:
     """The DATABASE_URL to use, and the embedded server if this process started one."""
     if settings.database_url:
         return settings.database_url, None
-    import pgserver
-
-    pgdata = settings.data_path() / "pg"
-    pgdata.parent.mkdir(parents=True, exist_ok=True)
-    _forget_dead_users(pgdata)
-    server = pgserver.get_server(pgdata, cleanup_mode="stop")
-    url = server.get_uri()
-    log.info("embedded PostgreSQL under %s", pgdata)
-    return url, server
-
-
-def _forget_dead_users(pgdata: Path) -> None:
-    """Drop pids of killed nodes from pgserver's user list.
-
-    pgserver stops PostgreSQL when its last user exits; a node killed with
-    SIGKILL never deregisters, and PostgreSQL would then outlive every later
-    clean shutdown.
-    """
-    users = pgdata / ".handle_pids.json"
-    if not users.exists():
-        return
-    try:
-        pids = json.loads(users.read_text())
-    except ValueError:
-        pids = []
-    alive = [pid for pid in pids if isinstance(pid, int) and psutil.pid_exists(pid)]
-    if alive != pids:
-        users.write_text(json.dumps(alive))
+    return embedded_pg.start(settings.data_path() / "pg")
 
 
 def ray_token(settings: Settings) -> str:
@@ -413,10 +401,7 @@ def _start_bank_simulator(settings: Settings, options: dict) -> Any:
     from paynode.actors.bank_sim import PROVIDER, BankSimulator
 
     providers = settings.providers()
-    if PROVIDER not in providers:
-        # Mutated in place: the HTTP front created afterwards reads the same settings.
-        providers[PROVIDER] = secrets.token_urlsafe(32)
-        settings.webhook_providers = json.dumps(providers)
+    assert PROVIDER in providers, "start() gives the simulator its secret first"
     returns = json.loads(settings.bank_sim_returns) if settings.bank_sim_returns else None
     sim: Any = (
         ray.remote(BankSimulator)
@@ -430,9 +415,26 @@ def _start_bank_simulator(settings: Settings, options: dict) -> Any:
     return sim
 
 
+def with_bank_secret(settings: Settings) -> Settings:
+    """The settings with a signing secret for the simulated bank's webhooks (one made up
+    for this run when none is configured): the front verifies what the actor signs."""
+    if not settings.bank_simulator:
+        return settings
+    from paynode.actors.bank_sim import PROVIDER
+
+    providers = settings.providers()
+    if PROVIDER in providers:
+        return settings
+    providers[PROVIDER] = secrets.token_urlsafe(32)
+    return msgspec.structs.replace(settings, webhook_providers=json.dumps(providers))
+
+
 def start(settings: Settings, detached: bool = False) -> Services:
+    """Everything but the HTTP front; ``detached`` for cluster mode (``paynode actors``).
+    The front is built from the returned ``Services.settings``."""
     """Everything but the HTTP front; ``detached`` for cluster mode (``paynode actors``)."""
     database_url, pg = start_postgres(settings)
+    settings = with_bank_secret(settings)
     services = Services(settings, database_url, [], _pg=pg)
     try:
         services._owner = claim_database(database_url)

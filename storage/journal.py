@@ -10,12 +10,12 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable, Sequence
 from typing import Any
 
-import msgspec
 import psycopg
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from paynode.domain.ledger.model import AccountSpec, JournalRow, Row, shard_key
+from paynode.domain.ledger.ports import ShardSnapshot
 from paynode.storage.schema import ACCOUNT_COLUMNS, TRANSFER_COLUMNS
 
 _COPY_TRANSFERS = f"COPY transfers ({', '.join(TRANSFER_COLUMNS)}) FROM STDIN (FORMAT BINARY)"
@@ -75,11 +75,6 @@ async def existing_ids(conn: psycopg.AsyncConnection, ids: Sequence[str]) -> set
 
 def _replay_order(row: JournalRow) -> tuple[int, str]:
     return row.ts, row.id
-
-
-class ShardSnapshot(msgspec.Struct):
-    accounts: list[AccountSpec]
-    rows: list[JournalRow]
 
 
 async def load_shard(
@@ -156,6 +151,25 @@ async def statuses(conn: AsyncConnection, ids: Collection[str]) -> dict[str, str
         sa.text("SELECT id, status FROM transfers WHERE id = ANY(:ids)"), {"ids": list(ids)}
     )
     return {r[0]: r[1] for r in rows}
+
+
+class EngineReads:
+    """``ports.JournalReads`` over the front's pool: one short connection per call."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+
+    async def account_specs(self, ids: Collection[str]) -> dict[str, AccountSpec]:
+        async with self._engine.connect() as conn:
+            return await account_specs(conn, ids)
+
+    async def pending_parties(self, ids: Collection[str]) -> dict[str, tuple[str, str, str]]:
+        async with self._engine.connect() as conn:
+            return await pending_parties(conn, ids)
+
+    async def statuses(self, ids: Collection[str]) -> dict[str, str]:
+        async with self._engine.connect() as conn:
+            return await statuses(conn, ids)
 
 
 def _row_columns() -> str:

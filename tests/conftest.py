@@ -60,18 +60,32 @@ def migrated_template(pg_admin_url: str) -> Iterator[str]:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+@contextlib.contextmanager
+def _scratch_database(admin_url: str, template: str | None = None) -> Iterator[str]:
+    """A new database (a copy of ``template``, or empty), dropped afterwards."""
+    name = f"paynode_test_{uuid.uuid4().hex[:12]}"
+    like = f' TEMPLATE "{template}"' if template else ""
+    with psycopg.connect(libpq_url(admin_url), autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"{like}')
+    try:
+        yield _with_database(admin_url, name)
+    finally:
+        with psycopg.connect(libpq_url(admin_url), autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
 @pytest.fixture
 def database_url(pg_admin_url: str, migrated_template: str) -> Iterator[str]:
     """A fresh, migrated database for one test, dropped afterwards."""
-    name = f"paynode_test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(libpq_url(pg_admin_url), autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{migrated_template}"')
-    url = _with_database(pg_admin_url, name)
-    try:
+    with _scratch_database(pg_admin_url, migrated_template) as url:
         yield url
-    finally:
-        with psycopg.connect(libpq_url(pg_admin_url), autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def empty_database_url(pg_admin_url: str) -> Iterator[str]:
+    """A fresh database with nothing in it (migrations under test), dropped afterwards."""
+    with _scratch_database(pg_admin_url) as url:
+        yield url
 
 
 @pytest.fixture(scope="session")
@@ -160,7 +174,7 @@ def make_node(
     import uvicorn
 
     from paynode.api.app import create_app
-    from paynode.node.runtime import start_helpers, start_shards
+    from paynode.node.runtime import start_helpers, start_shards, with_bank_secret
     from paynode.storage.keyring import load
 
     running: list[tuple[uvicorn.Server, threading.Thread, list]] = []
@@ -178,7 +192,7 @@ def make_node(
             "api_key": ADMIN_KEY,
             "data_dir": str(tmp_path_factory.mktemp("node")),
         }
-        settings = Settings(**(values | overrides))
+        settings = with_bank_secret(Settings(**(values | overrides)))
         names, handles = start_shards(settings, database_url)
         helpers = start_helpers(settings, database_url, names)
         keys = load(settings.data_path(), settings.keyring)

@@ -324,8 +324,8 @@ def test_metrics_carry_analytics_lag_and_reconciliation(make_node) -> None:
     )
     assert float(values["paynode_analytics_rows_total"]) == _pg_count(node)
     assert 0 <= float(values["paynode_analytics_lag_max_seconds"]) < 60
-    assert values["paynode_recon_runs_total"] == "1"
-    assert values["paynode_recon_open_discrepancies"] == "0"
+    assert float(values["paynode_recon_runs_total"]) == 1
+    assert float(values["paynode_recon_open_discrepancies"]) == 0
     assert 'paynode_analytics_lag_segments_bucket{le="+Inf"}' in values
 
 

@@ -211,7 +211,14 @@ def test_operations_endpoints(node) -> None:
     account(node, "m2")
     transfer(node, id="mt", debit_account_id="m1", credit_account_id="m2", amount=1)
     text = node.http.get("/metrics").text
-    assert 'paynode_transfer_outcomes_total{code="ok"} 1' in text
+    assert 'paynode_transfer_outcomes_total{code="ok"} 1.0\n' in text
+    # The page parses as Prometheus text, each family once, shard figures per shard.
+    from prometheus_client.parser import text_string_to_metric_families
+
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    assert families["paynode_shard_commits"].type == "counter"
+    assert {s.labels["shard"] for s in families["paynode_shard_commits"].samples} == {"0", "1"}
+    assert families["paynode_shard_commit_seconds"].type == "histogram"
     assert "paynode_shard_commit_seconds_bucket" in text
     assert "paynode_shard_call_batch_size_count" in text
     spec = node.http.get("/openapi.json").json()

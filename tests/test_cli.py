@@ -5,14 +5,12 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import uuid
 
 import psycopg
 import pytest
 
 from paynode.storage.database import libpq_url
 from paynode.storage.migrations import MIGRATIONS, latest_version
-from tests.conftest import _with_database
 
 
 def _paynode(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
@@ -22,24 +20,23 @@ def _paynode(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
     )  # fmt: skip
 
 
-def test_migrate_applies_once(pg_admin_url: str) -> None:
-    name = f"paynode_cli_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(libpq_url(pg_admin_url), autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        env = {**os.environ, "DATABASE_URL": _with_database(pg_admin_url, name)}
-        first = _paynode("migrate", env=env)
-        assert first.returncode == 0, first.stderr
-        all_versions = ", ".join(str(m.version) for m in MIGRATIONS)
-        assert f"applied: [{all_versions}]" in first.stdout
-        again = _paynode("migrate", env=env)
-        assert again.returncode == 0 and "up to date" in again.stdout
-        with psycopg.connect(libpq_url(env["DATABASE_URL"])) as conn:
-            versions = [r[0] for r in conn.execute("SELECT version FROM schema_migrations")]
-        assert versions == list(range(1, latest_version() + 1))
-    finally:
-        with psycopg.connect(libpq_url(pg_admin_url), autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+def test_migrate_applies_once(empty_database_url: str) -> None:
+    env = {**os.environ, "DATABASE_URL": empty_database_url}
+    first = _paynode("migrate", env=env)
+    assert first.returncode == 0, first.stderr
+    all_versions = ", ".join(str(m.version) for m in MIGRATIONS)
+    assert f"applied: [{all_versions}]" in first.stdout
+    again = _paynode("migrate", env=env)
+    assert again.returncode == 0 and "up to date" in again.stdout
+    with psycopg.connect(libpq_url(env["DATABASE_URL"])) as conn:
+        versions = [r[0] for r in conn.execute("SELECT version FROM schema_migrations")]
+    assert versions == list(range(1, latest_version() + 1))
+    # A shipped migration edited afterwards: refused with a clear error, nothing run.
+    with psycopg.connect(libpq_url(env["DATABASE_URL"]), autocommit=True) as conn:
+        conn.execute("UPDATE schema_migrations SET checksum = 'edited' WHERE version = 2")
+    edited = _paynode("migrate", env=env)
+    assert edited.returncode == 1
+    assert "migration 2 (identity" in edited.stderr and "changed after" in edited.stderr
 
 
 @pytest.mark.parametrize(
@@ -48,13 +45,16 @@ def test_migrate_applies_once(pg_admin_url: str) -> None:
         (["run", "--shards", "-1"], {}, "shards must be"),
         (["run", "--port", "70000"], {}, "port must be"),
         (["run"], {"PAYNODE_BATCH_MAX_INFLIGHT": "0"}, "batch_max_inflight"),
-        (["run"], {"PAYNODE_BATCH_WINDOW_MS": "soon"}, "Expected `float`"),
+        (["run"], {"PAYNODE_BATCH_WINDOW_MS": "soon"}, "batch_window_ms must be `float`"),
+        (["run"], {"PAYNODE_API_KEY": "short-secret"}, "api_key must be `str` of length >= 16"),
+        (["run"], {"PAYNODE_QUEUE_LIMIT": "10"}, "queue_limit must be >= batch_max_items"),
     ],
 )
 def test_bad_configuration_is_refused_before_start(args, env_extra, message) -> None:
     result = _paynode(*args, env={**os.environ, **env_extra})
     assert result.returncode == 2
     assert message in result.stderr
+    assert "short-secret" not in result.stderr  # a refused value is never echoed
 
 
 def test_second_node_on_the_same_database_is_refused(database_url: str) -> None:

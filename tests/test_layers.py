@@ -1,7 +1,7 @@
 """The package's layers only point down, and its modules form no import cycle.
 
-domain (pure) <- storage <- actors <- api <- node; benchmarks/ sits on top and
-nothing in the product imports it. Every import counts, also those inside
+domain (pure) <- storage <- actors <- api <- node; benchmarks/ and sim/ sit on top
+and nothing in the product imports them. Every import counts, also those inside
 functions (a function-level import is still a dependency, only a hidden one).
 """
 
@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-LAYERS = ("domain", "storage", "actors", "api", "node", "benchmarks")
+LAYERS = ("domain", "storage", "actors", "api", "node", "benchmarks", "sim")
 RANK = {name: i for i, name in enumerate(LAYERS)}
 # The domain is pure: rules, models, codecs. None of these in it.
 IMPURE = ("ray", "psycopg", "sqlalchemy", "duckdb", "aiohttp", "httpx", "fastapi", "starlette",

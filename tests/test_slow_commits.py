@@ -235,7 +235,8 @@ async def _overload(
 
 
 _QUEUE_GAUGE = re.compile(
-    r'^(paynode_front_queue_depth|paynode_shard_commit_queue_rows)\{shard="\d+"\} (\d+)$', re.M
+    r'^(paynode_front_queue_depth|paynode_shard_commit_queue_rows)\{shard="\d+"\} ([0-9.e+]+)$',
+    re.M,
 )
 
 
@@ -243,7 +244,7 @@ def queue_gauges(metrics: str) -> dict[str, int]:
     """The deepest front queue and shard commit queue in a /metrics page."""
     out: dict[str, int] = {}
     for name, value in _QUEUE_GAUGE.findall(metrics):
-        out[name] = max(out.get(name, 0), int(value))
+        out[name] = max(out.get(name, 0), int(float(value)))
     return out
 
 

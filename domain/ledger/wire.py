@@ -148,12 +148,25 @@ class Prepare(msgspec.Struct, array_like=True):
     ops: Group
 
 
+class Prepared(msgspec.Struct, array_like=True):
+    """A decider's answer to a Prepare: its outcomes, and which incarnation of the
+    shard holds the reservation (a restarted shard has a new ``epoch`` and none)."""
+
+    epoch: str
+    outcomes: list[Outcome]
+
+
 class Commit(msgspec.Struct, array_like=True):
-    """Journal ``rows`` of a prepared group, then finish it on every participant."""
+    """Journal ``rows`` of a prepared group, then finish it on every participant.
+
+    ``epochs``: each decider's epoch when it prepared. The primary journals the
+    group only if every decider is still that incarnation (its reservation alive).
+    """
 
     gid: str
     rows: list[JournalRow]
     participants: list[int]
+    epochs: dict[int, str] = {}
 
 
 class Finish(msgspec.Struct, array_like=True):
@@ -191,6 +204,7 @@ encode = _enc.encode
 decode_groups = msgspec.msgpack.Decoder(list[Group]).decode
 decode_outcomes = msgspec.msgpack.Decoder(list[list[Outcome]]).decode
 decode_prepares = msgspec.msgpack.Decoder(list[Prepare]).decode
+decode_prepared = msgspec.msgpack.Decoder(list[Prepared]).decode
 decode_commits = msgspec.msgpack.Decoder(list[Commit]).decode
 decode_finishes = msgspec.msgpack.Decoder(list[Finish]).decode
 decode_rows = msgspec.msgpack.Decoder(list[JournalRow]).decode

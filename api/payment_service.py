@@ -1,0 +1,232 @@
+"""The payments workflow: plan, decide, record, move the money, refund.
+
+Routes (``api/rails_routes.py``, ``api/risk_routes.py``) decode and render;
+this module holds the steps between. A payment names its parties as
+``@handle`` or account id and picks a rail; the wallet rail is one ledger
+transfer whose id is derived from the payment's, so a retried or crashed
+payment is a replay, never a second movement. A refund reserves its amount
+under the payment's row lock before its reversing transfer, so concurrent
+refunds never exceed the payment.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+
+from starlette.requests import Request
+
+from paynode.api import ach_routes, risk_gate
+from paynode.api import problems as p
+from paynode.api.audit_writer import audit
+from paynode.api.auth.scopes import Principal
+from paynode.api.deps import Context, check_owner
+from paynode.api.handle_routes import lookup, normalized
+from paynode.api.rails_schemas import PaymentIn, RefundIn
+from paynode.api.schemas import TransferIn
+from paynode.domain.ledger.model import RETRYABLE, Code
+from paynode.domain.rails.ach_rules import CLEARING_ACCOUNT, SAME_DAY_LIMIT, hold_transfer_id
+from paynode.storage import ach, payments
+
+# Bank account ids as api/ach_routes.py makes them (new_id("ba")); anything else is an account.
+BANK_ACCOUNT_ID = re.compile(r"ba_[0-9a-f]{32}\Z")
+
+_SAME_FIELDS = ("owner_user_id", "debit_account_id", "credit_account_id", "amount", "currency",
+                "rail", "memo", "same_day")  # fmt: skip
+_WAITING = ("requires_action", "in_review")  # answered 202: money has not moved yet
+
+
+async def make(
+    ctx: Context, request: Request, principal: Principal, body: PaymentIn
+) -> tuple[payments.Payment, int]:
+    """Make the payment ``body`` asks for, or replay it: (the payment, HTTP status).
+    201 made (completed or failed; ACH: pending), 200 a replay, 202 waiting
+    (a one-time code or a compliance review) with no money moved."""
+    banks = [bool(BANK_ACCOUNT_ID.match(r)) for r in (body.from_, body.to)]
+    if all(banks) or (body.rail == "wallet" and any(banks)):
+        raise p.ApiError(p.RAIL_NOT_AVAILABLE, "one side must be a wallet", "$.rail")
+    if any(banks):
+        wanted, payee_owner = await _plan_ach(ctx, principal, body, push=banks[1])
+    elif body.rail == "ach":
+        raise p.ApiError(p.RAIL_NOT_AVAILABLE, "ACH needs a linked bank account", "$.rail")
+    else:
+        wanted, payee_owner = await _plan_wallet(ctx, principal, body)
+    stored, created = await _record(ctx, request, principal, wanted, payee_owner)
+    if not created and any(getattr(stored, f) != getattr(wanted, f) for f in _SAME_FIELDS):
+        raise p.ApiError(Code.EXISTS_WITH_DIFFERENT_FIELDS, field="$.id")
+    if stored.status in _WAITING:
+        return stored, 202
+    if stored.status != "processing":
+        return stored, 201 if created else 200
+    done = await execute(ctx, stored)
+    return done, 201 if created else 200
+
+
+async def _account_of(ctx: Context, ref: str, field: str) -> str:
+    if ref.startswith("@"):
+        found = await lookup(ctx, normalized(ref, field))
+        if found is None:
+            raise p.ApiError(p.HANDLE_NOT_FOUND, field=field, status=422)
+        return found.account_id
+    if not 1 <= len(ref) <= 64:
+        raise p.ApiError(Code.ACCOUNT_NOT_FOUND, field=field)
+    return ref
+
+
+async def _record(
+    ctx: Context, request: Request, principal: Principal, wanted: payments.Payment,
+    payee_owner: str | None,
+) -> tuple[payments.Payment, bool]:  # fmt: skip
+    """Decide (for a user) and record the payment; (stored, created). A replay changes nothing."""
+    async with ctx.engine.connect() as conn:
+        existing = await payments.get(conn, wanted.id)
+    if existing is not None:
+        return existing, False
+    gate = risk_gate.gated(principal)
+    hits: list[risk_gate.Hit] = []
+    async with ctx.engine.begin() as conn:
+        if gate:
+            wanted, hits = await risk_gate.decide(ctx, conn, principal, wanted, payee_owner,
+                                                  ctx.risk_stats)  # fmt: skip
+        stored, created = await payments.create(conn, wanted)
+        if created:
+            await risk_gate.after_create(ctx, conn, stored, hits)
+            await audit(conn, request, principal, "payment.create", stored.id,
+                        after=_audited(stored))  # fmt: skip
+    return stored, created
+
+
+def _audited(pay: payments.Payment) -> dict:
+    """What the audit log keeps of a payment: ids, amounts, states; no memo (free text)."""
+    return {
+        "status": pay.status, "rail": pay.rail, "amount": pay.amount, "currency": pay.currency,
+        "debit_account_id": pay.debit_account_id, "credit_account_id": pay.credit_account_id,
+        "bank_account_id": pay.bank_account_id, "risk_score": pay.risk_score,
+        "risk_level": pay.risk_level, "failure_code": pay.failure_code,
+    }  # fmt: skip
+
+
+async def _plan_wallet(
+    ctx: Context, principal: Principal, body: PaymentIn
+) -> tuple[payments.Payment, str | None]:
+    debit = await _account_of(ctx, body.from_, "$.from")
+    credit = await _account_of(ctx, body.to, "$.to")
+    specs = await ctx.client.resolve({debit, credit})
+    for acct, field in ((debit, "$.from"), (credit, "$.to")):
+        if acct not in specs:
+            raise p.ApiError(Code.ACCOUNT_NOT_FOUND, field=field)
+    check_owner(principal, specs[debit].owner)
+    now = dt.datetime.now(dt.UTC)
+    wanted = payments.Payment(
+        id=body.id, owner_user_id=principal.user_id, from_ref=body.from_, to_ref=body.to,
+        debit_account_id=debit, credit_account_id=credit, amount=body.amount,
+        currency=body.currency, rail="wallet", memo=body.memo, status="processing",
+        failure_code=None, transfer_id=payments.transfer_id_of(body.id), refunded_amount=0,
+        created_at=now, updated_at=now,
+    )  # fmt: skip
+    return wanted, specs[credit].owner or None
+
+
+async def _plan_ach(
+    ctx: Context, principal: Principal, body: PaymentIn, push: bool
+) -> tuple[payments.Payment, str | None]:
+    """wallet -> bank is a NACHA credit (push); bank -> wallet a NACHA debit (pull)."""
+    bank_ref, wallet_ref = (body.to, body.from_) if push else (body.from_, body.to)
+    field = "$.to" if push else "$.from"
+    bank = await ach_routes.own_bank_account(ctx, principal, bank_ref)
+    if bank.status != "verified":
+        raise p.ApiError(p.BANK_ACCOUNT_NOT_VERIFIED, field=field)
+    if body.currency != "USD":
+        raise p.ApiError(Code.CURRENCY_MISMATCH, "ACH moves USD", "$.currency")
+    if body.same_day and body.amount > SAME_DAY_LIMIT:
+        raise p.ApiError(p.INVALID_FIELD, "same-day ACH is limited to $1,000,000", "$.amount")
+    wallet = await _account_of(ctx, wallet_ref, "$.from" if push else "$.to")
+    spec = (await ctx.client.resolve({wallet})).get(wallet)
+    if spec is None:
+        raise p.ApiError(Code.ACCOUNT_NOT_FOUND, field="$.from" if push else "$.to")
+    check_owner(principal, spec.owner)  # pushes and pulls: only into or out of your wallet
+    debit, credit = (wallet, CLEARING_ACCOUNT) if push else (CLEARING_ACCOUNT, wallet)
+    now = dt.datetime.now(dt.UTC)
+    wanted = payments.Payment(
+        id=body.id, owner_user_id=principal.user_id, from_ref=body.from_, to_ref=body.to,
+        debit_account_id=debit, credit_account_id=credit, amount=body.amount,
+        currency=body.currency, rail="ach", memo=body.memo, status="processing",
+        failure_code=None, transfer_id=hold_transfer_id(body.id), refunded_amount=0,
+        created_at=now, updated_at=now, bank_account_id=bank.id,
+        ach_direction="credit" if push else "debit", same_day=body.same_day,
+    )  # fmt: skip
+    return wanted, None
+
+
+async def execute(ctx: Context, pay: payments.Payment) -> payments.Payment:
+    """Move the money of a processing payment; safe to repeat (the transfer id is fixed).
+
+    Wallet: one transfer, then completed or failed. ACH: the wallet is held now
+    (push: its money; pull: the incoming credit, not yet available) and the
+    entry waits for the next cutoff. Ownership was checked when it was made.
+    """
+    assert pay.status == "processing", pay.status
+    ach_rail = pay.rail == "ach"
+    transfer = TransferIn(
+        id=pay.transfer_id or "", debit_account_id=pay.debit_account_id,
+        credit_account_id=pay.credit_account_id, amount=pay.amount, currency=pay.currency,
+        flags=["pending"] if ach_rail else [], metadata={"payment_id": pay.id},
+    )  # fmt: skip
+    (outcome,) = await ctx.client.transfer([transfer], None)
+    if outcome.code in RETRYABLE:
+        raise p.ApiError(outcome.code)  # still processing: retry with the same id
+    async with ctx.engine.begin() as conn:
+        if not ach_rail:
+            return await payments.finish(conn, pay.id, not outcome.code, outcome.code or None)
+        if outcome.code:
+            return await payments.transition(conn, pay.id, "failed", outcome.code)
+        done = await payments.transition(conn, pay.id, "pending")
+        if done.status == "pending" and not await ach.entry_of(conn, pay.id):
+            assert pay.bank_account_id is not None and pay.ach_direction is not None
+            await ach.add_entry(conn, pay.bank_account_id, pay.ach_direction, pay.amount, pay.id,
+                                pay.same_day)  # fmt: skip
+    return done
+
+
+async def visible(ctx: Context, principal: Principal, payment_id: str) -> payments.Payment:
+    """The payment, if this principal may see it (someone else's does not exist: 404)."""
+    async with ctx.engine.connect() as conn:
+        found = await payments.get(conn, payment_id) if len(payment_id) <= 64 else None
+    if found is None:
+        raise p.ApiError(p.PAYMENT_NOT_FOUND)
+    if not principal.admin:
+        specs = await ctx.client.resolve({found.debit_account_id, found.credit_account_id})
+        if not any(principal.owns(s.owner) for s in specs.values()):
+            raise p.ApiError(p.PAYMENT_NOT_FOUND)  # someone else's payment does not exist
+    return found
+
+
+async def refund(
+    ctx: Context, request: Request, principal: Principal, payment_id: str, body: RefundIn
+) -> tuple[payments.Refund, int]:
+    """Refund (part of) a payment, or replay the refund: (the refund, HTTP status)."""
+    pay = await visible(ctx, principal, payment_id)
+    # The payee gives the money back: only whoever may debit the credited account.
+    payee = (await ctx.client.resolve({pay.credit_account_id})).get(pay.credit_account_id)
+    check_owner(principal, payee.owner if payee else "")
+    try:
+        async with ctx.engine.begin() as conn:
+            refund, new = await payments.reserve_refund(conn, payment_id, body.id, body.amount)
+            if new:
+                await audit(conn, request, principal, "refund.create", refund.id,
+                            after={"payment_id": payment_id, "amount": refund.amount})  # fmt: skip
+    except payments.RefundRefused as e:
+        raise p.ApiError(e.code) from None
+    if refund.status != "processing":
+        return refund, 200
+    transfer = TransferIn(
+        id=refund.transfer_id, debit_account_id=pay.credit_account_id,
+        credit_account_id=pay.debit_account_id, amount=refund.amount, currency=pay.currency,
+        metadata={"payment_id": pay.id, "refund_id": refund.id},
+    )  # fmt: skip
+    (outcome,) = await ctx.client.transfer([transfer], None if principal.admin else principal.owns)
+    if outcome.code in RETRYABLE:
+        raise p.ApiError(outcome.code)  # reserved and processing: retry with the same id
+    async with ctx.engine.begin() as conn:
+        done = await payments.finish_refund(conn, refund.id, not outcome.code, outcome.code or None)
+    return done, 201 if new else 200
