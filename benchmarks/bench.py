@@ -38,6 +38,7 @@ from paynode.benchmarks.receiver import Receiver, serve
 from paynode.benchmarks.reference import ReferenceServer
 from paynode.benchmarks.workload import Workload
 from paynode.domain.settings import from_env
+from paynode.node.plugins import Command
 from paynode.storage.audit import journal_balances
 
 
@@ -671,16 +672,6 @@ def _plot(report: dict, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
-
-
-@dataclass(frozen=True)
-class Command:
-    """How ``paynode`` finds this command (entry point ``paynode.commands``)."""
-
-    name: str
-    help: str
-    add_arguments: Callable[[argparse.ArgumentParser], None]
-    main: Callable[[argparse.Namespace], int]
 
 
 COMMAND = Command("bench", "load a node, audit it, compare with a baseline", add_arguments, main)

@@ -21,7 +21,6 @@ import signal
 import socket
 import sys
 import threading
-from importlib.metadata import entry_points
 from types import FrameType
 from typing import Any
 
@@ -75,15 +74,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _plugins() -> dict[str, Any]:
-    """Commands installed beside the node (``paynode bench``), found by entry point.
+    """Commands installed beside the node, found by entry point (``node/plugins.py``)."""
+    from paynode.node import plugins
 
-    The product never imports them: they use the node, not the other way round.
-    """
-    found = {}
-    for ep in entry_points(group="paynode.commands"):
-        command = ep.load()
-        found[command.name] = command
-    return found
+    return plugins.installed()
 
 
 def _settings(args: argparse.Namespace) -> Settings:

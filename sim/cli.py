@@ -10,9 +10,8 @@ import argparse
 import logging
 import sys
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
 
+from paynode.node.plugins import Command
 from paynode.sim.run import Report, run
 
 
@@ -58,16 +57,6 @@ def main(args: argparse.Namespace) -> int:
     print(f"{args.seeds} seeds in {wall_s:.1f} s ({args.seeds / wall_s:.1f} seeds/s);"
           f" {len(failed)} failed{replay}")  # fmt: skip
     return 1 if failed else 0
-
-
-@dataclass(frozen=True)
-class Command:
-    """How ``paynode`` finds this command (entry point ``paynode.commands``)."""
-
-    name: str
-    help: str
-    add_arguments: Callable[[argparse.ArgumentParser], None]
-    main: Callable[[argparse.Namespace], int]
 
 
 COMMAND = Command("sim", "run the deterministic simulator of the ledger core", add_arguments, main)
