@@ -1017,6 +1017,24 @@ def test_expired_pending_cannot_be_posted() -> None:
     assert ledger.expire_due(deadline + 10 * SECOND, 10) == []
 
 
+def test_a_rebuilt_ledger_stamps_after_every_row_it_replayed() -> None:
+    """A restarted shard whose clock is behind its last incarnation's stamps (a clock
+    stepped back; a shard restarted on another machine) must not stamp a resolution
+    before its pending, or a later rebuild replays them in the wrong order."""
+    before = ledger_with(("a", 0), ("b", 0))
+    (p,) = before.execute([op("p", "a", "b", 40, PENDING)], START + 10 * SECOND)
+    assert p.row is not None
+    after = ledger_with(("a", 0), ("b", 0))
+    assert after.apply(p.row)  # the rebuild, with the wall clock 10 s behind
+    (post,) = after.execute([op("x", "a", "b", None, POST, "p")], START)
+    assert post.code == Code.OK and post.row is not None
+    assert post.row.ts > p.row.ts
+    replayed = ledger_with(("a", 0), ("b", 0))
+    for row in sorted((p.row, post.row), key=lambda r: (r.ts, r.id)):
+        replayed.apply(row)
+    assert four(replayed, "a") == four(after, "a") == (40, 0, 0, 0)
+
+
 def test_chain_sees_earlier_transfers_and_rolls_back_whole() -> None:
     ledger = ledger_with(("a", 0), ("b", NO_OVERDRAFT), ("c", 0))
     chain = [

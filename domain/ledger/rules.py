@@ -266,7 +266,7 @@ class Ledger:
         # Later stamps follow every row seen, also across a rebuild: a restarted shard's
         # clock may be behind its last incarnation's stamps (they run ahead of the wall
         # clock in bursts, and a clock may step back), and a resolution stamped before
-        # its pending would be replayed before it. Found by the simulator.
+        # its pending would be replayed before it (tests/test_rules.py pins it).
         if row.ts > self._clock:
             self._clock = row.ts
         self._shift(row, +1)
