@@ -25,6 +25,7 @@ COPY actors /tmp/src/actors
 COPY storage /tmp/src/storage
 COPY api /tmp/src/api
 COPY benchmarks /tmp/src/benchmarks
+COPY sim /tmp/src/sim
 RUN pip install --no-deps /tmp/src && rm -rf /tmp/src
 
 # A fixed uid: every container of the deployment shares the keyring volume, and the keyring file
