@@ -14,6 +14,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 import psycopg
@@ -165,36 +166,36 @@ ADMIN_KEY = "test-admin-key-not-a-secret-0123456789"
 ADMIN_HEADERS = {"Authorization": f"Bearer {ADMIN_KEY}"}
 
 
-@pytest.fixture
-def make_node(
-    ray_session: None, database_url: str, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator:
-    """Start a node (shards + HTTP front) on the test's database; stop it afterwards."""
-    import ray
-    import uvicorn
+class NodeStarter:
+    """Starts nodes (shards, helpers and the HTTP front) on one database, and stops them all."""
 
-    from paynode.api.app import create_app
-    from paynode.node.runtime import start_helpers, start_shards, with_bank_secret
-    from paynode.storage.keyring import load
+    def __init__(self, database_url: str, tmp_path_factory: pytest.TempPathFactory) -> None:
+        self.database_url = database_url
+        self.tmp_path_factory = tmp_path_factory
+        self.running: list[tuple[Any, threading.Thread, list]] = []
 
-    running: list[tuple[uvicorn.Server, threading.Thread, list]] = []
+    def __call__(self, shards: int = 2, **overrides: object) -> RunningNode:
+        import uvicorn
 
-    def start(shards: int = 2, **overrides: object) -> RunningNode:
+        from paynode.api.app import create_app
+        from paynode.node.runtime import start_helpers, start_shards, with_bank_secret
+        from paynode.storage.keyring import load
+
         # Bound now and handed to uvicorn: a port picked, released and bound later can be
         # taken in between (by Ray's own ports, say).
         sock = socket.socket()
         sock.bind(("127.0.0.1", 0))
         values: dict = {
             "shards": shards,
-            "database_url": database_url,
+            "database_url": self.database_url,
             "namespace": f"t{uuid.uuid4().hex[:10]}",
             "port": sock.getsockname()[1],
             "api_key": ADMIN_KEY,
-            "data_dir": str(tmp_path_factory.mktemp("node")),
+            "data_dir": str(self.tmp_path_factory.mktemp("node")),
         }
         settings = with_bank_secret(Settings(**(values | overrides)))
-        names, handles = start_shards(settings, database_url)
-        helpers = start_helpers(settings, database_url, names)
+        names, handles = start_shards(settings, self.database_url)
+        helpers = start_helpers(settings, self.database_url, names)
         keys = load(settings.data_path(), settings.keyring)
         app = create_app(settings, names, keys)
         server = uvicorn.Server(
@@ -202,24 +203,64 @@ def make_node(
         )
         thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
         thread.start()
-        running.append((server, thread, helpers + handles))
+        self.running.append((server, thread, helpers + handles))
         wait_until(lambda: server.started, what="uvicorn to start")
         url = f"http://127.0.0.1:{settings.port}"
         http = httpx.Client(
             base_url=url, timeout=30, headers={"Authorization": f"Bearer {settings.api_key}"}
         )
-        return RunningNode(url, database_url, settings, handles, http, keys, helpers)
+        return RunningNode(url, self.database_url, settings, handles, http, keys, helpers)
 
-    yield start
-    for server, thread, handles in running:
-        server.should_exit = True
-        thread.join(timeout=15)
-        for h in handles:
-            with contextlib.suppress(Exception):
-                ray.get(h.stop.remote(), timeout=5)
-            ray.kill(h)
+    def stop_all(self) -> None:
+        import ray
+
+        for server, thread, handles in self.running:
+            server.should_exit = True
+            thread.join(timeout=15)
+            for h in handles:
+                with contextlib.suppress(Exception):
+                    ray.get(h.stop.remote(), timeout=5)
+                ray.kill(h)
+        self.running.clear()
 
 
 @pytest.fixture
-def node(make_node) -> RunningNode:
-    return make_node()
+def make_node(
+    ray_session: None, database_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[NodeStarter]:
+    """Start a node (shards + HTTP front) on the test's database; stop it afterwards."""
+    starter = NodeStarter(database_url, tmp_path_factory)
+    yield starter
+    starter.stop_all()
+
+
+@pytest.fixture(scope="module")
+def shared_node(
+    request: pytest.FixtureRequest,
+    ray_session: None,
+    pg_admin_url: str,
+    migrated_template: str,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[RunningNode]:
+    """One node for every test of a module that asks for it: a node start costs seconds.
+
+    Tests on it must not depend on what the others did: each uses ids, emails and keys of
+    its own, and asserts on what changed (counts before and after), never on totals. A
+    module's ``SHARED_NODE_SETTINGS`` (a dict) overrides settings for its node.
+    """
+    overrides = getattr(request.module, "SHARED_NODE_SETTINGS", {})
+    with _scratch_database(pg_admin_url, migrated_template) as url:
+        starter = NodeStarter(url, tmp_path_factory)
+        try:
+            yield starter(**overrides)
+        finally:
+            starter.stop_all()
+
+
+@pytest.fixture
+def node(request: pytest.FixtureRequest) -> RunningNode:
+    """A node of this test's own, or, in a module that sets ``SHARED_NODE_SETTINGS``, the
+    module's shared node (see ``shared_node``)."""
+    if hasattr(request.module, "SHARED_NODE_SETTINGS"):
+        return request.getfixturevalue("shared_node")
+    return request.getfixturevalue("make_node")()

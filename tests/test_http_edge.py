@@ -10,6 +10,11 @@ from paynode.storage.database import libpq_url
 from .asserts import problem
 from .conftest import ADMIN_KEY, RunningNode, wait_until
 
+# One node for the module's tests (tests/conftest.py shared_node): each uses its own ids.
+# Many sign-ups from one address: the auth rate limit is tested elsewhere, on nodes of
+# their own.
+SHARED_NODE_SETTINGS: dict = {"auth_rate_burst": 1_000}
+
 
 def _counts(node: RunningNode) -> tuple[int, ...]:
     with psycopg.connect(libpq_url(node.database_url)) as conn:

@@ -10,6 +10,11 @@ from paynode.storage.database import libpq_url
 from tests.asserts import kyc_verified, problem, signup
 from tests.conftest import RunningNode
 
+# One node for the module's tests (tests/conftest.py shared_node): each uses its own ids.
+# Many sign-ups from one address: the auth rate limit is tested elsewhere, on nodes of
+# their own.
+SHARED_NODE_SETTINGS: dict = {"auth_rate_burst": 1_000}
+
 
 def _user(node: RunningNode, name: str) -> tuple[str, dict[str, str]]:
     """A KYC-verified user: these tests are about the rails, not the risk gate."""

@@ -16,6 +16,11 @@ from paynode.storage.database import libpq_url
 from tests.asserts import kyc_verified, problem
 from tests.conftest import RunningNode, wait_until
 
+# One node for the module's tests (tests/conftest.py shared_node): each uses its own ids.
+# Many sign-ups from one address: the auth rate limit is tested elsewhere, on nodes of
+# their own.
+SHARED_NODE_SETTINGS: dict = {"auth_rate_burst": 1_000}
+
 
 def _register(node: RunningNode, name: str, display: str | None = None) -> tuple[str, dict]:
     creds = {"email": f"{name}@example.com", "password": "a long enough passphrase"}

@@ -26,6 +26,11 @@ from paynode.storage.keyring import rotated, write_file
 from .asserts import problem, unauthorized
 from .conftest import RunningNode, wait_until
 
+# One node for the module's tests (tests/conftest.py shared_node): each uses its own ids.
+# Many sign-ups from one address: the auth rate limit is tested elsewhere, on nodes of
+# their own.
+SHARED_NODE_SETTINGS: dict = {"auth_rate_burst": 1_000}
+
 PASSWORD = "correct horse battery"
 ISSUER = "paynode"
 AUDIENCE = "paynode-api"

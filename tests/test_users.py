@@ -9,6 +9,11 @@ from paynode.storage.database import libpq_url
 
 from .asserts import problem
 
+# One node for the module's tests (tests/conftest.py shared_node): each uses its own ids.
+# Many sign-ups from one address: the auth rate limit is tested elsewhere, on nodes of
+# their own.
+SHARED_NODE_SETTINGS: dict = {"auth_rate_burst": 1_000}
+
 
 def _login(node, email: str, password: str = "correct horse battery") -> tuple[str, httpx.Client]:
     with node.anonymous() as anon:
