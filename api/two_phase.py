@@ -23,7 +23,7 @@ from paynode.domain.ledger.wire import Commit, Prepare
 
 # A fault-injection point for tests: awaited after every decider prepared a group and
 # before its primary commits it, the window a decider's death must not open. Nothing in
-# the product (no setting, no variable) sets it; tests/test_two_phase_window.py does.
+# the product (no setting, no variable) sets it; tests/system/test_two_phase_window.py does.
 between_prepare_and_commit: Callable[[TwoPhase], Awaitable[None]] | None = None
 
 

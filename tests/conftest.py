@@ -1,30 +1,28 @@
-"""Real components for tests: PostgreSQL (embedded unless DATABASE_URL), Ray, HTTP.
+"""Fixtures for every tier: PostgreSQL (embedded unless DATABASE_URL), Ray, nodes.
 
-Each node fixture gets a fresh database and its own Ray namespace, and serves
-the real app with uvicorn on a free loopback port.
+Tiers: ``tests/unit`` (no I/O beyond files and subprocesses of pure code),
+``tests/integration`` (PostgreSQL, Ray or DuckDB, no node), ``tests/system`` (whole
+nodes, in this process or as process trees). Helpers live in ``tests/support``.
+
+Each test database is a copy of one migrated template. A node gets its own Ray namespace
+and serves the real app with uvicorn on a socket bound before it starts.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import socket
-import threading
-import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import Any
 
-import httpx
 import psycopg
 import pytest
 from sqlalchemy.engine import make_url
 
 from paynode.domain.settings import Settings
 from paynode.storage.database import libpq_url
-from paynode.storage.keyring import Keyring
 from paynode.storage.migrations import migrate
+from tests.support.node import NodeStarter, RunningNode
 
 
 @pytest.fixture(scope="session")
@@ -102,126 +100,6 @@ def ray_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     finally:
         if started:
             ray.shutdown()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_until(check, timeout: float = 30.0, interval: float = 0.05, what: str = "condition"):
-    """Poll ``check`` until it returns a truthy value or the deadline passes."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(interval)
-
-
-@dataclass
-class RunningNode:
-    url: str
-    database_url: str
-    settings: Settings
-    shards: list
-    http: httpx.Client  # authenticated with the admin key
-    keys: Keyring
-    helpers: list  # Ray actor handles, in node.runtime.start_helpers order
-
-    @property
-    def analytics(self) -> object:
-        return self.helpers[0]
-
-    @property
-    def reconciler(self) -> object:
-        return self.helpers[1]
-
-    @property
-    def notifier(self) -> object:
-        return self.helpers[2]
-
-    def anonymous(self) -> httpx.Client:
-        """A client with no credentials (close it, or use it in a with block)."""
-        return httpx.Client(base_url=self.url, timeout=30)
-
-    def balances(self) -> dict[str, tuple[int, int, int, int]]:
-        """Every account's in-memory balances, from the shards, at a durable point."""
-        import ray
-
-        from paynode.domain.ledger.wire import decode_balances
-
-        out = {}
-        for raw in ray.get([s.balances.remote() for s in self.shards]):
-            for b in decode_balances(raw) or []:
-                assert b is not None
-                out[b.id] = (b.debits_posted, b.credits_posted, b.debits_pending, b.credits_pending)
-        return out
-
-
-ADMIN_KEY = "test-admin-key-not-a-secret-0123456789"
-ADMIN_HEADERS = {"Authorization": f"Bearer {ADMIN_KEY}"}
-
-
-class NodeStarter:
-    """Starts nodes (shards, helpers and the HTTP front) on one database, and stops them all."""
-
-    def __init__(self, database_url: str, tmp_path_factory: pytest.TempPathFactory) -> None:
-        self.database_url = database_url
-        self.tmp_path_factory = tmp_path_factory
-        self.running: list[tuple[Any, threading.Thread, list]] = []
-
-    def __call__(self, shards: int = 2, **overrides: object) -> RunningNode:
-        import uvicorn
-
-        from paynode.api.app import create_app
-        from paynode.node.runtime import start_helpers, start_shards, with_bank_secret
-        from paynode.storage.keyring import load
-
-        # Bound now and handed to uvicorn: a port picked, released and bound later can be
-        # taken in between (by Ray's own ports, say).
-        sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
-        values: dict = {
-            "shards": shards,
-            "database_url": self.database_url,
-            "namespace": f"t{uuid.uuid4().hex[:10]}",
-            "port": sock.getsockname()[1],
-            "api_key": ADMIN_KEY,
-            "data_dir": str(self.tmp_path_factory.mktemp("node")),
-        }
-        settings = with_bank_secret(Settings(**(values | overrides)))
-        names, handles = start_shards(settings, self.database_url)
-        helpers = start_helpers(settings, self.database_url, names)
-        keys = load(settings.data_path(), settings.keyring)
-        app = create_app(settings, names, keys)
-        server = uvicorn.Server(
-            uvicorn.Config(app, host="127.0.0.1", port=settings.port, log_level="warning")
-        )
-        thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-        thread.start()
-        self.running.append((server, thread, helpers + handles))
-        wait_until(lambda: server.started, what="uvicorn to start")
-        url = f"http://127.0.0.1:{settings.port}"
-        http = httpx.Client(
-            base_url=url, timeout=30, headers={"Authorization": f"Bearer {settings.api_key}"}
-        )
-        return RunningNode(url, self.database_url, settings, handles, http, keys, helpers)
-
-    def stop_all(self) -> None:
-        import ray
-
-        for server, thread, handles in self.running:
-            server.should_exit = True
-            thread.join(timeout=15)
-            for h in handles:
-                with contextlib.suppress(Exception):
-                    ray.get(h.stop.remote(), timeout=5)
-                ray.kill(h)
-        self.running.clear()
 
 
 @pytest.fixture

@@ -266,7 +266,7 @@ class Ledger:
         # Later stamps follow every row seen, also across a rebuild: a restarted shard's
         # clock may be behind its last incarnation's stamps (they run ahead of the wall
         # clock in bursts, and a clock may step back), and a resolution stamped before
-        # its pending would be replayed before it (tests/test_rules.py pins it).
+        # its pending would be replayed before it (tests/unit/test_rules.py pins it).
         if row.ts > self._clock:
             self._clock = row.ts
         self._shift(row, +1)
@@ -335,7 +335,7 @@ class Ledger:
 
         A plain transfer (no flags, one group of its own, not a replay) is decided
         and applied inline on plain ints and tuples; anything else goes through
-        ``execute``, which this path must agree with exactly (tests/test_rules.py
+        ``execute``, which this path must agree with exactly (tests/unit/test_rules.py
         runs both against the same model). Rows come back in decision order.
         """
         n = len(b.ids)

@@ -1,0 +1,234 @@
+"""ACH end to end: link and verify a bank account, pull, push, NACHA files, returns.
+
+The node talks to the bank simulator (actors/bank_sim.py) with real NACHA
+files; the simulator answers with signed webhooks (settlements, return
+files). Our files are checked by tests/support/nacha_layout.py, a parser written
+from the NACHA record layouts, independent of the generator.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from paynode.domain.rails.nacha import FileHeader, build_return_file, parse_file
+from tests.support import nacha_layout
+from tests.support.asserts import kyc_verified, problem, signup
+from tests.support.node import RunningNode, wait_until
+
+ROUTING = "021000021"
+GOOD = "000123456789"
+R01_ACCOUNT = "000222222227"  # the simulator returns debits to it with R01
+R03_ACCOUNT = "000333333335"  # and everything to it with R03
+
+
+def _user(node: RunningNode, name: str) -> dict[str, str]:
+    """A KYC-verified user: these tests are about the rails, not the risk gate."""
+    with node.anonymous() as anon:
+        user_id, headers = signup(anon, name)
+    kyc_verified(node.http, user_id, headers)
+    return headers
+
+
+def _cutoff(node: RunningNode) -> dict:
+    r = node.http.post("/v1/ach/cutoff")
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def _statement(node: RunningNode, account: str) -> list[dict]:
+    r = node.http.post("/v1/bank-sim/statement",
+                       json={"routing_number": ROUTING, "account_number": account})  # fmt: skip
+    assert r.status_code == 200, r.text
+    return r.json()["lines"]
+
+
+def _link_and_verify(node: RunningNode, user: dict, account: str) -> str:
+    r = node.http.post("/v1/bank-accounts", headers=user, json={
+        "routing_number": ROUTING, "account_number": account, "account_type": "checking",
+        "holder_name": "Alice Example"})  # fmt: skip
+    assert r.status_code == 201, r.text
+    bank = r.json()
+    assert bank["account_last4"] == account[-4:] and "account_number" not in bank
+    assert bank["status"] == "pending_verification"
+    assert _cutoff(node)["entries"] >= 2
+    lines = wait_until(lambda: _statement(node, account), what="the micro-deposits")
+    amounts = [x["amount"] for x in lines if x["direction"] == "credit"][-2:]
+    wrong = node.http.post(f"/v1/bank-accounts/{bank['id']}/verify", headers=user,
+                           json={"amounts": [a % 99 + 1 for a in amounts]})  # fmt: skip
+    problem(wrong, 422, "verification_failed")
+    ok = node.http.post(f"/v1/bank-accounts/{bank['id']}/verify", headers=user,
+                        json={"amounts": list(reversed(amounts))})  # fmt: skip
+    assert ok.status_code == 200 and ok.json()["status"] == "verified", ok.text
+    return bank["id"]
+
+
+def _wallet(node: RunningNode, user: dict, account_id: str) -> None:
+    body = {"id": account_id, "currency": "USD", "flags": ["debits_must_not_exceed_credits"]}
+    assert node.http.post("/v1/accounts", json=body, headers=user).status_code == 201
+
+
+def _balances(node: RunningNode, account_id: str) -> tuple[int, int, int]:
+    a = node.http.get(f"/v1/accounts/{account_id}").json()
+    return a["balance"], a["available"], a["credits_pending"]
+
+
+def _status(node: RunningNode, payment_id: str) -> str:
+    return node.http.get(f"/v1/payments/{payment_id}").json()["status"]
+
+
+def test_pull_push_files_and_returns(make_node) -> None:
+    node = make_node(bank_sim_delay_s=0.1, ach_cutoff_interval_s=0)
+    alice = _user(node, "alice-ach")
+    _wallet(node, alice, "alice-ach-w")
+    bank = _link_and_verify(node, alice, GOOD)
+
+    # Unverified accounts move nothing.
+    r = node.http.post("/v1/bank-accounts", headers=alice, json={
+        "routing_number": ROUTING, "account_number": "000999999999", "account_type": "savings",
+        "holder_name": "Alice Example"})  # fmt: skip
+    unverified = r.json()["id"]
+    pull = {"id": "pull-x", "from": unverified, "to": "alice-ach-w", "amount": 100,
+            "currency": "USD"}  # fmt: skip
+    problem(node.http.post("/v1/payments", json=pull, headers=alice), 422,
+            "bank_account_not_verified")  # fmt: skip
+    problem(node.http.post("/v1/bank-accounts", headers=alice, json={
+        "routing_number": "021000022", "account_number": GOOD, "account_type": "checking",
+        "holder_name": "A"}), 422, "invalid_routing_number")  # fmt: skip
+
+    # Pull $500 in: held (pending credit, not available), then settled.
+    pull = {"id": "pull-1", "from": bank, "to": "alice-ach-w", "amount": 50_000,
+            "currency": "USD"}  # fmt: skip
+    r = node.http.post("/v1/payments", json=pull, headers=alice)
+    assert r.status_code == 201 and r.json()["status"] == "pending", r.text
+    assert r.json()["rail"] == "ach" and r.json()["ach_direction"] == "debit"
+    assert _balances(node, "alice-ach-w") == (0, 0, 50_000)
+    cut = _cutoff(node)  # the pull, and the unverified account's two micro-deposits
+    assert cut["entries"] == 3 and cut["total_debit"] == 50_000
+    assert _status(node, "pull-1") in ("submitted", "settled")
+
+    # The file, read back field by field by the independent parser.
+    text = node.http.get(f"/v1/ach/files/{cut['file_id']}").text
+    parsed = nacha_layout.parse(text)
+    nacha_layout.check_controls(parsed)
+    by_sec = {b["header"]["standard_entry_class_code"]: b for b in parsed["batches"]}
+    assert set(by_sec) == {"WEB", "PPD"}  # consumer debit authorized online; credits
+    assert {e["transaction_code"] for e in by_sec["PPD"]["entries"]} == {32}  # savings credit
+    (entry,) = by_sec["WEB"]["entries"]
+    assert entry["transaction_code"] == 27
+    assert entry["dfi_account_number"] == GOOD
+    assert entry["amount"] == 50_000
+    assert entry["receiving_dfi_identification"] == ROUTING[:8]
+    assert parsed["control"]["total_debit_entry_dollar_amount"] == 50_000
+
+    wait_until(lambda: _status(node, "pull-1") == "settled", what="the pull to settle")
+    assert _balances(node, "alice-ach-w") == (50_000, 50_000, 0)
+
+    # Push $200 out: held at once, settled after the file.
+    push = {"id": "push-1", "from": "alice-ach-w", "to": bank, "amount": 20_000,
+            "currency": "USD"}  # fmt: skip
+    r = node.http.post("/v1/payments", json=push, headers=alice)
+    assert r.json()["status"] == "pending" and r.json()["ach_direction"] == "credit"
+    assert _balances(node, "alice-ach-w")[1] == 30_000  # available drops at once
+    push_file = _cutoff(node)
+    wait_until(lambda: _status(node, "push-1") == "settled", what="the push to settle")
+    assert _balances(node, "alice-ach-w") == (30_000, 30_000, 0)
+
+    # The bank returns that settled push (R03): the wallet is refunded.
+    original = next(
+        e
+        for b in parse_file(node.http.get(f"/v1/ach/files/{push_file['file_id']}").text).batches
+        for e in b.entries
+    )
+    now = dt.datetime.now().replace(microsecond=0)
+    head = FileHeader(immediate_destination="011000015", immediate_origin="011000015",
+                      destination_name="PAYNODE", origin_name="RDFI", created=now)  # fmt: skip
+    returns = build_return_file(head, "011000015", [(original.to_entry(), "R03")], now)
+    r = node.http.post("/v1/ach/returns", content=returns,
+                       headers={"Content-Type": "text/plain"})  # fmt: skip
+    assert r.status_code == 200 and r.json() == {"returned": 1, "already": 0, "unknown": 0}
+    again = node.http.post("/v1/ach/returns", content=returns)
+    assert again.json() == {"returned": 0, "already": 1, "unknown": 0}
+    returned = node.http.get("/v1/payments/push-1", headers=alice).json()
+    assert returned["status"] == "returned" and returned["return_code"] == "R03"
+    assert returned["return_reason"].lower().startswith("no account")
+    assert _balances(node, "alice-ach-w") == (50_000, 50_000, 0)
+
+
+def test_debit_returned_r01_leaves_the_wallet_as_before(make_node) -> None:
+    node = make_node(bank_sim_delay_s=0.1, ach_cutoff_interval_s=0)
+    bob = _user(node, "bob-ach")
+    _wallet(node, bob, "bob-ach-w")
+    bank = _link_and_verify(node, bob, R01_ACCOUNT)  # credits (micro-deposits) go through
+    before = _balances(node, "bob-ach-w")
+    pull = {"id": "pull-r01", "from": bank, "to": "bob-ach-w", "amount": 10_000,
+            "currency": "USD"}  # fmt: skip
+    assert node.http.post("/v1/payments", json=pull, headers=bob).json()["status"] == "pending"
+    _cutoff(node)
+    wait_until(lambda: _status(node, "pull-r01") == "returned", what="the R01 return")
+    pay = node.http.get("/v1/payments/pull-r01", headers=bob).json()
+    assert pay["return_code"] == "R01" and "insufficient" in pay["return_reason"].lower()
+    assert [h["status"] for h in pay["history"]] == ["processing", "pending", "submitted",
+                                                     "returned"]  # fmt: skip
+    assert _balances(node, "bob-ach-w") == before
+    files = node.http.get("/v1/ach/files").json()["files"]
+    (kept,) = [f for f in files if f["direction"] == "return"]
+    assert kept["entries"] == 1 and kept["total_debit"] == 10_000
+    returned = node.http.get(f"/v1/ach/files/{kept['id']}").text
+    nacha_layout.check_controls(nacha_layout.parse(returned))
+
+    # Micro-deposits to an account the bank does not know come back: never verified.
+    r = node.http.post("/v1/bank-accounts", headers=bob, json={
+        "routing_number": ROUTING, "account_number": R03_ACCOUNT, "account_type": "checking",
+        "holder_name": "Bob"})  # fmt: skip
+    gone = r.json()["id"]
+    _cutoff(node)
+    wait_until(
+        lambda: (
+            node.http.get(f"/v1/bank-accounts/{gone}", headers=bob).json()["status"]
+            == "verification_failed"
+        ),
+        what="the returned micro-deposits",
+    )
+
+
+def test_reconciliation_finds_ach_entries_the_bank_never_answered(make_node) -> None:
+    import psycopg
+
+    from paynode.storage.database import libpq_url
+
+    node = make_node(bank_simulator=False, ach_cutoff_interval_s=0, recon_interval_s=0)
+    carol = _user(node, "carol-ach")
+    _wallet(node, carol, "carol-ach-w")
+    r = node.http.post("/v1/bank-accounts", headers=carol, json={
+        "routing_number": ROUTING, "account_number": GOOD, "account_type": "checking",
+        "holder_name": "Carol"})  # fmt: skip
+    assert r.status_code == 201
+    cut = _cutoff(node)
+    assert cut["entries"] == 2 and not cut["transmitted"]  # no bank to take it
+    clean = node.http.post("/v1/reconciliation/runs", json={"kind": "full"}).json()
+    assert clean["status"] == "ok", clean
+    # Time passes: the effective date is now well behind us, and the bank said nothing.
+    with psycopg.connect(libpq_url(node.database_url)) as conn:
+        conn.execute("UPDATE ach_entries SET effective_date = effective_date - 30")
+    # Seen once: candidates, not discrepancies yet; seen again by the next run: open.
+    seen = node.http.post("/v1/reconciliation/runs", json={"kind": "full"}).json()
+    assert seen["status"] == "ok" and seen["candidates"] == 2 and seen["found"] == 0, seen
+    assert node.http.get("/v1/reconciliation/discrepancies").json()["data"] == []
+    found = node.http.post("/v1/reconciliation/runs", json={"kind": "full"}).json()
+    assert found["status"] == "discrepancies" and found["found"] == 2, found
+    open_ = node.http.get("/v1/reconciliation/discrepancies").json()["data"]
+    assert {(d["kind"], d["object_type"], d["sources"]) for d in open_} == {
+        ("missing_in_bank", "bank_entry", "ach/bank")
+    }
+    # The bank's late return file answers them: the next full run resolves both.
+    text = node.http.get(f"/v1/ach/files/{cut['file_id']}").text
+    now = dt.datetime.now().replace(microsecond=0)
+    head = FileHeader(immediate_destination="011000015", immediate_origin="011000015",
+                      destination_name="PAYNODE", origin_name="RDFI", created=now)  # fmt: skip
+    entries = [e.to_entry() for b in parse_file(text).batches for e in b.entries]
+    returns = build_return_file(head, "011000015", [(e, "R03") for e in entries], now)
+    assert node.http.post("/v1/ach/returns", content=returns).json()["returned"] == 2
+    done = node.http.post("/v1/reconciliation/runs", json={"kind": "full"}).json()
+    assert done["status"] == "ok" and done["resolved"] == 2, done
+    bank = node.http.get("/v1/bank-accounts", headers=carol).json()["bank_accounts"][0]
+    assert bank["status"] == "verification_failed"  # its micro-deposits came back
