@@ -12,8 +12,8 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import Meta
 
-Routing = Annotated[str, Meta(pattern=r"^[0-9]{9}$", description="ABA routing number")]
-AccountNumber = Annotated[str, Meta(pattern=r"^[0-9]{4,17}$", description="4-17 digits")]
+Routing = Annotated[str, Meta(pattern=r"^[0-9]{9}$(?!\n)", description="ABA routing number")]
+AccountNumber = Annotated[str, Meta(pattern=r"^[0-9]{4,17}$(?!\n)", description="4-17 digits")]
 
 
 class BankAccountIn(msgspec.Struct, forbid_unknown_fields=True):

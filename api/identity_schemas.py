@@ -21,7 +21,7 @@ Email = Annotated[
     Meta(
         min_length=3,
         max_length=254,
-        pattern=r"^[^@\s]{1,64}@[^@\s]+\.[^@\s]+$",
+        pattern=r"^[^@\s]{1,64}@[^@\s]+\.[^@\s]+$(?!\n)",
         description="An email address",
     ),
 ]
@@ -30,9 +30,9 @@ Password = Annotated[
     Meta(min_length=1, max_length=MAX_PASSWORD_BYTES // 4, description="At least 10 characters"),
 ]
 Name = Annotated[str, Meta(min_length=1, max_length=200)]
-Phone = Annotated[str, Meta(pattern=r"^\+[1-9][0-9]{6,14}$", description="E.164")]
+Phone = Annotated[str, Meta(pattern=r"^\+[1-9][0-9]{6,14}$(?!\n)", description="E.164")]
 BirthDate = Annotated[dt.date, Meta(description="YYYY-MM-DD")]
-Country = Annotated[str, Meta(pattern=r"^[A-Z]{2}$", description="ISO 3166-1 alpha-2")]
+Country = Annotated[str, Meta(pattern=r"^[A-Z]{2}$(?!\n)", description="ISO 3166-1 alpha-2")]
 Line = Annotated[str, Meta(min_length=1, max_length=200)]
 KycStatus = Literal["unverified", "pending", "verified", "rejected"]
 KycIdType = Literal["ssn", "itin", "passport", "national_id", "drivers_license"]
@@ -158,7 +158,7 @@ class KycIn(msgspec.Struct, forbid_unknown_fields=True):
     id_number: Annotated[
         str,
         Meta(
-            pattern=r"^[A-Za-z0-9-]{4,32}$",
+            pattern=r"^[A-Za-z0-9-]{4,32}$(?!\n)",
             description="Stored encrypted; only its last 4 are ever returned",
         ),
     ]

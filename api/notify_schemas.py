@@ -147,7 +147,7 @@ DeviceToken = Annotated[
     Meta(
         min_length=8,
         max_length=4096,
-        pattern=r"^[A-Za-z0-9_:.\-]+$",
+        pattern=r"^[A-Za-z0-9_:.\-]+$(?!\n)",
         description="APNs device token (hex) or FCM registration token",
     ),
 ]
@@ -181,8 +181,8 @@ class InboundEvent(msgspec.Struct):
     """What a provider sends: the same envelope we send."""
 
     # No control characters: they have no place in an id, and PostgreSQL refuses NUL.
-    id: Annotated[str, Meta(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]+$")]
-    type: Annotated[str, Meta(min_length=1, max_length=100, pattern=r"^[^\x00-\x1f\x7f]+$")]
+    id: Annotated[str, Meta(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]+$(?!\n)")]
+    type: Annotated[str, Meta(min_length=1, max_length=100, pattern=r"^[^\x00-\x1f\x7f]+$(?!\n)")]
     created: int
     data: dict[str, Any]
 

@@ -16,7 +16,7 @@ Ref = Annotated[
     Meta(min_length=1, max_length=65, description="@handle, an account id or a bank account id"),
 ]
 Amount = Annotated[int, Meta(ge=1, le=2**63 - 1, description="Minor units")]
-Currency = Annotated[str, Meta(pattern=r"^[A-Z]{3}$")]
+Currency = Annotated[str, Meta(pattern=r"^[A-Z]{3}$(?!\n)")]
 
 
 class HandleIn(msgspec.Struct, forbid_unknown_fields=True):

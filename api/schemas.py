@@ -15,14 +15,17 @@ from msgspec import Meta
 
 from paynode.domain.ledger.model import MAX_AMOUNT, MAX_TIMEOUT_S
 
-ID_PATTERN = r"^[A-Za-z0-9._:-]{1,64}$"
+# Every pattern ends in `$(?!\n)`, not `$`: msgspec matches with Python's `re`, whose `$`
+# also matches before a final newline, so "USD\n" passed as a currency and "a\n" as an id.
+# The lookahead refuses that, and in the contract's (ECMA) regex it changes nothing.
+ID_PATTERN = r"^[A-Za-z0-9._:-]{1,64}$(?!\n)"
 
 Id = Annotated[
     str,
     Meta(min_length=1, max_length=64, pattern=ID_PATTERN, description="Client-chosen id"),
 ]
-UserId = Annotated[str, Meta(pattern=r"^usr_[0-9a-f]{32}$", description="A user id")]
-Currency = Annotated[str, Meta(pattern=r"^[A-Z]{3}$", description="ISO 4217 code")]
+UserId = Annotated[str, Meta(pattern=r"^usr_[0-9a-f]{32}$(?!\n)", description="A user id")]
+Currency = Annotated[str, Meta(pattern=r"^[A-Z]{3}$(?!\n)", description="ISO 4217 code")]
 Amount = Annotated[
     int, Meta(ge=1, le=MAX_AMOUNT, description="Integer amount in minor units (cents)")
 ]

@@ -32,7 +32,7 @@ DEFAULT_RULES = Path(__file__).with_name("default_rules.json")
 Points = Annotated[int, msgspec.Meta(ge=0)]
 Limit = Annotated[int, msgspec.Meta(gt=0)]
 # Rule ids are stable identifiers stored with decisions and shown to operators.
-RuleId = Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
+RuleId = Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_]{0,63}$(?!\n)")]
 Level = Literal["LOW", "HIGH"]
 
 # Ids of the fixed rules; amount tiers name themselves in the configuration.
@@ -77,7 +77,7 @@ class RiskConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """
 
     high_at: Limit  # HIGH when score >= high_at
-    currency: Annotated[str, msgspec.Meta(pattern=r"^[A-Z]{3}$")]
+    currency: Annotated[str, msgspec.Meta(pattern=r"^[A-Z]{3}$(?!\n)")]
     amount_tiers: tuple[AmountTier, ...]
     payments_per_day: Threshold
     amount_per_day: Threshold
