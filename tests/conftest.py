@@ -142,3 +142,10 @@ def node(request: pytest.FixtureRequest) -> RunningNode:
     if hasattr(request.module, "SHARED_NODE_SETTINGS"):
         return request.getfixturevalue("shared_node")
     return request.getfixturevalue("make_node")()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The multi-process tests first, each file kept together: spread over workers, the
+    longest files start early instead of leaving one worker busy at the end."""
+    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow_files)
