@@ -54,14 +54,14 @@ def run(args: argparse.Namespace, w: Workload, target: object, report: dict) -> 
                 node.start()
                 url, rss, stop = node.url, node.rss_bytes, node.stop
             else:
-                cluster = RayCluster(steps.free_port(), workers=args.ray_workers)
+                cluster = RayCluster(workers=args.ray_workers)
                 stack.callback(cluster.stop)
                 print(f"starting a Ray cluster (head + {args.ray_workers} worker nodes), "
                       f"paynode actors and paynode api --workers {args.api_workers} ...",
                       flush=True)  # fmt: skip
                 cluster.start()
                 key = {"PAYNODE_API_KEY": os.environ["PAYNODE_API_KEY"]}
-                cnode = ClusterNode(cluster, database_url, data_dir, steps.free_port(),
+                cnode = ClusterNode(cluster, database_url, data_dir,
                                     shards=args.shards,
                                     api_workers=args.api_workers, env=key)  # fmt: skip
                 cnode.start_actors()

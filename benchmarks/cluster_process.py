@@ -7,8 +7,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -27,9 +29,8 @@ _RAY = str(Path(sys.executable).with_name("ray"))
 class RayCluster:
     """``ray start --head`` plus ``workers`` more nodes, each a raylet of its own."""
 
-    def __init__(self, port: int, workers: int = 1, head_cpus: int = 2, worker_cpus: int = 1):
-        self.port = port
-        self.address = f"127.0.0.1:{port}"
+    def __init__(self, workers: int = 1, head_cpus: int = 2, worker_cpus: int = 1):
+        self.address = ""  # host:port of the head's GCS, known once started
         self.workers = workers
         self.head_cpus = head_cpus
         self.worker_cpus = worker_cpus
@@ -46,11 +47,21 @@ class RayCluster:
 
     def start(self) -> None:
         common = ["--disable-usage-stats", f"--temp-dir={self.temp_dir}"]
-        subprocess.run(
-            [_RAY, "start", "--head", f"--port={self.port}", f"--num-cpus={self.head_cpus}",
+        # --port=0: the head binds a free port itself and says which (no port picked here,
+        # released and bound by Ray later, which another process could take in between).
+        head = subprocess.run(
+            [_RAY, "start", "--head", "--port=0", f"--num-cpus={self.head_cpus}",
              "--include-dashboard=false", *common],
-            env=self.env(), check=True, capture_output=True, timeout=180,
+            env=self.env(), check=True, capture_output=True, timeout=180, text=True,
         )  # fmt: skip
+        # `ray start` records the head's address in its temp dir (ours alone).
+        written = Path(self.temp_dir, "ray_current_cluster")
+        address = written.read_text().strip() if written.exists() else ""
+        if re.fullmatch(r"127\.0\.0\.1:[1-9]\d*", address) is None:
+            self.stop()
+            raise RuntimeError(f"ray start --head left no loopback address ({address!r}):\n"
+                               f"{head.stdout[-2000:]}")  # fmt: skip
+        self.address = address
         for _ in range(self.workers):
             subprocess.run(
                 [sys.executable, "-m", "paynode.benchmarks.loopback_ray", "start",
@@ -104,20 +115,24 @@ class ClusterNode:
         cluster: RayCluster,
         database_url: str,
         data_dir: Path,
-        port: int,
         shards: int = 2,
         api_workers: int = 2,
         env: dict[str, str] | None = None,
     ) -> None:
         self.cluster = cluster
-        self.port = port
-        self.url = f"http://127.0.0.1:{port}"
+        # Bound here and handed to every `paynode api` started on it (--fd): a port picked,
+        # released and bound later could be taken in between (by Ray's own ports, say).
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(2048)
+        self.port = self.sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
         self.data_dir = data_dir
         self.api_workers = api_workers
         self.env = cluster.env(
             RAY_ADDRESS=cluster.address, DATABASE_URL=database_url,
             PAYNODE_DATA_DIR=str(data_dir), PAYNODE_SHARDS=str(shards),
-            PAYNODE_PORT=str(port), **(env or {}),
+            **(env or {}),
         )  # fmt: skip
         self.actors: subprocess.Popen | None = None
         self.api: subprocess.Popen | None = None
@@ -131,6 +146,7 @@ class ClusterNode:
             return subprocess.Popen(
                 [sys.executable, "-m", "paynode.node.cli", *args], stdout=log,
                 stderr=subprocess.STDOUT, env=self.env, start_new_session=True,
+                pass_fds=(self.sock.fileno(),),
             )  # fmt: skip
 
     def start_actors(self, timeout: float = 180.0) -> None:
@@ -138,7 +154,7 @@ class ClusterNode:
         self._wait(self.actors, "actors", lambda: b"actors ready" in self.log("actors"), timeout)
 
     def start_api(self, timeout: float = 180.0) -> None:
-        self.api = self._spawn("api", "--port", str(self.port), "--workers",
+        self.api = self._spawn("api", "--fd", str(self.sock.fileno()), "--workers",
                                str(self.api_workers))  # fmt: skip
         self._wait(self.api, "api", self.ready, timeout)
 
@@ -189,4 +205,5 @@ class ClusterNode:
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 codes[name] = None
+        self.sock.close()
         return codes

@@ -147,14 +147,6 @@ def shard_of(account_id: str, count: int) -> int:
     return shard_key(account_id) % count
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def wait_listening(port: int, timeout_s: float = 30.0) -> None:
     """Until a server answers on ``port`` (its socket was bound before it started)."""
     import time

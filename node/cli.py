@@ -8,7 +8,7 @@ paynode recon run|status [--full] [--url U]
 paynode report daily [--date YYYY-MM-DD] [--data-dir D]
 paynode audit verify [--data-dir D]
 paynode actors [--data-dir D] [--shards N]               (cluster mode, RAY_ADDRESS)
-paynode api [--host H] [--port P] [--workers N]          (cluster mode, RAY_ADDRESS)
+paynode api [--host H] [--port P | --fd F] [--workers N] (cluster mode, RAY_ADDRESS)
 paynode bench ...                                        (installed with benchmarks/)
 """
 
@@ -27,6 +27,7 @@ from typing import Any
 import msgspec
 
 from paynode.domain.settings import Settings, from_env
+from paynode.node import fronts
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -174,7 +175,7 @@ def cmd_run(settings: Settings, fd: int | None = None) -> int:
     keys = load(settings.data_path(), settings.keyring)  # before anything starts: fail fast
     # Bound before Ray and PostgreSQL start: a taken port fails at once, and none of the
     # ports Ray picks for itself while starting can land on ours.
-    sock = _listen(settings.host, settings.port) if fd is None else _inherited(fd)
+    sock = _listen(settings.host, settings.port) if fd is None else fronts.inherited_socket(fd)
     services = start(settings)
     stopping = threading.Event()
     keeper = threading.Thread(target=_keep_ownership, args=(services, stopping), daemon=True)
@@ -220,8 +221,6 @@ def _serve_workers(settings: Settings, services: Any, sock: socket.socket) -> No
     Ray; they find the shards by name. Returns on SIGTERM/SIGINT, once they stopped."""
     import ray
 
-    from paynode.node import fronts
-
     print(
         f"paynode listening on http://{settings.host}:{settings.port} "
         f"({len(services.shard_names)} shards, {settings.workers} front processes; "
@@ -251,15 +250,6 @@ def _listen(host: str, port: int) -> socket.socket:
     except OSError:
         sock.close()
         raise
-    sock.set_inheritable(True)
-    return sock
-
-
-def _inherited(fd: int) -> socket.socket:
-    """The listening socket handed over as file descriptor ``fd`` (bound by the parent)."""
-    sock = socket.socket(fileno=fd)
-    if sock.type != socket.SOCK_STREAM:
-        raise ValueError(f"--fd {fd} is not a stream socket")
     sock.set_inheritable(True)
     return sock
 
@@ -312,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "api":
             from paynode.node.cluster import cmd_api
 
-            return cmd_api(settings, args.workers)
+            return cmd_api(settings, args.workers, getattr(args, "fd", None))
         return cmd_run(settings, getattr(args, "fd", None))
     except (DatabaseInUse, KeyringError) as e:
         print(f"paynode: {e}", file=sys.stderr)

@@ -45,6 +45,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     api.add_argument("--host", help="listen address (default 127.0.0.1)")
     api.add_argument("--port", type=int, help="listen port (default 8000)")
     api.add_argument("--workers", type=int, default=1, help="API processes (default 1)")
+    api.add_argument("--fd", type=int, help=(
+        "serve on this inherited, already bound listening socket instead of binding "
+        "--host/--port"
+    ))  # fmt: skip
 
 
 def _require_cluster(settings: Settings) -> str | None:
@@ -84,7 +88,7 @@ def cmd_actors(settings: Settings) -> int:
     return 0
 
 
-def cmd_api(settings: Settings, workers: int) -> int:
+def cmd_api(settings: Settings, workers: int, fd: int | None = None) -> int:
 
     problem = _require_cluster(settings)
     if problem:
@@ -98,7 +102,7 @@ def cmd_api(settings: Settings, workers: int) -> int:
         f"Ray at {settings.ray_address})",
         flush=True,
     )
-    fronts.serve(settings, workers, None)
+    fronts.serve(settings, workers, None if fd is None else fronts.inherited_socket(fd))
     return 0
 
 

@@ -41,6 +41,16 @@ def worker_environment(settings: Settings, workers: int, **extra: str) -> dict[s
     return env | extra
 
 
+def inherited_socket(fd: int) -> socket.socket:
+    """The listening socket handed over as file descriptor ``fd`` (bound by the parent: a
+    supervisor or a test harness owns the port, so nothing can take it in between)."""
+    sock = socket.socket(fileno=fd)
+    if sock.type != socket.SOCK_STREAM:
+        raise ValueError(f"--fd {fd} is not a stream socket")
+    sock.set_inheritable(True)
+    return sock
+
+
 def serve(settings: Settings, workers: int, sock: socket.socket | None, **env: str) -> None:
     """Run ``workers`` API processes until SIGTERM or SIGINT (uvicorn replaces a worker
     that dies). ``sock``: an already bound socket to serve; None binds host:port."""

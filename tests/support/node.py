@@ -18,12 +18,6 @@ from paynode.domain.settings import Settings
 from paynode.storage.keyring import Keyring
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def wait_until(check, timeout: float = 30.0, interval: float = 0.05, what: str = "condition"):
     """Poll ``check`` until it returns a truthy value or the deadline passes."""
     deadline = time.monotonic() + timeout

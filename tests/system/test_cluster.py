@@ -22,14 +22,14 @@ import pytest
 
 from paynode.benchmarks.cluster_process import ClusterNode, RayCluster
 from tests.support.fault_load import audit, create_accounts, run_load_until
-from tests.support.node import ADMIN_KEY, free_port, wait_until
+from tests.support.node import ADMIN_KEY, wait_until
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
 def cluster() -> RayCluster:
-    ray = RayCluster(free_port(), workers=1)
+    ray = RayCluster(workers=1)
     try:
         ray.start()
         yield ray
@@ -58,7 +58,7 @@ def test_two_api_processes_share_shards_across_two_ray_nodes(
     assert {n["address"] for n in nodes} == {"127.0.0.1"}, "Ray must stay on loopback"
     assert cluster.listening_addresses() <= {"127.0.0.1"}, cluster.listening_addresses()
 
-    node = ClusterNode(cluster, database_url, tmp_path / "data", free_port(),
+    node = ClusterNode(cluster, database_url, tmp_path / "data",
                        env={"PAYNODE_API_KEY": ADMIN_KEY,
                             "PAYNODE_NAMESPACE": f"c{os.getpid()}"})  # fmt: skip
     node.start_actors()

@@ -378,7 +378,8 @@ def test_short_access_token_ttl(make_node) -> None:
 
 
 def test_auth_endpoints_are_rate_limited_per_address(make_node) -> None:
-    node = make_node(auth_rate_per_s=1.0, auth_rate_burst=3)
+    # One token per 4 s: no refill between the attempts below, however slow the machine.
+    node = make_node(auth_rate_per_s=0.25, auth_rate_burst=3)
     attempt = {"email": "nobody@limits.example", "password": "guess guess guess"}
 
     def try_login(_: int) -> httpx.Response:
@@ -395,7 +396,7 @@ def test_auth_endpoints_are_rate_limited_per_address(make_node) -> None:
         fourth = c.post("/v1/auth/login", json=attempt)
         problem(fourth, 429, "rate_limited")
         assert fourth.json()["retryable"] is True
-        assert retry_after(fourth) <= 2
+        assert retry_after(fourth) <= 4
         # register and refresh share the address's bucket.
         problem(
             c.post("/v1/auth/register", json={"email": "x@limits.example", "password": PASSWORD}),
@@ -412,14 +413,15 @@ def test_auth_endpoints_are_rate_limited_per_address(make_node) -> None:
     with node.anonymous() as c:
         wait_until(
             lambda: c.post("/v1/auth/login", json=attempt).status_code == 401,
-            timeout=10,
-            interval=0.25,
+            timeout=30,
+            interval=0.5,
             what="the login limit to refill",
         )
 
 
 def test_requests_are_rate_limited_per_credential(make_node) -> None:
-    node = make_node(rate_per_s=1.0, rate_burst=5)
+    # One token per 100 s: the admin key's bucket stays empty to the end of the test.
+    node = make_node(rate_per_s=0.01, rate_burst=5)
     with node.anonymous() as c:
         user = register(c, "own@bucket.example")
         token = login(c, "own@bucket.example")["access_token"]
@@ -440,7 +442,7 @@ def test_requests_are_rate_limited_per_credential(make_node) -> None:
 
 
 def test_requests_are_rate_limited_per_address(make_node) -> None:
-    node = make_node(ip_rate_per_s=1.0, ip_rate_burst=5)
+    node = make_node(ip_rate_per_s=0.01, ip_rate_burst=5)  # no refill during the test
     with node.anonymous() as c:
         # Five requests from one address across three kinds of credential.
         assert node.http.get("/v1/auth/me").status_code == 200
