@@ -21,6 +21,8 @@ import msgspec
 from sqlalchemy.exc import SQLAlchemyError
 
 from paynode.actors.background import lower_priority
+from paynode.actors.host import find_service
+from paynode.actors.names import BANK_SIM_NAME
 from paynode.domain.rails.ach_rules import Originator, Outgoing, build
 from paynode.domain.settings import Settings
 from paynode.storage import ach, payments
@@ -47,7 +49,7 @@ decode_cutoff = msgspec.msgpack.Decoder(CutoffResult).decode
 class AchOriginator:
     """Run under Ray as ``ray.remote(AchOriginator)``."""
 
-    def __init__(self, settings: Settings, database_url: str, bank_name: str | None) -> None:
+    def __init__(self, settings: Settings, database_url: str, bank: bool) -> None:
         lower_priority()  # follows the journal: yields the CPU to the money path
         self.s = settings
         self._engine = async_engine(database_url, pool_size=2, name="paynode-ach")
@@ -57,17 +59,15 @@ class AchOriginator:
             company_name=settings.ach_company_name,
             company_id=settings.ach_company_id,
         )
-        self._bank_name = bank_name
-        self._bank: Any = None  # the bank's actor handle, found at start
+        self._use_bank = bank  # send files to the simulated bank
+        self._bank: Any = None  # the bank simulator's service, found at start
         self._lock = asyncio.Lock()  # one cutoff at a time
         self._files_today: tuple[dt.date, int] = (dt.date.min, 0)
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        if self._bank_name is not None:
-            import ray
-
-            self._bank = ray.get_actor(self._bank_name, namespace=self.s.namespace)
+        if self._use_bank:
+            self._bank = find_service(BANK_SIM_NAME, self.s.namespace)
         if self.s.ach_cutoff_interval_s > 0:
             self._task = asyncio.create_task(self._loop())
 

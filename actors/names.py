@@ -2,11 +2,15 @@
 
 Fronts, helpers and the CLI find actors by these names (cluster mode: on any
 machine of the cluster), so they live below every layer that looks them up.
+Shards are actors of their own; the helper services share two host actors
+(``actors/host.py``), and ``HOST_OF`` says which service runs in which.
 """
 
 from __future__ import annotations
 
 SHARD_NAME = "paynode-shard-{index}"
+
+# Helper services (found with actors.host.find_service).
 ANALYTICS_NAME = "paynode-analytics"
 RECONCILER_NAME = "paynode-reconciler"
 NOTIFIER_NAME = "paynode-notifier"
@@ -14,9 +18,18 @@ HANDLES_NAME = "paynode-handles"
 ACH_NAME = "paynode-ach"
 BANK_SIM_NAME = "paynode-banksim"
 RISK_NAME = "paynode-risk"
-HELPER_NAMES = (ANALYTICS_NAME, RECONCILER_NAME, NOTIFIER_NAME, HANDLES_NAME, BANK_SIM_NAME,
-                ACH_NAME, RISK_NAME)  # fmt: skip
 
-
-def shard_name(index: int) -> str:
-    return SHARD_NAME.format(index=index)
+# Their host actors: what the request path waits on runs at full priority; what follows
+# the journal after the fact runs niced (actors/background.py), in a process of its own.
+LOOKUPS_HOST = "paynode-lookups"
+FOLLOWERS_HOST = "paynode-followers"
+HOSTS = (LOOKUPS_HOST, FOLLOWERS_HOST)
+HOST_OF = {
+    HANDLES_NAME: LOOKUPS_HOST,
+    RISK_NAME: LOOKUPS_HOST,
+    ANALYTICS_NAME: FOLLOWERS_HOST,
+    RECONCILER_NAME: FOLLOWERS_HOST,
+    NOTIFIER_NAME: FOLLOWERS_HOST,
+    ACH_NAME: FOLLOWERS_HOST,
+    BANK_SIM_NAME: FOLLOWERS_HOST,
+}

@@ -44,6 +44,8 @@ import msgspec
 import psycopg
 
 from paynode.actors.background import lower_priority
+from paynode.actors.host import find_service
+from paynode.actors.names import ANALYTICS_NAME
 from paynode.domain.ledger.model import shard_key
 from paynode.domain.ledger.wire import decode_balances, encode
 from paynode.domain.rails.calendar import add_business_days
@@ -157,7 +159,6 @@ class Reconciler:
         database_url: str,
         analytics_root: str,
         shard_names: list[str],
-        analytics_name: str,
         namespace: str,
         interval_s: float = 30.0,
         full_every: int = 10,
@@ -168,7 +169,6 @@ class Reconciler:
         self.database_url = database_url
         self.root = Path(analytics_root)
         self.shard_names = shard_names
-        self.analytics_name = analytics_name
         self.namespace = namespace
         self.interval_s = interval_s
         self.full_every = full_every
@@ -186,7 +186,7 @@ class Reconciler:
         self.shards: list[Any] = [
             ray.get_actor(n, namespace=self.namespace) for n in self.shard_names
         ]
-        self.analytics: Any = ray.get_actor(self.analytics_name, namespace=self.namespace)
+        self.analytics: Any = find_service(ANALYTICS_NAME, self.namespace)
         if self.interval_s > 0:
             self._task = asyncio.get_running_loop().create_task(self._every())
 

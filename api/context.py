@@ -17,6 +17,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from paynode.actors.heap import settle_heap
+from paynode.actors.host import ServiceRef, find_service
 from paynode.actors.names import (
     ACH_NAME,
     ANALYTICS_NAME,
@@ -55,13 +56,13 @@ class Context:
     auth: Authenticator
     per_principal: TokenBuckets
     per_ip_auth: TokenBuckets  # register, login, refresh: password and token guessing
-    analytics: Any  # Ray actor handles
-    reconciler: Any
-    notifier: Any
-    handles: Any
-    ach: Any
-    bank_sim: Any  # None when the simulator is off
-    risk: Any
+    analytics: ServiceRef  # the helper services (actors/host.py)
+    reconciler: ServiceRef
+    notifier: ServiceRef
+    handles: ServiceRef
+    ach: ServiceRef
+    bank_sim: ServiceRef | None  # None when the simulator is off
+    risk: ServiceRef
     policy: RiskPolicy  # the risk actor's rules, limits and list digest, taken at start
     risk_stats: RiskStats
     audit: AuditWriter  # group commit of the transfers' audit records
@@ -81,10 +82,13 @@ async def open_context(
     def actor(name: str) -> Any:
         return ray.get_actor(name, namespace=settings.namespace)
 
+    def service(name: str) -> ServiceRef:
+        return find_service(name, settings.namespace)
+
     engine = async_engine(settings.database_url or "", settings.db_pool_size, "paynode-front")
     client = LedgerClient([actor(n) for n in shard_names], EngineReads(engine), settings,
                           on_batch=metrics.observe_batch)  # fmt: skip
-    risk = actor(RISK_NAME)
+    risk = service(RISK_NAME)
     ctx = Context(
         settings=settings,
         keys=keys,
@@ -93,12 +97,12 @@ async def open_context(
         auth=Authenticator(keys, engine, settings.auth_cache_s, settings.api_key),
         per_principal=TokenBuckets(settings.rate_per_s, settings.rate_burst),
         per_ip_auth=TokenBuckets(settings.auth_rate_per_s, settings.auth_rate_burst),
-        analytics=actor(ANALYTICS_NAME),
-        reconciler=actor(RECONCILER_NAME),
-        notifier=actor(NOTIFIER_NAME),
-        handles=actor(HANDLES_NAME),
-        ach=actor(ACH_NAME),
-        bank_sim=actor(BANK_SIM_NAME) if settings.bank_simulator else None,
+        analytics=service(ANALYTICS_NAME),
+        reconciler=service(RECONCILER_NAME),
+        notifier=service(NOTIFIER_NAME),
+        handles=service(HANDLES_NAME),
+        ach=service(ACH_NAME),
+        bank_sim=service(BANK_SIM_NAME) if settings.bank_simulator else None,
         risk=risk,
         policy=decode_policy(await risk.policy.remote()),
         risk_stats=RiskStats(),

@@ -31,11 +31,12 @@ def run(args: argparse.Namespace, w: Workload, target, report: dict) -> bool:
     import ray
 
     from paynode.actors.handles import decode_claimed, decode_handles, decode_timings
+    from paynode.actors.host import find_service
     from paynode.actors.names import HANDLES_NAME
 
     assert target.shards is not None and target.namespace is not None
     steps.create_accounts_direct(target.shards, w, args.accounts)
-    directory: Any = ray.get_actor(HANDLES_NAME, namespace=target.namespace)
+    directory: Any = find_service(HANDLES_NAME, target.namespace)
     names = [f"u{i}.{w.accounts[i].id[-6:]}".lower()[:30] for i in range(len(w.accounts))]
     print(f"claiming {len(names)} handles ...", flush=True)
     for k in range(0, len(names), 500):

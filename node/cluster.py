@@ -109,6 +109,7 @@ def cmd_api(settings: Settings, workers: int, fd: int | None = None) -> int:
 def app_from_env() -> Any:
     """The uvicorn factory run in each API worker: join Ray, find the actors, build the app."""
     from paynode.actors.bank_sim import PROVIDER
+    from paynode.actors.host import find_service
     from paynode.actors.names import BANK_SIM_NAME
     from paynode.api.app import create_app
     from paynode.node.runtime import find_shards, start_ray
@@ -125,7 +126,7 @@ def app_from_env() -> Any:
     providers = settings.providers()
     if settings.bank_simulator and PROVIDER not in providers:
         # The simulator signs with a secret `paynode actors` made; this front must verify it.
-        sim: Any = ray.get_actor(BANK_SIM_NAME, namespace=settings.namespace)
+        sim: Any = find_service(BANK_SIM_NAME, settings.namespace)
         providers[PROVIDER] = ray.get(sim.signing_secret.remote(), timeout=60)
         settings = msgspec.structs.replace(
             settings, webhook_providers=msgspec.json.encode(providers).decode()

@@ -25,8 +25,10 @@ from paynode.actors.names import (
     ACH_NAME,
     ANALYTICS_NAME,
     BANK_SIM_NAME,
+    FOLLOWERS_HOST,
     HANDLES_NAME,
-    HELPER_NAMES,
+    HOSTS,
+    LOOKUPS_HOST,
     NOTIFIER_NAME,
     RECONCILER_NAME,
     RISK_NAME,
@@ -72,7 +74,7 @@ class Services:
     shard_names: list[str]
     # Actor handles (Any: a method's .remote() is found at run time).
     shards: list[Any] = field(default_factory=list)
-    helpers: list[Any] = field(default_factory=list)  # analytics, reconciler, notifier
+    helpers: list[Any] = field(default_factory=list)  # the service hosts (actors/host.py)
     _pg: PostgresServer | None = None
     _ray_started: bool = False
     _owner: psycopg.Connection | None = None
@@ -304,90 +306,72 @@ def resolved_paths(settings: Settings) -> Settings:
 def start_helpers(
     settings: Settings, database_url: str, shard_names: list[str], detached: bool = False
 ) -> list[Any]:
-    """The analytics follower, the reconciler (after the shards: it reads them), the notifier,
-    the handle directory, the bank simulator when configured, the ACH originator and risk.
+    """The helper services in their two host actors (``actors/host.py``); returns the hosts.
 
-    Every actor is created before any is started: each is a worker process that spends a
-    second or more importing, and created together they import at once (6 s -> ~2 s of
-    start-up here). Their ``start`` calls then run in the order their reads need.
+    Lookups: the handle directory and risk. Followers: the analytics follower, the
+    reconciler (after the shards: it reads them), the notifier, the bank simulator when
+    configured, and the ACH originator. Both hosts are created before either is called:
+    each is a worker process that spends a second or more importing, and created
+    together they import at once. The ``start`` calls then run in the order their reads
+    need.
     """
     import ray
 
     from paynode.actors.ach import AchOriginator
     from paynode.actors.analytics import AnalyticsStreamer
     from paynode.actors.handles import HandleDirectory
+    from paynode.actors.host import ServiceHost, ServiceSpec, find_service
     from paynode.actors.notifier import Notifier
     from paynode.actors.reconciler import Reconciler
     from paynode.actors.risk.actor import RiskActor
 
     if detached:
-        _evict(list(HELPER_NAMES), settings.namespace)
+        _evict(list(HOSTS), settings.namespace)
+    load_keyring(settings.data_path(), settings.keyring)  # exists before the notifier reads it
+    paths = resolved_paths(settings)
+    lookups = [
+        ServiceSpec(HANDLES_NAME, HandleDirectory, (database_url,)),
+        ServiceSpec(RISK_NAME, RiskActor, (
+            settings.risk_rules, settings.risk_limits, settings.sanctions_sdn,
+            settings.sanctions_alt, settings.sanctions_threshold,
+        )),
+    ]  # fmt: skip
+    followers = [
+        ServiceSpec(ANALYTICS_NAME, AnalyticsStreamer, (
+            database_url, str(settings.analytics_path()), settings.analytics_interval_ms,
+            settings.analytics_max_rows, settings.analytics_max_segments,
+            settings.analytics_compact,
+        )),
+        ServiceSpec(RECONCILER_NAME, Reconciler, (
+            database_url, str(settings.analytics_path()), shard_names, settings.namespace,
+            settings.recon_interval_s, settings.recon_full_every,
+        )),
+        ServiceSpec(NOTIFIER_NAME, Notifier, (paths, database_url)),
+        *([_bank_simulator(settings)] if settings.bank_simulator else []),
+        ServiceSpec(ACH_NAME, AchOriginator, (paths, database_url, settings.bank_simulator)),
+    ]  # fmt: skip
     # The helpers write files under the data directory: they run on this machine.
     options = _actor_options(settings, detached) | {
         "max_restarts": 0,
+        "max_concurrency": 1000,
         "scheduling_strategy": _this_node(),
     }
-    load_keyring(settings.data_path(), settings.keyring)  # exists before the notifier reads it
-    analytics: Any = (
-        ray.remote(AnalyticsStreamer)
-        .options(name=ANALYTICS_NAME, max_concurrency=16, **options)
-        .remote(
-            database_url,
-            str(settings.analytics_path()),
-            settings.analytics_interval_ms,
-            settings.analytics_max_rows,
-            settings.analytics_max_segments,
-            settings.analytics_compact,
-        )
-    )
-    reconciler: Any = (
-        ray.remote(Reconciler)
-        .options(name=RECONCILER_NAME, max_concurrency=16, **options)
-        .remote(
-            database_url,
-            str(settings.analytics_path()),
-            shard_names,
-            ANALYTICS_NAME,
-            settings.namespace,
-            settings.recon_interval_s,
-            settings.recon_full_every,
-        )
-    )
-    notifier: Any = (
-        ray.remote(Notifier)
-        .options(name=NOTIFIER_NAME, max_concurrency=1000, **options)
-        .remote(resolved_paths(settings), database_url)
-    )
-    handles: Any = (
-        ray.remote(HandleDirectory)
-        .options(name=HANDLES_NAME, max_concurrency=1000, **options)
-        .remote(database_url)
-    )
-    bank: Any = _create_bank_simulator(settings, options) if settings.bank_simulator else None
-    ach: Any = (
-        ray.remote(AchOriginator)
-        .options(name=ACH_NAME, max_concurrency=16, **options)
-        .remote(resolved_paths(settings), database_url, BANK_SIM_NAME if bank else None)
-    )
-    risk: Any = (
-        ray.remote(RiskActor)
-        .options(name=RISK_NAME, max_concurrency=8, **options)
-        .remote(
-            settings.risk_rules, settings.risk_limits, settings.sanctions_sdn,
-            settings.sanctions_alt, settings.sanctions_threshold,
-        )
-    )  # fmt: skip
-    ray.get(analytics.start.remote())
-    ray.get(reconciler.start.remote())  # reads the analytics follower
-    ray.get(notifier.start.remote())
-    ray.get(handles.start.remote())  # warm: every live handle in memory before the API opens
-    helpers: list[Any] = [analytics, reconciler, notifier, handles]
-    if bank is not None:
-        ray.get(bank.ping.remote())
-        helpers.append(bank)
-    ray.get(ach.start.remote())
-    ray.get(risk.ping.remote())  # a bad rules, limits or list file stops the start here
-    return [*helpers, ach, risk]
+    hosts: list[Any] = [
+        ray.remote(ServiceHost).options(name=name, **options).remote(specs)
+        for name, specs in ((LOOKUPS_HOST, lookups), (FOLLOWERS_HOST, followers))
+    ]
+
+    def service(name: str) -> Any:
+        return find_service(name, settings.namespace)
+
+    ray.get(service(ANALYTICS_NAME).start.remote())
+    ray.get(service(RECONCILER_NAME).start.remote())  # reads the analytics follower
+    ray.get(service(NOTIFIER_NAME).start.remote())
+    # Warm: every live handle in memory before the API opens.
+    ray.get(service(HANDLES_NAME).start.remote())
+    ray.get(service(ACH_NAME).start.remote())
+    ray.get(service(RISK_NAME).ping.remote())  # a bad rules, limits or list file stops here
+    return hosts
 
 
 def _this_node() -> object:
@@ -397,24 +381,19 @@ def _this_node() -> object:
     return NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
 
 
-def _create_bank_simulator(settings: Settings, options: dict) -> Any:
-    """The simulated bank (not yet answering), and the secret it signs its webhooks with
-    (added to ours)."""
-    import ray
-
+def _bank_simulator(settings: Settings) -> Any:
+    """The simulated bank's service, and the secret it signs its webhooks with (added to
+    ours by ``with_bank_secret``)."""
     from paynode.actors.bank_sim import PROVIDER, BankSimulator
+    from paynode.actors.host import ServiceSpec
 
     providers = settings.providers()
     assert PROVIDER in providers, "start() gives the simulator its secret first"
     returns = json.loads(settings.bank_sim_returns) if settings.bank_sim_returns else None
-    return (
-        ray.remote(BankSimulator)
-        .options(name=BANK_SIM_NAME, max_concurrency=100, **options)
-        .remote(
-            settings.front_url(), providers[PROVIDER], settings.bank_sim_delay_s,
-            settings.ach_odfi_routing, returns,
-        )
-    )  # fmt: skip
+    return ServiceSpec(BANK_SIM_NAME, BankSimulator, (
+        settings.front_url(), providers[PROVIDER], settings.bank_sim_delay_s,
+        settings.ach_odfi_routing, returns,
+    ))  # fmt: skip
 
 
 def with_bank_secret(settings: Settings) -> Settings:
@@ -434,7 +413,6 @@ def with_bank_secret(settings: Settings) -> Settings:
 def start(settings: Settings, detached: bool = False) -> Services:
     """Everything but the HTTP front; ``detached`` for cluster mode (``paynode actors``).
     The front is built from the returned ``Services.settings``."""
-    """Everything but the HTTP front; ``detached`` for cluster mode (``paynode actors``)."""
     database_url, pg = start_postgres(settings)
     settings = with_bank_secret(settings)
     services = Services(settings, database_url, [], _pg=pg)

@@ -38,19 +38,30 @@ class RunningNode:
     shards: list
     http: httpx.Client  # authenticated with the admin key
     keys: Keyring
-    helpers: list  # Ray actor handles, in node.runtime.start_helpers order
+    helpers: list  # the service hosts' actor handles (node.runtime.start_helpers)
+
+    def service(self, name: str) -> Any:
+        from paynode.actors.host import find_service
+
+        return find_service(name, self.settings.namespace)
 
     @property
-    def analytics(self) -> object:
-        return self.helpers[0]
+    def analytics(self) -> Any:
+        from paynode.actors.names import ANALYTICS_NAME
+
+        return self.service(ANALYTICS_NAME)
 
     @property
-    def reconciler(self) -> object:
-        return self.helpers[1]
+    def reconciler(self) -> Any:
+        from paynode.actors.names import RECONCILER_NAME
+
+        return self.service(RECONCILER_NAME)
 
     @property
-    def notifier(self) -> object:
-        return self.helpers[2]
+    def notifier(self) -> Any:
+        from paynode.actors.names import NOTIFIER_NAME
+
+        return self.service(NOTIFIER_NAME)
 
     def anonymous(self) -> httpx.Client:
         """A client with no credentials (close it, or use it in a with block)."""
