@@ -180,8 +180,14 @@ class ClusterNode:
     def api_workers_pids(self) -> list[int]:
         if self.api is None or self.api.poll() is not None:
             return []
-        return [c.pid for c in psutil.Process(self.api.pid).children()
-                if "spawn_main" in " ".join(c.cmdline())]  # fmt: skip
+        pids = []
+        for child in psutil.Process(self.api.pid).children():
+            try:
+                if "spawn_main" in " ".join(child.cmdline()):
+                    pids.append(child.pid)
+            except psutil.Error:  # a killed worker is a zombie until uvicorn reaps it
+                continue
+        return pids
 
     def rss_bytes(self) -> int:
         procs = self.cluster.processes()
