@@ -55,9 +55,9 @@ class AchOriginator:
         self._engine = async_engine(database_url, pool_size=2, name="paynode-ach")
         self._keys = load_keyring(settings.data_path(), settings.keyring, create=False)
         self._origin = Originator(
-            odfi_routing=settings.ach_odfi_routing,
-            company_name=settings.ach_company_name,
-            company_id=settings.ach_company_id,
+            odfi_routing=settings.ach.odfi_routing,
+            company_name=settings.ach.company_name,
+            company_id=settings.ach.company_id,
         )
         self._use_bank = bank  # send files to the simulated bank
         self._bank: Any = None  # the bank simulator's service, found at start
@@ -68,7 +68,7 @@ class AchOriginator:
     async def start(self) -> None:
         if self._use_bank:
             self._bank = find_service(BANK_SIM_NAME, self.s.namespace)
-        if self.s.ach_cutoff_interval_s > 0:
+        if self.s.ach.cutoff_interval_ms > 0:
             self._task = asyncio.create_task(self._loop())
 
     async def ping(self) -> bool:
@@ -81,7 +81,7 @@ class AchOriginator:
 
     async def _loop(self) -> None:
         while True:
-            await asyncio.sleep(self.s.ach_cutoff_interval_s)
+            await asyncio.sleep(self.s.ach.cutoff_interval_ms / 1000)
             try:
                 await self.cutoff()
             except (SQLAlchemyError, OSError) as e:

@@ -1,6 +1,6 @@
 """The reconciliation actor: memory == journal == analytics, all the time.
 
-Every ``interval_s`` it runs an *incremental* check of what changed since the
+Every ``interval_ms`` it runs an *incremental* check of what changed since the
 last run; every ``full_every``-th one is *full* (every account and every
 journal row, which also finds tampering behind the node's back: an UPDATE keeps
 a row's txid); on demand, either kind. A run
@@ -160,17 +160,17 @@ class Reconciler:
         analytics_root: str,
         shard_names: list[str],
         namespace: str,
-        interval_s: float = 30.0,
+        interval_ms: int = 30_000,
         full_every: int = 10,
         max_cached_accounts: int = MAX_CACHED_ACCOUNTS,
     ) -> None:
         lower_priority()  # follows the journal: yields the CPU to the money path
-        assert interval_s >= 0 and full_every >= 1 and max_cached_accounts >= 0
+        assert interval_ms >= 0 and full_every >= 1 and max_cached_accounts >= 0
         self.database_url = database_url
         self.root = Path(analytics_root)
         self.shard_names = shard_names
         self.namespace = namespace
-        self.interval_s = interval_s
+        self.interval_s = interval_ms / 1000
         self.full_every = full_every
         self.max_cached_accounts = max_cached_accounts
         self._lock = asyncio.Lock()

@@ -86,12 +86,12 @@ def create_app(settings: Settings, shard_names: list[str], keys: Keyring) -> Any
             Route(path, endpoint=_Asgi(handler), methods=[method], include_in_schema=False)
         )
     edge: Any = Edge(app, hot, settings, metrics)
-    if settings.cors_origins:
+    if settings.http.cors_origins:
         from starlette.middleware.cors import CORSMiddleware
 
         edge = CORSMiddleware(
             edge,
-            allow_origins=[o.strip() for o in settings.cors_origins.split(",") if o.strip()],
+            allow_origins=[o.strip() for o in settings.http.cors_origins.split(",") if o.strip()],
             allow_methods=["GET", "POST", "PATCH", "DELETE"],
             allow_headers=["Authorization", "Content-Type"],
             expose_headers=["Retry-After"],

@@ -85,7 +85,7 @@ async def open_context(
     def service(name: str) -> ServiceRef:
         return find_service(name, settings.namespace)
 
-    engine = async_engine(settings.database_url or "", settings.db_pool_size, "paynode-front")
+    engine = async_engine(settings.database_url or "", settings.http.db_pool_size, "paynode-front")
     client = LedgerClient([actor(n) for n in shard_names], EngineReads(engine), settings,
                           on_batch=metrics.observe_batch)  # fmt: skip
     risk = service(RISK_NAME)
@@ -94,15 +94,15 @@ async def open_context(
         keys=keys,
         engine=engine,
         client=client,
-        auth=Authenticator(keys, engine, settings.auth_cache_s, settings.api_key),
-        per_principal=TokenBuckets(settings.rate_per_s, settings.rate_burst),
-        per_ip_auth=TokenBuckets(settings.auth_rate_per_s, settings.auth_rate_burst),
+        auth=Authenticator(keys, engine, settings.auth.auth_cache_s, settings.api_key),
+        per_principal=TokenBuckets(settings.rate.per_s, settings.rate.burst),
+        per_ip_auth=TokenBuckets(settings.auth_rate.per_s, settings.auth_rate.burst),
         analytics=service(ANALYTICS_NAME),
         reconciler=service(RECONCILER_NAME),
         notifier=service(NOTIFIER_NAME),
         handles=service(HANDLES_NAME),
         ach=service(ACH_NAME),
-        bank_sim=service(BANK_SIM_NAME) if settings.bank_simulator else None,
+        bank_sim=service(BANK_SIM_NAME) if settings.bank_sim.enabled else None,
         risk=risk,
         policy=decode_policy(await risk.policy.remote()),
         risk_stats=RiskStats(),

@@ -46,10 +46,10 @@ class Edge:
         self.app = app
         self.hot = hot
         self.metrics = metrics
-        self.per_ip = TokenBuckets(settings.ip_rate_per_s, settings.ip_rate_burst)
-        self.max_requests = settings.max_inflight_requests
-        self.max_body_bytes = settings.max_inflight_body_bytes
-        self.body_limit = settings.max_body_bytes
+        self.per_ip = TokenBuckets(settings.ip_rate.per_s, settings.ip_rate.burst)
+        self.max_requests = settings.http.max_inflight_requests
+        self.max_body_bytes = settings.http.max_inflight_body_bytes
+        self.body_limit = settings.http.max_body_bytes
         self.requests = 0  # being served now
         self.body_bytes = 0  # their declared bodies
 

@@ -56,9 +56,13 @@ router = APIRouter()
 async def _issue(ctx: Context, conn, user_id: str, session_id: str) -> TokenPair:
     token_id, secret, refresh = tokens.new_secret(REFRESH_PREFIX)
     await identity.store_refresh(
-        conn, token_id, session_id, tokens.secret_hash(secret), ctx.settings.refresh_token_ttl_s
+        conn,
+        token_id,
+        session_id,
+        tokens.secret_hash(secret),
+        ctx.settings.auth.refresh_token_ttl_s,
     )
-    ttl = ctx.settings.access_token_ttl_s
+    ttl = ctx.settings.auth.access_token_ttl_s
     access = tokens.issue_access(ctx.keys, user_id, session_id, list(USER_SCOPES), ttl)
     return TokenPair(access, refresh, "bearer", ttl)
 

@@ -72,7 +72,7 @@ async def inbound_webhook(
         await refuse(p.UNKNOWN_PROVIDER)
     try:
         signed_at = verify_signature(
-            secret, request.headers.get(HEADER, ""), raw, ctx.settings.inbound_tolerance_s
+            secret, request.headers.get(HEADER, ""), raw, ctx.settings.inbound.tolerance_s
         )
     except SignatureError as e:
         await refuse(e.code)

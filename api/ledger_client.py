@@ -66,9 +66,9 @@ class LedgerClient:
         self._lookup = MicroBatcher(
             self._load_specs,
             max_items=4096,
-            window_s=settings.batch_window_ms / 1000,
-            max_inflight=settings.batch_max_inflight,
-            queue_limit=max(settings.queue_limit, 4096),
+            window_s=settings.batch.window_ms / 1000,
+            max_inflight=settings.batch.max_inflight,
+            queue_limit=max(settings.http.queue_limit, 4096),
         )
 
     def queue_depths(self) -> list[int]:
@@ -98,7 +98,7 @@ class LedgerClient:
 
     async def _wait(self, fut: asyncio.Future[Any]) -> Any:
         try:
-            return await asyncio.wait_for(fut, self.settings.request_timeout_s)
+            return await asyncio.wait_for(fut, self.settings.http.request_timeout_s)
         except TimeoutError:
             raise p.ApiError(p.TIMEOUT) from None
 
@@ -164,7 +164,7 @@ class LedgerClient:
         planned = plan(bodies, flags, codes, specs, self.shard_of)
         results = planned.results
         try:
-            async with asyncio.timeout(self.settings.request_timeout_s):
+            async with asyncio.timeout(self.settings.http.request_timeout_s):
                 for n, segment in enumerate(planned.segments):
                     try:
                         await self._run_segment(segment, results)

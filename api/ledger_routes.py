@@ -40,7 +40,7 @@ router = APIRouter()
 async def create_account(
     request: Request, ctx: Ctx, principal: Annotated[Principal, Depends(require("accounts:write"))]
 ) -> Response:
-    body = await decode_body(request, AccountIn, ctx.settings.max_body_bytes)
+    body = await decode_body(request, AccountIn, ctx.settings.http.max_body_bytes)
     owner = await _account_owner(ctx, principal, body.owner_user_id)
     spec = AccountSpec(
         body.id, body.currency, account_flags(body), canonical_metadata(body.metadata), 0, owner

@@ -171,7 +171,7 @@ def _with_secret(e: notify.Endpoint, secret: str) -> WebhookEndpointWithSecret:
 
 def _checked_url(ctx: Context, url: str) -> str:
     try:
-        return check_url(url, ctx.settings.webhook_allow_private)
+        return check_url(url, ctx.settings.webhook.allow_private)
     except DestinationError as e:
         raise p.ApiError(e.code, e.detail, "$.url") from None
 
@@ -385,7 +385,7 @@ async def retry_delivery(
         raise p.ApiError(p.DELIVERY_NOT_FOUND)
     async with ctx.engine.begin() as conn:
         queued = await notify.retry_delivery(
-            conn, endpoint_id, delivery_id, ctx.settings.webhook_max_attempts
+            conn, endpoint_id, delivery_id, ctx.settings.webhook.max_attempts
         )
     if not queued:
         raise p.ApiError(p.DELIVERY_NOT_FOUND)

@@ -45,8 +45,8 @@ async def payment_out(ctx: Context, pay: payments.Payment) -> PaymentOut:
             if state is not None:
                 next_action = NextActionOut(
                     "confirm_otp", f"/v1/payments/{pay.id}/confirm",
-                    dt.datetime.fromtimestamp(state[0] + ctx.settings.otp_max_age_s, dt.UTC),
-                    max(0, ctx.settings.otp_max_attempts - state[1]),
+                    dt.datetime.fromtimestamp(state[0] + ctx.settings.otp.max_age_s, dt.UTC),
+                    max(0, ctx.settings.otp.max_attempts - state[1]),
                 )  # fmt: skip
         elif pay.status == "in_review":
             review = await risk_store.open_review_of(conn, "payment", pay.id)

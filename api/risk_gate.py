@@ -196,7 +196,7 @@ async def after_create(ctx: Context, conn: AsyncConnection, pay: Payment, hits: 
         await store.store_challenge(conn, ctx.keys, pay.id, ch)
         # The event carries no code: the notifier derives it from the sealed secret
         # when it builds the push, so the code exists only in that notification.
-        expires = dt.datetime.fromtimestamp(ch.issued_at + ctx.settings.otp_max_age_s, dt.UTC)
+        expires = dt.datetime.fromtimestamp(ch.issued_at + ctx.settings.otp.max_age_s, dt.UTC)
         await payments.emit(conn, STEP_UP_EVENT, pay, {"expires_at": expires.isoformat()})
 
 

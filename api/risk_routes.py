@@ -63,11 +63,11 @@ async def confirm_payment(
         ch = await store.load_challenge(conn, ctx.keys, payment_id, lock=True)
         if ch is None:
             raise p.ApiError(p.NO_ACTION_REQUIRED)
-        checked, outcome = otp.check(ch, body.otp, time.time(), s.otp_max_age_s,
-                                     s.otp_max_attempts)  # fmt: skip
+        checked, outcome = otp.check(ch, body.otp, time.time(), s.otp.max_age_s,
+                                     s.otp.max_attempts)  # fmt: skip
         if checked != ch:
             await store.save_challenge(conn, payment_id, checked)
-        if outcome == "otp_invalid" and checked.attempts >= s.otp_max_attempts:
+        if outcome == "otp_invalid" and checked.attempts >= s.otp.max_attempts:
             outcome = "otp_locked"  # that was the last try
         pay = await payments.get(conn, payment_id, lock=True) or pay
         if outcome == "ok":
@@ -80,7 +80,7 @@ async def confirm_payment(
     # A retry after a confirm whose transfer did not finish (503): the code was accepted
     # then, so the payment goes on instead of being refused as a reuse.
     if outcome != "ok" and not (outcome == "otp_reused" and pay.status == "processing"):
-        left = max(0, s.otp_max_attempts - checked.attempts)
+        left = max(0, s.otp.max_attempts - checked.attempts)
         detail = f"{left} attempts left" if outcome == "otp_invalid" else ""
         raise p.ApiError(_OUTCOME_CODES[outcome], detail, "$.otp")
     if pay.status == "processing":

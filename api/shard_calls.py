@@ -76,13 +76,13 @@ class ShardCalls:
         self.handles = list(handles)
 
         def batcher(send: Callable, max_items: int | None = None) -> MicroBatcher:
-            max_items = max_items or settings.batch_max_items
+            max_items = max_items or settings.batch.max_items
             return MicroBatcher(
                 send,
                 max_items=max_items,
-                window_s=settings.batch_window_ms / 1000,
-                max_inflight=settings.batch_max_inflight,
-                queue_limit=max(settings.queue_limit, max_items),
+                window_s=settings.batch.window_ms / 1000,
+                max_inflight=settings.batch.max_inflight,
+                queue_limit=max(settings.http.queue_limit, max_items),
                 on_batch=on_batch,
             )
 

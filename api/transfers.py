@@ -209,7 +209,7 @@ class TransferRoutes:
         ctx = self.context()
         try:
             principal = await admit(ctx, scope)
-            raw = await read_body(scope, receive, ctx.settings.max_body_bytes)
+            raw = await read_body(scope, receive, ctx.settings.http.max_body_bytes)
             status, out = await work(ctx, principal, _decode(raw, decode), source_ip(scope))
         except ClientGone:
             return

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 from urllib.parse import urlsplit, urlunsplit
 
 import msgspec
@@ -22,31 +22,45 @@ def _cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-class Settings(msgspec.Struct, kw_only=True, frozen=True):
-    host: str = "127.0.0.1"
-    port: Annotated[int, Meta(ge=1, le=65535)] = 8000
-    data_dir: str = "./paynode-data"
-    # 0 = half the cores, at least one (see shard_count)
-    shards: Annotated[int, Meta(ge=0, le=1024)] = 0
-    # HTTP front processes of `paynode run` (each its own Ray driver)
-    workers: Annotated[int, Meta(ge=1, le=64)] = 1
+class Section(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """A group of settings. Each field's name, after its section's prefix (``SECTIONS``),
+    is the setting's flat name: ``PAYNODE_<FLAT NAME>`` in the environment, the keyword
+    of ``build``/``replace`` (``recon.interval_ms`` is ``recon_interval_ms``)."""
+
+    def __repr__(self) -> str:
+        shown = [(f, getattr(self, f)) for f in self.__struct_fields__]
+        fields = ", ".join(
+            f"{f}={'<redacted>' if f in _SECRET_FIELDS and v else repr(v)}" for f, v in shown
+        )
+        return f"{type(self).__name__}({fields})"
+
+
+_SECRET_FIELDS = ("providers",)  # in a section (the top level's: _redacted)
+
+
+class LedgerSettings(Section, frozen=True):
     # Ray restarts a crashed shard (-1 = always; 0 = never)
     shard_max_restarts: Annotated[int, Meta(ge=-1, le=1_000_000)] = -1
-    # How actors reach the HTTP front (bank simulator); "" = host:port
-    public_url: str = ""
-    # None = embedded PostgreSQL under data_dir
-    database_url: str | None = None
-    # None = start a local Ray instance
-    ray_address: str | None = None
-    namespace: str = "paynode"
+    # Rows coalesced into one group-commit transaction
+    commit_max_rows: Annotated[int, Meta(ge=1, le=10_000_000)] = 65_536
+    # How often pendings are checked for timeout
+    expiry_interval_ms: Annotated[int, Meta(ge=1, le=60_000)] = 200
 
-    # Front: micro-batching toward each shard.
+
+class BatchSettings(Section, frozen=True):
+    """The front's micro-batching toward each shard."""
+
     # Transfers per shard call
-    batch_max_items: Annotated[int, Meta(ge=1, le=100_000)] = 8190
+    max_items: Annotated[int, Meta(ge=1, le=100_000)] = 8190
     # Wait at most this long to fill a call
-    batch_window_ms: Annotated[float, Meta(ge=0, le=1000)] = 2.0
+    window_ms: Annotated[float, Meta(ge=0, le=1000)] = 2.0
     # Concurrent calls per shard (pipelining)
-    batch_max_inflight: Annotated[int, Meta(ge=1, le=64)] = 4
+    max_inflight: Annotated[int, Meta(ge=1, le=64)] = 4
+
+
+class HttpSettings(Section, frozen=True):
+    """What one API process takes on before it refuses."""
+
     # Transfers queued per shard before 503 overloaded
     queue_limit: Annotated[int, Meta(ge=1, le=10_000_000)] = 100_000
     # A transfer not answered by then is a 503
@@ -57,113 +71,182 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     # Declared body bytes being served
     max_inflight_body_bytes: Annotated[int, Meta(ge=1024, le=1 << 36)] = 64 * 1024 * 1024
     db_pool_size: Annotated[int, Meta(ge=1, le=1000)] = 8
+    # Comma-separated origins allowed by browsers; "" = none
+    cors_origins: str = ""
 
-    # Shards: group commit.
-    # Rows coalesced into one transaction
-    commit_max_rows: Annotated[int, Meta(ge=1, le=10_000_000)] = 65_536
-    # How often pendings are checked for timeout
-    expiry_interval_ms: Annotated[int, Meta(ge=1, le=60_000)] = 200
 
-    # Analytics and reconciliation.
-    # How often committed journal rows are published
-    analytics_interval_ms: Annotated[int, Meta(ge=10, le=60_000)] = 250
-    # Rows per Parquet segment written
-    analytics_max_rows: Annotated[int, Meta(ge=1_000, le=10_000_000)] = 100_000
-    # Live segments per table beyond which all are merged
-    analytics_max_segments: Annotated[int, Meta(ge=2, le=10_000)] = 64
-    analytics_compact: bool = True  # merge segments in tiers; off: never (a forensic copy)
-    # Incremental reconciliation; 0 = on demand only
-    recon_interval_s: Annotated[float, Meta(ge=0, le=86_400)] = 30.0
-    # Every Nth scheduled run is a full one
-    recon_full_every: Annotated[int, Meta(ge=1, le=1_000_000)] = 10
-
-    # Notifications: the outbox fan-out and webhook deliveries.
-    # How often the outbox is polled when idle
-    notify_interval_ms: Annotated[int, Meta(ge=10, le=60_000)] = 200
-    # Events fanned out per transaction
-    notify_batch: Annotated[int, Meta(ge=1, le=100_000)] = 5_000
-    # Per attempt, connect to last byte
-    webhook_timeout_s: Annotated[float, Meta(ge=0.1, le=120)] = 10.0
-    # Then the delivery is dead (replay by hand)
-    webhook_max_attempts: Annotated[int, Meta(ge=1, le=100)] = 8
-    # 1, 2, 4 ... s (half of it jitter)
-    webhook_backoff_base_s: Annotated[float, Meta(gt=0, le=86_400)] = 1.0
-    webhook_backoff_cap_s: Annotated[float, Meta(gt=0, le=86_400)] = 3600.0
-    # Requests in flight over all endpoints
-    webhook_max_concurrency: Annotated[int, Meta(ge=1, le=10_000)] = 64
-    # Pending deliveries per endpoint looked at per pass
-    webhook_window: Annotated[int, Meta(ge=1, le=10_000)] = 200
-    webhook_allow_private: bool = False  # allow http:// and loopback/private endpoints (dev)
-    # Inbound: JSON {"provider": "signing secret"}; never printed
-    webhook_providers: str = ""
-    # Inbound signature timestamp window (replays)
-    inbound_tolerance_s: Annotated[int, Meta(ge=1, le=3600)] = 300
-
-    # ACH: our bank (the ODFI), the cutoff, and the simulated bank used without a real one.
-    # 9 digits with a valid check digit
-    ach_odfi_routing: str = "011000015"
-    # On the receiver's statement (<= 16)
-    ach_company_name: Annotated[str, Meta(min_length=1, max_length=16)] = "PAYNODE"
-    # 10 characters, assigned by the ODFI
-    ach_company_id: Annotated[str, Meta(min_length=10, max_length=10)] = "1000000001"
-    # Build and send a NACHA file; 0 = on demand only
-    ach_cutoff_interval_s: Annotated[float, Meta(ge=0, le=86_400)] = 60.0
-    bank_simulator: bool = True  # answer our files with the simulator (no real bank here)
-    # How long the simulated bank takes to settle or return
-    bank_sim_delay_s: Annotated[float, Meta(ge=0, le=3600)] = 2.0
-    # JSON {"account number": "R01"}; "" = the built-in table
-    bank_sim_returns: str = ""
-
-    # Risk and compliance: files in the layouts of actors/risk/ ("" = the shipped seeds).
-    # JSON rules table (actors/risk/default_rules.json)
-    risk_rules: str = ""
-    # JSON send limits by KYC level (actors/risk/default_limits.json)
-    risk_limits: str = ""
-    # OFAC SDN CSV (sdn.csv layout); "" = the fictional sample list
-    sanctions_sdn: str = ""
-    # OFAC ALT CSV (alt.csv layout): aliases; "" = the sample's
-    sanctions_alt: str = ""
-    # Name similarity (0..1) that counts as a match
-    sanctions_threshold: Annotated[float, Meta(ge=0.5, le=1.0)] = 0.90
-    # A step-up code's life
-    otp_max_age_s: Annotated[int, Meta(ge=30, le=3600)] = 300
-    # Codes tried per challenge before it locks
-    otp_max_attempts: Annotated[int, Meta(ge=1, le=20)] = 5
-
-    def analytics_path(self) -> Path:
-        return self.data_path() / "analytics"
-
-    # Identity and access.
-    # Bootstrap admin key (PAYNODE_API_KEY); never printed
-    api_key: Annotated[str, Meta(min_length=16)] | None = None
-    # Keyring file; "" = <data_dir>/keyring.json (see node/keyring.py)
-    keyring: str = ""
+class AuthSettings(Section, frozen=True):
     access_token_ttl_s: Annotated[int, Meta(ge=60, le=86_400)] = 900
     refresh_token_ttl_s: Annotated[int, Meta(ge=60, le=365 * 86_400)] = 30 * 86400
     # API key and session lookups; bounds revocation lag elsewhere
     auth_cache_s: Annotated[float, Meta(ge=0, le=300)] = 5.0
-    # Requests per second per user or API key
-    rate_per_s: Annotated[float, Meta(gt=0, le=1e9)] = 5000.0
-    rate_burst: Annotated[int, Meta(ge=1, le=1_000_000_000)] = 10_000
-    # Requests per second per client address
-    ip_rate_per_s: Annotated[float, Meta(gt=0, le=1e9)] = 10_000.0
-    ip_rate_burst: Annotated[int, Meta(ge=1, le=1_000_000_000)] = 20_000
-    # Register/login/refresh per client address (guessing)
-    auth_rate_per_s: Annotated[float, Meta(gt=0, le=1e9)] = 5.0
-    auth_rate_burst: Annotated[int, Meta(ge=1, le=1_000_000_000)] = 20
-    # Comma-separated origins allowed by browsers; "" = none
-    cors_origins: str = ""
+
+
+class RateLimit(Section, frozen=True):
+    """A token bucket: ``per_s`` refill, ``burst`` capacity."""
+
+    per_s: Annotated[float, Meta(gt=0, le=1e9)]
+    burst: Annotated[int, Meta(ge=1, le=1_000_000_000)]
+
+
+class AnalyticsSettings(Section, frozen=True):
+    # How often committed journal rows are published
+    interval_ms: Annotated[int, Meta(ge=10, le=60_000)] = 250
+    # Rows per Parquet segment written
+    max_rows: Annotated[int, Meta(ge=1_000, le=10_000_000)] = 100_000
+    # Live segments per table beyond which all are merged
+    max_segments: Annotated[int, Meta(ge=2, le=10_000)] = 64
+    compact: bool = True  # merge segments in tiers; off: never (a forensic copy)
+
+
+class ReconSettings(Section, frozen=True):
+    # Incremental reconciliation; 0 = on demand only
+    interval_ms: Annotated[int, Meta(ge=0, le=86_400_000)] = 30_000
+    # Every Nth scheduled run is a full one
+    full_every: Annotated[int, Meta(ge=1, le=1_000_000)] = 10
+
+
+class NotifySettings(Section, frozen=True):
+    """The outbox fan-out."""
+
+    # How often the outbox is polled when idle
+    interval_ms: Annotated[int, Meta(ge=10, le=60_000)] = 200
+    # Events fanned out per transaction
+    batch: Annotated[int, Meta(ge=1, le=100_000)] = 5_000
+
+
+class WebhookSettings(Section, frozen=True):
+    """Deliveries to subscribers' endpoints, and inbound providers' secrets."""
+
+    # Per attempt, connect to last byte
+    timeout_s: Annotated[float, Meta(ge=0.1, le=120)] = 10.0
+    # Then the delivery is dead (replay by hand)
+    max_attempts: Annotated[int, Meta(ge=1, le=100)] = 8
+    # 1, 2, 4 ... s (half of it jitter)
+    backoff_base_s: Annotated[float, Meta(gt=0, le=86_400)] = 1.0
+    backoff_cap_s: Annotated[float, Meta(gt=0, le=86_400)] = 3600.0
+    # Requests in flight over all endpoints
+    max_concurrency: Annotated[int, Meta(ge=1, le=10_000)] = 64
+    # Pending deliveries per endpoint looked at per pass
+    window: Annotated[int, Meta(ge=1, le=10_000)] = 200
+    allow_private: bool = False  # allow http:// and loopback/private endpoints (dev)
+    # Inbound: JSON {"provider": "signing secret"}; never printed
+    providers: str = ""
+
+
+class InboundSettings(Section, frozen=True):
+    # Inbound signature timestamp window (replays)
+    tolerance_s: Annotated[int, Meta(ge=1, le=3600)] = 300
+
+
+class AchSettings(Section, frozen=True):
+    """Our bank (the ODFI) and the cutoff."""
+
+    # 9 digits with a valid check digit
+    odfi_routing: str = "011000015"
+    # On the receiver's statement (<= 16)
+    company_name: Annotated[str, Meta(min_length=1, max_length=16)] = "PAYNODE"
+    # 10 characters, assigned by the ODFI
+    company_id: Annotated[str, Meta(min_length=10, max_length=10)] = "1000000001"
+    # Build and send a NACHA file; 0 = on demand only
+    cutoff_interval_ms: Annotated[int, Meta(ge=0, le=86_400_000)] = 60_000
+
+
+class BankSimSettings(Section, frozen=True):
+    """The simulated bank, used without a real one."""
+
+    enabled: bool = True  # answer our files with the simulator (no real bank here)
+    # How long the simulated bank takes to settle or return
+    delay_s: Annotated[float, Meta(ge=0, le=3600)] = 2.0
+    # JSON {"account number": "R01"}; "" = the built-in table
+    returns: str = ""
+
+
+class RiskSettings(Section, frozen=True):
+    """Files in the layouts of domain/risk/ ("" = the shipped seeds)."""
+
+    # JSON rules table (default_rules.json)
+    rules: str = ""
+    # JSON send limits by KYC level (default_limits.json)
+    limits: str = ""
+
+
+class SanctionsSettings(Section, frozen=True):
+    # OFAC SDN CSV (sdn.csv layout); "" = the fictional sample list
+    sdn: str = ""
+    # OFAC ALT CSV (alt.csv layout): aliases; "" = the sample's
+    alt: str = ""
+    # Name similarity (0..1) that counts as a match
+    threshold: Annotated[float, Meta(ge=0.5, le=1.0)] = 0.90
+
+
+class OtpSettings(Section, frozen=True):
+    # A step-up code's life
+    max_age_s: Annotated[int, Meta(ge=30, le=3600)] = 300
+    # Codes tried per challenge before it locks
+    max_attempts: Annotated[int, Meta(ge=1, le=20)] = 5
+
+
+def _default(section: type[Section], **values: object) -> Any:
+    return msgspec.field(default_factory=lambda: section(**values))
+
+
+class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """The node's configuration: the node's shape at the top, the rest in typed sections.
+
+    Units: periods of a loop and waits under a second in ms (``*_interval_ms``,
+    ``batch_window_ms``); timeouts, delays, lifetimes and tolerances in s.
+    """
+
+    host: str = "127.0.0.1"
+    port: Annotated[int, Meta(ge=1, le=65535)] = 8000
+    data_dir: str = "./paynode-data"
+    # 0 = half the cores, at least one (see shard_count)
+    shards: Annotated[int, Meta(ge=0, le=1024)] = 0
+    # HTTP front processes of `paynode run` (each its own Ray driver)
+    workers: Annotated[int, Meta(ge=1, le=64)] = 1
+    # How actors reach the HTTP front (bank simulator); "" = host:port
+    public_url: str = ""
+    # None = embedded PostgreSQL under data_dir
+    database_url: str | None = None
+    # None = start a local Ray instance
+    ray_address: str | None = None
+    namespace: str = "paynode"
+    # Bootstrap admin key (PAYNODE_API_KEY); never printed
+    api_key: Annotated[str, Meta(min_length=16)] | None = None
+    # Keyring file; "" = <data_dir>/keyring.json (see storage/keyring.py)
+    keyring: str = ""
+
+    ledger: LedgerSettings = _default(LedgerSettings)
+    batch: BatchSettings = _default(BatchSettings)
+    http: HttpSettings = _default(HttpSettings)
+    auth: AuthSettings = _default(AuthSettings)
+    # Requests per user or API key; per client address; register/login/refresh per
+    # client address (password and token guessing)
+    rate: RateLimit = _default(RateLimit, per_s=5000.0, burst=10_000)
+    ip_rate: RateLimit = _default(RateLimit, per_s=10_000.0, burst=20_000)
+    auth_rate: RateLimit = _default(RateLimit, per_s=5.0, burst=20)
+    analytics: AnalyticsSettings = _default(AnalyticsSettings)
+    recon: ReconSettings = _default(ReconSettings)
+    notify: NotifySettings = _default(NotifySettings)
+    webhook: WebhookSettings = _default(WebhookSettings)
+    inbound: InboundSettings = _default(InboundSettings)
+    ach: AchSettings = _default(AchSettings)
+    bank_sim: BankSimSettings = _default(BankSimSettings)
+    risk: RiskSettings = _default(RiskSettings)
+    sanctions: SanctionsSettings = _default(SanctionsSettings)
+    otp: OtpSettings = _default(OtpSettings)
 
     def __repr__(self) -> str:
-        fields = ", ".join(f"{f}={_redacted(f, getattr(self, f))}" for f in self.__struct_fields__)
+        fields = ", ".join(f"{n}={_redacted(n, v)}" for n, v in flat_items(self))
         return f"Settings({fields})"
 
     def providers(self) -> dict[str, str]:
         """Inbound webhook providers and their signing secrets."""
-        if not self.webhook_providers:
+        if not self.webhook.providers:
             return {}
         try:
-            return msgspec.json.decode(self.webhook_providers, type=dict[str, str])
+            return msgspec.json.decode(self.webhook.providers, type=dict[str, str])
         except msgspec.DecodeError as e:
             raise ValueError("webhook_providers is not a JSON object of strings") from e
 
@@ -187,6 +270,104 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     def data_path(self) -> Path:
         return Path(self.data_dir).expanduser().resolve()
 
+    def analytics_path(self) -> Path:
+        return self.data_path() / "analytics"
+
+
+# Section attribute -> the prefix its fields' flat names carry ("" = none).
+SECTIONS: dict[str, str] = {
+    "ledger": "", "batch": "batch_", "http": "", "auth": "", "rate": "rate_",
+    "ip_rate": "ip_rate_", "auth_rate": "auth_rate_", "analytics": "analytics_",
+    "recon": "recon_", "notify": "notify_", "webhook": "webhook_", "inbound": "inbound_",
+    "ach": "ach_", "bank_sim": "bank_sim_", "risk": "risk_", "sanctions": "sanctions_",
+    "otp": "otp_",
+}  # fmt: skip
+# Settings whose name changed (one unit per concept; sections): named in the error.
+RENAMED = {
+    "recon_interval_s": "recon_interval_ms",
+    "ach_cutoff_interval_s": "ach_cutoff_interval_ms",
+    "bank_simulator": "bank_sim_enabled",
+}
+
+
+def _index() -> dict[str, tuple[str | None, str]]:
+    """Flat name -> (section attribute or None at the top, field)."""
+    out: dict[str, tuple[str | None, str]] = {}
+    for name in Settings.__struct_fields__:
+        if name in SECTIONS:
+            for field in _SECTION_TYPES[name].__struct_fields__:
+                flat = SECTIONS[name] + field
+                assert flat not in out, f"two settings named {flat}"
+                out[flat] = (name, field)
+        else:
+            assert name not in out, f"two settings named {name}"
+            out[name] = (None, name)
+    return out
+
+
+_SECTION_TYPES: dict[str, type[Section]] = {
+    "ledger": LedgerSettings, "batch": BatchSettings, "http": HttpSettings,
+    "auth": AuthSettings, "rate": RateLimit, "ip_rate": RateLimit, "auth_rate": RateLimit,
+    "analytics": AnalyticsSettings, "recon": ReconSettings, "notify": NotifySettings,
+    "webhook": WebhookSettings, "inbound": InboundSettings, "ach": AchSettings,
+    "bank_sim": BankSimSettings, "risk": RiskSettings, "sanctions": SanctionsSettings,
+    "otp": OtpSettings,
+}  # fmt: skip
+FLAT: dict[str, tuple[str | None, str]] = _index()
+_DEFAULTS = Settings()
+
+
+def flat_items(settings: Settings) -> list[tuple[str, object]]:
+    """Every setting as (flat name, value), in declaration order."""
+    out = []
+    for flat, (section, field) in FLAT.items():
+        owner = settings if section is None else getattr(settings, section)
+        out.append((flat, getattr(owner, field)))
+    return out
+
+
+def _nested(flat: dict[str, object]) -> dict[str, object]:
+    """Flat names to the nested shape msgspec converts (unknown names refused)."""
+    out: dict[str, object] = {}
+    for name, value in flat.items():
+        if name in RENAMED:
+            raise ValueError(
+                f"invalid configuration: {name} is now {RENAMED[name]} "
+                f"({_ENV_PREFIX}{RENAMED[name].upper()})"
+            )
+        where = FLAT.get(name)
+        if where is None:
+            raise ValueError(f"invalid configuration: no setting named {name}")
+        section, field = where
+        if section is None:
+            out[field] = value
+        else:
+            if section not in out:  # a section's other fields keep their defaults
+                out[section] = msgspec.structs.asdict(getattr(_DEFAULTS, section))
+            out[section][field] = value  # type: ignore[index]
+    return out
+
+
+def build(**flat: object) -> Settings:
+    """Settings from flat names (``recon_interval_ms=0``), defaults for the rest; checked."""
+    return _build(flat, strict=True)
+
+
+def _build(flat: dict[str, object], strict: bool) -> Settings:
+    try:
+        settings = msgspec.convert(_nested(flat), Settings, strict=strict)
+    except msgspec.ValidationError as e:
+        raise ValueError("invalid configuration: " + _explain(str(e))) from None
+    _check(settings)
+    return settings
+
+
+def replace(settings: Settings, **flat: object) -> Settings:
+    """A copy with the named (flat) settings changed; checked like ``build``."""
+    values = dict(flat_items(settings))
+    values.update(flat)
+    return build(**values)
+
 
 def _redacted(field: str, value: object) -> str:
     if field in ("api_key", "webhook_providers") and value:
@@ -209,11 +390,19 @@ _ENV_PREFIX = "PAYNODE_"
 
 
 def from_env(**overrides: object) -> Settings:
-    """Defaults, then ``PAYNODE_<FIELD>`` / ``DATABASE_URL`` / ``RAY_ADDRESS``, then overrides.
+    """Defaults, then ``PAYNODE_<FLAT NAME>`` / ``DATABASE_URL`` / ``RAY_ADDRESS``, then
+    overrides (flat names).
 
-    Raises ``ValueError`` naming the setting (and its variable) that is out of bounds."""
+    Raises ``ValueError`` naming the setting (and its variable) that is out of bounds, or
+    a variable whose setting was renamed."""
     values: dict[str, object] = {}
-    for name in Settings.__struct_fields__:
+    for old, new in RENAMED.items():
+        if os.environ.get(_ENV_PREFIX + old.upper()) is not None:
+            raise ValueError(
+                f"invalid configuration: {_ENV_PREFIX}{old.upper()} is now "
+                f"{_ENV_PREFIX}{new.upper()}"
+            )
+    for name in FLAT:
         raw = os.environ.get(_ENV_PREFIX + name.upper())
         if raw is not None:
             values[name] = raw
@@ -222,21 +411,19 @@ def from_env(**overrides: object) -> Settings:
     if os.environ.get("RAY_ADDRESS"):
         values["ray_address"] = os.environ["RAY_ADDRESS"]
     values.update({k: v for k, v in overrides.items() if v is not None})
-    try:
-        settings = msgspec.convert(values, Settings, strict=False)
-    except msgspec.ValidationError as e:
-        raise ValueError("invalid configuration: " + _explain(str(e))) from None
-    _check(settings)
-    return settings
+    return _build(values, strict=False)
 
 
 def _explain(message: str) -> str:
-    """msgspec's "Expected `int` >= 1 - at `$.workers`" as "workers must be `int` >= 1
-    (PAYNODE_WORKERS)". The value itself is never echoed: it may be a secret."""
+    """msgspec's "Expected `int` >= 1 - at `$.recon.interval_ms`" as "recon_interval_ms
+    must be `int` >= 1 (PAYNODE_RECON_INTERVAL_MS)". The value itself is never echoed: it
+    may be a secret."""
     what, _, where = message.partition(" - at `$.")
-    name = where.rstrip("`")
-    if not name:
+    path = where.rstrip("`")
+    if not path:
         return message
+    section, _, field = path.partition(".")
+    name = SECTIONS[section] + field if field and section in SECTIONS else path
     rule = what.removeprefix("Expected ").removeprefix("Object ")
     return f"{name} must be {rule} ({_ENV_PREFIX}{name.upper()})"
 
@@ -244,17 +431,17 @@ def _explain(message: str) -> str:
 def _check(s: Settings) -> None:
     """What the bounds next to each field cannot say: rules across fields, and formats."""
     problems = []
-    if s.max_inflight_body_bytes < s.max_body_bytes:
+    if s.http.max_inflight_body_bytes < s.http.max_body_bytes:
         problems.append("max_inflight_body_bytes must be >= max_body_bytes")
-    if s.queue_limit < s.batch_max_items:
+    if s.http.queue_limit < s.batch.max_items:
         problems.append("queue_limit must be >= batch_max_items")
-    if s.refresh_token_ttl_s < s.access_token_ttl_s:
+    if s.auth.refresh_token_ttl_s < s.auth.access_token_ttl_s:
         problems.append("refresh_token_ttl_s must be >= access_token_ttl_s")
-    if s.webhook_backoff_cap_s < s.webhook_backoff_base_s:
+    if s.webhook.backoff_cap_s < s.webhook.backoff_base_s:
         problems.append("webhook_backoff_cap_s must be >= webhook_backoff_base_s")
     from paynode.domain.rails.nacha import aba_valid
 
-    if not aba_valid(s.ach_odfi_routing):
+    if not aba_valid(s.ach.odfi_routing):
         problems.append("ach_odfi_routing must be a 9-digit routing number (ABA check digit)")
     try:
         providers = s.providers()

@@ -26,7 +26,7 @@ from typing import Any
 
 import msgspec
 
-from paynode.domain.settings import Settings, from_env
+from paynode.domain.settings import Settings, from_env, replace
 from paynode.node import fronts
 
 log = logging.getLogger("paynode.cluster")
@@ -124,13 +124,11 @@ def app_from_env() -> Any:
 
     names = find_shards(settings.namespace)
     providers = settings.providers()
-    if settings.bank_simulator and PROVIDER not in providers:
+    if settings.bank_sim.enabled and PROVIDER not in providers:
         # The simulator signs with a secret `paynode actors` made; this front must verify it.
         sim: Any = find_service(BANK_SIM_NAME, settings.namespace)
         providers[PROVIDER] = ray.get(sim.signing_secret.remote(), timeout=60)
-        settings = msgspec.structs.replace(
-            settings, webhook_providers=msgspec.json.encode(providers).decode()
-        )
+        settings = replace(settings, webhook_providers=msgspec.json.encode(providers).decode())
     keys = load(settings.data_path(), settings.keyring)
     log.info("API worker %d: %d shards found", os.getpid(), len(names))
     return create_app(settings, names, keys)

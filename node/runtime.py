@@ -34,7 +34,7 @@ from paynode.actors.names import (
     RISK_NAME,
     SHARD_NAME,
 )
-from paynode.domain.settings import Settings
+from paynode.domain.settings import Settings, replace
 from paynode.node import embedded_pg
 from paynode.storage.database import libpq_url
 from paynode.storage.keyring import load as load_keyring
@@ -258,7 +258,7 @@ def start_shards(
         remote.options(
             name=name,
             max_concurrency=10_000,
-            max_restarts=settings.shard_max_restarts,
+            max_restarts=settings.ledger.shard_max_restarts,
             max_task_retries=0,  # a lost answer is the client's to retry, by transfer id
             # A restarted `paynode actors` adopts the running shards (and their memory).
             get_if_exists=detached,
@@ -270,8 +270,8 @@ def start_shards(
             count,
             database_url,
             settings.namespace,
-            settings.commit_max_rows,
-            settings.expiry_interval_ms,
+            settings.ledger.commit_max_rows,
+            settings.ledger.expiry_interval_ms,
             names,
         )
         for i, name in enumerate(names)
@@ -332,23 +332,23 @@ def start_helpers(
     lookups = [
         ServiceSpec(HANDLES_NAME, HandleDirectory, (database_url,)),
         ServiceSpec(RISK_NAME, RiskActor, (
-            settings.risk_rules, settings.risk_limits, settings.sanctions_sdn,
-            settings.sanctions_alt, settings.sanctions_threshold,
+            settings.risk.rules, settings.risk.limits, settings.sanctions.sdn,
+            settings.sanctions.alt, settings.sanctions.threshold,
         )),
     ]  # fmt: skip
     followers = [
         ServiceSpec(ANALYTICS_NAME, AnalyticsStreamer, (
-            database_url, str(settings.analytics_path()), settings.analytics_interval_ms,
-            settings.analytics_max_rows, settings.analytics_max_segments,
-            settings.analytics_compact,
+            database_url, str(settings.analytics_path()), settings.analytics.interval_ms,
+            settings.analytics.max_rows, settings.analytics.max_segments,
+            settings.analytics.compact,
         )),
         ServiceSpec(RECONCILER_NAME, Reconciler, (
             database_url, str(settings.analytics_path()), shard_names, settings.namespace,
-            settings.recon_interval_s, settings.recon_full_every,
+            settings.recon.interval_ms, settings.recon.full_every,
         )),
         ServiceSpec(NOTIFIER_NAME, Notifier, (paths, database_url)),
-        *([_bank_simulator(settings)] if settings.bank_simulator else []),
-        ServiceSpec(ACH_NAME, AchOriginator, (paths, database_url, settings.bank_simulator)),
+        *([_bank_simulator(settings)] if settings.bank_sim.enabled else []),
+        ServiceSpec(ACH_NAME, AchOriginator, (paths, database_url, settings.bank_sim.enabled)),
     ]  # fmt: skip
     # The helpers write files under the data directory: they run on this machine.
     options = _actor_options(settings, detached) | {
@@ -389,17 +389,17 @@ def _bank_simulator(settings: Settings) -> Any:
 
     providers = settings.providers()
     assert PROVIDER in providers, "start() gives the simulator its secret first"
-    returns = json.loads(settings.bank_sim_returns) if settings.bank_sim_returns else None
+    returns = json.loads(settings.bank_sim.returns) if settings.bank_sim.returns else None
     return ServiceSpec(BANK_SIM_NAME, BankSimulator, (
-        settings.front_url(), providers[PROVIDER], settings.bank_sim_delay_s,
-        settings.ach_odfi_routing, returns,
+        settings.front_url(), providers[PROVIDER], settings.bank_sim.delay_s,
+        settings.ach.odfi_routing, returns,
     ))  # fmt: skip
 
 
 def with_bank_secret(settings: Settings) -> Settings:
     """The settings with a signing secret for the simulated bank's webhooks (one made up
     for this run when none is configured): the front verifies what the actor signs."""
-    if not settings.bank_simulator:
+    if not settings.bank_sim.enabled:
         return settings
     from paynode.actors.bank_sim import PROVIDER
 
@@ -407,7 +407,7 @@ def with_bank_secret(settings: Settings) -> Settings:
     if PROVIDER in providers:
         return settings
     providers[PROVIDER] = secrets.token_urlsafe(32)
-    return msgspec.structs.replace(settings, webhook_providers=json.dumps(providers))
+    return replace(settings, webhook_providers=json.dumps(providers))
 
 
 def start(settings: Settings, detached: bool = False) -> Services:

@@ -28,7 +28,7 @@ from paynode.api.schemas import TransferIn
 from paynode.api.shard_calls import Unavailable
 from paynode.domain.ledger.model import RETRYABLE, AccountFlags, AccountSpec, Code
 from paynode.domain.ledger.ports import StorageUnavailable
-from paynode.domain.settings import Settings
+from paynode.domain.settings import build
 from paynode.sim import world as w
 from paynode.sim.loop import Stalled, VirtualLoop
 
@@ -132,8 +132,8 @@ def _shard_module():  # the module whose uuid the simulator seeds
 async def _main(world: w.World, report: Report, clients: int, steps: int) -> None:
     for i in range(world.count):
         world.boot(i, restarted=False)
-    settings = Settings(batch_window_ms=1.0, batch_max_items=64, batch_max_inflight=2,
-                        request_timeout_s=2.0, queue_limit=10_000)  # fmt: skip
+    settings = build(batch_window_ms=1.0, batch_max_items=64, batch_max_inflight=2,
+                     request_timeout_s=2.0, queue_limit=10_000)  # fmt: skip
     front = LedgerClient(world.handles(), w.Reads(world), settings)
     ids = _Ids()
     accounts = await _open_accounts(world, front)

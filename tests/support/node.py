@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from paynode.domain.settings import Settings
+from paynode.domain.settings import Settings, build
 from paynode.storage.keyring import Keyring
 
 
@@ -112,7 +112,7 @@ class NodeStarter:
             "api_key": ADMIN_KEY,
             "data_dir": str(self.tmp_path_factory.mktemp("node")),
         }
-        settings = with_bank_secret(Settings(**(values | overrides)))
+        settings = with_bank_secret(build(**(values | overrides)))
         names, handles = start_shards(settings, self.database_url)
         helpers = start_helpers(settings, self.database_url, names)
         keys = load(settings.data_path(), settings.keyring)

@@ -77,7 +77,7 @@ def _status(node: RunningNode, payment_id: str) -> str:
 
 
 def test_pull_push_files_and_returns(make_node) -> None:
-    node = make_node(bank_sim_delay_s=0.1, ach_cutoff_interval_s=0)
+    node = make_node(bank_sim_delay_s=0.1, ach_cutoff_interval_ms=0)
     alice = _user(node, "alice-ach")
     _wallet(node, alice, "alice-ach-w")
     bank = _link_and_verify(node, alice, GOOD)
@@ -155,7 +155,7 @@ def test_pull_push_files_and_returns(make_node) -> None:
 
 
 def test_debit_returned_r01_leaves_the_wallet_as_before(make_node) -> None:
-    node = make_node(bank_sim_delay_s=0.1, ach_cutoff_interval_s=0)
+    node = make_node(bank_sim_delay_s=0.1, ach_cutoff_interval_ms=0)
     bob = _user(node, "bob-ach")
     _wallet(node, bob, "bob-ach-w")
     bank = _link_and_verify(node, bob, R01_ACCOUNT)  # credits (micro-deposits) go through
@@ -196,7 +196,7 @@ def test_reconciliation_finds_ach_entries_the_bank_never_answered(make_node) -> 
 
     from paynode.storage.database import libpq_url
 
-    node = make_node(bank_simulator=False, ach_cutoff_interval_s=0, recon_interval_s=0)
+    node = make_node(bank_sim_enabled=False, ach_cutoff_interval_ms=0, recon_interval_ms=0)
     carol = _user(node, "carol-ach")
     _wallet(node, carol, "carol-ach-w")
     r = node.http.post("/v1/bank-accounts", headers=carol, json={

@@ -74,7 +74,7 @@ def _open(node: RunningNode) -> set[tuple[str, str, str]]:
 
 
 def test_the_views_match_the_journal(make_node) -> None:
-    node = make_node(recon_interval_s=0)
+    node = make_node(recon_interval_ms=0)
     _seed(node)
     _sync(node)
     con = _views(node)
@@ -112,7 +112,7 @@ def test_the_views_match_the_journal(make_node) -> None:
 
 
 def test_a_separate_process_queries_during_a_load(make_node) -> None:
-    node = make_node(recon_interval_s=0, analytics_interval_ms=50)
+    node = make_node(recon_interval_ms=0, analytics_interval_ms=50)
     _seed(node, n=5)
     stop = threading.Event()
     errors: list[str] = []
@@ -165,7 +165,7 @@ def test_a_separate_process_queries_during_a_load(make_node) -> None:
 
 
 def test_reconciliation_finds_each_kind_of_drift_and_resolves_it(make_node) -> None:
-    node = make_node(recon_interval_s=0)
+    node = make_node(recon_interval_ms=0)
     _seed(node)
     clean = _run(node, "full")
     assert clean["status"] == "ok" and clean["findings"] == 0 and clean["found"] == 0, clean
@@ -253,7 +253,7 @@ def _read_whole(node: RunningNode) -> float:
 
 
 def test_incremental_runs_check_only_what_changed(make_node) -> None:
-    node = make_node(recon_interval_s=0)
+    node = make_node(recon_interval_ms=0)
     _seed(node)
     first = _run(node, "incremental")
     assert first["status"] == "ok" and first["accounts_checked"] == ACCOUNTS
@@ -288,7 +288,7 @@ def test_reconciliation_needs_its_scope(node: RunningNode) -> None:
 
 
 def test_cli_recon_and_daily_report(make_node, tmp_path: Path) -> None:
-    node = make_node(recon_interval_s=0)
+    node = make_node(recon_interval_ms=0)
     _seed(node)
     env = {**os.environ, "PAYNODE_API_KEY": ADMIN_KEY}
     done = subprocess.run(
@@ -313,7 +313,7 @@ def test_cli_recon_and_daily_report(make_node, tmp_path: Path) -> None:
 
 
 def test_metrics_carry_analytics_lag_and_reconciliation(make_node) -> None:
-    node = make_node(recon_interval_s=0)
+    node = make_node(recon_interval_ms=0)
     _seed(node, n=3)
     _sync(node)
     _run(node, "incremental")

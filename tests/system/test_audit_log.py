@@ -245,7 +245,7 @@ def _audit_rows(con: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
 def test_analysts_get_the_audit_log_without_pii(make_node) -> None:
     import ray  # only after conftest set Ray's token auth up
 
-    node: RunningNode = make_node(recon_interval_s=0)
+    node: RunningNode = make_node(recon_interval_ms=0)
     # The unusual record last: it is the last row of the export the watermark is read from.
     append_records(node.database_url, [_fields(i) for i in range(10)] + [_unusual(10)])
     expected = [redact_for_analytics(r) for r in read_records(node.database_url)]

@@ -517,7 +517,7 @@ def _setup(node) -> None:
 
 def test_bad_input_is_refused_without_side_effects(node, subtests) -> None:
     _setup(node)
-    rows = build_rows(node.settings.max_body_bytes)
+    rows = build_rows(node.settings.http.max_body_bytes)
     assert len({r.name for r in rows}) == len(rows), "row names must be unique"
     db_before = db_snapshot(node.database_url)
     mem_before = node.balances()

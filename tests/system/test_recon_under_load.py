@@ -210,7 +210,7 @@ def test_no_false_findings_under_load_and_drift_still_found(make_node) -> None:
         # compaction: the segment removed below must be the one that holds the rows chosen
         # (a compaction would merge it into one named like it); reading across a compaction
         # is test_a_pinned_reader_sees_one_generation_across_a_compaction.
-        node = make_node(recon_interval_s=1.0, recon_full_every=3, analytics_interval_ms=100,
+        node = make_node(recon_interval_ms=1000, recon_full_every=3, analytics_interval_ms=100,
                          analytics_compact=False)  # fmt: skip
         ids, limited = _seed(node)
         _clean_under_load(node, ids, limited)

@@ -127,7 +127,7 @@ def test_forged_access_tokens_are_refused(node: RunningNode) -> None:
         alice = register(c, "alice@forge.example")
         bob = register(c, "bob@forge.example")
         pair = login(c, "alice@forge.example")
-        assert pair["expires_in"] == node.settings.access_token_ttl_s
+        assert pair["expires_in"] == node.settings.auth.access_token_ttl_s
         token = pair["access_token"]
         me_ok(c, token, alice)
         header, real = unverified(token)
@@ -219,7 +219,7 @@ def test_refresh_rotates_and_reuse_revokes_the_session(node: RunningNode) -> Non
         assert r.status_code == 200, r.text
         second = r.json()
         assert second["token_type"] == "bearer"
-        assert second["expires_in"] == node.settings.access_token_ttl_s
+        assert second["expires_in"] == node.settings.auth.access_token_ttl_s
         assert second["refresh_token"] != first["refresh_token"]
         assert second["access_token"] != first["access_token"]
         assert (

@@ -8,16 +8,24 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from paynode.domain.settings import Settings, from_env
+from paynode.domain.settings import FLAT, RENAMED, SECTIONS, Settings, build, from_env
 
 _ROOT = Path(__file__).resolve().parents[2]
 _PACKAGES = ("domain", "storage", "actors", "api", "node")
 
 
 def _fields() -> list[msgspec.inspect.Field]:
+    """Every setting: the top level's and each section's (named by its flat name)."""
     info = msgspec.inspect.type_info(Settings)
     assert isinstance(info, msgspec.inspect.StructType)
-    return list(info.fields)
+    out = []
+    for f in info.fields:
+        if isinstance(f.type, msgspec.inspect.StructType):
+            out += [msgspec.structs.replace(g, name=SECTIONS[f.name] + g.name)
+                    for g in f.type.fields]  # fmt: skip
+        else:
+            out.append(f)
+    return out
 
 
 def _bounds(t: msgspec.inspect.Type) -> tuple[object, object]:
@@ -46,13 +54,14 @@ def test_every_setting_is_read_by_the_product() -> None:
         if p.name != "settings.py"
     )
     settings_source = (_ROOT / "domain" / "settings.py").read_text()
-    dead = [
-        f.name
-        for f in _fields()
-        if not re.search(rf"\b{f.name}\b", source)
-        # read only by the settings' own methods (front_url, providers, ...)
-        and not re.search(rf"self\.{f.name}\b", settings_source)
-    ]
+    dead = []
+    for f in _fields():
+        section, field = FLAT[f.name]
+        read = rf"\.{section}\.{field}\b" if section else rf"\b{field}\b"
+        own = rf"self\.{section}\.{field}\b" if section else rf"self\.{field}\b"
+        # read by the product, or only by the settings' own methods (providers, ...)
+        if not re.search(read, source) and not re.search(own, settings_source):
+            dead.append(f.name)
     assert not dead, f"settings nobody reads: {dead}"
 
 
@@ -85,10 +94,44 @@ def test_environment_is_read_and_the_result_is_frozen(monkeypatch: pytest.Monkey
     monkeypatch.setenv("PAYNODE_BATCH_WINDOW_MS", "0.5")
     monkeypatch.setenv("PAYNODE_WEBHOOK_ALLOW_PRIVATE", "true")
     settings = from_env(shards=3)
-    assert (settings.batch_window_ms, settings.webhook_allow_private, settings.shards) == (
+    assert (settings.batch.window_ms, settings.webhook.allow_private, settings.shards) == (
         0.5,
         True,
         3,
     )
     with pytest.raises(AttributeError):
         settings.shards = 4  # type: ignore[misc]
+
+
+def test_sections_flat_names_are_unique_and_round_trip() -> None:
+    assert len(FLAT) == len(_fields()) == len({f.name for f in _fields()})
+    changed = build(recon_interval_ms=0, batch_max_items=7, webhook_allow_private=True, port=9)
+    assert (changed.recon.interval_ms, changed.batch.max_items, changed.port) == (0, 7, 9)
+    assert changed.webhook.allow_private and changed.recon.full_every == 10
+
+
+@pytest.mark.parametrize(("old", "new"), sorted(RENAMED.items()))
+def test_a_renamed_variable_is_refused_with_its_new_name(
+    old: str, new: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(f"PAYNODE_{old.upper()}", "1")
+    with pytest.raises(ValueError, match=f"PAYNODE_{new.upper()}"):
+        from_env()
+
+
+def test_an_unknown_setting_is_refused() -> None:
+    with pytest.raises(ValueError, match="no setting named recon_period"):
+        build(recon_period=3)
+
+
+def test_secrets_are_redacted_in_every_repr() -> None:
+    secret = "provider-secret-0123456789"
+    s = build(api_key="k" * 20, webhook_providers=f'{{"bank": "{secret}"}}')
+    for shown in (repr(s), repr(s.webhook), str(s)):
+        assert secret not in shown and "k" * 20 not in shown, shown
+
+
+def test_one_field_of_a_section_keeps_the_others_defaults() -> None:
+    s = build(auth_rate_burst=1000, webhook_max_attempts=3)
+    assert (s.auth_rate.per_s, s.auth_rate.burst) == (5.0, 1000)
+    assert (s.webhook.max_attempts, s.webhook.timeout_s) == (3, 10.0)
