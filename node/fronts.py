@@ -16,12 +16,12 @@ import os
 import socket
 from typing import Any
 
-from paynode.domain.settings import Settings
+from paynode.domain.settings import SECTIONS, RateLimit, Settings
 
 APP_SPEC = "paynode.node.cluster:app_from_env"
-# Limits every front enforces on its own, split so that N fronts enforce the whole.
-_SPLIT_RATES = ("rate_per_s", "ip_rate_per_s", "auth_rate_per_s")
-_SPLIT_BURSTS = ("rate_burst", "ip_rate_burst", "auth_rate_burst")
+# Limits every front enforces on its own (sections of RateLimit), split so that N fronts
+# enforce the whole.
+_SPLIT_LIMITS = ("rate", "ip_rate", "auth_rate")
 
 
 def worker_environment(settings: Settings, workers: int, **extra: str) -> dict[str, str]:
@@ -34,10 +34,11 @@ def worker_environment(settings: Settings, workers: int, **extra: str) -> dict[s
         "PAYNODE_DATA_DIR": str(settings.data_path()),
         "PAYNODE_NAMESPACE": settings.namespace,
     }
-    for name in _SPLIT_RATES:
-        env["PAYNODE_" + name.upper()] = repr(getattr(settings, name) / workers)
-    for name in _SPLIT_BURSTS:
-        env["PAYNODE_" + name.upper()] = str(max(1, math.ceil(getattr(settings, name) / workers)))
+    for section in _SPLIT_LIMITS:
+        limit: RateLimit = getattr(settings, section)
+        prefix = "PAYNODE_" + SECTIONS[section].upper()
+        env[prefix + "PER_S"] = repr(limit.per_s / workers)
+        env[prefix + "BURST"] = str(max(1, math.ceil(limit.burst / workers)))
     return env | extra
 
 

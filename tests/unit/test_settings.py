@@ -135,3 +135,16 @@ def test_one_field_of_a_section_keeps_the_others_defaults() -> None:
     s = build(auth_rate_burst=1000, webhook_max_attempts=3)
     assert (s.auth_rate.per_s, s.auth_rate.burst) == (5.0, 1000)
     assert (s.webhook.max_attempts, s.webhook.timeout_s) == (3, 10.0)
+
+
+def test_rate_limits_are_split_between_front_workers(monkeypatch: pytest.MonkeyPatch) -> None:
+    from paynode.node.fronts import worker_environment
+
+    settings = build(rate_per_s=100.0, rate_burst=9, auth_rate_per_s=5.0, auth_rate_burst=1)
+    env = worker_environment(settings, 2)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    worker = from_env()
+    assert (worker.rate.per_s, worker.rate.burst) == (50.0, 5)
+    assert (worker.auth_rate.per_s, worker.auth_rate.burst) == (2.5, 1)
+    assert worker.ip_rate.per_s == settings.ip_rate.per_s / 2
