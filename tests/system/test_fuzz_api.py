@@ -17,7 +17,7 @@ from hypothesis.errors import Unsatisfiable
 
 from tests.support.node import ADMIN_HEADERS, RunningNode
 
-EXAMPLES = 8  # per operation and generation mode: bounded so CI stays short
+EXAMPLES = 6  # per operation and generation mode: bounded so CI stays short
 RETRYABLE_503 = {"overloaded", "timeout", "storage_unavailable", "transfer_in_flight"}
 
 

@@ -12,7 +12,7 @@ import pytest
 from paynode.sim import run as sim
 from paynode.sim import world
 
-SEEDS = range(0, 300)  # ~30 s here; `paynode sim --seeds 100000` runs more
+SEEDS = range(0, 200)  # ~20 s here; `paynode sim --seeds 100000` runs more
 
 
 @pytest.fixture(autouse=True)
