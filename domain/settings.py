@@ -290,12 +290,17 @@ RENAMED = {
 }
 
 
+_DEFAULTS = Settings()
+
+
 def _index() -> dict[str, tuple[str | None, str]]:
     """Flat name -> (section attribute or None at the top, field)."""
     out: dict[str, tuple[str | None, str]] = {}
     for name in Settings.__struct_fields__:
-        if name in SECTIONS:
-            for field in _SECTION_TYPES[name].__struct_fields__:
+        section = getattr(_DEFAULTS, name)
+        assert isinstance(section, Section) == (name in SECTIONS), f"{name}: prefix in SECTIONS"
+        if isinstance(section, Section):
+            for field in section.__struct_fields__:
                 flat = SECTIONS[name] + field
                 assert flat not in out, f"two settings named {flat}"
                 out[flat] = (name, field)
@@ -305,16 +310,7 @@ def _index() -> dict[str, tuple[str | None, str]]:
     return out
 
 
-_SECTION_TYPES: dict[str, type[Section]] = {
-    "ledger": LedgerSettings, "batch": BatchSettings, "http": HttpSettings,
-    "auth": AuthSettings, "rate": RateLimit, "ip_rate": RateLimit, "auth_rate": RateLimit,
-    "analytics": AnalyticsSettings, "recon": ReconSettings, "notify": NotifySettings,
-    "webhook": WebhookSettings, "inbound": InboundSettings, "ach": AchSettings,
-    "bank_sim": BankSimSettings, "risk": RiskSettings, "sanctions": SanctionsSettings,
-    "otp": OtpSettings,
-}  # fmt: skip
 FLAT: dict[str, tuple[str | None, str]] = _index()
-_DEFAULTS = Settings()
 
 
 def flat_items(settings: Settings) -> list[tuple[str, object]]:
