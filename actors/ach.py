@@ -15,6 +15,7 @@ import datetime as dt
 import logging
 import secrets
 import time
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -24,7 +25,7 @@ from paynode.actors.background import lower_priority
 from paynode.actors.host import find_service
 from paynode.actors.names import BANK_SIM_NAME
 from paynode.domain.rails.ach_rules import Originator, Outgoing, build
-from paynode.domain.settings import Settings
+from paynode.domain.settings import AchSettings
 from paynode.storage import ach, payments
 from paynode.storage.database import async_engine
 from paynode.storage.keyring import load as load_keyring
@@ -47,17 +48,32 @@ decode_cutoff = msgspec.msgpack.Decoder(CutoffResult).decode
 
 
 class AchOriginator:
-    """Run under Ray as ``ray.remote(AchOriginator)``."""
+    """Run under Ray as ``ray.remote(AchOriginator)`` or in a ``ServiceHost``.
 
-    def __init__(self, settings: Settings, database_url: str, bank: bool) -> None:
+    ``bank`` says whether to hand files to the bank simulator, found by name in
+    ``namespace`` at start; ``data_dir`` is absolute (an actor's working
+    directory is not the node's).
+    """
+
+    def __init__(
+        self,
+        ach_s: AchSettings,
+        data_dir: Path,
+        keyring: str,
+        namespace: str,
+        database_url: str,
+        bank: bool,
+    ) -> None:
         lower_priority()  # follows the journal: yields the CPU to the money path
-        self.s = settings
+        assert data_dir.is_absolute(), data_dir
+        self._ach = ach_s
+        self._namespace = namespace
         self._engine = async_engine(database_url, pool_size=2, name="paynode-ach")
-        self._keys = load_keyring(settings.data_path(), settings.keyring, create=False)
+        self._keys = load_keyring(data_dir, keyring, create=False)
         self._origin = Originator(
-            odfi_routing=settings.ach.odfi_routing,
-            company_name=settings.ach.company_name,
-            company_id=settings.ach.company_id,
+            odfi_routing=ach_s.odfi_routing,
+            company_name=ach_s.company_name,
+            company_id=ach_s.company_id,
         )
         self._use_bank = bank  # send files to the simulated bank
         self._bank: Any = None  # the bank simulator's service, found at start
@@ -67,8 +83,8 @@ class AchOriginator:
 
     async def start(self) -> None:
         if self._use_bank:
-            self._bank = find_service(BANK_SIM_NAME, self.s.namespace)
-        if self.s.ach.cutoff_interval_ms > 0:
+            self._bank = find_service(BANK_SIM_NAME, self._namespace)
+        if self._ach.cutoff_interval_ms > 0:
             self._task = asyncio.create_task(self._loop())
 
     async def ping(self) -> bool:
@@ -81,7 +97,7 @@ class AchOriginator:
 
     async def _loop(self) -> None:
         while True:
-            await asyncio.sleep(self.s.ach.cutoff_interval_ms / 1000)
+            await asyncio.sleep(self._ach.cutoff_interval_ms / 1000)
             try:
                 await self.cutoff()
             except (SQLAlchemyError, OSError) as e:

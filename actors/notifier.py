@@ -24,6 +24,7 @@ import contextlib
 import logging
 import time
 from collections import deque
+from pathlib import Path
 
 import aiohttp
 import msgspec
@@ -37,7 +38,7 @@ from paynode.domain.notify.outbox import START, Position, through
 from paynode.domain.notify.schedule import backoff_s, ready
 from paynode.domain.notify.signature import HEADER, header
 from paynode.domain.risk import otp
-from paynode.domain.settings import Settings
+from paynode.domain.settings import NotifySettings, OtpSettings, WebhookSettings
 from paynode.storage import notify, outbox
 from paynode.storage import risk as risk_store
 from paynode.storage.database import async_engine
@@ -103,14 +104,29 @@ def _finished(in_flight: dict[int, asyncio.Task[None]], delivery_id: int, wake: 
 
 
 class Notifier:
-    """Run under Ray as ``ray.remote(Notifier)``."""
+    """Run under Ray as ``ray.remote(Notifier)`` or in a ``ServiceHost``.
 
-    def __init__(self, settings: Settings, database_url: str) -> None:
+    Takes the three sections it reads, and absolute paths: an actor's working
+    directory is not the node's.
+    """
+
+    def __init__(
+        self,
+        notify_s: NotifySettings,
+        webhook: WebhookSettings,
+        otp_s: OtpSettings,
+        data_dir: Path,
+        keyring: str,
+        database_url: str,
+    ) -> None:
         lower_priority()  # follows the journal: yields the CPU to the money path
-        self.s = settings
+        assert data_dir.is_absolute(), data_dir
+        self._notify = notify_s
+        self._webhook = webhook
+        self._otp = otp_s
         self._url = database_url
         self._engine = async_engine(database_url, pool_size=4, name="paynode-notifier")
-        self._keys = load_keyring(settings.data_path(), settings.keyring, create=False)
+        self._keys = load_keyring(data_dir, keyring, create=False)
         self._endpoints: dict[str, notify.LiveEndpoint] = {}
         self._devices: list[notify.LiveDevice] = []
         self._workers: dict[str, asyncio.Task[None]] = {}
@@ -119,9 +135,9 @@ class Notifier:
         self._watch = JournalWatch(database_url)  # wakes the fan-out on commits
         self._push_wake = asyncio.Event()
         self._cursor: Position = START
-        self._global = asyncio.Semaphore(settings.webhook.max_concurrency)
+        self._global = asyncio.Semaphore(webhook.max_concurrency)
         self._http: aiohttp.ClientSession | None = None
-        self._push: PushProvider = SinkProvider(settings.data_path() / "push-sink.jsonl")
+        self._push: PushProvider = SinkProvider(data_dir / "push-sink.jsonl")
         self._tasks: list[asyncio.Task[None]] = []
         self._lags: deque[float] = deque(maxlen=_LAG_SAMPLES)
         self._lag_max = 0.0
@@ -134,7 +150,7 @@ class Notifier:
 
     async def start(self) -> int:
         self._http = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=self.s.webhook.max_concurrency, ttl_dns_cache=10),
+            connector=aiohttp.TCPConnector(limit=self._webhook.max_concurrency, ttl_dns_cache=10),
             headers={"User-Agent": USER_AGENT},
         )
         async with self._engine.connect() as conn:
@@ -201,7 +217,7 @@ class Notifier:
     async def _fanout_loop(self) -> None:
         """Fan out while commits are announced beyond the position, one pass per
         ``notify_interval_ms`` (batched); asleep otherwise (storage/journal_watch.py)."""
-        interval = self.s.notify.interval_ms / 1000
+        interval = self._notify.interval_ms / 1000
         self._watch.start()
         try:
             while True:
@@ -211,7 +227,7 @@ class Notifier:
                     self._counts["errors"] += 1
                     log.warning("notifier: fan-out failed: %s", type(e).__name__)
                     scanned = 0
-                if scanned >= self.s.notify.batch:
+                if scanned >= self._notify.batch:
                     continue  # behind: the next page at once
                 if not self._watch.behind(self._cursor.txid):
                     await self._watch.wait(IDLE_CHECK_S)  # reload() nudges it too
@@ -244,7 +260,7 @@ class Notifier:
                 # An admin's endpoint (no owner) hears everything: keep every event.
                 users = None if None in owners else sorted(o for o in owners if o)
                 events, last, _ = await outbox.read_events(
-                    conn, start, self.s.notify.batch, users=users
+                    conn, start, self._notify.batch, users=users
                 )
                 if last is None:
                     return 0
@@ -321,7 +337,7 @@ class Notifier:
             await _wait(wake, timeout)
 
     async def _top_up(self, endpoint_id: str, q: _Queue, in_flight: dict) -> None:
-        window = self.s.webhook.window
+        window = self._webhook.window
         if q.reread and not in_flight:
             async with self._engine.connect() as conn:
                 q.items = await notify.pending_deliveries(conn, endpoint_id, window)
@@ -353,13 +369,13 @@ class Notifier:
             self._in_flight += 1
             t0 = time.perf_counter()
             try:
-                await check_resolved(ep.url, self.s.webhook.allow_private)
+                await check_resolved(ep.url, self._webhook.allow_private)
                 async with self._http.post(
                     ep.url,
                     data=body,
                     headers=headers,
                     allow_redirects=False,
-                    timeout=aiohttp.ClientTimeout(total=self.s.webhook.timeout_s),
+                    timeout=aiohttp.ClientTimeout(total=self._webhook.timeout_s),
                 ) as resp:
                     status = resp.status
                     await resp.content.read(_RESPONSE_READ_LIMIT)
@@ -375,10 +391,10 @@ class Notifier:
         ok = status is not None and 200 <= status < 300
         if status is not None and not ok:
             error = f"http_{status}"
-        dead = not ok and attempt >= self.s.webhook.max_attempts
+        dead = not ok and attempt >= self._webhook.max_attempts
         wait = 0.0
         if not ok and not dead:
-            wait = backoff_s(attempt, self.s.webhook.backoff_base_s, self.s.webhook.backoff_cap_s)
+            wait = backoff_s(attempt, self._webhook.backoff_base_s, self._webhook.backoff_cap_s)
         try:
             async with self._engine.begin() as conn:
                 await notify.record_attempt(conn, d.id, status, error, elapsed_ms, ok, dead, wait)
@@ -443,9 +459,9 @@ class Notifier:
         """The payment's one-time code while its challenge is open, else None."""
         async with self._engine.connect() as conn:
             ch = await risk_store.load_challenge(conn, self._keys, payment_id)
-        if ch is None or ch.used or ch.attempts >= self.s.otp.max_attempts:
+        if ch is None or ch.used or ch.attempts >= self._otp.max_attempts:
             return None
-        if time.time() - ch.issued_at > self.s.otp.max_age_s:
+        if time.time() - ch.issued_at > self._otp.max_age_s:
             return None
         return otp.code_for(ch)
 

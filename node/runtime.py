@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import msgspec
 import psycopg
 
 from paynode.actors.names import (
@@ -297,10 +296,9 @@ def find_shards(namespace: str) -> list[str]:
     return [SHARD_NAME.format(index=i) for i in range(count)]
 
 
-def resolved_paths(settings: Settings) -> Settings:
-    """Settings whose paths mean the same in an actor (its working directory differs)."""
-    keyring = str(Path(settings.keyring).expanduser().resolve()) if settings.keyring else ""
-    return msgspec.structs.replace(settings, data_dir=str(settings.data_path()), keyring=keyring)
+def resolved_keyring(settings: Settings) -> str:
+    """The keyring path as it means in an actor (whose working directory differs)."""
+    return str(Path(settings.keyring).expanduser().resolve()) if settings.keyring else ""
 
 
 def start_helpers(
@@ -328,7 +326,7 @@ def start_helpers(
     if detached:
         _evict(list(HOSTS), settings.namespace)
     load_keyring(settings.data_path(), settings.keyring)  # exists before the notifier reads it
-    paths = resolved_paths(settings)
+    data_dir, keyring = settings.data_path(), resolved_keyring(settings)
     lookups = [
         ServiceSpec(HANDLES_NAME, HandleDirectory, (database_url,)),
         ServiceSpec(RISK_NAME, RiskActor, (
@@ -346,9 +344,14 @@ def start_helpers(
             database_url, str(settings.analytics_path()), shard_names, settings.namespace,
             settings.recon.interval_ms, settings.recon.full_every,
         )),
-        ServiceSpec(NOTIFIER_NAME, Notifier, (paths, database_url)),
+        ServiceSpec(NOTIFIER_NAME, Notifier, (
+            settings.notify, settings.webhook, settings.otp, data_dir, keyring, database_url,
+        )),
         *([_bank_simulator(settings)] if settings.bank_sim.enabled else []),
-        ServiceSpec(ACH_NAME, AchOriginator, (paths, database_url, settings.bank_sim.enabled)),
+        ServiceSpec(ACH_NAME, AchOriginator, (
+            settings.ach, data_dir, keyring, settings.namespace, database_url,
+            settings.bank_sim.enabled,
+        )),
     ]  # fmt: skip
     # The helpers write files under the data directory: they run on this machine.
     options = _actor_options(settings, detached) | {

@@ -59,7 +59,8 @@ def _pushed(url: str) -> set[tuple[str, str]]:
 
 def _notifier(url: str, tmp_path: Path) -> Notifier:
     load_keyring(tmp_path, create=True)
-    return Notifier(Settings(data_dir=str(tmp_path), database_url=url), url)
+    s = Settings(data_dir=str(tmp_path), database_url=url)
+    return Notifier(s.notify, s.webhook, s.otp, s.data_path(), "", url)
 
 
 def _meanwhile(
