@@ -10,6 +10,10 @@ locks. The pipeline per call:
    PostgreSQL transaction (group commit) and resolves the waiters in order;
 3. only then forward credit legs to other shards and answer.
 
+Before step 1, the ids the shard no longer remembers (beyond its recent-id
+window, ``domain/ledger/window.py``) are looked up in the journal, one query
+per call: a replay of an old id answers as it always did.
+
 Batch k+1 may be applied while batch k commits; it is answered only after
 its own (later) commit. If a commit fails, everything applied but not
 committed is refused with ``storage_unavailable`` and the ledger is rebuilt
@@ -34,12 +38,17 @@ from paynode.actors.heap import settle_heap
 from paynode.actors.ray_peers import RayPeers
 from paynode.actors.ray_peers import restarted as ray_restarted
 from paynode.domain.ledger.model import (
+    NOTHING_RECALLED,
     ROW_CREDIT,
     ROW_ID,
+    SAW_NOTHING,
     AccountSpec,
     Code,
+    Horizon,
     Outcome,
+    Recalled,
     Row,
+    TransferOp,
     shard_key,
 )
 from paynode.domain.ledger.ports import JournalConflict, Peers, ShardJournal, StorageUnavailable
@@ -78,8 +87,9 @@ log = logging.getLogger("paynode.shard")
 class _Job:
     accounts: Sequence[AccountSpec]
     rows: Sequence[Row]
-    done: asyncio.Future[None]
+    done: asyncio.Future[int]  # the id of the transaction that journaled it
     forward: bool = True  # credit legs go to their shards (two-phase groups finish instead)
+    seq: int = 0  # order of arrival in the commit queue
 
 
 def shard_of(account_id: str, count: int) -> int:
@@ -98,6 +108,7 @@ class LedgerShard:
         commit_max_rows: int = 65_536,
         expiry_interval_ms: int = 200,
         peer_names: Sequence[str] = (),
+        id_window: int = 131_072,
         *,
         journal: ShardJournal | None = None,
         peers: Peers | None = None,
@@ -120,11 +131,20 @@ class LedgerShard:
         self._expiry_interval = expiry_interval_ms / 1000
         self._expiry_wake = asyncio.Event()
         self._expiry_due: int | None = None  # the deadline the expiry loop sleeps until
-        self.ledger = Ledger()
+        self._id_window = id_window
+        self.ledger = Ledger(id_window)
         self._queue: deque[_Job] = deque()
+        # The window may forget only what the journal holds: it ages once every job
+        # queued before its last aging has left the queue (committed or refused).
+        self._next_seq = 0
+        self._committing_seq: int | None = None
+        self._aged_at_seq = 0
         self._wake = asyncio.Event()
         self._ready = False
         self._rebuilt = asyncio.Event()
+        # What the last rebuild read: rows of a transaction it saw are in memory already,
+        # and a peer forwarding them late (it sends each transaction's rows once) is ignored.
+        self._seen: Horizon = SAW_NOTHING
         # One rebuild at a time, each from a quiet shard. Two that overlapped (two peers'
         # resyncs, or a resync and a failed commit) let the later one, reading the journal
         # before work the earlier one's end let in was committed, drop acknowledged
@@ -266,11 +286,13 @@ class LedgerShard:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
         old = self.ledger
-        fresh = Ledger()
+        fresh = Ledger(self._id_window)
         for spec in snap.accounts:
             fresh.create_account(spec)
-        for row in snap.rows:
+        for k, row in enumerate(snap.rows):
             fresh.apply(row)
+            if not k & 1023 and fresh.window_full():
+                fresh.age()  # all of it is journaled
         # Reservations of prepared cross-shard groups live only in memory: keep them.
         for gid, hold in old.holds.items():
             for account_id, held_dr, held_cr in hold.accounts:
@@ -279,6 +301,7 @@ class LedgerShard:
                     acct.held_dr += held_dr
                     acct.held_cr += held_cr
             fresh.holds[gid] = hold
+        self._seen = snap.horizon
         fresh.inflight_ids = set(old.inflight_ids)
         fresh.locked_pendings = set(old.locked_pendings)
         self.ledger = fresh
@@ -296,15 +319,17 @@ class LedgerShard:
 
     async def _durable(
         self, accounts: Sequence[AccountSpec], rows: Sequence[Row], forward: bool = True
-    ) -> None:
+    ) -> int:
         """Wait until ``accounts`` and ``rows`` (and everything queued before) are committed,
-        and (``forward``) the rows' credit legs applied on the shards that own them."""
+        and (``forward``) the rows' credit legs applied on the shards that own them; return
+        the id of the transaction that journaled them."""
         if not self._ready:
             raise StorageUnavailable("shard is rebuilding")
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Job(accounts, rows, fut, forward))
+        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._queue.append(_Job(accounts, rows, fut, forward, self._next_seq))
+        self._next_seq += 1
         self._wake.set()
-        await fut
+        return await fut
 
     async def _commit_loop(self) -> None:
         while True:
@@ -324,11 +349,13 @@ class LedgerShard:
     async def _commit_jobs(self, jobs: list[_Job]) -> None:
         accounts = [a for j in jobs for a in j.accounts]
         rows = [r for j in jobs for r in j.rows]
+        txid = 0  # nothing written: a barrier
         if accounts or rows:
             t0 = time.perf_counter()
             self._committing = True
+            self._committing_seq = jobs[0].seq
             try:
-                await self._journal.commit(accounts, rows)
+                txid = await self._journal.commit(accounts, rows)
             except JournalConflict as e:
                 await self._fail(jobs, e)
                 return
@@ -338,16 +365,20 @@ class LedgerShard:
                 return
             finally:
                 self._committing = False
+                self._committing_seq = None
             self._observe(time.perf_counter() - t0, len(rows))
+            self._maybe_age()
         remote = self._remote_legs(jobs)
         if not remote:
-            _release(jobs)
+            _release(jobs, txid)
             return
         # One call per peer for the whole commit, sent now (in commit order, so a peer
         # applies a pending's credit leg before its post's), awaited apart: the next
         # commit need not wait for this one's peers.
-        calls = {i: self._peers_port.call(i, "apply_rows", encode(r)) for i, r in remote.items()}
-        task = asyncio.create_task(self._forwarded(calls, jobs))
+        calls = {
+            i: self._peers_port.call(i, "apply_rows", encode(r), txid) for i, r in remote.items()
+        }
+        task = asyncio.create_task(self._forwarded(calls, jobs, txid))
         self._forwards.add(task)
         task.add_done_callback(self._forwards.discard)
 
@@ -362,12 +393,12 @@ class LedgerShard:
                         remote[shard_of(credit, self.count)].append(row)
         return remote
 
-    async def _forwarded(self, calls: dict, jobs: list[_Job]) -> None:
+    async def _forwarded(self, calls: dict, jobs: list[_Job], txid: int) -> None:
         """Answer the jobs once their credit legs are applied (read-your-writes)."""
         t0 = time.perf_counter()
         await self._call_peers(calls)
         self._phase["forward"] += time.perf_counter() - t0
-        _release(jobs)
+        _release(jobs, txid)
 
     async def _fail(self, jobs: list[_Job], error: StorageUnavailable) -> None:
         """Refuse everything not yet committed, then rebuild from the journal."""
@@ -401,12 +432,50 @@ class LedgerShard:
         except StorageUnavailable:
             await self._tell_peers_to_resync()  # cannot tell: the peers re-read the journal
             return
+        # One transaction wrote them all (the failed commit), or none.
+        txids = set(present.values())
+        assert len(txids) <= 1, txids
         calls = {
-            i: self._peers_port.call(i, "apply_rows", encode(landed))
+            i: self._peers_port.call(i, "apply_rows", encode(landed), *txids)
             for i, rows in remote.items()
             if (landed := [row for row in rows if row[ROW_ID] in present])
         }
         await self._call_peers(calls)
+
+    def _rebuilding(self) -> bool:
+        return not self._ready
+
+    def _maybe_age(self) -> None:
+        """Age the window when full, if everything it would forget is journaled."""
+        if not self.ledger.window_full():
+            return
+        oldest = self._committing_seq
+        if oldest is None:
+            oldest = self._queue[0].seq if self._queue else self._next_seq
+        if oldest >= self._aged_at_seq:
+            self.ledger.age()
+            self._aged_at_seq = self._next_seq
+
+    async def _recall(self, ops: Callable[[], tuple[list[str], list[str]]]) -> Recalled:
+        """The journal's answer for the ids ``ops()`` says memory cannot answer.
+
+        Asked again after each lookup: the window may have aged meanwhile and
+        forgotten an id that was in it before."""
+        rows: dict[str, Row] = {}
+        resolutions: dict[str, str] = {}
+        asked: set[str] = set()
+        while True:
+            ids, pids = ops()
+            ids = [i for i in ids if i not in asked]
+            pids = [p for p in pids if p not in asked]
+            if not ids and not pids:
+                break
+            found = await self._journal.recall(ids, pids)
+            rows |= found.rows
+            resolutions |= found.resolutions
+            asked.update(ids)
+            asked.update(pids)
+        return Recalled(rows, resolutions) if rows or resolutions else NOTHING_RECALLED
 
     def _observe(self, seconds: float, rows: int) -> None:
         self._commits += 1
@@ -427,7 +496,13 @@ class LedgerShard:
         return encode(await self._execute(batch))
 
     async def _execute(self, batch: TransferBatch, retried: bool = False) -> BatchResult:
-        result, rows = self.ledger.execute_batch(batch, self._now_ns())
+        try:
+            recalled = await self._recall(lambda: self.ledger.unknown_in_batch(batch))
+        except StorageUnavailable:
+            return refused(len(batch), Code.STORAGE_UNAVAILABLE)
+        if self._rebuilding():  # one began during the lookup
+            return refused(len(batch), Code.STORAGE_UNAVAILABLE)
+        result, rows = self.ledger.execute_batch(batch, self._now_ns(), recalled)
         self._rearm()
         if not rows:
             if REPLAYED in result.results:
@@ -495,12 +570,17 @@ class LedgerShard:
                 # The rows are durable; that shard rebuilds them from the journal.
                 log.error("shard %d: peer %d unreachable: %s", self.index, i, type(r).__name__)
 
-    async def apply_rows(self, payload: bytes) -> int:
-        """Credit legs of rows another shard has committed. Idempotent by transfer id."""
+    async def apply_rows(self, payload: bytes, txid: int) -> int:
+        """Credit legs of rows another shard journaled in transaction ``txid``: sent once,
+        and ignored if this shard's last rebuild read them already."""
         await self.start()
         rows = decode_rows(payload)
         await self._rebuilt.wait()
-        return sum(self.ledger.apply(r) for r in rows)
+        if self._seen.saw(txid):
+            return 0
+        applied = sum(self.ledger.apply(r) for r in rows)
+        self._maybe_age()
+        return applied
 
     # -- transfers: two-phase groups across shards -------------------------
 
@@ -509,8 +589,17 @@ class LedgerShard:
         items = decode_prepares(payload)
         if not self._ready:
             return encode([Prepared(self.epoch, _unavailable(p.ops)) for p in items])
+        ops: list[TransferOp] = [op for p in items for op in p.ops]
+        try:
+            recalled = await self._recall(lambda: self.ledger.unknown(ops))
+        except StorageUnavailable:
+            return encode([Prepared(self.epoch, _unavailable(p.ops)) for p in items])
+        if self._rebuilding():  # one began during the lookup
+            return encode([Prepared(self.epoch, _unavailable(p.ops)) for p in items])
         now = self._now_ns()
-        answers = [Prepared(self.epoch, self.ledger.prepare(p.gid, p.ops, now)) for p in items]
+        answers = [
+            Prepared(self.epoch, self.ledger.prepare(p.gid, p.ops, now, recalled)) for p in items
+        ]
         # Decided on memory that may hold effects not yet durable (a credit queued for
         # this shard's next group commit), while the group commits on another shard:
         # those effects must be durable first, or the group could outlive them. Found by
@@ -537,7 +626,7 @@ class LedgerShard:
         rows = [astuple(r) for c in items for r in c.rows]
         self._group_commits += 1
         try:
-            await self._durable((), rows, forward=False)  # `finish` applies them everywhere
+            txid = await self._durable((), rows, forward=False)  # `finish` applies them
         except JournalConflict:
             return encode(_merge(answers, await self._commit_after_conflict(items)))
         except StorageUnavailable:
@@ -558,7 +647,7 @@ class LedgerShard:
                     calls[p].append([c.gid, c.rows])
         self._rearm()
         await self._call_peers(
-            {p: self._peers_port.call(p, "finish", encode(v)) for p, v in calls.items()}
+            {p: self._peers_port.call(p, "finish", encode(v), txid) for p, v in calls.items()}
         )
         return encode(answers)
 
@@ -580,7 +669,7 @@ class LedgerShard:
         try:
             taken = await self._journal.existing_ids([r.id for c in items for r in c.rows])
         except StorageUnavailable:
-            taken = set()
+            taken = {}
         out = []
         for c in items:
             index = next((i for i, r in enumerate(c.rows) if r.id in taken), None)
@@ -590,38 +679,37 @@ class LedgerShard:
                 out.append(refuse_group(c.rows, index, Code.EXISTS_WITH_DIFFERENT_FIELDS))
         return out
 
-    async def finish(self, payload: bytes) -> int:
+    async def finish(self, payload: bytes, txid: int) -> int:
+        """Groups their primary journaled in transaction ``txid``: release, and apply the
+        rows unless this shard's last rebuild read them already."""
         await self.start()
         items = decode_finishes(payload)
         await self._rebuilt.wait()
         applied = 0
+        seen = self._seen.saw(txid)
         for f in items:
             self.ledger.release(f.gid)
-            applied += sum(self.ledger.apply(r) for r in f.rows)
+            if not seen:
+                applied += sum(self.ledger.apply(r) for r in f.rows)
+        self._maybe_age()
         return applied
 
     async def settle(self, payload: bytes) -> int:
-        """Groups whose primary died during commit: apply what the journal holds, release.
+        """Groups whose primary died during commit: release their reservations and re-read
+        the journal, which alone knows whether the primary committed them.
 
-        The front cannot know whether the primary committed before it died; the
-        journal does. Rows present are applied (idempotent by id), absent ones
-        were never committed, and the reservation is released either way.
+        Applying the journaled rows here instead could apply them twice: the primary
+        may have sent ``finish`` before it died, and that call may land before or
+        after this one. The rebuild is exact either way (a ``finish`` landing after it
+        is ignored when the rebuild's read saw its transaction). It is a rare path.
+        Returns the number of rebuilds so far.
         """
         items = decode_finishes(payload)
         await self.start()
         await self._rebuilt.wait()
-        try:
-            # Its own connection: the commit loop's may be inside a transaction.
-            ids = [r.id for f in items for r in f.rows]
-            present = await self._journal.existing_ids(ids, fresh=True)
-        except StorageUnavailable:
-            await self.resync()  # the journal decides, one way or another
-            return 0
-        applied = 0
         for f in items:
             self.ledger.release(f.gid)
-            applied += sum(self.ledger.apply(r) for r in f.rows if r.id in present)
-        return applied
+        return await self.resync()
 
     async def abort(self, payload: bytes) -> None:
         await self.start()
@@ -716,7 +804,7 @@ class LedgerShard:
                 index=self.index,
                 accounts=len(lg.accounts),
                 transfers=len(lg.rows),
-                pendings=sum(1 for p in lg.pendings.values() if p.state == "pending"),
+                pendings=len(lg.pendings),
                 holds=len(lg.holds),
                 commit_queue=sum(len(j.rows) for j in self._queue),
                 commits=self._commits,
@@ -746,7 +834,7 @@ def _unavailable(ops: Sequence) -> list[Outcome]:
     return [Outcome(op.id, Code.STORAGE_UNAVAILABLE) for op in ops]
 
 
-def _release(jobs: list[_Job]) -> None:
+def _release(jobs: list[_Job], txid: int) -> None:
     for job in jobs:
         if not job.done.done():
-            job.done.set_result(None)
+            job.done.set_result(txid)

@@ -45,6 +45,9 @@ class LedgerSettings(Section, frozen=True):
     commit_max_rows: Annotated[int, Meta(ge=1, le=10_000_000)] = 65_536
     # How often pendings are checked for timeout
     expiry_interval_ms: Annotated[int, Meta(ge=1, le=60_000)] = 200
+    # Transfer ids a shard keeps in memory for replays (about 0.5 KB each); an older id
+    # is looked up in the journal, so this bounds memory, not what replays answer
+    id_window: Annotated[int, Meta(ge=2, le=1_000_000_000)] = 131_072
 
 
 class BatchSettings(Section, frozen=True):

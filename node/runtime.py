@@ -272,6 +272,7 @@ def start_shards(
             settings.ledger.commit_max_rows,
             settings.ledger.expiry_interval_ms,
             names,
+            settings.ledger.id_window,
         )
         for i, name in enumerate(names)
     ]

@@ -83,6 +83,12 @@ class _SeededUuid:
         return uuid.UUID(int=self._world.rng.getrandbits(128), version=4)
 
 
+def _where(e: BaseException) -> str:
+    """The last frames of ``e``'s traceback, innermost first."""
+    frames = traceback.extract_tb(e.__traceback__)[-4:]
+    return " <- ".join(f"{Path(f.filename).name}:{f.lineno} {f.name}" for f in reversed(frames))
+
+
 def run(seed: int, shards: int = 2, clients: int = 3, steps: int = 25) -> Report:
     """Run seed ``seed``; the report says whether every invariant held, and if not which."""
     t0 = time.perf_counter()
@@ -99,12 +105,11 @@ def run(seed: int, shards: int = 2, clients: int = 3, steps: int = 25) -> Report
     except (w.InvariantBroken, AssertionError, Stalled) as e:
         report.ok = False
         report.failure = f"{type(e).__name__}: {e}"
+        if isinstance(e, AssertionError) and not isinstance(e, w.InvariantBroken):
+            report.failure += " (at " + _where(e) + ")"
     except Exception as e:  # the code under test raised where it should have answered
         report.ok = False
-        frames = traceback.extract_tb(e.__traceback__)[-4:]
-        where = " <- ".join(f"{Path(f.filename).name}:{f.lineno} {f.name}"
-                            for f in reversed(frames))  # fmt: skip
-        report.failure = f"unexpected {type(e).__name__}: {e} (at {where})"
+        report.failure = f"unexpected {type(e).__name__}: {e} (at {_where(e)})"
     finally:
         two_phase.uuid, _shard_module().uuid = saved
         for task in asyncio.all_tasks(loop):

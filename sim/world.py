@@ -31,8 +31,18 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from msgspec.structs import astuple
+
 from paynode.actors.ledger_shard import LedgerShard
-from paynode.domain.ledger.model import AccountFlags, AccountSpec, JournalRow, Row, shard_key
+from paynode.domain.ledger.model import (
+    AccountFlags,
+    AccountSpec,
+    Horizon,
+    JournalRow,
+    Recalled,
+    Row,
+    shard_key,
+)
 from paynode.domain.ledger.ports import (
     JournalConflict,
     PeerLost,
@@ -77,6 +87,8 @@ class Database:
     def __init__(self) -> None:
         self.accounts: dict[str, AccountSpec] = {}
         self.rows: dict[str, JournalRow] = {}  # in commit order
+        self.resolutions: dict[str, str] = {}  # pending id -> the status that resolved it
+        self.txids: dict[str, int] = {}  # transfer id -> its commit's (commits are instants)
         # Per account: debits posted, credits posted, debits pending, credits pending.
         self.balances: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0, 0])
         self.commits = 0
@@ -84,8 +96,8 @@ class Database:
         # the code under test may swallow it; the run reports it at its next check.
         self.broken: InvariantBroken | None = None
 
-    def apply(self, accounts: Sequence[AccountSpec], rows: Sequence[Row]) -> None:
-        """One transaction: all of it, or (a duplicate id) nothing."""
+    def apply(self, accounts: Sequence[AccountSpec], rows: Sequence[Row]) -> int:
+        """One transaction: all of it, or (a duplicate id) nothing. Returns its id."""
         fresh = [JournalRow(*r) for r in rows]
         if any(a.id in self.accounts for a in accounts) or any(r.id in self.rows for r in fresh):
             raise JournalConflict("id already journaled")
@@ -96,6 +108,9 @@ class Database:
             self.accounts[a.id] = a
         for r in fresh:
             self.rows[r.id] = r
+            self.txids[r.id] = self.commits + 1
+            if r.pending_id is not None and r.status != "pending":
+                self.resolutions[r.pending_id] = r.status
             debit, credit = self.balances[r.debit_account_id], self.balances[r.credit_account_id]
             debit[0] += r.posted_amount
             debit[2] += r.pending_delta
@@ -107,6 +122,7 @@ class Database:
         except InvariantBroken as e:
             self.broken = self.broken or InvariantBroken(f"at commit {self.commits}: {e}")
             raise
+        return self.commits
 
     def check(self, debited: Collection[str] | None = None) -> None:
         """Zero sum per currency; no constrained account overdrawn (``debited``: only those)."""
@@ -130,7 +146,7 @@ class Database:
         rows = [r for r in self.rows.values()
                 if r.debit_account_id in mine or r.credit_account_id in mine]  # fmt: skip
         rows.sort(key=lambda r: (r.ts, r.id))
-        return ShardSnapshot(accounts, rows)
+        return ShardSnapshot(accounts, rows, Horizon(self.commits + 1, self.commits + 1))
 
 
 class ShardJournal:
@@ -159,22 +175,31 @@ class ShardJournal:
         self._read_fault()
         return self._world.db.snapshot(index, count)
 
-    async def commit(self, accounts: Sequence[AccountSpec], rows: Sequence[Row]) -> None:
+    async def commit(self, accounts: Sequence[AccountSpec], rows: Sequence[Row]) -> int:
         w = self._world
         await self._io()  # the statement on its way: a kill here loses it
         fate = w.rng.random()
         if fate < w.faults.commit_fails:
             raise StorageUnavailable("simulated commit failure")
-        w.db.apply(accounts, rows)  # the COMMIT: atomic, at one instant
+        txid = w.db.apply(accounts, rows)  # the COMMIT: atomic, at one instant
         await self._io()  # the acknowledgement on its way: a kill here loses only it
         if fate < w.faults.commit_fails + w.faults.commit_torn:
             w.torn_commits += 1
             raise StorageUnavailable("simulated torn commit (it did apply)")
+        return txid
 
-    async def existing_ids(self, ids: Sequence[str], fresh: bool = False) -> set[str]:
+    async def existing_ids(self, ids: Sequence[str], fresh: bool = False) -> dict[str, int]:
         await self._io()
         self._read_fault()
-        return {i for i in ids if i in self._world.db.rows}
+        return {i: self._world.db.txids[i] for i in ids if i in self._world.db.rows}
+
+    async def recall(self, ids: Sequence[str], pending_ids: Sequence[str]) -> Recalled:
+        await self._io()
+        self._read_fault()
+        db = self._world.db
+        rows = {i: astuple(db.rows[i]) for i in {*ids, *pending_ids} if i in db.rows}
+        done = {p: db.resolutions[p] for p in pending_ids if p in db.resolutions}
+        return Recalled(rows, done)
 
     async def close(self) -> None:
         return None
@@ -306,6 +331,8 @@ class World:
     def __init__(self, seed: int, shards: int, faults: Faults | None = None) -> None:
         self.rng = random.Random(seed)
         self.faults = faults or Faults.draw(self.rng)
+        # Small windows make most replays and resolutions look their ids up in the journal.
+        self.id_window = self.rng.choice((2, 16, 256, 131_072))
         self.count = shards
         self.db = Database()
         self.network = Network(self)
@@ -334,7 +361,8 @@ class World:
     def boot(self, index: int, restarted: bool) -> Incarnation:
         shard = LedgerShard(
             index, self.count, "sim://journal", "sim", commit_max_rows=4096,
-            expiry_interval_ms=50, journal=ShardJournal(self, index), peers=Peers(self, index),
+            expiry_interval_ms=50, id_window=self.id_window, journal=ShardJournal(self, index),
+            peers=Peers(self, index),
             restarted=lambda: restarted, now_ns=self.now_ns,
         )  # fmt: skip
         inc = Incarnation(shard)

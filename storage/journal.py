@@ -14,7 +14,7 @@ import psycopg
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from paynode.domain.ledger.model import AccountSpec, JournalRow, Row, shard_key
+from paynode.domain.ledger.model import AccountSpec, Horizon, JournalRow, Recalled, Row, shard_key
 from paynode.domain.ledger.ports import ShardSnapshot
 from paynode.storage.schema import ACCOUNT_COLUMNS, TRANSFER_COLUMNS
 
@@ -29,6 +29,11 @@ assert JournalRow.__struct_fields__ == TRANSFER_COLUMNS, "COPY order must match 
 
 
 _NULL = "\\N"
+_TXID = "SELECT pg_current_xact_id()::text::bigint"
+_HORIZON = (
+    "SELECT pg_snapshot_xmin(s)::text::bigint, pg_snapshot_xmax(s)::text::bigint,"
+    " array(SELECT x::text::bigint FROM pg_snapshot_xip(s) x) FROM pg_current_snapshot() s"
+)
 
 
 def _text(value: str) -> str:
@@ -49,13 +54,17 @@ async def commit(
     conn: psycopg.AsyncConnection,
     accounts: Sequence[AccountSpec],
     rows: Sequence[Row],
-) -> None:
-    """Write accounts and journal rows in one transaction; return once durable.
+) -> int:
+    """Write accounts and journal rows in one transaction; return its id once durable.
 
     ``rows`` are tuples in JournalRow's field order (what the shards keep). Their
     events are not written: the journal is the outbox (storage/outbox.py).
     """
     async with conn.transaction(), conn.cursor() as cur:
+        await cur.execute(_TXID)
+        found = await cur.fetchone()
+        assert found is not None
+        txid: int = found[0]
         if accounts:
             async with cur.copy(_COPY_ACCOUNTS) as copy:
                 await copy.write(account_lines(accounts))
@@ -64,13 +73,41 @@ async def commit(
                 copy.set_types(_TRANSFER_TYPES)
                 for row in rows:
                     await copy.write_row(row)
+    return txid
 
 
-async def existing_ids(conn: psycopg.AsyncConnection, ids: Sequence[str]) -> set[str]:
-    """Which of ``ids`` are already journaled (used after a unique violation)."""
+async def existing_ids(conn: psycopg.AsyncConnection, ids: Sequence[str]) -> dict[str, int]:
+    """Which of ``ids`` are already journaled, each with its transaction's id."""
     async with conn.transaction(), conn.cursor() as cur:
-        await cur.execute("SELECT id FROM transfers WHERE id = ANY(%s)", (list(ids),))
-        return {r[0] for r in await cur.fetchall()}
+        await cur.execute("SELECT id, txid FROM transfers WHERE id = ANY(%s)", (list(ids),))
+        return {r[0]: r[1] for r in await cur.fetchall()}
+
+
+_RECALL_ROWS = (
+    "SELECT "
+    + ", ".join(f"{c}::text" if c == "metadata" else c for c in TRANSFER_COLUMNS)
+    + " FROM transfers WHERE id = ANY(%s)"
+)
+# A pending's resolution names it in pending_id (partial index, migration 10).
+_RECALL_RESOLUTIONS = (
+    "SELECT pending_id, status FROM transfers WHERE pending_id = ANY(%s) AND status <> 'pending'"
+)
+
+
+async def recall(
+    conn: psycopg.AsyncConnection, ids: Sequence[str], pending_ids: Sequence[str]
+) -> Recalled:
+    """What the journal holds of ids a shard no longer remembers: one statement for the
+    rows (``ids`` and ``pending_ids``), one for the pendings' resolutions."""
+    wanted = list({*ids, *pending_ids})
+    async with conn.transaction(), conn.cursor() as cur:
+        await cur.execute(_RECALL_ROWS, (wanted,))
+        rows: dict[str, Row] = {r[0]: r for r in await cur.fetchall()}
+        resolutions: dict[str, str] = {}
+        if pending_ids:
+            await cur.execute(_RECALL_RESOLUTIONS, (list(pending_ids),))
+            resolutions = {pid: status for pid, status in await cur.fetchall()}
+    return Recalled(rows, resolutions)
 
 
 def _replay_order(row: JournalRow) -> tuple[int, str]:
@@ -101,6 +138,11 @@ async def load_shard(
         await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
         await conn.execute("SET LOCAL statement_timeout = 0")  # recovery reads it all
         async with conn.cursor() as cur:
+            await cur.execute(_HORIZON)  # the first read: the snapshot every later one sees
+            seen = await cur.fetchone()
+            assert seen is not None
+            horizon = Horizon(seen[0], seen[1], frozenset(seen[2]))
+        async with conn.cursor() as cur:
             await cur.execute(
                 "SELECT id, currency, flags, metadata::text, ts, coalesce(owner_user_id, '')"
                 " FROM accounts"
@@ -113,7 +155,7 @@ async def load_shard(
             while batch := await cur.fetchmany(chunk):
                 rows.extend(JournalRow(*r) for r in batch)
     rows.sort(key=_replay_order)
-    return ShardSnapshot(accounts, rows)
+    return ShardSnapshot(accounts, rows, horizon)
 
 
 # -- what the front reads of the journal (SQLAlchemy connections of its pool) ---------------

@@ -175,6 +175,40 @@ ROW_CREDIT: Final = 2
 ROW_TS: Final = 12
 
 
+class Horizon(msgspec.Struct, frozen=True):
+    """Which journal transactions a read saw: PostgreSQL's ``pg_snapshot`` of it.
+
+    A shard rebuilt from a read must not apply again the rows of a transaction the
+    read saw, when another shard forwards them late (they are in the rebuild): rows
+    travel between shards with the id of the transaction that journaled them.
+    """
+
+    xmin: int  # every transaction below it had ended
+    xmax: int  # none at or above it had
+    xip: frozenset[int] = frozenset()  # in progress, between the two
+
+    def saw(self, txid: int) -> bool:
+        return txid < self.xmin or (txid < self.xmax and txid not in self.xip)
+
+
+SAW_NOTHING: Final = Horizon(0, 0)
+
+
+class Recalled(msgspec.Struct, frozen=True):
+    """What the journal holds of ids a shard no longer remembers (``Ledger.unknown``).
+
+    ``rows``: the journaled row of each asked id that exists, whichever shard wrote
+    it. ``resolutions``: for each asked pending id that was resolved, the status of
+    the row that resolved it (posted, voided or expired).
+    """
+
+    rows: dict[str, Row] = msgspec.field(default_factory=dict)
+    resolutions: dict[str, str] = msgspec.field(default_factory=dict)
+
+
+NOTHING_RECALLED: Final = Recalled()
+
+
 class Outcome(msgspec.Struct, array_like=True, frozen=True):
     """The answer for one transfer: a row (new or replayed) or a refusal code."""
 

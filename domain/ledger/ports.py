@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 import msgspec
 
-from paynode.domain.ledger.model import AccountSpec, JournalRow, Row
+from paynode.domain.ledger.model import AccountSpec, Horizon, JournalRow, Recalled, Row
 
 
 class StorageUnavailable(Exception):
@@ -31,10 +31,12 @@ class PeerLost(Exception):
 
 class ShardSnapshot(msgspec.Struct):
     """Everything one shard owns, as the journal holds it: its accounts, and the rows
-    that debit or credit them in replay order (a pending before its resolution)."""
+    that debit or credit them in replay order (a pending before its resolution), as of
+    ``horizon``."""
 
     accounts: list[AccountSpec]
     rows: list[JournalRow]
+    horizon: Horizon
 
 
 class ShardJournal(Protocol):
@@ -47,12 +49,17 @@ class ShardJournal(Protocol):
     async def load(self, index: int, count: int) -> ShardSnapshot:
         """Shard ``index`` of ``count``: its accounts and rows, one consistent snapshot."""
 
-    async def commit(self, accounts: Sequence[AccountSpec], rows: Sequence[Row]) -> None:
-        """Write accounts and rows in one transaction; return once durable."""
+    async def commit(self, accounts: Sequence[AccountSpec], rows: Sequence[Row]) -> int:
+        """Write accounts and rows in one transaction; return its id once durable."""
 
-    async def existing_ids(self, ids: Sequence[str], fresh: bool = False) -> set[str]:
-        """Which of ``ids`` are journaled; ``fresh``: on a connection of its own (the
-        shard's may be inside a transaction)."""
+    async def recall(self, ids: Sequence[str], pending_ids: Sequence[str]) -> Recalled:
+        """The journaled rows of ``ids`` and ``pending_ids``, and how each of the pendings
+        among them was resolved, on a connection of its own (ids a shard no longer
+        remembers: ``Ledger.unknown``)."""
+
+    async def existing_ids(self, ids: Sequence[str], fresh: bool = False) -> dict[str, int]:
+        """Which of ``ids`` are journaled, each with its transaction's id; ``fresh``: on a
+        connection of its own (the shard's may be inside a transaction)."""
 
     async def close(self) -> None: ...
 

@@ -1,7 +1,10 @@
 """The ledger rules: pure, synchronous, no I/O, no Ray.
 
 A :class:`Ledger` holds the accounts of one shard (its *local* accounts) with
-their balances, the transfers it decided, and the pending transfers it owns.
+their balances, its open pending transfers, and a bounded window of the
+transfers it decided recently (``domain/ledger/window.py``). An id outside the
+window is looked up in the journal before the batch naming it is decided:
+``unknown`` says which, and the answer comes back as ``Recalled``.
 Accounts on other shards are *remote*: the caller has already checked that
 they exist and have the right currency, and their legs are applied by their
 own shard from the same :class:`JournalRow`.
@@ -12,7 +15,7 @@ Two operations do everything:
   local state only;
 * ``apply`` adds a row's effect to the local accounts (idempotent by id).
 
-Memory is therefore a pure function of the rows applied, which is also how a
+Balances are therefore a pure function of the rows applied, which is also how a
 shard recovers: it replays its rows from the journal.
 """
 
@@ -27,19 +30,23 @@ from msgspec.structs import astuple
 from paynode.domain.ledger.model import (
     MAX_AMOUNT,
     NO_METADATA,
+    NOTHING_RECALLED,
     RESOLVES_PENDING,
+    ROW_DEBIT,
     AccountBalances,
     AccountFlags,
     AccountSpec,
     Code,
     JournalRow,
     Outcome,
+    Recalled,
     Row,
     Status,
     TransferFlags,
     TransferOp,
     same_request,
 )
+from paynode.domain.ledger.window import Window
 from paynode.domain.ledger.wire import (
     APPLIED,
     REPLAYED,
@@ -109,13 +116,17 @@ class Hold:
 class Ledger:
     """One shard's accounts and the rules that move money between them."""
 
-    def __init__(self) -> None:
+    def __init__(self, window: int = 0) -> None:
+        """``window``: how many recent transfer ids to remember (0: all, for tests)."""
         self.accounts: dict[str, Account] = {}
-        # Transfers whose debit account is local, as plain tuples in JournalRow's field
-        # order (the order of the journal's COPY): compact, and written as they are.
-        self.rows: dict[str, Row] = {}
-        self.credited: set[str] = set()  # ids applied here only on the credit side
-        self.pendings: dict[str, Pending] = {}
+        # Recent transfers whose debit account is local, as plain tuples in JournalRow's
+        # field order (the order of the journal's COPY): compact, and written as they are.
+        self.rows: Window[Row] = Window(window)
+        self.credited: Window[bool] = Window(window)  # applied here on the credit side only
+        self.pendings: dict[str, Pending] = {}  # open ones
+        self.resolved: Window[Pending] = Window(window)  # recently posted, voided, expired
+        # The journal's answers for the ids of the batch being decided (``unknown``).
+        self.recalled: Recalled = NOTHING_RECALLED
         # Open pendings whose credit account is local but debit account is not:
         # id -> amount, so that a two-phase chain can size a post's credit leg.
         self.credit_pendings: dict[str, int] = {}
@@ -131,6 +142,54 @@ class Ledger:
         """Strictly increasing per shard, even if the wall clock steps back."""
         self._clock = max(self._clock + 1, now_ns)
         return self._clock
+
+    # -- the recent-id window ----------------------------------------------
+
+    def unknown(self, ops: Sequence[TransferOp]) -> tuple[list[str], list[str]]:
+        """The transfer ids and pending ids among ``ops`` that memory cannot answer for.
+
+        Their rows must be looked up in the journal (``Recalled``) before ``ops`` are
+        decided: an id outside the window may have been journaled long ago.
+        """
+        rows, pendings, resolved = self.rows, self.pendings, self.resolved
+        ids = [op.id for op in ops if op.id not in rows]
+        pids = [
+            op.pending_id for op in ops
+            if op.pending_id is not None and op.pending_id not in pendings
+            and op.pending_id not in resolved and op.pending_id not in rows
+        ]  # fmt: skip
+        return ids, pids
+
+    def unknown_in_batch(self, b: TransferBatch) -> tuple[list[str], list[str]]:
+        """``unknown`` for a batch: only its ids (a batch's pending ids are all in
+        flagged groups, which the general path decides, so they come as ops)."""
+        young, old = self.rows.young, self.rows.old
+        ids = [i for i in b.ids if i not in young and i not in old]
+        pids: list[str] = []
+        if any(b.flags):
+            _, pids = self.unknown(
+                [op for k, f in enumerate(b.flags) if f for op in batch_ops(b, k, k + 1)]
+            )
+        return ids, pids
+
+    def window_full(self) -> bool:
+        return self.rows.full() or self.credited.full() or self.resolved.full()
+
+    def age(self) -> int:
+        """Forget the older half of the window (everything in it must be journaled)."""
+        self.credited.age()
+        self.resolved.age()
+        return self.rows.age()
+
+    def _recalled_pending(self, pid: str) -> Pending | None:
+        """A resolved pending of this shard known only to the journal, or None."""
+        r = self.recalled.rows.get(pid)
+        state = self.recalled.resolutions.get(pid)
+        if r is None or state is None or r[ROW_DEBIT] not in self.accounts:
+            return None
+        p = Pending(JournalRow(*r))
+        p.state = state
+        return p
 
     # -- accounts ---------------------------------------------------------
 
@@ -164,7 +223,7 @@ class Ledger:
         caller, except for its credit limit, which its own shard reserves in
         a two-phase group (see ``prepare``).
         """
-        stored = self.rows.get(op.id)
+        stored = self.rows.get(op.id) or self.recalled.rows.get(op.id)
         if stored is not None:
             old = JournalRow(*stored)
             if same_request(op, old):
@@ -208,12 +267,12 @@ class Ledger:
 
     def _decide_resolution(self, op: TransferOp, now_ns: int) -> Outcome:
         assert op.pending_id is not None
-        p = self.pendings.get(op.pending_id)
+        pid = op.pending_id
+        p = self.pendings.get(pid) or self.resolved.get(pid) or self._recalled_pending(pid)
         if p is None:
-            code = (
-                Code.PENDING_NOT_PENDING if op.pending_id in self.rows else Code.PENDING_NOT_FOUND
-            )
-            return Outcome(op.id, code)
+            known = self.rows.get(pid) or self.recalled.rows.get(pid)
+            mine = known is not None and known[ROW_DEBIT] in self.accounts
+            return Outcome(op.id, Code.PENDING_NOT_PENDING if mine else Code.PENDING_NOT_FOUND)
         if (p.debit, p.credit) != (op.debit_account_id, op.credit_account_id):
             return Outcome(op.id, Code.PENDING_ACCOUNT_MISMATCH)
         if p.currency != op.currency:
@@ -287,13 +346,13 @@ class Ledger:
             if sign > 0:
                 self.rows[row.id] = astuple(row)
             else:
-                del self.rows[row.id]
+                self.rows.pop(row.id)
             self._shift_pending(row, sign)
         else:
             if sign > 0:
-                self.credited.add(row.id)
+                self.credited[row.id] = True
             else:
-                self.credited.discard(row.id)
+                self.credited.pop(row.id)
             self._shift_credit_pending(row, sign)
         if cr is not None:
             cr.cp += sign * row.posted_amount
@@ -321,17 +380,35 @@ class Ledger:
             else:
                 del self.pendings[row.id]
         elif row.pending_id is not None:
-            p = self.pendings[row.pending_id]
+            pid = row.pending_id
             if sign > 0:
+                p = self.pendings.pop(pid)  # KeyError: a resolution of no open pending
                 assert p.state == Status.PENDING, "pending resolved twice"
                 p.state = row.status
+                self.resolved[pid] = p
+                if len(self._expiry) > 2 * len(self.pendings) + _HEAP_SLACK:
+                    self._compact_expiry()
             else:
-                p.state = Status.PENDING
+                back = self.resolved.pop(pid)
+                assert back is not None
+                back.state = Status.PENDING
+                self.pendings[pid] = back
+
+    def _compact_expiry(self) -> None:
+        """Drop the timer entries of resolved pendings (they are skipped when reached, but
+        a pending resolved long before its timeout would hold memory until then)."""
+        self._expiry = [(p.expires_at, pid) for pid, p in self.pendings.items() if p.expires_at]
+        heapq.heapify(self._expiry)
 
     # -- batches: the hot path ----------------------------------------------
 
-    def execute_batch(self, b: TransferBatch, now_ns: int) -> tuple[BatchResult, list[Row]]:
+    def execute_batch(
+        self, b: TransferBatch, now_ns: int, recalled: Recalled = NOTHING_RECALLED
+    ) -> tuple[BatchResult, list[Row]]:
         """Decide and apply every group of ``b`` in order; return the answers and new rows.
+
+        ``recalled``: the journal's answer for ``unknown_in_batch(b)`` (nothing: every
+        unknown id is new, as in tests that keep the whole window).
 
         A plain transfer (no flags, one group of its own, not a replay) is decided
         and applied inline on plain ints and tuples; anything else goes through
@@ -343,7 +420,20 @@ class Ledger:
         stamps = [0] * n
         amounts: dict[int, int] = {}
         new_rows: list[Row] = []
-        accounts, rows, inflight = self.accounts, self.rows, self.inflight_ids
+        self.recalled = recalled
+        try:
+            self._execute_batch(b, now_ns, results, stamps, amounts, new_rows)
+        finally:
+            self.recalled = NOTHING_RECALLED
+        return BatchResult(results, stamps, amounts), new_rows
+
+    def _execute_batch(
+        self, b: TransferBatch, now_ns: int, results: list, stamps: list[int],
+        amounts: dict[int, int], new_rows: list[Row],
+    ) -> None:  # fmt: skip
+        n = len(b.ids)
+        accounts, inflight = self.accounts, self.inflight_ids
+        rows, old, known = self.rows.young, self.rows.old, self.recalled.rows
         ids, debits, credits, amts = b.ids, b.debits, b.credits, b.amounts
         currencies, flags, metadata = b.currencies, b.flags, b.metadata
         clock = self._clock if self._clock >= now_ns else now_ns - 1
@@ -355,7 +445,10 @@ class Ledger:
                 start, end = k, k + 1
             i = start
             tid = ids[i]
-            if end - start == 1 and not flags[i] and tid not in rows and tid not in inflight:
+            if (
+                end - start == 1 and not flags[i] and tid not in rows and tid not in old
+                and tid not in known and tid not in inflight
+            ):  # fmt: skip
                 amount = amts[i]
                 cur = currencies[i]
                 dr = accounts[debits[i]]  # the front routes a transfer to its debit's shard
@@ -404,14 +497,27 @@ class Ledger:
                 if o.replayed:
                     results[j] = REPLAYED
                 else:
-                    new_rows.append(rows.get(decided.id) or astuple(decided))
+                    new_rows.append(self.rows.get(decided.id) or astuple(decided))
         self._clock = clock
-        return BatchResult(results, stamps, amounts), new_rows
 
     # -- groups (a single transfer or a linked chain) -----------------------
 
-    def execute(self, ops: Sequence[TransferOp], now_ns: int) -> list[Outcome]:
-        """Decide and apply a group all-or-nothing. Every debit must be local."""
+    def execute(
+        self, ops: Sequence[TransferOp], now_ns: int, recalled: Recalled | None = None
+    ) -> list[Outcome]:
+        """Decide and apply a group all-or-nothing. Every debit must be local.
+
+        ``recalled``: the journal's answer for ``unknown(ops)`` (None: the batch's, when
+        called from ``execute_batch``; nothing when every id is in the window)."""
+        if recalled is None:
+            return self._execute_group(ops, now_ns)
+        self.recalled = recalled
+        try:
+            return self._execute_group(ops, now_ns)
+        finally:
+            self.recalled = NOTHING_RECALLED
+
+    def _execute_group(self, ops: Sequence[TransferOp], now_ns: int) -> list[Outcome]:
         if len(ops) == 1:  # the common case, without the chain bookkeeping
             outcome = self.decide(ops[0], now_ns)
             if outcome.row is not None and not outcome.replayed:
@@ -456,7 +562,7 @@ class Ledger:
         validity (funds, pending state) is the debit shard's to decide.
         """
         cr = self.accounts.get(op.credit_account_id)
-        if cr is None or op.id in self.credited:
+        if cr is None or op.id in self.credited or op.id in self.recalled.rows:
             return Outcome(op.id)
         if op.flags & RESOLVES_PENDING:
             # Posting or voiding only lowers exposure: nothing to check, but
@@ -490,7 +596,10 @@ class Ledger:
 
     # -- two-phase groups across shards ------------------------------------
 
-    def prepare(self, gid: str, ops: Sequence[TransferOp], now_ns: int) -> list[Outcome]:
+    def prepare(
+        self, gid: str, ops: Sequence[TransferOp], now_ns: int,
+        recalled: Recalled = NOTHING_RECALLED,
+    ) -> list[Outcome]:  # fmt: skip
         """Phase one of a group that spans shards: decide the local legs and reserve.
 
         The group is evaluated in order on local state exactly as ``execute``
@@ -501,7 +610,11 @@ class Ledger:
         """
         assert gid not in self.holds
         before = {a: self._exposure(a) for a in self._local_accounts(ops)}
-        outcomes, applied = self._evaluate(ops, now_ns, debit_local_only=True)
+        self.recalled = recalled
+        try:
+            outcomes, applied = self._evaluate(ops, now_ns, debit_local_only=True)
+        finally:
+            self.recalled = NOTHING_RECALLED
         after = {a: self._exposure(a) for a in before}
         for row in reversed(applied):
             self.unapply(row)
@@ -592,6 +705,7 @@ class Ledger:
         return [a.balances() for a in self.accounts.values()]
 
 
+_HEAP_SLACK = 1024  # timer entries of resolved pendings tolerated before a compaction
 _CURRENCY_MISMATCH = RESULT_OF[Code.CURRENCY_MISMATCH]
 _OVERFLOW = RESULT_OF[Code.OVERFLOW]
 _INSUFFICIENT_FUNDS = RESULT_OF[Code.INSUFFICIENT_FUNDS]

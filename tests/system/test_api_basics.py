@@ -5,7 +5,9 @@ from __future__ import annotations
 from paynode.storage.audit import journal_balances
 
 # One node for the module's tests (tests/conftest.py shared_node): each uses its own ids.
-SHARED_NODE_SETTINGS: dict = {}
+# The smallest recent-id window: every replay, post and void here names ids the shards
+# soon forget, so the journal lookups answer most of this module.
+SHARED_NODE_SETTINGS: dict = {"id_window": 2}
 
 USD = "USD"
 
@@ -60,6 +62,58 @@ def test_posted_transfer_moves_money_and_replays(node) -> None:
     )
     assert overdraft.status_code == 422 and overdraft.json()["code"] == "insufficient_funds"
     assert node.http.get("/v1/transfers/t2").status_code == 404
+
+
+def test_replays_beyond_the_window_answer_as_before(node) -> None:
+    """An id the shard forgot is looked up in the journal: the same answers as a replay
+    of an id it remembers, and no second debit."""
+    import ray
+
+    from paynode.domain.ledger.wire import decode_stats
+
+    assert node.settings.ledger.id_window == 2
+    account(node, "old-src")
+    account(node, "old-dst")
+    first = transfer(node, id="old-t", debit_account_id="old-src", credit_account_id="old-dst",
+                     amount=700)  # fmt: skip
+    assert first.status_code == 201, first.text
+    recent = transfer(node, id="old-t", debit_account_id="old-src", credit_account_id="old-dst",
+                      amount=700)  # fmt: skip
+    pend = transfer(node, id="old-p", debit_account_id="old-src", credit_account_id="old-dst",
+                    amount=50, flags=["pending"], timeout_s=3600)  # fmt: skip
+    posted = transfer(node, id="old-x", pending_id="old-p", flags=["post_pending"])
+    assert pend.status_code == 201 and posted.status_code == 201, posted.text
+    open_one = transfer(node, id="old-q", debit_account_id="old-src", credit_account_id="old-dst",
+                        amount=9, flags=["pending"], timeout_s=3600)  # fmt: skip
+    assert open_one.status_code == 201
+    for k in range(24):  # push them out of every shard's window
+        r = transfer(node, id=f"old-fill{k}", debit_account_id="old-src",
+                     credit_account_id="old-dst", amount=1)  # fmt: skip
+        assert r.status_code == 201, r.text
+    remembered = [decode_stats(raw).transfers for raw in
+                  ray.get([s.stats.remote() for s in node.shards])]  # fmt: skip
+    assert max(remembered) < 24, remembered
+    late = transfer(node, id="old-t", debit_account_id="old-src", credit_account_id="old-dst",
+                    amount=700)  # fmt: skip
+    assert (late.status_code, late.json()) == (200, first.json()) == (
+        recent.status_code, recent.json())  # fmt: skip
+    changed = transfer(node, id="old-t", debit_account_id="old-src",
+                       credit_account_id="old-dst", amount=701)  # fmt: skip
+    assert changed.status_code == 409 and changed.json()["code"] == "exists_with_different_fields"
+    elsewhere = transfer(node, id="old-t", debit_account_id="old-dst",
+                         credit_account_id="old-src", amount=700)  # fmt: skip
+    assert elsewhere.json()["code"] == "exists_with_different_fields"
+    assert transfer(node, id="old-x", pending_id="old-p", flags=["post_pending"]).json() == (
+        posted.json()
+    )
+    again = transfer(node, id="old-y", pending_id="old-p", flags=["void_pending"])
+    assert again.json()["code"] == "pending_already_posted"
+    not_pending = transfer(node, id="old-z", pending_id="old-fill0", flags=["void_pending"])
+    assert not_pending.json()["code"] == "pending_transfer_not_pending"
+    # An open pending is never forgotten: it is posted from memory.
+    assert transfer(node, id="old-w", pending_id="old-q", flags=["post_pending"]).status_code == 201
+    src = node.http.get("/v1/accounts/old-src").json()
+    assert (src["debits_posted"], src["debits_pending"]) == (700 + 50 + 9 + 24, 0)
 
 
 def test_pending_post_void_and_codes(node) -> None:

@@ -46,12 +46,12 @@ def test_a_broken_rule_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
 
     original = rules.Ledger.execute_batch
 
-    def overdrawing(self, batch, now_ns):  # the limits forgotten for this run
+    def overdrawing(self, batch, now_ns, *recalled):  # the limits forgotten for this run
         saved = {a: acct.flags for a, acct in self.accounts.items()}
         for acct in self.accounts.values():
             acct.flags = 0
         try:
-            return original(self, batch, now_ns)
+            return original(self, batch, now_ns, *recalled)
         finally:
             for a, flags in saved.items():
                 self.accounts[a].flags = flags
