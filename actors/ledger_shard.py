@@ -464,17 +464,20 @@ class LedgerShard:
         rows: dict[str, Row] = {}
         resolutions: dict[str, str] = {}
         asked: set[str] = set()
-        while True:
-            ids, pids = ops()
-            ids = [i for i in ids if i not in asked]
-            pids = [p for p in pids if p not in asked]
-            if not ids and not pids:
-                break
+        ledger, agings = self.ledger, self.ledger.agings
+        ids, pids = ops()
+        while ids or pids:
             found = await self._journal.recall(ids, pids)
             rows |= found.rows
             resolutions |= found.resolutions
+            if self.ledger is ledger and self.ledger.agings == agings:
+                break  # nothing forgotten meanwhile: what was known still is
             asked.update(ids)
             asked.update(pids)
+            ledger, agings = self.ledger, self.ledger.agings
+            ids, pids = ops()
+            ids = [i for i in ids if i not in asked]
+            pids = [p for p in pids if p not in asked]
         return Recalled(rows, resolutions) if rows or resolutions else NOTHING_RECALLED
 
     def _observe(self, seconds: float, rows: int) -> None:

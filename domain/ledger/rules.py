@@ -125,6 +125,7 @@ class Ledger:
         self.credited: Window[bool] = Window(window)  # applied here on the credit side only
         self.pendings: dict[str, Pending] = {}  # open ones
         self.resolved: Window[Pending] = Window(window)  # recently posted, voided, expired
+        self.agings = 0  # how many times the window aged (it may forget what it knew)
         # The journal's answers for the ids of the batch being decided (``unknown``).
         self.recalled: Recalled = NOTHING_RECALLED
         # Open pendings whose credit account is local but debit account is not:
@@ -177,6 +178,7 @@ class Ledger:
 
     def age(self) -> int:
         """Forget the older half of the window (everything in it must be journaled)."""
+        self.agings += 1
         self.credited.age()
         self.resolved.age()
         return self.rows.age()
