@@ -21,6 +21,7 @@ from paynode.domain.notify.outbox import Position, Source
 from paynode.storage import journal, notify
 from paynode.storage.database import async_engine, libpq_url
 from paynode.storage.events import event_id
+from paynode.storage.migrations import load as load_migrations
 from paynode.storage.migrations import migrate
 from paynode.storage.schema import ACCOUNT_COLUMNS, TRANSFER_COLUMNS
 from tests.support.asserts import problem
@@ -115,7 +116,7 @@ def test_events_written_before_the_upgrade_keep_their_ids_and_show_once(
             (old_txid, old["old-1"]),
         )
         conn.commit()
-    assert migrate(database_url) == [7, 8, 9]
+    assert migrate(database_url) == [m.version for m in load_migrations() if m.version > 6]
     assert migrate(database_url) == []
     with psycopg.connect(libpq_url(database_url)) as conn:
         boundary = conn.execute("SELECT txid FROM outbox_boundary").fetchone()[0]
