@@ -4,7 +4,8 @@ A Ray actor is a process of its own, and each spends a second of CPU and ~130 MB
 importing Ray and its libraries before it serves a call. The helpers are light, so
 they share two processes (``names.HOSTS``): the lookups the request path waits on
 (handles, risk) at full priority, and the followers of the journal (analytics, the
-reconciler, the notifier, ACH, the bank simulator), niced below the money path.
+reconciler, the notifier, ACH, the bank simulator, the checkpointer), niced below the
+money path.
 
 Callers hold a :class:`ServiceRef`, which is called like an actor handle
 (``ref.method.remote(*args)``, awaited or ``ray.get``): one Ray call to the host,

@@ -52,7 +52,7 @@ from paynode.domain.ledger.model import (
     shard_key,
 )
 from paynode.domain.ledger.ports import JournalConflict, Peers, ShardJournal, StorageUnavailable
-from paynode.domain.ledger.rules import Ledger, refuse_group
+from paynode.domain.ledger.rules import Ledger, rebuilt, refuse_group
 from paynode.domain.ledger.wire import (
     COMMIT_BUCKETS_S,
     REPLAYED,
@@ -286,13 +286,7 @@ class LedgerShard:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
         old = self.ledger
-        fresh = Ledger(self._id_window)
-        for spec in snap.accounts:
-            fresh.create_account(spec)
-        for k, row in enumerate(snap.rows):
-            fresh.apply(row)
-            if not k & 1023 and fresh.window_full():
-                fresh.age()  # all of it is journaled
+        fresh = rebuilt(snap, self._id_window)
         # Reservations of prepared cross-shard groups live only in memory: keep them.
         for gid, hold in old.holds.items():
             for account_id, held_dr, held_cr in hold.accounts:
@@ -311,8 +305,9 @@ class LedgerShard:
         self._ready = True
         self._rebuilt.set()
         log.info(
-            "shard %d/%d: %d accounts, %d rows", self.index, self.count, len(snap.accounts),
-            len(snap.rows),
+            "shard %d/%d: %d accounts, %d rows replayed %s", self.index, self.count,
+            len(snap.accounts), len(snap.rows),
+            "after the checkpoint" if snap.checkpoint else "(the whole journal)",
         )  # fmt: skip
 
     # -- group commit -----------------------------------------------------

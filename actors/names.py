@@ -18,6 +18,7 @@ HANDLES_NAME = "paynode-handles"
 ACH_NAME = "paynode-ach"
 BANK_SIM_NAME = "paynode-banksim"
 RISK_NAME = "paynode-risk"
+CHECKPOINTER_NAME = "paynode-checkpointer"
 
 # Their host actors: what the request path waits on runs at full priority; what follows
 # the journal after the fact runs niced (actors/background.py), in a process of its own.
@@ -32,4 +33,5 @@ HOST_OF = {
     NOTIFIER_NAME: FOLLOWERS_HOST,
     ACH_NAME: FOLLOWERS_HOST,
     BANK_SIM_NAME: FOLLOWERS_HOST,
+    CHECKPOINTER_NAME: FOLLOWERS_HOST,
 }

@@ -29,6 +29,7 @@ from paynode.benchmarks import (
     handles_bench,
     recon_check,
     risk_bench,
+    soak,
     steps,
     webhooks,
 )
@@ -49,11 +50,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="shards of the node started (default: the node's)")  # fmt: skip
     p.add_argument("--workers", type=int, default=None,
                    help="front processes of the node started (default: the node's)")  # fmt: skip
-    p.add_argument("--mode", choices=("single", "batch", "direct", "handles", "risk", "cluster"),
+    p.add_argument("--mode",
+                   choices=("single", "batch", "direct", "handles", "risk", "cluster", "soak"),
                    default="batch",
                    help="handles: resolve @handles in the directory actor (no HTTP); risk:"
                         " user payments through the risk gate vs operator payments; cluster:"
-                        " one process vs a local Ray cluster, same --load")  # fmt: skip
+                        " one process vs a local Ray cluster, same --load; soak: memory over"
+                        " --samples rounds of batch load, then restart times after writing"
+                        " --soak-rows journal rows")  # fmt: skip
+    p.add_argument("--samples", type=int, default=10, help="soak mode: rounds of load")
+    p.add_argument("--soak-rows", type=int, default=1_000_000,
+                   help="soak mode: journal rows written before the timed restarts")  # fmt: skip
     p.add_argument("--load", choices=("single", "batch"), default="batch",
                    help="cluster mode: the HTTP load both targets get")  # fmt: skip
     p.add_argument(
@@ -107,7 +114,7 @@ def main(args: argparse.Namespace) -> int:
         target = _open_target(args, stack)
         report["database_url"] = target.database_url
         modes = {"direct": _run_direct, "handles": handles_bench.run, "risk": risk_bench.run,
-                 "cluster": cluster_bench.run}  # fmt: skip
+                 "cluster": cluster_bench.run, "soak": soak.run}  # fmt: skip
         run = modes.get(args.mode, _run_http)
         ok = run(args, w, target, report)
         if args.baseline:
@@ -158,6 +165,8 @@ def _open_target(args: argparse.Namespace, stack: contextlib.ExitStack) -> Targe
         os.environ.setdefault("PAYNODE_WEBHOOK_ALLOW_PRIVATE", "1")
         os.environ.setdefault("PAYNODE_WEBHOOK_TIMEOUT_S", "2")
     env = dict(os.environ)
+    if args.mode == "soak":  # only clean stops advance the checkpoint (soak.py)
+        env.setdefault("PAYNODE_CHECKPOINT_INTERVAL_S", "0")
     if args.workers:
         env["PAYNODE_WORKERS"] = str(args.workers)
     node = NodeProcess(data_dir, args.shards, env=env)
@@ -541,7 +550,7 @@ def _markdown(report: dict) -> str:
             f"{b['transfers_per_s']:,.0f} | {lat['p50']} | {lat['p90']} | {lat['p99']} | "
             f"{lat['p99.9']} | {b['refused'] or '-'} | - |"
         )
-    extra = []
+    extra = soak.markdown(report["soak"]) if "soak" in report else []
     if report.get("ratio_node_over_baseline") is not None:
         extra.append(f"**node / baseline: {report['ratio_node_over_baseline']}x**")
     if report.get("cluster_over_one_process") is not None:

@@ -48,6 +48,9 @@ class LedgerSettings(Section, frozen=True):
     # Transfer ids a shard keeps in memory for replays (about 0.5 KB each); an older id
     # is looked up in the journal, so this bounds memory, not what replays answer
     id_window: Annotated[int, Meta(ge=2, le=1_000_000_000)] = 131_072
+    # How often the ledger checkpoint advances (a restart replays the journal after it;
+    # 0 = only at a clean stop)
+    checkpoint_interval_s: Annotated[float, Meta(ge=0, le=86_400)] = 60.0
 
 
 class BatchSettings(Section, frozen=True):

@@ -24,6 +24,7 @@ from paynode.actors.names import (
     ACH_NAME,
     ANALYTICS_NAME,
     BANK_SIM_NAME,
+    CHECKPOINTER_NAME,
     FOLLOWERS_HOST,
     HANDLES_NAME,
     HOSTS,
@@ -318,6 +319,7 @@ def start_helpers(
 
     from paynode.actors.ach import AchOriginator
     from paynode.actors.analytics import AnalyticsStreamer
+    from paynode.actors.checkpointer import Checkpointer
     from paynode.actors.handles import HandleDirectory
     from paynode.actors.host import ServiceHost, ServiceSpec, find_service
     from paynode.actors.notifier import Notifier
@@ -353,6 +355,9 @@ def start_helpers(
             settings.ach, data_dir, keyring, settings.namespace, database_url,
             settings.bank_sim.enabled,
         )),
+        ServiceSpec(CHECKPOINTER_NAME, Checkpointer, (
+            database_url, settings.ledger.checkpoint_interval_s,
+        )),
     ]  # fmt: skip
     # The helpers write files under the data directory: they run on this machine.
     options = _actor_options(settings, detached) | {
@@ -374,6 +379,7 @@ def start_helpers(
     # Warm: every live handle in memory before the API opens.
     ray.get(service(HANDLES_NAME).start.remote())
     ray.get(service(ACH_NAME).start.remote())
+    ray.get(service(CHECKPOINTER_NAME).start.remote())
     ray.get(service(RISK_NAME).ping.remote())  # a bad rules, limits or list file stops here
     return hosts
 

@@ -44,6 +44,7 @@ from paynode.domain.ledger.model import (
     shard_key,
 )
 from paynode.domain.ledger.ports import (
+    Checkpoint,
     JournalConflict,
     PeerLost,
     ShardSnapshot,
@@ -66,6 +67,7 @@ class Faults:
     commit_torn: float = 0.01  # applied, but the shard hears it failed
     read_fails: float = 0.01  # a load or an id lookup fails
     kill_per_ms: float = 0.0005  # chance per virtual ms that a shard dies
+    checkpoint: float = 0.0  # chance per commit that the ledger checkpoint advances
     restart_ms: tuple[float, float] = (5.0, 200.0)
 
     @staticmethod
@@ -78,6 +80,7 @@ class Faults:
             commit_torn=0.01 * storm,
             read_fails=0.01 * storm,
             kill_per_ms=0.0005 * storm,
+            checkpoint=rng.choice((0.0, 0.05, 0.3)),
         )
 
 
@@ -89,6 +92,12 @@ class Database:
         self.rows: dict[str, JournalRow] = {}  # in commit order
         self.resolutions: dict[str, str] = {}  # pending id -> the status that resolved it
         self.txids: dict[str, int] = {}  # transfer id -> its commit's (commits are instants)
+        # The ledger checkpoint (storage/checkpoint.py): every row of a commit below `below`
+        # folded into balances, latest stamps and the pendings still open.
+        self.below = 0
+        self.folded: dict[str, list[int]] = {}
+        self.last_ts: dict[str, int] = {}
+        self.open_pendings: set[str] = set()
         # Per account: debits posted, credits posted, debits pending, credits pending.
         self.balances: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0, 0])
         self.commits = 0
@@ -140,13 +149,45 @@ class Database:
                     f" + {dpend} pending > credits {cp}"
                 )
 
+    def advance_checkpoint(self) -> None:
+        """Fold every row committed since the last checkpoint (commits are instants here,
+        so the horizon is simply the next commit)."""
+        hi = self.commits + 1
+        for r in self.rows.values():
+            if self.below <= self.txids[r.id] < hi:
+                legs = (
+                    (r.debit_account_id, (r.posted_amount, 0, r.pending_delta, 0)),
+                    (r.credit_account_id, (0, r.posted_amount, 0, r.pending_delta)),
+                )
+                for account, delta in legs:
+                    sums = self.folded.setdefault(account, [0, 0, 0, 0])
+                    for k in range(4):
+                        sums[k] += delta[k]
+                    self.last_ts[account] = max(self.last_ts.get(account, 0), r.ts)
+                if r.status == "pending":
+                    self.open_pendings.add(r.id)
+                elif r.pending_id is not None:
+                    self.open_pendings.discard(r.pending_id)
+        self.below = hi
+
     def snapshot(self, index: int, count: int) -> ShardSnapshot:
         mine = {a for a in self.accounts if shard_key(a) % count == index}
         accounts = sorted((self.accounts[a] for a in mine), key=lambda a: a.ts)
         rows = [r for r in self.rows.values()
-                if r.debit_account_id in mine or r.credit_account_id in mine]  # fmt: skip
+                if (r.debit_account_id in mine or r.credit_account_id in mine)
+                and self.txids[r.id] >= self.below]  # fmt: skip
         rows.sort(key=lambda r: (r.ts, r.id))
-        return ShardSnapshot(accounts, rows, Horizon(self.commits + 1, self.commits + 1))
+        horizon = Horizon(self.commits + 1, self.commits + 1)
+        if not self.below:
+            return ShardSnapshot(accounts, rows, horizon)
+        balances = {a: (s[0], s[1], s[2], s[3]) for a, s in self.folded.items() if a in mine}
+        pendings = [self.rows[p] for p in sorted(self.open_pendings)
+                    if self.rows[p].debit_account_id in mine
+                    or self.rows[p].credit_account_id in mine]  # fmt: skip
+        clock = max((self.last_ts[a] for a in balances), default=0)
+        return ShardSnapshot(
+            accounts, rows, horizon, Checkpoint(self.below, balances, pendings, clock)
+        )
 
 
 class ShardJournal:
@@ -182,6 +223,8 @@ class ShardJournal:
         if fate < w.faults.commit_fails:
             raise StorageUnavailable("simulated commit failure")
         txid = w.db.apply(accounts, rows)  # the COMMIT: atomic, at one instant
+        if w.rng.random() < w.faults.checkpoint:
+            w.db.advance_checkpoint()  # (the node's checkpointer, between two commits)
         await self._io()  # the acknowledgement on its way: a kill here loses only it
         if fate < w.faults.commit_fails + w.faults.commit_torn:
             w.torn_commits += 1

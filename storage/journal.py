@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from paynode.domain.ledger.model import AccountSpec, Horizon, JournalRow, Recalled, Row, shard_key
 from paynode.domain.ledger.ports import ShardSnapshot
+from paynode.storage import checkpoint
 from paynode.storage.schema import ACCOUNT_COLUMNS, TRANSFER_COLUMNS
 
 _COPY_TRANSFERS = f"COPY transfers ({', '.join(TRANSFER_COLUMNS)}) FROM STDIN (FORMAT BINARY)"
@@ -119,9 +120,12 @@ def _replay_order(row: JournalRow) -> tuple[int, str]:
 
 
 async def load_shard(
-    conn: psycopg.AsyncConnection, index: int, count: int, chunk: int = 50_000
-) -> ShardSnapshot:
-    """Everything shard ``index`` of ``count`` owns, read in one consistent snapshot.
+    conn: psycopg.AsyncConnection, index: int, count: int, chunk: int = 50_000,
+    use_checkpoint: bool = True,
+) -> ShardSnapshot:  # fmt: skip
+    """Everything shard ``index`` of ``count`` owns, read in one consistent snapshot:
+    the ledger checkpoint's part (``storage/checkpoint.py``) and the rows after it, or
+    every row when there is no sound checkpoint (or ``use_checkpoint`` is off).
 
     Rows come in timestamp order per shard, so a pending is always replayed
     before its resolution.
@@ -138,6 +142,8 @@ async def load_shard(
         " WHERE t.credit_account_id IN (SELECT id FROM mine)"
         " AND t.debit_account_id NOT IN (SELECT id FROM mine)"
     )
+    # After a checkpoint, only the rows of later transactions (the transfers_txid index).
+    rows_sql = rows_sql.replace("WHERE t.", "WHERE t.txid >= %(below)s AND t.")
     async with conn.transaction():
         await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
         await conn.execute("SET LOCAL statement_timeout = 0")  # recovery reads it all
@@ -154,12 +160,16 @@ async def load_shard(
                 (count, index),
             )
             accounts = [AccountSpec(*r) for r in await cur.fetchall()]
+            folded = (
+                await checkpoint.read(cur, index, count, horizon.xmin) if use_checkpoint else None
+            )
+        params = {"n": count, "i": index, "below": folded.below if folded else 0}
         async with conn.cursor(name="paynode_load") as cur:
-            await cur.execute(rows_sql, {"n": count, "i": index})
+            await cur.execute(rows_sql, params)
             while batch := await cur.fetchmany(chunk):
                 rows.extend(JournalRow(*r) for r in batch)
     rows.sort(key=_replay_order)
-    return ShardSnapshot(accounts, rows, horizon)
+    return ShardSnapshot(accounts, rows, horizon, folded)
 
 
 # -- what the front reads of the journal (SQLAlchemy connections of its pool) ---------------

@@ -25,6 +25,8 @@ from sqlalchemy import (
     Integer,
     LargeBinary,
     MetaData,
+    Numeric,
+    SmallInteger,
     Table,
     Text,
 )
@@ -67,6 +69,40 @@ transfers = Table(
     # The writing transaction's id, set by PostgreSQL: the commit order analytics and
     # the transfer.* events follow.
     Column("txid", BigInteger, nullable=False),
+)
+
+# The ledger folded up to a transaction horizon (migration 11, storage/checkpoint.py).
+ledger_checkpoint = Table(
+    "ledger_checkpoint",
+    metadata,
+    Column("id", SmallInteger, primary_key=True),
+    Column("below", BigInteger, nullable=False),
+    Column("taken_at", DateTime(timezone=True), nullable=False),
+    Column("accounts", BigInteger, nullable=False),
+    Column("pendings", BigInteger, nullable=False),
+    Column("sum_dp", Numeric, nullable=False),
+    Column("sum_cp", Numeric, nullable=False),
+    Column("sum_dpend", Numeric, nullable=False),
+    Column("sum_cpend", Numeric, nullable=False),
+)
+
+checkpoint_balances = Table(
+    "checkpoint_balances",
+    metadata,
+    Column("account_id", Id, primary_key=True),
+    Column("dp", BigInteger, nullable=False),
+    Column("cp", BigInteger, nullable=False),
+    Column("dpend", BigInteger, nullable=False),
+    Column("cpend", BigInteger, nullable=False),
+    Column("last_ts", BigInteger, nullable=False),
+)
+
+checkpoint_pendings = Table(
+    "checkpoint_pendings",
+    metadata,
+    Column("id", Id, primary_key=True),
+    Column("debit_account_id", Id, nullable=False),
+    Column("credit_account_id", Id, nullable=False),
 )
 
 reconciliation_runs = Table(

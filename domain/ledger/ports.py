@@ -29,14 +29,26 @@ class PeerLost(Exception):
     simulator raises this one): the call's outcome is unknown."""
 
 
+class Checkpoint(msgspec.Struct):
+    """A shard's accounts folded up to a journal horizon (``storage/checkpoint.py``):
+    every row of a transaction below ``below`` is in it."""
+
+    below: int
+    balances: dict[str, tuple[int, int, int, int]]  # dp, cp, dpend, cpend of each account
+    pendings: list[JournalRow]  # still open at the horizon, touching the shard's accounts
+    clock: int  # the latest stamp of a row folded in, on the shard's accounts
+
+
 class ShardSnapshot(msgspec.Struct):
-    """Everything one shard owns, as the journal holds it: its accounts, and the rows
-    that debit or credit them in replay order (a pending before its resolution), as of
-    ``horizon``."""
+    """Everything one shard owns, as the journal holds it, as of ``horizon``: its accounts,
+    a checkpoint of them (or None), and the rows that debit or credit them after the
+    checkpoint (all of them without one), in replay order (a pending before its
+    resolution)."""
 
     accounts: list[AccountSpec]
     rows: list[JournalRow]
     horizon: Horizon
+    checkpoint: Checkpoint | None = None
 
 
 class ShardJournal(Protocol):

@@ -46,6 +46,7 @@ from paynode.domain.ledger.model import (
     TransferOp,
     same_request,
 )
+from paynode.domain.ledger.ports import ShardSnapshot
 from paynode.domain.ledger.window import Window
 from paynode.domain.ledger.wire import (
     APPLIED,
@@ -192,6 +193,27 @@ class Ledger:
         p = Pending(JournalRow(*r))
         p.state = state
         return p
+
+    def restore(
+        self, balances: dict[str, tuple[int, int, int, int]], pendings: Iterable[JournalRow],
+        clock: int,
+    ) -> None:  # fmt: skip
+        """Start from a checkpoint: the accounts' balance sums, the pendings still open, and
+        the latest stamp folded in. The accounts must exist; rows after it are ``apply``'d."""
+        assert not self.rows and not self.pendings, "restore a fresh ledger only"
+        for account_id, (dp, cp, dpend, cpend) in balances.items():
+            a = self.accounts[account_id]
+            assert min(dp, cp, dpend, cpend) >= 0, account_id
+            a.dp, a.cp, a.dpend, a.cpend = dp, cp, dpend, cpend
+        for row in pendings:
+            assert row.status == Status.PENDING
+            if row.debit_account_id in self.accounts:
+                p = self.pendings[row.id] = Pending(row)
+                if p.expires_at:
+                    heapq.heappush(self._expiry, (p.expires_at, row.id))
+            elif row.credit_account_id in self.accounts:
+                self.credit_pendings[row.id] = row.amount
+        self._clock = max(self._clock, clock)
 
     # -- accounts ---------------------------------------------------------
 
@@ -705,6 +727,23 @@ class Ledger:
 
     def balances(self) -> list[AccountBalances]:
         return [a.balances() for a in self.accounts.values()]
+
+
+def rebuilt(snapshot: ShardSnapshot, window: int = 0) -> Ledger:
+    """A shard's ledger from what the journal holds: its accounts, the checkpoint if
+    any, then the rows after it in replay order (everything here is journaled, so the
+    window ages as it fills)."""
+    ledger = Ledger(window)
+    for spec in snapshot.accounts:
+        ledger.create_account(spec)
+    if snapshot.checkpoint is not None:
+        c = snapshot.checkpoint
+        ledger.restore(c.balances, c.pendings, c.clock)
+    for k, row in enumerate(snapshot.rows):
+        ledger.apply(row)
+        if not k & 1023 and ledger.window_full():
+            ledger.age()
+    return ledger
 
 
 _HEAP_SLACK = 1024  # timer entries of resolved pendings tolerated before a compaction

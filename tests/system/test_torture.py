@@ -48,7 +48,9 @@ ACCOUNTS = 16
 
 
 def _node(tmp_path: Path, request: pytest.FixtureRequest) -> NodeProcess:
-    env = dict(os.environ, PAYNODE_API_KEY=ADMIN_KEY)
+    # The ledger checkpoint advances all the time: kills land inside its transaction, and
+    # every restart recovers from a checkpoint plus the journal after it.
+    env = dict(os.environ, PAYNODE_API_KEY=ADMIN_KEY, PAYNODE_CHECKPOINT_INTERVAL_S="0.1")
     if os.environ.get("DATABASE_URL"):
         env["DATABASE_URL"] = request.getfixturevalue("database_url")
     else:
