@@ -109,6 +109,7 @@ class LedgerShard:
         expiry_interval_ms: int = 200,
         peer_names: Sequence[str] = (),
         id_window: int = 131_072,
+        max_accounts: int = 0,
         *,
         journal: ShardJournal | None = None,
         peers: Peers | None = None,
@@ -132,7 +133,8 @@ class LedgerShard:
         self._expiry_wake = asyncio.Event()
         self._expiry_due: int | None = None  # the deadline the expiry loop sleeps until
         self._id_window = id_window
-        self.ledger = Ledger(id_window)
+        self._max_accounts = max_accounts
+        self.ledger = Ledger(id_window, max_accounts)
         self._queue: deque[_Job] = deque()
         # The window may forget only what the journal holds: it ages once every job
         # queued before its last aging has left the queue (committed or refused).
@@ -286,7 +288,7 @@ class LedgerShard:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
         old = self.ledger
-        fresh = rebuilt(snap, self._id_window)
+        fresh = rebuilt(snap, self._id_window, self._max_accounts)
         # Reservations of prepared cross-shard groups live only in memory: keep them.
         for gid, hold in old.holds.items():
             for account_id, held_dr, held_cr in hold.accounts:

@@ -33,7 +33,7 @@ router = APIRouter()
     openapi_extra=contract.body(AccountIn),
     responses=contract.replies(
         {201: (AccountOut, "Created"), 200: (AccountOut, "Already existed, same fields")},
-        (400, 401, 403, 404, 409, 413, 422, 429, 503),
+        (400, 401, 403, 404, 409, 413, 422, 429, 503, 507),
     ),
     status_code=201,
 )

@@ -204,6 +204,7 @@ _TABLE: dict[str, tuple[int, str]] = {
     Code.LINKED_EVENT_FAILED: (422, "Another transfer in the linked chain failed"),
     Code.LINKED_CHAIN_OPEN: (422, "The last transfer of a batch cannot be linked"),
     Code.STORAGE_UNAVAILABLE: (503, "Journal unavailable; nothing was applied"),
+    Code.ACCOUNT_LIMIT_REACHED: (507, "The node holds as many accounts as its memory allows"),
 }
 
 _RETRYABLE = RETRYABLE | {OVERLOADED, TIMEOUT, SHARD_RESTARTED, RATE_LIMITED}

@@ -51,6 +51,9 @@ class LedgerSettings(Section, frozen=True):
     # How often the ledger checkpoint advances (a restart replays the journal after it;
     # 0 = only at a clean stop)
     checkpoint_interval_s: Annotated[float, Meta(ge=0, le=86_400)] = 60.0
+    # Accounts a shard holds in memory (about 0.4 KB each); beyond it a new account is
+    # refused with 507 account_limit_reached. Raise it, or add shards, on bigger machines.
+    max_accounts: Annotated[int, Meta(ge=1, le=1_000_000_000)] = 5_000_000
 
 
 class BatchSettings(Section, frozen=True):

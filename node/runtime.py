@@ -274,6 +274,7 @@ def start_shards(
             settings.ledger.expiry_interval_ms,
             names,
             settings.ledger.id_window,
+            settings.ledger.max_accounts,
         )
         for i, name in enumerate(names)
     ]

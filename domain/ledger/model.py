@@ -93,6 +93,7 @@ class Code:
     LINKED_EVENT_FAILED = "linked_event_failed"
     LINKED_CHAIN_OPEN = "linked_event_chain_open"
     STORAGE_UNAVAILABLE = "storage_unavailable"
+    ACCOUNT_LIMIT_REACHED = "account_limit_reached"  # the shard's memory budget is full
 
 
 # Codes that mean "not applied, and retrying the same request later may work".

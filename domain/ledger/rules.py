@@ -117,9 +117,11 @@ class Hold:
 class Ledger:
     """One shard's accounts and the rules that move money between them."""
 
-    def __init__(self, window: int = 0) -> None:
-        """``window``: how many recent transfer ids to remember (0: all, for tests)."""
+    def __init__(self, window: int = 0, max_accounts: int = 0) -> None:
+        """``window``: how many recent transfer ids to remember (0: all, for tests);
+        ``max_accounts``: the accounts this ledger may hold (0: no limit)."""
         self.accounts: dict[str, Account] = {}
+        self.max_accounts = max_accounts
         # Recent transfers whose debit account is local, as plain tuples in JournalRow's
         # field order (the order of the journal's COPY): compact, and written as they are.
         self.rows: Window[Row] = Window(window)
@@ -229,6 +231,10 @@ class Ledger:
                 spec.owner,
             )
             return (Code.EXISTS if same else Code.EXISTS_WITH_DIFFERENT_FIELDS), old
+        if self.max_accounts and len(self.accounts) >= self.max_accounts:
+            # Accounts live in memory (their balances decide every transfer): a budget,
+            # not a cache. Refused whole, so the client knows nothing was created.
+            return Code.ACCOUNT_LIMIT_REACHED, spec
         self.accounts[spec.id] = Account(spec)
         return Code.OK, spec
 
@@ -729,13 +735,15 @@ class Ledger:
         return [a.balances() for a in self.accounts.values()]
 
 
-def rebuilt(snapshot: ShardSnapshot, window: int = 0) -> Ledger:
+def rebuilt(snapshot: ShardSnapshot, window: int = 0, max_accounts: int = 0) -> Ledger:
     """A shard's ledger from what the journal holds: its accounts, the checkpoint if
     any, then the rows after it in replay order (everything here is journaled, so the
-    window ages as it fills)."""
+    window ages as it fills). Journaled accounts are all loaded, even beyond
+    ``max_accounts`` (a budget lowered since): only new ones are refused."""
     ledger = Ledger(window)
     for spec in snapshot.accounts:
         ledger.create_account(spec)
+    ledger.max_accounts = max_accounts
     if snapshot.checkpoint is not None:
         c = snapshot.checkpoint
         ledger.restore(c.balances, c.pendings, c.clock)

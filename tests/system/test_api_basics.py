@@ -316,3 +316,36 @@ def test_overload_is_refused_whole_and_changes_nothing(make_node) -> None:
     assert node.http.get("/v1/transfers/ov-0").status_code == 404
     ok = transfer(node, id="ov-single", debit_account_id="ov1", credit_account_id="ov2", amount=1)
     assert ok.status_code == 201
+
+
+def test_accounts_beyond_the_memory_budget_are_refused_whole(make_node) -> None:
+    """A shard holds at most max_accounts accounts: the next is refused with 507
+    account_limit_reached and exists nowhere; the others go on moving money."""
+    import psycopg
+
+    from paynode.storage.database import libpq_url
+
+    node = make_node(shards=2, max_accounts=4)  # the operator accounts count too
+    made: list[str] = []
+    refused = None
+    for k in range(12):
+        r = node.http.post("/v1/accounts", json={"id": f"budget-{k}", "currency": USD})
+        if r.status_code == 507:
+            refused = r
+            break
+        assert r.status_code == 201, r.text
+        made.append(f"budget-{k}")
+    assert refused is not None, "no account was refused"
+    assert refused.headers["content-type"] == "application/problem+json"
+    assert refused.json()["code"] == "account_limit_reached"
+    assert node.http.get(f"/v1/accounts/budget-{len(made)}").status_code == 404
+    with psycopg.connect(libpq_url(node.database_url)) as conn:
+        found = conn.execute("SELECT count(*) FROM accounts WHERE id = %s",
+                             (f"budget-{len(made)}",)).fetchone()  # fmt: skip
+    assert found == (0,)
+    assert len(made) >= 2
+    again = node.http.post("/v1/accounts", json={"id": made[0], "currency": USD})
+    assert again.status_code == 200  # a replay of an existing one is no new account
+    moved = transfer(node, id="budget-t", debit_account_id=made[0], credit_account_id=made[1],
+                     amount=5)  # fmt: skip
+    assert moved.status_code == 201, moved.text

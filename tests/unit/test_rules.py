@@ -1178,3 +1178,23 @@ def test_credit_to_another_shard_cannot_overflow() -> None:
     sharded = codes(cluster.execute([t2], START))
     credits_posted = ledger_balances(*cluster.ledgers)["c"][1]
     assert (sharded, credits_posted) == ([Code.OVERFLOW], 2**62)  # not ([""], 2**63)
+
+
+def test_accounts_beyond_the_budget_are_refused_and_a_lower_budget_still_loads() -> None:
+    from paynode.domain.ledger.model import Horizon
+    from paynode.domain.ledger.ports import ShardSnapshot
+    from paynode.domain.ledger.rules import rebuilt
+
+    ledger = Ledger(max_accounts=2)
+    a, b, c = (AccountSpec(x, "USD", 0, NO_METADATA) for x in "abc")
+    assert ledger.create_account(a)[0] == Code.OK
+    assert ledger.create_account(b)[0] == Code.OK
+    assert ledger.create_account(c)[0] == Code.ACCOUNT_LIMIT_REACHED
+    assert "c" not in ledger.accounts
+    assert ledger.create_account(a)[0] == Code.EXISTS  # a replay is no new account
+    # Journaled accounts always load, even when the budget was lowered since.
+    again = rebuilt(ShardSnapshot([a, b, c], [], Horizon(1, 1)), max_accounts=1)
+    assert set(again.accounts) == {"a", "b", "c"}
+    assert again.create_account(AccountSpec("d", "USD", 0, NO_METADATA))[0] == (
+        Code.ACCOUNT_LIMIT_REACHED
+    )
