@@ -55,13 +55,17 @@ class Checkpointer:
             await self.checkpoint()
 
     async def checkpoint(self) -> CheckpointStats:
-        """Advance the checkpoint now; a failure is logged and counted, never raised."""
+        """Advance the checkpoint now, step by step until it caught up; a failure is
+        logged and counted, never raised (the steps done stay done)."""
         async with self._lock:
             t0 = time.perf_counter()
             try:
                 conn = await connect(self._url, "paynode-checkpoint")
                 try:
-                    old, self._below = await checkpoint.advance(conn)
+                    caught_up = False
+                    old = self._below
+                    while not caught_up:
+                        _, self._below, caught_up = await checkpoint.advance(conn)
                 finally:
                     await conn.close()
             except psycopg.errors.SerializationFailure:

@@ -68,12 +68,24 @@ ON CONFLICT (id) DO UPDATE SET below = excluded.below, taken_at = excluded.taken
 """
 
 
-async def advance(conn: psycopg.AsyncConnection) -> tuple[int, int]:
-    """Fold the journal up to the oldest running transaction; return (old, new) horizon.
+MAX_ROWS_PER_STEP = 1_000_000  # one transaction folds at most about this many rows
+
+
+async def advance(
+    conn: psycopg.AsyncConnection, max_rows: int = MAX_ROWS_PER_STEP
+) -> tuple[int, int, bool]:
+    """Fold the journal toward the oldest running transaction, about ``max_rows`` rows at
+    most; return (old horizon, new horizon, whether it caught up).
+
+    A bounded step keeps each transaction short: a stop interrupted midway keeps the
+    steps done, and a checkpointer far behind (a journal loaded from elsewhere) catches
+    up step by step. Any horizon at or below ``pg_snapshot_xmin`` is sound: every
+    transaction below it has ended.
 
     Raises ``psycopg.errors.SerializationFailure`` when another node's checkpoint
     committed meanwhile (nothing changed here: the next one goes on from theirs).
     """
+    assert max_rows >= 1
     async with conn.transaction(), conn.cursor() as cur:
         await cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
         # A first checkpoint of a long journal reads all of it; it runs in the background.
@@ -85,10 +97,18 @@ async def advance(conn: psycopg.AsyncConnection) -> tuple[int, int]:
         )
         found = await cur.fetchone()
         assert found is not None
-        hi, lo = found[0], found[1] or 0
-        assert lo <= hi, (lo, hi)  # xmin never goes back
-        if lo == hi:
-            return lo, hi
+        xmin, lo = found[0], found[1] or 0
+        assert lo <= xmin, (lo, xmin)  # xmin never goes back
+        if lo == xmin:
+            return lo, xmin, True
+        # The transaction of the row max_rows past the horizon bounds this step (its rows
+        # wait for the next one: a horizon splits no transaction).
+        await cur.execute(
+            "SELECT txid FROM transfers WHERE txid >= %s ORDER BY txid OFFSET %s LIMIT 1",
+            (lo, max_rows),
+        )
+        far = await cur.fetchone()
+        hi = xmin if far is None or far[0] >= xmin or far[0] <= lo else far[0]
         span = {"lo": lo, "hi": hi}
         await cur.execute(_FOLD_BALANCES, span)
         await cur.execute(_OPEN_PENDINGS, span)
@@ -97,7 +117,7 @@ async def advance(conn: psycopg.AsyncConnection) -> tuple[int, int]:
         totals = await cur.fetchone()
         assert totals is not None
         await cur.execute(_SAVE, (hi, *totals))
-    return lo, hi
+    return lo, hi, hi == xmin
 
 
 _COLS = ", ".join(f"t.{c}::text" if c == "metadata" else f"t.{c}" for c in TRANSFER_COLUMNS)

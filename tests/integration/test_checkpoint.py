@@ -99,15 +99,17 @@ async def _traffic(url: str, seed: int, commits: int) -> int:
                     await journal_copy(side, tuples)
                     cur = await side.execute("SELECT pg_current_xact_id()::text::bigint")
                     in_flight = (await cur.fetchone())[0]  # type: ignore[index]
-                    _, below = await checkpoint.advance(conn)
+                    _, below, _ = await checkpoint.advance(conn)
                     assert below <= in_flight, "the horizon passed a commit in flight"
                     taken += 1
                 continue
             await journal.commit(conn, [], tuples)
             if rng.random() < 0.3:
-                await checkpoint.advance(conn)
+                # Small steps too: a horizon between two commits of the journal.
+                await checkpoint.advance(conn, max_rows=rng.choice((1, 7, 40, 10**6)))
                 taken += 1
-        await checkpoint.advance(conn)  # the in-flight one is folded by now
+        while not (await checkpoint.advance(conn))[2]:  # the in-flight one is folded by now
+            taken += 1
         return taken + 1
     finally:
         await conn.close()
