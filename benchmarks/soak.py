@@ -33,6 +33,7 @@ import psutil
 import psycopg
 
 from paynode.benchmarks import drivers, steps
+from paynode.benchmarks.cpu import role
 from paynode.benchmarks.workload import Workload
 from paynode.domain.ledger.model import shard_key
 from paynode.storage import checkpoint
@@ -132,6 +133,8 @@ def _timed_start(node: Any) -> float:
 def run(args: argparse.Namespace, w: Workload, target: Any, report: dict) -> bool:
     node, url, database_url = target.node, target.url, target.database_url
     assert node is not None and url and database_url, "soak starts its own node"
+    idle = idle_tree(node.processes())
+    print(f"idle tree: {idle['pss_mb']} MB PSS", flush=True)
     print(f"creating {args.accounts} accounts ...", flush=True)
     asyncio.run(steps.create_accounts(url, w))
     samples: list[dict] = []
@@ -154,7 +157,11 @@ def run(args: argparse.Namespace, w: Workload, target: Any, report: dict) -> boo
     half = samples[len(samples) // 2 :]
     slope = _slope([(s["journal_rows"], int(s["shard_pss_mb"] * 2**20)) for s in half])
     per_row = None if slope is None else round(slope, 1)
-    soak: dict = {"samples": samples, "shard_bytes_per_transfer_second_half": per_row}
+    soak: dict = {
+        "idle_tree": idle,
+        "samples": samples,
+        "shard_bytes_per_transfer_second_half": per_row,
+    }
 
     print("restart after a clean stop ...", flush=True)
     node.stop()
@@ -182,6 +189,18 @@ def run(args: argparse.Namespace, w: Workload, target: Any, report: dict) -> boo
     report["audit"] = asyncio.run(steps.audit_http(url, database_url, w))
     report["audit"]["problems"] += _audit_soak_accounts(url, database_url)
     return not report["audit"]["problems"]
+
+
+def idle_tree(processes: list[psutil.Process]) -> dict:
+    """The started node's memory before any load, in all and by role (PSS: pages shared
+    between the Ray workers counted once)."""
+    by_role: dict[str, int] = {}
+    for p in processes:
+        by_role[role(p)] = by_role.get(role(p), 0) + _pss(p)
+    return {
+        "pss_mb": round(sum(by_role.values()) / 2**20, 1),
+        "pss_mb_by_role": {k: round(v / 2**20, 1) for k, v in sorted(by_role.items())},
+    }
 
 
 def _audit_soak_accounts(url: str, database_url: str) -> list[str]:
@@ -223,6 +242,7 @@ def markdown(soak: dict) -> list[str]:
                      f" {s['transfers_per_s']:,} |")  # fmt: skip
     lines = ["\n".join(lines)]  # one block: the summary puts blank lines between entries
     lines += [
+        f"idle tree before the load: {soak['idle_tree']['pss_mb']} MB PSS",
         f"**shard bytes per journaled transfer (second half): "
         f"{soak['shard_bytes_per_transfer_second_half']}**",
         f"restart after a clean stop: {soak['restart_clean_s']} s at "

@@ -220,6 +220,9 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
     database_url: str | None = None
     # None = start a local Ray instance
     ray_address: str | None = None
+    # A local Ray's dashboard and autoscaler monitor (~120 MB idle); off: a one-machine
+    # node uses neither
+    ray_dashboard: bool = False
     namespace: str = "paynode"
     # Bootstrap admin key (PAYNODE_API_KEY); never printed
     api_key: Annotated[str, Meta(min_length=16)] | None = None

@@ -14,6 +14,7 @@ import logging
 import os
 import secrets
 import signal
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -185,17 +186,46 @@ def start_ray(settings: Settings) -> bool:
         ray.init(address=settings.ray_address, namespace=settings.namespace,
                  logging_level=logging.WARNING)  # fmt: skip
         return True
-    ray.init(
-        address="local",
-        namespace=settings.namespace,
-        num_cpus=max(2, settings.shard_count()),
-        include_dashboard=False,
-        logging_level=logging.WARNING,
-        log_to_driver=True,
-    )
+    with contextlib.nullcontext() if settings.ray_dashboard else _without_head_daemons():
+        ray.init(
+            address="local",
+            namespace=settings.namespace,
+            num_cpus=max(2, settings.shard_count()),
+            include_dashboard=settings.ray_dashboard,
+            logging_level=logging.WARNING,
+            log_to_driver=True,
+        )
     for node in ray.nodes():
         assert node["NodeManagerAddress"] == "127.0.0.1", "Ray must stay on loopback"
     return True
+
+
+@contextlib.contextmanager
+def _without_head_daemons() -> Iterator[None]:
+    """Start a local Ray head without its autoscaler monitor and dashboard API server.
+
+    ``ray.init`` starts both whatever ``include_dashboard`` says (the API server then
+    serves only usage statistics), ~120 MB of Python idle on a node that autoscales
+    nothing and serves no dashboard. Ray has the switch (``RayParams.no_monitor``) but
+    ``ray.init`` does not pass it through, so the two start methods of Ray's ``Node``
+    are skipped while the head starts; Ray handles a head without a dashboard (no URL
+    recorded), as when the dashboard fails to start. Log monitor, GCS, raylet and the
+    agents the raylet needs stay. If a Ray release renames the methods, the daemons
+    simply start as before.
+    """
+    from ray._private import node as ray_node
+
+    cls = ray_node.Node
+    saved = {name: getattr(cls, name, None) for name in ("start_monitor", "start_api_server")}
+    for name, method in saved.items():
+        if method is not None:
+            setattr(cls, name, lambda self, *args, **kwargs: None)
+    try:
+        yield
+    finally:
+        for name, method in saved.items():
+            if method is not None:
+                setattr(cls, name, method)
 
 
 def _actor_options(settings: Settings, detached: bool) -> dict:

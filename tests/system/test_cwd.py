@@ -12,6 +12,7 @@ import os
 import httpx
 import pytest
 
+from paynode.benchmarks.cpu import role
 from paynode.benchmarks.node_process import NodeProcess
 from tests.support.node import ADMIN_HEADERS, ADMIN_KEY
 
@@ -29,6 +30,9 @@ def test_node_runs_in_a_folder_holding_node_py_api_py_and_storage_py(tmp_path):
     node = NodeProcess(tmp_path / "data", shards=2, env=env, cwd=cwd)
     node.start()
     try:
+        # Lean by default: a local Ray without its dashboard and autoscaler monitor.
+        roles = {role(p) for p in node.processes()}
+        assert "ray:raylet" in roles and not roles & {"ray:dashboard", "ray:monitor"}, roles
         with httpx.Client(base_url=node.url, headers=ADMIN_HEADERS, timeout=30) as http:
             for account_id in ("cwd-a", "cwd-b"):
                 r = http.post("/v1/accounts", json={"id": account_id, "currency": "USD"})
