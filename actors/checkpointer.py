@@ -28,6 +28,7 @@ class CheckpointStats(msgspec.Struct):
     taken: int  # checkpoints advanced by this process
     failed: int
     last_seconds: float  # how long the last one took
+    last_unix: float  # when the last one finished (0: none yet); a stale one means slow restarts
 
 
 class Checkpointer:
@@ -44,6 +45,7 @@ class Checkpointer:
         self._taken = 0
         self._failed = 0
         self._last_s = 0.0
+        self._last_unix = 0.0
 
     async def start(self) -> None:
         if self._interval_s > 0 and self._task is None:
@@ -77,14 +79,17 @@ class Checkpointer:
             else:
                 self._taken += 1
                 self._last_s = time.perf_counter() - t0
+                self._last_unix = time.time()
                 log.debug("ledger checkpoint %d -> %d in %.2f s", old, self._below, self._last_s)
             return self.snapshot()
 
     def snapshot(self) -> CheckpointStats:
-        return CheckpointStats(self._below, self._taken, self._failed, self._last_s)
+        return CheckpointStats(
+            self._below, self._taken, self._failed, self._last_s, self._last_unix
+        )
 
-    async def stats(self) -> CheckpointStats:
-        return self.snapshot()
+    async def stats(self) -> bytes:
+        return msgspec.msgpack.encode(self.snapshot())
 
     async def ping(self) -> bool:
         return True
@@ -96,3 +101,7 @@ class Checkpointer:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         await self.checkpoint()
+
+
+def decode_stats(raw: bytes) -> CheckpointStats:
+    return msgspec.msgpack.decode(raw, type=CheckpointStats)

@@ -161,6 +161,9 @@ class LedgerShard:
         self._commit_max = 0.0
         self._buckets = [0] * (len(COMMIT_BUCKETS_S) + 1)
         self._rebuilds = 0
+        self._agings_before = 0  # window agings of the ledgers rebuilds replaced
+        self._lookups = 0
+        self._ids_looked_up = 0
         self._phase: dict[str, float] = {"durable_wait": 0.0, "forward": 0.0, "calls": 0}
         self._starting: asyncio.Task[None] | None = None
         # Two-phase groups across shards. A reservation lives in the memory of the
@@ -300,6 +303,7 @@ class LedgerShard:
         self._seen = snap.horizon
         fresh.inflight_ids = set(old.inflight_ids)
         fresh.locked_pendings = set(old.locked_pendings)
+        self._agings_before += self.ledger.agings  # a counter across rebuilds
         self.ledger = fresh
         settle_heap()  # the rebuilt ledger lives until the next rebuild
         self._rearm()
@@ -464,6 +468,8 @@ class LedgerShard:
         ledger, agings = self.ledger, self.ledger.agings
         ids, pids = ops()
         while ids or pids:
+            self._lookups += 1
+            self._ids_looked_up += len(ids) + len(pids)
             found = await self._journal.recall(ids, pids)
             rows |= found.rows
             resolutions |= found.resolutions
@@ -803,7 +809,10 @@ class LedgerShard:
             ShardStats(
                 index=self.index,
                 accounts=len(lg.accounts),
-                transfers=len(lg.rows),
+                window_transfers=len(lg.rows),
+                window_agings=self._agings_before + lg.agings,
+                lookups=self._lookups,
+                ids_looked_up=self._ids_looked_up,
                 pendings=len(lg.pendings),
                 holds=len(lg.holds),
                 commit_queue=sum(len(j.rows) for j in self._queue),

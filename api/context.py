@@ -22,6 +22,7 @@ from paynode.actors.names import (
     ACH_NAME,
     ANALYTICS_NAME,
     BANK_SIM_NAME,
+    CHECKPOINTER_NAME,
     HANDLES_NAME,
     NOTIFIER_NAME,
     RECONCILER_NAME,
@@ -59,6 +60,7 @@ class Context:
     analytics: ServiceRef  # the helper services (actors/host.py)
     reconciler: ServiceRef
     notifier: ServiceRef
+    checkpointer: ServiceRef
     handles: ServiceRef
     ach: ServiceRef
     bank_sim: ServiceRef | None  # None when the simulator is off
@@ -100,6 +102,7 @@ async def open_context(
         analytics=service(ANALYTICS_NAME),
         reconciler=service(RECONCILER_NAME),
         notifier=service(NOTIFIER_NAME),
+        checkpointer=service(CHECKPOINTER_NAME),
         handles=service(HANDLES_NAME),
         ach=service(ACH_NAME),
         bank_sim=service(BANK_SIM_NAME) if settings.bank_sim.enabled else None,

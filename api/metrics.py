@@ -22,6 +22,7 @@ from prometheus_client.core import (
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from paynode.actors.analytics import LAG_BUCKETS_S, AnalyticsStats
+from paynode.actors.checkpointer import CheckpointStats
 from paynode.actors.notifier import NotifierStats
 from paynode.actors.reconciler import ReconStats
 from paynode.domain.ledger.wire import COMMIT_BUCKETS_S, ShardStats
@@ -116,6 +117,15 @@ _SHARD_SERIES = (
     ("paynode_shard_commit_queue_rows", "Rows waiting for the shard's next commit.", False,
      lambda s: s.commit_queue),
     ("paynode_shard_accounts", "Accounts owned by the shard.", False, lambda s: s.accounts),
+    ("paynode_shard_window_transfers",
+     "Transfers the recent-id window remembers (older ids are looked up in the journal).",
+     False, lambda s: s.window_transfers),
+    ("paynode_shard_window_agings_total", "Times the window forgot its older generation.",
+     True, lambda s: s.window_agings),
+    ("paynode_shard_lookups_total", "Journal lookups for ids memory could not answer.", True,
+     lambda s: s.lookups),
+    ("paynode_shard_ids_looked_up_total", "Ids those lookups asked the journal about.", True,
+     lambda s: s.ids_looked_up),
     ("paynode_shard_open_pendings", "Pending transfers not yet resolved.", False,
      lambda s: s.pendings),
     ("paynode_shard_ready", "1 when the shard accepts work.", False, lambda s: int(s.ready)),
@@ -155,9 +165,26 @@ def helper_families(
     analytics: AnalyticsStats | None,
     recon: ReconStats | None,
     notifier: NotifierStats | None = None,
+    checkpoint: CheckpointStats | None = None,
 ) -> list[Metric]:
-    """Analytics, reconciliation and notifier figures (absent when an actor did not answer)."""
+    """Analytics, reconciliation, notifier and checkpoint figures (absent when an actor did
+    not answer)."""
     out: list[Metric] = []
+    if checkpoint is not None:
+        c = checkpoint
+        out += [
+            _one("paynode_checkpoint_below_txid",
+                 "Journal transactions below this are folded into the checkpoint.", c.below),
+            _one("paynode_checkpoints_total", "Checkpoint advances by this node.", c.taken,
+                 True),
+            _one("paynode_checkpoint_failures_total", "Checkpoint advances that failed.",
+                 c.failed, True),
+            _one("paynode_checkpoint_last_seconds", "Duration of the last advance.",
+                 c.last_seconds),
+            _one("paynode_checkpoint_last_timestamp_seconds",
+                 "When the last advance finished (a restart replays what came after).",
+                 c.last_unix),
+        ]  # fmt: skip
     if analytics is not None:
         a = analytics
         lag = HistogramMetricFamily(

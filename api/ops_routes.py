@@ -10,6 +10,7 @@ from fastapi import APIRouter
 from starlette.responses import Response
 
 from paynode.actors.analytics import decode_stats as decode_analytics
+from paynode.actors.checkpointer import decode_stats as decode_checkpoint
 from paynode.actors.notifier import decode_stats as decode_notifier
 from paynode.actors.reconciler import decode_status as decode_recon
 from paynode.api import contract
@@ -57,7 +58,7 @@ async def ready(ctx: Ctx) -> Response:
 async def prometheus(ctx: Ctx) -> Response:
     calls = [h.stats.remote() for h in ctx.client.shards]
     calls += [ctx.analytics.stats.remote(), ctx.reconciler.status.remote(),
-              ctx.notifier.stats.remote()]  # fmt: skip
+              ctx.notifier.stats.remote(), ctx.checkpointer.stats.remote()]  # fmt: skip
 
     async def bounded(call: Any) -> Any:
         # Each on its own clock: one busy actor must not blank the others' figures.
@@ -67,13 +68,14 @@ async def prometheus(ctx: Ctx) -> Response:
             return None
 
     raw = await asyncio.gather(*(bounded(c) for c in calls))
-    *shard_raw, analytics_raw, recon_raw, notifier_raw = raw
+    *shard_raw, analytics_raw, recon_raw, notifier_raw, checkpoint_raw = raw
     stats = [decode_stats(r) if isinstance(r, bytes) else None for r in shard_raw]
     families = front_families(ctx.metrics, ctx.client.queue_depths(), stats)
     families += helper_families(
         decode_analytics(analytics_raw) if isinstance(analytics_raw, bytes) else None,
         decode_recon(recon_raw) if isinstance(recon_raw, bytes) else None,
         decode_notifier(notifier_raw) if isinstance(notifier_raw, bytes) else None,
+        decode_checkpoint(checkpoint_raw) if isinstance(checkpoint_raw, bytes) else None,
     )
     families += ctx.risk_stats.families()
     return Response(exposition(families), media_type=CONTENT_TYPE)

@@ -182,7 +182,10 @@ class AccountResult(msgspec.Struct, array_like=True):
 class ShardStats(msgspec.Struct):
     index: int
     accounts: int
-    transfers: int
+    window_transfers: int  # transfers the recent-id window remembers (not all transfers)
+    window_agings: int  # times the window aged, forgetting its older generation
+    lookups: int  # journal lookups for ids memory could not answer
+    ids_looked_up: int
     pendings: int
     holds: int
     commit_queue: int

@@ -90,9 +90,13 @@ def test_replays_beyond_the_window_answer_as_before(node) -> None:
         r = transfer(node, id=f"old-fill{k}", debit_account_id="old-src",
                      credit_account_id="old-dst", amount=1)  # fmt: skip
         assert r.status_code == 201, r.text
-    remembered = [decode_stats(raw).transfers for raw in
-                  ray.get([s.stats.remote() for s in node.shards])]  # fmt: skip
-    assert max(remembered) < 24, remembered
+
+    def stats() -> list:
+        return [decode_stats(raw) for raw in ray.get([s.stats.remote() for s in node.shards])]
+
+    before = stats()
+    assert max(s.window_transfers for s in before) < 24, before
+    assert min(s.window_agings for s in before) > 0, before
     late = transfer(node, id="old-t", debit_account_id="old-src", credit_account_id="old-dst",
                     amount=700)  # fmt: skip
     assert (late.status_code, late.json()) == (200, first.json()) == (
@@ -103,6 +107,10 @@ def test_replays_beyond_the_window_answer_as_before(node) -> None:
     elsewhere = transfer(node, id="old-t", debit_account_id="old-dst",
                          credit_account_id="old-src", amount=700)  # fmt: skip
     assert elsewhere.json()["code"] == "exists_with_different_fields"
+    # Those answers came from the journal: one lookup per call, each naming "old-t".
+    after = stats()
+    assert sum(s.lookups for s in after) >= sum(s.lookups for s in before) + 3, after
+    assert sum(s.ids_looked_up for s in after) >= sum(s.ids_looked_up for s in before) + 3
     assert transfer(node, id="old-x", pending_id="old-p", flags=["post_pending"]).json() == (
         posted.json()
     )
@@ -287,6 +295,11 @@ def test_operations_endpoints(node) -> None:
     assert families["paynode_shard_commit_seconds"].type == "histogram"
     assert "paynode_shard_commit_seconds_bucket" in text
     assert "paynode_shard_call_batch_size_count" in text
+    for name, kind in (("paynode_shard_window_transfers", "gauge"),
+                       ("paynode_shard_lookups", "counter"),
+                       ("paynode_checkpoint_below_txid", "gauge"),
+                       ("paynode_checkpoints", "counter")):  # fmt: skip
+        assert families[name].type == kind, name
     spec = node.http.get("/openapi.json").json()
     schemas = spec["components"]["schemas"]
     for name in ("TransferIn", "TransferOut", "AccountIn", "AccountOut", "Problem"):
