@@ -188,8 +188,11 @@ _NS = 1_000_000_000
 # Each selects the rows named by ``:keys`` (primary keys) with what the event
 # needs: the row itself and the owners it concerns. A transfer's event
 # concerns both account owners; an account's, its owner; an events row's, the
-# owner_user_id stored with it (or, for a ledger event written before
-# migration 9, the owners of the row it names).
+# owner_user_id stored with it and the owners of the accounts it names (a
+# payment's: payer and payee), or, for a ledger event written before
+# migration 9, the owners of the row it names. The same audience as a reader's
+# filter (storage/outbox._CONCERNS), so what a user may list is what reaches
+# the user's endpoints and devices.
 
 # Derived events exist only above the upgrade boundary (migration 9): below it
 # the same change already has an events row, with its own id.
@@ -221,8 +224,8 @@ SELECT e.id, e.type, e.subject_id, e.data::text, e.txid, e.created, e.owner_user
 FROM events e
 LEFT JOIN transfers t ON e.type LIKE 'transfer.%%' AND t.id = e.subject_id
 LEFT JOIN accounts a ON e.type = 'account.created' AND a.id = e.subject_id
-LEFT JOIN accounts da ON da.id = t.debit_account_id
-LEFT JOIN accounts ca ON ca.id = t.credit_account_id
+LEFT JOIN accounts da ON da.id = coalesce(t.debit_account_id, e.debit_account_id)
+LEFT JOIN accounts ca ON ca.id = coalesce(t.credit_account_id, e.credit_account_id)
 WHERE e.id = ANY(:keys)
 """
 SELECT_BY_SOURCE = {

@@ -9,14 +9,11 @@ Every wait polls; nothing sleeps and hopes.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import re
 import secrets
 import stat
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import psycopg
@@ -26,10 +23,9 @@ from paynode.benchmarks.receiver import Receiver, serve
 from paynode.storage.database import libpq_url
 from tests.support.asserts import problem
 from tests.support.node import RunningNode, wait_until
-from tests.support.notify import FAST
+from tests.support.notify import FAST, fingerprint, push_target, pushes, sink, sink_path
 
 PASSWORD = "correct horse battery staple"
-APNS_URL = re.compile(r"https://api\.push\.apple\.com/3/device/(sha256:[0-9a-f]{16})")
 FCM_URL = re.compile(r"https://fcm\.googleapis\.com/v1/projects/[A-Za-z0-9_.-]+/messages:send")
 UNKNOWN_DEVICE = "dev_" + "0" * 32
 UNKNOWN_ENDPOINT = "we_" + "0" * 32
@@ -99,45 +95,6 @@ def _subject(event: dict) -> tuple[str, str]:
     data = event["data"]
     about = data.get("transfer") or data.get("account") or {"id": event["id"]}
     return event["type"], about["id"]
-
-
-def _fingerprint(token: str) -> str:
-    return "sha256:" + hashlib.sha256(token.encode()).hexdigest()[:16]
-
-
-def _sink_path(node: RunningNode) -> Path:
-    return Path(node.settings.data_dir) / "push-sink.jsonl"
-
-
-def _sink(node: RunningNode) -> list[dict]:
-    path = _sink_path(node)
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def _push_target(line: dict) -> str:
-    """The device fingerprint a sink line is addressed to."""
-    req = line["request"]
-    if line["platform"] == "apns":
-        m = APNS_URL.fullmatch(req["url"])
-        assert m, req["url"]
-        return m.group(1)
-    return req["body"]["message"]["token"]
-
-
-def _pushes(node: RunningNode) -> list[tuple[str, str, str]]:
-    """(device fingerprint, event type, event id) of every line in the sink, in order."""
-    out = []
-    for line in _sink(node):
-        req = line["request"]
-        if line["platform"] == "apns":
-            etype, eid = req["body"]["event_type"], req["body"]["event_id"]
-        else:
-            data = req["body"]["message"]["data"]
-            etype, eid = data["event_type"], data["event_id"]
-        out.append((_push_target(line), etype, eid))
-    return out
 
 
 def _event_of(client: httpx.Client, etype: str, subject: str) -> dict:
@@ -259,22 +216,22 @@ def test_devices_register_push_preferences_and_unregister(make_node, clients) ->
     # Money moves into A's account: one push per device subscribed to transfer.posted.
     _pay(node.http, "dv-1", "dv-bank", "dv-a", 250)
     posted = _event_of(a, "transfer.posted", "dv-1")
-    fp = {apns["id"]: _fingerprint(apns_token), fcm["id"]: _fingerprint(fcm_token),
-          pending_only["id"]: _fingerprint(apns2_token)}  # fmt: skip
+    fp = {apns["id"]: fingerprint(apns_token), fcm["id"]: fingerprint(fcm_token),
+          pending_only["id"]: fingerprint(apns2_token)}  # fmt: skip
     want = {(fp[apns["id"]], "transfer.posted", posted["id"]),
             (fp[fcm["id"]], "transfer.posted", posted["id"])}  # fmt: skip
-    wait_until(lambda: want <= set(_pushes(node)), what="the posted transfer's pushes")
+    wait_until(lambda: want <= set(pushes(node)), what="the posted transfer's pushes")
     # A pending transfer next: it reaches the pending-only device, and is the marker
     # after which a posted push to that device would have shown.
     _pay(node.http, "dv-2", "dv-bank", "dv-a", 40, flags=["pending"], timeout_s=3600)
     pending = _event_of(a, "transfer.pending", "dv-2")
     want_pending = {(fp[pending_only["id"]], "transfer.pending", pending["id"]),
                     (fp[fcm["id"]], "transfer.pending", pending["id"])}  # fmt: skip
-    wait_until(lambda: want_pending <= set(_pushes(node)), what="the pending transfer's pushes")
-    assert sorted(_pushes(node)) == sorted(want | want_pending)
+    wait_until(lambda: want_pending <= set(pushes(node)), what="the pending transfer's pushes")
+    assert sorted(pushes(node)) == sorted(want | want_pending)
 
-    lines = _sink(node)
-    by_target = {(_push_target(x), x["platform"]): x["request"] for x in lines[:2]}
+    lines = sink(node)
+    by_target = {(push_target(x), x["platform"]): x["request"] for x in lines[:2]}
     apns_req = by_target[(fp[apns["id"]], "apns")]
     assert apns_req["method"] == "POST"
     assert apns_req["url"] == f"https://api.push.apple.com/3/device/{fp[apns['id']]}"
@@ -314,24 +271,24 @@ def test_devices_register_push_preferences_and_unregister(make_node, clients) ->
     third = _event_of(a, "transfer.posted", "dv-3")
     want_third = {(fp[fcm["id"]], "transfer.posted", third["id"]),
                   (fp[pending_only["id"]], "transfer.posted", third["id"])}  # fmt: skip
-    wait_until(lambda: want_third <= set(_pushes(node)), what="pushes after the changes")
+    wait_until(lambda: want_third <= set(pushes(node)), what="pushes after the changes")
     # A last marker, so that a push to the deleted device would have been written by now.
     _pay(node.http, "dv-4", "dv-bank", "dv-a", 4, flags=["pending"], timeout_s=3600)
     marker = _event_of(a, "transfer.pending", "dv-4")
-    wait_until(lambda: (fp[fcm["id"]], "transfer.pending", marker["id"]) in set(_pushes(node)),
+    wait_until(lambda: (fp[fcm["id"]], "transfer.pending", marker["id"]) in set(pushes(node)),
                what="the marker push")  # fmt: skip
-    pushes = _pushes(node)
-    assert sorted(pushes) == sorted(
+    sent = pushes(node)
+    assert sorted(sent) == sorted(
         want | want_pending | want_third | {(fp[fcm["id"]], "transfer.pending", marker["id"])}
     )
-    assert [p for p in pushes if p[0] == fp[apns["id"]]] == [
+    assert [p for p in sent if p[0] == fp[apns["id"]]] == [
         (fp[apns["id"]], "transfer.posted", posted["id"])
     ]
 
     # The sink never holds a raw token, and is private to the node's user.
-    text = _sink_path(node).read_text()
+    text = sink_path(node).read_text()
     assert not any(t in text for t in tokens)
-    assert stat.S_IMODE(os.stat(_sink_path(node)).st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(sink_path(node)).st_mode) == 0o600
 
 
 # -- 2. events and endpoints scoped to a user -----------------------------------------------

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import concurrent.futures
+import secrets
 
 import psycopg
 
+from paynode.benchmarks.receiver import Receiver, serve
 from paynode.storage.database import libpq_url
 from tests.support.asserts import kyc_verified, problem, signup
-from tests.support.node import RunningNode
+from tests.support.node import RunningNode, wait_until
+from tests.support.notify import FAST, fingerprint, pushes
 
 # One node for the module's tests (tests/conftest.py shared_node): each uses its own ids.
 # Many sign-ups from one address: the auth rate limit is tested elsewhere, on nodes of
 # their own.
-SHARED_NODE_SETTINGS: dict = {"auth_rate_burst": 1_000}
+SHARED_NODE_SETTINGS: dict = {"auth_rate_burst": 1_000, **FAST}
 
 
 def _user(node: RunningNode, name: str) -> tuple[str, dict[str, str]]:
@@ -145,3 +148,61 @@ def test_refunds_never_exceed_the_payment(node: RunningNode) -> None:
             " AND debit_account_id = 'shop-r1' AND credit_account_id = 'alice-r1'"
         ).fetchone()
     assert reversing == (8, 1000)  # each refund one reversing transfer
+
+
+def _endpoint(node: RunningNode, headers: dict, url: str, events: list[str]) -> dict:
+    r = node.http.post("/v1/webhook-endpoints", json={"url": url, "events": events},
+                       headers=headers)  # fmt: skip
+    assert r.status_code == 201, r.text
+    return r.json()
+
+
+def test_payment_events_reach_payer_and_payee_by_webhook_and_push(node: RunningNode) -> None:
+    """A payment's events go to everyone entitled to see it: the payer, the payee and
+    admins' endpoints, by webhook and push alike; a stranger gets none."""
+    _, alice = _user(node, "alice-ev")
+    _, bob = _user(node, "bob-ev")
+    _, eve = _user(node, "eve-ev")
+    _account(node, alice, "alice-ev-w")
+    _account(node, bob, "bob-ev-w")
+    node.http.post("/v1/accounts", json={"id": "treasury-ev", "currency": "USD"})
+    _fund(node, "treasury-ev", "alice-ev-w", 5_000)
+    token = secrets.token_hex(32)
+    device = {"platform": "apns", "token": token, "events": ["payment.completed"]}
+    r = node.http.post("/v1/devices", headers=bob, json=device)
+    assert r.status_code == 201, r.text
+    receivers = {who: Receiver() for who in ("alice", "bob", "eve", "admin")}
+    with serve(receivers["alice"]) as a_url, serve(receivers["bob"]) as b_url, \
+            serve(receivers["eve"]) as e_url, serve(receivers["admin"]) as adm_url:  # fmt: skip
+        endpoints = {
+            "alice": _endpoint(node, alice, a_url, ["payment.completed"]),
+            "bob": _endpoint(node, bob, b_url, ["payment.completed"]),
+            "eve": _endpoint(node, eve, e_url, ["*"]),
+            "admin": _endpoint(node, {}, adm_url, ["payment.completed"]),
+        }
+        for who, ep in endpoints.items():
+            receivers[who].secret = ep["secret"]
+        pay = {"id": "pay-ev1", "from": "alice-ev-w", "to": "bob-ev-w", "amount": 500,
+               "currency": "USD"}  # fmt: skip
+        r = node.http.post("/v1/payments", json=pay, headers=alice)
+        assert r.status_code == 201 and r.json()["status"] == "completed", r.text
+
+        def completed(who: str) -> list[dict]:
+            return [x.body for x in receivers[who].delivered()
+                    if x.body["type"] == "payment.completed"
+                    and x.body["data"]["payment"]["id"] == "pay-ev1"]  # fmt: skip
+
+        for who in ("alice", "bob", "admin"):
+            got = wait_until(lambda who=who: completed(who), what=f"{who}'s payment.completed")
+            assert len(got) == 1 and got[0]["data"]["payment"]["amount"] == 500
+        event_id = completed("bob")[0]["id"]
+        wait_until(lambda: (fingerprint(token), "payment.completed", event_id) in pushes(node),
+                   what="bob's push")  # fmt: skip
+        # One fan-out pass queues an event for every endpoint at once: eve's queue is final.
+        with psycopg.connect(libpq_url(node.database_url)) as conn:
+            eves = conn.execute(
+                "SELECT count(*) FROM webhook_deliveries WHERE endpoint_id = %s AND event_id = %s",
+                (endpoints["eve"]["id"], event_id),
+            )
+            assert eves.fetchone() == (0,)
+        assert not any(x.body["id"] == event_id for x in receivers["eve"].received)
