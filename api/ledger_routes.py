@@ -108,10 +108,12 @@ async def account_transfers(
     before = cursor_decode(cursor) if cursor is not None else None
     async with ctx.engine.connect() as conn:
         rows = await journal.transfers_of(conn, account_id, limit + 1, before)
-    more = len(rows) > limit
-    rows = rows[:limit]
+        more = len(rows) > limit
+        rows = rows[:limit]
+        outcomes = await journal.pending_outcomes(conn, rows)
     next_cursor = cursor_encode(rows[-1].ts, rows[-1].id) if more and rows else None
-    return json_response(TransferPage([transfer_out(r) for r in rows], next_cursor))
+    page = [transfer_out(r, outcomes.get(r.id)) for r in rows]
+    return json_response(TransferPage(page, next_cursor))
 
 
 @router.get(
@@ -126,6 +128,7 @@ async def get_transfer(
     check_path_id(transfer_id, p.TRANSFER_NOT_FOUND)
     async with ctx.engine.connect() as conn:
         row = await journal.transfer(conn, transfer_id)
+        outcomes = await journal.pending_outcomes(conn, [row] if row else [])
     if row is None:
         raise p.ApiError(p.TRANSFER_NOT_FOUND)
     if not principal.admin:
@@ -133,4 +136,4 @@ async def get_transfer(
         sides = await ctx.client.resolve({row.debit_account_id, row.credit_account_id})
         if not any(principal.owns(s.owner) for s in sides.values()):
             raise p.ApiError(p.FORBIDDEN)
-    return json_response(transfer_out(row))
+    return json_response(transfer_out(row, outcomes.get(row.id)))

@@ -42,10 +42,12 @@ def account_out(b: AccountBalances) -> AccountOut:
     )
 
 
-def transfer_out(r: JournalRow) -> TransferOut:
+def transfer_out(r: JournalRow, outcome: tuple[str, str] | None = None) -> TransferOut:
+    """A journal row; ``outcome`` (status, resolving id) for a pending that was resolved
+    (``journal.pending_outcomes``)."""
     return TransferOut(
         id=r.id,
-        status=r.status,  # type: ignore[arg-type]
+        status=(outcome[0] if outcome else r.status),  # type: ignore[arg-type]
         debit_account_id=r.debit_account_id,
         credit_account_id=r.credit_account_id,
         amount=r.amount,
@@ -55,6 +57,7 @@ def transfer_out(r: JournalRow) -> TransferOut:
         timeout_s=r.timeout_s or None,
         metadata=msgspec.json.decode(r.metadata),
         timestamp=r.ts,
+        resolved_by=outcome[1] if outcome else None,
     )
 
 

@@ -89,6 +89,12 @@ class TransferIn(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class TransferOut(msgspec.Struct):
+    """A journaled transfer. Read back (``GET``), a pending transfer shows where it is
+    now: ``status`` is ``pending`` while it is open, then ``posted``, ``voided`` or
+    ``expired``, with ``resolved_by`` naming the transfer that resolved it (a post's
+    own amount may be less than the pending's). The answer to a ``POST`` is the
+    transfer as it was applied, replays included."""
+
     id: str
     status: TransferStatus
     debit_account_id: str
@@ -100,6 +106,7 @@ class TransferOut(msgspec.Struct):
     timeout_s: int | None
     metadata: dict[str, str]
     timestamp: int  # nanoseconds since the Unix epoch, assigned by the deciding shard
+    resolved_by: str | None = None
 
 
 class TransferBatchIn(msgspec.Struct, forbid_unknown_fields=True):

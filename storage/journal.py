@@ -14,7 +14,15 @@ import psycopg
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from paynode.domain.ledger.model import AccountSpec, Horizon, JournalRow, Recalled, Row, shard_key
+from paynode.domain.ledger.model import (
+    AccountSpec,
+    Horizon,
+    JournalRow,
+    Recalled,
+    Row,
+    Status,
+    shard_key,
+)
 from paynode.domain.ledger.ports import ShardSnapshot
 from paynode.storage import checkpoint
 from paynode.storage.schema import ACCOUNT_COLUMNS, TRANSFER_COLUMNS
@@ -240,6 +248,24 @@ async def transfer(conn: AsyncConnection, transfer_id: str) -> JournalRow | None
         )
     ).first()
     return None if row is None else JournalRow(*row)
+
+
+async def pending_outcomes(
+    conn: AsyncConnection, rows: Iterable[JournalRow]
+) -> dict[str, tuple[str, str]]:
+    """For the resolved pendings among ``rows``: (the status that resolved it, the id of
+    the row that did). One query on the pending_id index; none without pendings."""
+    pending = [r.id for r in rows if r.status == Status.PENDING]
+    if not pending:
+        return {}
+    found: Iterable[tuple[Any, ...]] = await conn.execute(
+        sa.text(
+            "SELECT pending_id, status, id FROM transfers"
+            " WHERE pending_id = ANY(:ids) AND status <> 'pending'"
+        ),
+        {"ids": pending},
+    )
+    return {pid: (status, rid) for pid, status, rid in found}
 
 
 async def transfers_of(

@@ -161,10 +161,20 @@ def test_pending_post_void_and_codes(node) -> None:
     payer = node.http.get("/v1/accounts/payer").json()
     assert (payer["debits_posted"], payer["debits_pending"]) == (300, 0)
 
+    # Read back, a pending shows where it is now and what resolved it.
+    def now(tid: str) -> tuple:
+        got = node.http.get(f"/v1/transfers/{tid}").json()
+        return got["status"], got["resolved_by"], got["amount"], got["flags"]
+
+    assert now("p1") == ("posted", "x2", 500, ["pending"])
+    assert now("p2") == ("voided", "v2", 70, ["pending"])
+    assert now("x2") == ("posted", None, 300, ["post_pending"])
+    transfer(node, id="p3", debit_account_id="payer", credit_account_id="payee", amount=5,
+             flags=["pending"])  # fmt: skip
+    assert now("p3") == ("pending", None, 5, ["pending"])
+
 
 def test_pending_expires_and_releases(node) -> None:
-    import time
-
     from tests.support.node import wait_until
 
     account(node, "e1")
@@ -177,12 +187,16 @@ def test_pending_expires_and_releases(node) -> None:
         timeout=10,
         what="the pending to expire",
     )
-    time.sleep(0)  # the expiry row is durable before balances show it
     late = transfer(node, id="pe-post", pending_id="pe", flags=["post_pending"])
     assert late.json()["code"] == "pending_expired"
     assert node.http.get("/v1/accounts/e2").json()["credits_pending"] == 0
+    # The expired pending reads expired, by the row that released it, in a listing too.
     listing = node.http.get("/v1/accounts/e1/transfers").json()["data"]
-    assert [t["status"] for t in listing] == ["expired", "pending"]
+    expiry = listing[0]["id"]
+    assert [(t["id"], t["status"], t["resolved_by"]) for t in listing] == [
+        (expiry, "expired", None), ("pe", "expired", expiry)]  # fmt: skip
+    one = node.http.get("/v1/transfers/pe").json()
+    assert (one["status"], one["resolved_by"], one["amount"]) == ("expired", expiry, 10)
 
 
 def test_batch_linked_chain_all_or_nothing(node) -> None:

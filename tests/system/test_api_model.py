@@ -108,6 +108,7 @@ class Transfer:
     row: dict  # the transfer as the API must describe it, without its timestamp
     pending_amount: int = 0  # a pending's amount; 0 for any other transfer
     state: str = ""  # a pending's state: pending | posted | voided
+    resolved_by: str | None = None  # a resolved pending's: the post or void that did it
     answer: dict | None = None  # the node's full answer, once seen (replays must equal it)
 
 
@@ -253,6 +254,7 @@ class Model:
             "pending_id": req.get("pending_id"),
             "timeout_s": req.get("timeout_s"),
             "metadata": req.get("metadata", {}),
+            "resolved_by": None,
         }
         return Expect(row=row)
 
@@ -274,6 +276,7 @@ class Model:
                 dr.dpend -= p.pending_amount
                 cr.cpend -= p.pending_amount
                 p.state = row["status"]
+                p.resolved_by = row["id"]
         self.transfers[row["id"]] = t
 
     # -- groups and batches -------------------------------------------------------
@@ -405,10 +408,14 @@ class ApiMachine(RuleBasedStateMachine):
             self.send({"id": self.fresh_id("seed"), "debit_account_id": dr,
                        "credit_account_id": cr, "amount": seed, "currency": currency})  # fmt: skip
 
-    def check_transfer(self, transfer_id: str, body: dict) -> None:
-        """``body`` describes a committed transfer: as the model says, or as first answered."""
+    def check_transfer(self, transfer_id: str, body: dict, read: bool = False) -> None:
+        """``body`` describes a committed transfer: as the model says, or as first answered.
+        ``read``: a GET, where a resolved pending shows its outcome and what resolved it."""
         t = self.model.transfers[transfer_id]
         assert isinstance(body.get("timestamp"), int), body
+        if read and t.resolved_by is not None:
+            assert (body["status"], body["resolved_by"]) == (t.state, t.resolved_by), (body, t)
+            body = {**body, "status": "pending", "resolved_by": None}  # as it was applied
         if t.answer is None:
             assert without_timestamp(body) == t.row, (body, t.row)
             t.answer = body
@@ -759,7 +766,7 @@ class ApiMachine(RuleBasedStateMachine):
         r = self.get(f"/v1/transfers/{tid}")
         if tid in self.model.transfers:
             assert r.status_code == 200, r.text
-            self.check_transfer(tid, r.json())
+            self.check_transfer(tid, r.json(), read=True)
         else:
             assert (r.status_code, r.json()["code"]) == (404, "transfer_not_found"), r.text
         account_id = data.draw(st.sampled_from(self.account_ids), label="account")
@@ -777,7 +784,7 @@ class ApiMachine(RuleBasedStateMachine):
         stamps = [t["timestamp"] for t in listed]
         assert stamps == sorted(stamps, reverse=True), "newest first"
         for t in listed:
-            self.check_transfer(t["id"], t)
+            self.check_transfer(t["id"], t, read=True)
 
     # -- invariants -------------------------------------------------------------------
 
