@@ -46,6 +46,7 @@ from paynode.domain.rails.ach_rules import (
     CLEARING_ACCOUNT,
     MICRODEPOSIT_ACCOUNT,
     hold_transfer_id,
+    microdeposit_transfer_id,
     return_transfer_id,
     settle_transfer_id,
 )
@@ -105,12 +106,15 @@ async def link_bank_account(
         await audit(conn, request, principal, "bank_account.link", bank_id,
                     after={"routing_number": body.routing_number, "last4": created.account_last4,
                            "account_type": body.account_type})  # fmt: skip
+        await payments.register_rail(
+            conn, [microdeposit_transfer_id(bank_id, n) for n in (1, 2)], "ach", None
+        )
     # Screened once at link time; a payment screens again only if the list changed.
     await risk_gate.screen_bank_holder(ctx, bank_id, body.holder_name)
     # The micro-deposits cost the operator: expense -> clearing, then two NACHA credits.
     sends = [
         TransferIn(
-            id=f"micro:{bank_id}:{i}",
+            id=microdeposit_transfer_id(bank_id, i),
             debit_account_id=MICRODEPOSIT_ACCOUNT,
             credit_account_id=CLEARING_ACCOUNT,
             amount=amount,

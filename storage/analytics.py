@@ -89,6 +89,17 @@ ACCOUNTS = Exported(
         ("ts", "BIGINT"),
     ),
 )
+# Which rail made a transfer (migration 12): payments, refunds, ACH returns, micro-deposits.
+TRANSFER_RAILS = Exported(
+    "transfer_rails",
+    (
+        ("txid", "BIGINT"),
+        ("id", "VARCHAR"),
+        ("rail", "VARCHAR"),
+        ("payment_id", "VARCHAR"),
+        ("ts", "BIGINT"),
+    ),
+)
 # The audit log without personal data (storage.audit_chain.redact_for_analytics):
 # PostgreSQL's view ``audit`` over ``audit_log`` drops source_ip and keeps only the
 # keys of before/after, comma-joined and sorted ('' for {}, NULL for none); ``id`` is
@@ -110,7 +121,9 @@ AUDIT = Exported(
         ("ts", "BIGINT"),
     ),
 )
-EXPORTED = (ACCOUNTS, TRANSFERS, AUDIT)  # exported in this order, below one xmin
+# Exported in this order, below one xmin. A rail's label commits before its transfer
+# reaches a shard, so below any xmin the labels are there for every journal row.
+EXPORTED = (ACCOUNTS, TRANSFER_RAILS, TRANSFERS, AUDIT)
 _SEGMENT = re.compile(r"(?P<table>[a-z_]+)-(?P<txid>\d{20})-(?P<seq>\d{8})\.parquet\Z")
 GRACE_S = 120.0  # an old generation stays readable this long after a swap
 
@@ -380,20 +393,27 @@ def view_statements(root: Path, pinned: bool = False) -> list[str]:
                    (flags & 1) <> 0 AS no_overdraft, (flags & 2) <> 0 AS credit_limited,
                    make_timestamp(ts // 1000) AS created_at, txid
             FROM read_parquet('{live}/accounts-*.parquet')""",
+        "CREATE OR REPLACE VIEW transfer_rails AS"
+        f" SELECT id, rail, payment_id FROM read_parquet('{live}/transfer_rails-*.parquet')",
+        # A row's rail: its own label, else its pending's (the post, void or expiry of a
+        # rail's hold), else 'ledger' (a transfer made through /v1/transfers).
         """CREATE OR REPLACE VIEW transfers AS
-            SELECT id AS transfer_id, debit_account_id, credit_account_id, amount, currency,
-                   status,
-                   CASE WHEN flags & 2 <> 0 THEN 'post'
-                        WHEN flags & 4 <> 0 THEN 'void'
-                        WHEN status = 'expired' THEN 'expiry'
-                        WHEN flags & 1 <> 0 THEN 'pending'
+            SELECT j.id AS transfer_id, j.debit_account_id, j.credit_account_id, j.amount,
+                   j.currency, j.status,
+                   CASE WHEN j.flags & 2 <> 0 THEN 'post'
+                        WHEN j.flags & 4 <> 0 THEN 'void'
+                        WHEN j.status = 'expired' THEN 'expiry'
+                        WHEN j.flags & 1 <> 0 THEN 'pending'
                         ELSE 'transfer' END AS kind,
-                   (flags & 8) <> 0 AS linked,
-                   pending_id, timeout_s, posted_amount, pending_delta,
-                   'ledger' AS rail,
-                   ts AS ts_ns, make_timestamp(ts // 1000) AS booked_at,
-                   CAST(make_timestamp(ts // 1000) AS DATE) AS day, txid
-            FROM journal""",
+                   (j.flags & 8) <> 0 AS linked,
+                   j.pending_id, j.timeout_s, j.posted_amount, j.pending_delta,
+                   coalesce(r.rail, rp.rail, 'ledger') AS rail,
+                   coalesce(r.payment_id, rp.payment_id) AS payment_id,
+                   j.ts AS ts_ns, make_timestamp(j.ts // 1000) AS booked_at,
+                   CAST(make_timestamp(j.ts // 1000) AS DATE) AS day, j.txid
+            FROM journal j
+            LEFT JOIN transfer_rails r ON r.id = j.id
+            LEFT JOIN transfer_rails rp ON rp.id = j.pending_id""",
         # Each journal row as two legs: what it did to each of its accounts.
         """CREATE OR REPLACE VIEW legs AS
             SELECT transfer_id, debit_account_id AS account_id, 'debit' AS side, currency,

@@ -17,6 +17,7 @@ import msgspec
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from paynode.domain.rails.ach_rules import return_transfer_id
 from paynode.storage import risk
 from paynode.storage.events import event_id, insert_statement
 from paynode.storage.rows import record
@@ -75,6 +76,29 @@ def transfer_id_of(payment_id: str) -> str:
 
 def refund_transfer_id(refund_id: str) -> str:
     return f"refund:{refund_id}"
+
+
+async def register_rail(
+    conn: AsyncConnection, transfer_ids: Iterable[str], rail: str, payment_id: str | None
+) -> None:
+    """Record that ``rail`` moves these transfers (analytics labels the journal by it).
+
+    Run it in the transaction that reserves them, before any reaches a shard: the
+    label is then committed before its journal row (migration 12)."""
+    await conn.execute(
+        sa.text(
+            "INSERT INTO transfer_rails (id, rail, payment_id) VALUES (:id, :rail, :p)"
+            " ON CONFLICT (id) DO NOTHING"
+        ),
+        [{"id": t, "rail": rail, "p": payment_id} for t in transfer_ids],
+    )
+
+
+def _rail_transfers(p: Payment) -> list[str]:
+    """The transfers a payment may make: its own (wallet, or an ACH hold; the hold's post
+    or void is labelled by it) and an ACH return's reversal of a settled entry."""
+    assert p.transfer_id is not None, "a payment names its transfer when it is made"
+    return [p.transfer_id] + ([return_transfer_id(p.id)] if p.rail == "ach" else [])
 
 
 def payment_data(p: Payment, extra: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -148,6 +172,7 @@ async def create(conn: AsyncConnection, p: Payment) -> tuple[Payment, bool]:
         assert existing is not None
         return existing, False
     stored = record(Payment, row)
+    await register_rail(conn, _rail_transfers(stored), stored.rail, stored.id)
     await _history(conn, stored.id, stored.status, None)
     await emit(conn, "payment.created", stored)
     return stored, True
@@ -296,7 +321,9 @@ async def reserve_refund(
                 " WHERE id = :p"),
         {"a": want, "p": payment_id},
     )  # fmt: skip
-    return record(Refund, row), True
+    refund = record(Refund, row)
+    await register_rail(conn, [refund.transfer_id], p.rail, payment_id)
+    return refund, True
 
 
 async def finish_refund(

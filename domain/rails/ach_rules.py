@@ -48,6 +48,12 @@ def hold_transfer_id(payment_id: str) -> str:
     return f"ach:{payment_id}"
 
 
+def microdeposit_transfer_id(bank_account_id: str, n: int) -> str:
+    """The ``n``-th (1 or 2) micro-deposit to a bank account being verified."""
+    assert n in (1, 2), n
+    return f"micro:{bank_account_id}:{n}"
+
+
 def settle_transfer_id(payment_id: str) -> str:
     return f"ach-settle:{payment_id}"
 

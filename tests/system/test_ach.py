@@ -153,6 +153,52 @@ def test_pull_push_files_and_returns(make_node) -> None:
     assert returned["return_reason"].lower().startswith("no account")
     assert _balances(node, "alice-ach-w") == (50_000, 50_000, 0)
 
+    # A wallet payment and its partial refund; then the analytics name each row's rail.
+    _wallet(node, alice, "alice-ach-w2")
+    pay = {"id": "wal-1", "from": "alice-ach-w", "to": "alice-ach-w2", "amount": 1_000,
+           "currency": "USD"}  # fmt: skip
+    assert node.http.post("/v1/payments", json=pay, headers=alice).json()["status"] == "completed"
+    r = node.http.post("/v1/payments/wal-1/refunds", json={"id": "wal-1-r", "amount": 300},
+                       headers=alice)  # fmt: skip
+    assert r.status_code == 201, r.text
+    _check_rails_in_analytics(node)
+
+
+def _check_rails_in_analytics(node: RunningNode) -> None:
+    """daily_volume by rail adds up to the payments: ACH holds and their posts to the ACH
+    payments, the wallet's transfers to the wallet payment and its refund."""
+    import psycopg
+    import ray
+
+    from paynode.storage.analytics import connect_views
+    from paynode.storage.database import libpq_url
+
+    with psycopg.connect(libpq_url(node.database_url)) as conn:
+        row = conn.execute("SELECT count(*), sum(amount) FROM transfers"
+                           " WHERE id LIKE 'micro:%'").fetchone()  # fmt: skip
+        assert row is not None and row[0] == 4
+        micro = int(row[1])
+    ray.get(node.analytics.sync.remote(), timeout=60)
+    con = connect_views(node.settings.analytics_path())
+    try:
+        volume = con.execute(
+            "SELECT rail, kind, sum(transfers)::INT, sum(amount)::BIGINT,"
+            " sum(posted_amount)::BIGINT FROM daily_volume GROUP BY ALL ORDER BY ALL"
+        ).fetchall()
+        assert volume == [
+            ("ach", "pending", 2, 70_000, 0),  # pull-1 and push-1 held
+            ("ach", "post", 2, 70_000, 70_000),  # both settled
+            ("ach", "transfer", 5, micro + 20_000, micro + 20_000),  # micro-deposits, return
+            ("wallet", "transfer", 2, 1_300, 1_300),  # wal-1 and its refund
+        ], volume
+        by_payment = con.execute(
+            "SELECT payment_id, rail, count(*)::INT FROM transfers WHERE payment_id IS NOT NULL"
+            " GROUP BY ALL ORDER BY ALL"
+        ).fetchall()
+        assert by_payment == [("pull-1", "ach", 2), ("push-1", "ach", 3), ("wal-1", "wallet", 2)]
+    finally:
+        con.close()
+
 
 def test_debit_returned_r01_leaves_the_wallet_as_before(make_node) -> None:
     node = make_node(bank_sim_delay_s=0.1, ach_cutoff_interval_ms=0)
