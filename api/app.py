@@ -35,6 +35,7 @@ from paynode.api import (
 )
 from paynode.api.context import Context, open_context
 from paynode.api.edge import Edge
+from paynode.api.idempotency import Idempotency
 from paynode.api.metrics import FrontMetrics
 from paynode.api.transfers import ROUTES, TransferRoutes
 from paynode.domain.settings import Settings
@@ -85,7 +86,8 @@ def create_app(settings: Settings, shard_names: list[str], keys: Keyring) -> Any
         app.router.routes.append(
             Route(path, endpoint=_Asgi(handler), methods=[method], include_in_schema=False)
         )
-    edge: Any = Edge(app, hot, settings, metrics)
+    idempotency = Idempotency(context, settings.http.max_body_bytes)
+    edge: Any = Edge(app, hot, settings, metrics, idempotency)
     if settings.http.cors_origins:
         from starlette.middleware.cors import CORSMiddleware
 
@@ -93,8 +95,8 @@ def create_app(settings: Settings, shard_names: list[str], keys: Keyring) -> Any
             edge,
             allow_origins=[o.strip() for o in settings.http.cors_origins.split(",") if o.strip()],
             allow_methods=["GET", "POST", "PATCH", "DELETE"],
-            allow_headers=["Authorization", "Content-Type"],
-            expose_headers=["Retry-After"],
+            allow_headers=["Authorization", "Content-Type", "Idempotency-Key"],
+            expose_headers=["Retry-After", "Idempotent-Replayed"],
             max_age=600,
         )
     return edge

@@ -121,6 +121,32 @@ def _hot_operations(schema: dict[str, Any], routes: Sequence[Any]) -> None:
         schema["paths"].setdefault(r.path, {})[r.method.lower()] = operation
 
 
+IDEMPOTENCY_KEY = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "required": False,
+    "description": (
+        "Run this request once per key (per credential, for 24 hours): the same request "
+        "again gets the first answer with `Idempotent-Replayed: true`; another request "
+        "under the key is 409 `idempotency_key_reused`, one while the first still runs "
+        "409 `idempotency_key_in_use` (retry). 5xx and 429 answers are not kept."
+    ),
+    "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[!-~]+$"},
+}
+
+
+def _document_idempotency(schema: dict[str, Any]) -> None:
+    """Every POST behind a credential takes the header (api/idempotency.py), and may
+    answer what it adds: 400 (a malformed key), 409, and 503 (its store unreachable)."""
+    for item in schema.get("paths", {}).values():
+        op = item.get("post")
+        if op is None or op.get("security") == []:
+            continue  # public: the header is refused there (no credential to keep it by)
+        op.setdefault("parameters", []).append(IDEMPOTENCY_KEY)
+        for status in (400, 409, 503):
+            op["responses"].setdefault(str(status), replies({}, (status,))[status])
+
+
 def install(app: FastAPI, hot_routes: Sequence[Any] = ()) -> None:
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
@@ -141,6 +167,7 @@ def install(app: FastAPI, hot_routes: Sequence[Any] = ()) -> None:
             )
             schema.setdefault("components", {}).setdefault("schemas", {}).update(components)
             _document_scopes(app, schema)
+            _document_idempotency(schema)
             # FastAPI's default 422 (pydantic) never happens here: we answer with Problem.
             schema["components"]["schemas"].pop("HTTPValidationError", None)
             schema["components"]["schemas"].pop("ValidationError", None)

@@ -3,7 +3,8 @@
 For every request, in this order: count it by route and status (``/metrics``),
 charge the client address's token bucket (429), bound the requests being
 served and their declared bodies (503 ``overloaded``, before the body is
-read), then hand it to the hot routes (``api/transfers.py``) or to FastAPI.
+read), then hand it to the hot routes (``api/transfers.py``) or to FastAPI,
+through ``api/idempotency.py`` for a POST carrying an ``Idempotency-Key``.
 ``/health`` and ``/ready`` are never limited: probes must see the truth.
 
 One layer instead of three middlewares: each ASGI layer costs an await and a
@@ -17,6 +18,7 @@ from typing import Any
 
 from paynode.api import problems as p
 from paynode.api.auth.ratelimit import TokenBuckets, retry_after
+from paynode.api.idempotency import Idempotency, header_of
 from paynode.api.metrics import FrontMetrics
 from paynode.domain.settings import Settings
 
@@ -42,8 +44,10 @@ class Edge:
         hot: Mapping[tuple[str, str], App],
         settings: Settings,
         metrics: FrontMetrics,
+        idempotency: Idempotency | None = None,
     ) -> None:
         self.app = app
+        self.idempotency = idempotency
         self.hot = hot
         self.metrics = metrics
         self.per_ip = TokenBuckets(settings.ip_rate.per_s, settings.ip_rate.burst)
@@ -94,7 +98,14 @@ class Edge:
         self.requests += 1
         self.body_bytes += size
         try:
-            await (handler or self.app)(scope, receive, send)
+            if (
+                self.idempotency is not None
+                and scope["method"] == "POST"
+                and header_of(scope) is not None
+            ):
+                await self.idempotency(scope, receive, send, handler or self.app)
+            else:
+                await (handler or self.app)(scope, receive, send)
         finally:
             self.requests -= 1
             self.body_bytes -= size

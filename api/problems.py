@@ -101,6 +101,10 @@ NO_ACTION_REQUIRED = "no_action_required"
 REVIEW_NOT_FOUND = "review_not_found"
 REVIEW_DECIDED = "review_already_decided"
 SANCTIONS_REVIEW_OPEN = "sanctions_review_open"
+INVALID_IDEMPOTENCY_KEY = "invalid_idempotency_key"
+IDEMPOTENCY_KEY_NEEDS_CREDENTIAL = "idempotency_key_needs_credential"
+IDEMPOTENCY_KEY_REUSED = "idempotency_key_reused"
+IDEMPOTENCY_KEY_IN_USE = "idempotency_key_in_use"
 
 _TABLE: dict[str, tuple[int, str]] = {
     MALFORMED_JSON: (400, "Request body is not valid JSON"),
@@ -184,6 +188,13 @@ _TABLE: dict[str, tuple[int, str]] = {
     REVIEW_NOT_FOUND: (404, "Review not found"),
     REVIEW_DECIDED: (409, "Review already decided"),
     SANCTIONS_REVIEW_OPEN: (409, "A sanctions review of this user is open"),
+    INVALID_IDEMPOTENCY_KEY: (400, "Invalid Idempotency-Key header"),
+    IDEMPOTENCY_KEY_NEEDS_CREDENTIAL: (
+        400,
+        "Idempotency-Key is kept per credential: send it with Authorization",
+    ),
+    IDEMPOTENCY_KEY_REUSED: (409, "This Idempotency-Key was used for a different request"),
+    IDEMPOTENCY_KEY_IN_USE: (409, "A request with this Idempotency-Key is still running; retry"),
     Code.EXISTS_WITH_DIFFERENT_FIELDS: (409, "Id exists with different fields"),
     Code.EXISTS: (409, "Part of this linked chain already exists"),
     Code.TRANSFER_IN_FLIGHT: (409, "A transfer with this id is being decided; retry"),
@@ -207,7 +218,8 @@ _TABLE: dict[str, tuple[int, str]] = {
     Code.ACCOUNT_LIMIT_REACHED: (507, "The node holds as many accounts as its memory allows"),
 }
 
-_RETRYABLE = RETRYABLE | {OVERLOADED, TIMEOUT, SHARD_RESTARTED, RATE_LIMITED}
+_RETRYABLE = RETRYABLE | {OVERLOADED, TIMEOUT, SHARD_RESTARTED, RATE_LIMITED,
+                          IDEMPOTENCY_KEY_IN_USE}  # fmt: skip
 
 
 def status_of(code: str) -> int:
