@@ -25,7 +25,12 @@ from paynode.api.handle_routes import lookup, normalized
 from paynode.api.rails_schemas import PaymentIn, RefundIn
 from paynode.api.schemas import TransferIn
 from paynode.domain.ledger.model import RETRYABLE, Code
-from paynode.domain.rails.ach_rules import CLEARING_ACCOUNT, SAME_DAY_LIMIT, hold_transfer_id
+from paynode.domain.rails.ach_rules import (
+    CLEARING_ACCOUNT,
+    SAME_DAY_LIMIT,
+    cancel_transfer_id,
+    hold_transfer_id,
+)
 from paynode.storage import ach, payments
 
 # Bank account ids as api/ach_routes.py makes them (new_id("ba")); anything else is an account.
@@ -230,3 +235,36 @@ async def refund(
     async with ctx.engine.begin() as conn:
         done = await payments.finish_refund(conn, refund.id, not outcome.code, outcome.code or None)
     return done, 201 if new else 200
+
+
+async def cancel(
+    ctx: Context, request: Request, principal: Principal, payment_id: str
+) -> payments.Payment:
+    """Cancel an ACH payment whose entry no file has taken yet, and release its hold.
+
+    The cancel commits first (under the entry's row lock, against the cutoff), then
+    the hold is voided with a fixed id. If the ledger cannot answer now, the payment
+    stays canceled and the call is 503: calling it again voids the hold (a replay
+    for the ledger), as does every call on a canceled payment.
+    """
+    pay = await visible(ctx, principal, payment_id)
+    if not principal.admin and pay.owner_user_id != principal.user_id:
+        raise p.ApiError(p.FORBIDDEN, "only the payer may cancel a payment")
+    if pay.rail != "ach":
+        raise p.ApiError(p.PAYMENT_NOT_CANCELABLE, "only an ACH payment waits to be sent")
+    if pay.status != "canceled":
+        async with ctx.engine.begin() as conn:
+            entry = await ach.cancel_entry(conn, pay.id)
+            if entry != "canceled":  # in a file already (or not yet held: processing)
+                raise p.ApiError(p.PAYMENT_NOT_CANCELABLE,
+                                 f"the payment is {pay.status}: no longer cancelable")  # fmt: skip
+            pay = await payments.transition(conn, pay.id, "canceled")
+            await audit(conn, request, principal, "payment.cancel", pay.id,
+                        after={"status": "canceled"})  # fmt: skip
+    void = TransferIn(id=cancel_transfer_id(pay.id), pending_id=hold_transfer_id(pay.id),
+                      flags=["void_pending"], metadata={"payment_id": pay.id})  # fmt: skip
+    (outcome,) = await ctx.client.transfer([void], None)
+    if outcome.code in RETRYABLE:
+        raise p.ApiError(outcome.code, "canceled; the hold is released when you call again")
+    assert not outcome.code, f"the hold of a canceled payment refused its void: {outcome.code}"
+    return pay

@@ -25,8 +25,9 @@ from paynode.api.rails_schemas import (
     RiskReasonOut,
     StatusChangeOut,
 )
+from paynode.domain.rails.ach_rules import SAME_DAY_LIMIT, effective
 from paynode.domain.rails.nacha import RETURN_CODES
-from paynode.storage import payments
+from paynode.storage import ach, payments
 from paynode.storage import risk as risk_store
 
 router = APIRouter(tags=["payments"])
@@ -79,7 +80,21 @@ async def payment_out(ctx: Context, pay: payments.Payment) -> PaymentOut:
         same_day=pay.same_day,
         return_code=pay.return_code,
         return_reason=RETURN_CODES.get(pay.return_code) if pay.return_code else None,
+        estimated_settlement_date=await _settlement_date(ctx, pay),
     )
+
+
+async def _settlement_date(ctx: Context, pay: payments.Payment) -> dt.date | None:
+    """ACH: the entry's effective date once a file took it, else the date the next
+    cutoff would give it now."""
+    if pay.rail != "ach" or pay.status in ("failed", "canceled"):
+        return None
+    async with ctx.engine.connect() as conn:
+        day = await ach.effective_date_of(conn, pay.id)
+    if day is None:  # as the cutoff will decide it (ach_rules.build)
+        same_day = pay.same_day and pay.amount <= SAME_DAY_LIMIT
+        day = effective(dt.datetime.now(dt.UTC), same_day)[0]
+    return day
 
 
 def _refund_out(r: payments.Refund) -> RefundOut:
@@ -143,6 +158,23 @@ async def list_payments(
     found = found[:limit]
     out = [await payment_out(ctx, x) for x in found]
     return json_response(PaymentPage(out, found[-1].id if more and found else None))
+
+
+@router.post(
+    "/v1/payments/{payment_id}/cancel",
+    responses=contract.replies(
+        {200: (PaymentOut, "Canceled, its hold released (also when it was canceled already)")},
+        (401, 403, 404, 409, 429, 503),
+    ),
+)
+async def cancel_payment(
+    payment_id: str,
+    request: Request,
+    ctx: Ctx,
+    principal: Annotated[Principal, Depends(require("payments:write"))],
+) -> Response:
+    pay = await payment_service.cancel(ctx, request, principal, payment_id)
+    return json_response(await payment_out(ctx, pay))
 
 
 @router.post(

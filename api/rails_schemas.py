@@ -67,6 +67,7 @@ PaymentStatus = Literal[
     "returned",
     "requires_action",
     "in_review",
+    "canceled",
 ]
 
 
@@ -119,6 +120,9 @@ class PaymentOut(msgspec.Struct, kw_only=True):
     same_day: bool = False
     return_code: str | None = None
     return_reason: str | None = None  # the NACHA meaning of return_code
+    # ACH: the entry's effective date once in a file, else the date it would have if the
+    # next cutoff took it now (None once failed or canceled)
+    estimated_settlement_date: dt.date | None = None
     risk: RiskOut | None = None  # None: an operator's payment (not gated)
     next_action: NextActionOut | None = None  # set while status is requires_action
     review_id: str | None = None  # set while status is in_review

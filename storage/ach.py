@@ -211,6 +211,37 @@ async def entry_of(conn: AsyncConnection, payment_id: str) -> int | None:
     return None if row is None else row[0]
 
 
+async def effective_date_of(conn: AsyncConnection, payment_id: str) -> dt.date | None:
+    """The effective date of a payment's entry, once a file took it."""
+    row = (
+        await conn.execute(
+            sa.text("SELECT effective_date FROM ach_entries WHERE payment_id = :p"),
+            {"p": payment_id},
+        )
+    ).first()
+    return None if row is None else row[0]
+
+
+async def cancel_entry(conn: AsyncConnection, payment_id: str) -> str | None:
+    """Cancel a payment's entry if no file has taken it; its status afterwards (None: the
+    payment has no entry yet). Under the entry's row lock: the cutoff, which takes
+    pending entries FOR UPDATE SKIP LOCKED, either took it first or never will."""
+    row = (
+        await conn.execute(
+            sa.text("SELECT id, status FROM ach_entries WHERE payment_id = :p FOR UPDATE"),
+            {"p": payment_id},
+        )
+    ).first()
+    if row is None:
+        return None
+    if row[1] != "pending":
+        return str(row[1])
+    await conn.execute(
+        sa.text("UPDATE ach_entries SET status = 'canceled' WHERE id = :id"), {"id": row[0]}
+    )
+    return "canceled"
+
+
 async def pending_entries(conn: AsyncConnection, limit: int) -> list[PendingEntry]:
     rows = await conn.execute(
         sa.text(

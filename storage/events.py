@@ -47,6 +47,7 @@ PAYMENT_EVENTS = (
     "payment.refunded", "payment.refund_failed",
     # ACH: held, in a file sent to the bank, settled, or returned with a NACHA code.
     "payment.pending", "payment.submitted", "payment.settled", "payment.returned",
+    "payment.canceled",
     # Risk: waiting for the payer's one-time code (pushed to their devices), or held for
     # a sanctions review; then processing again once confirmed or approved.
     "payment.requires_action", "payment.in_review", "payment.processing",

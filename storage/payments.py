@@ -188,6 +188,8 @@ TRANSITIONS: dict[str, frozenset[str]] = {
     "submitted": frozenset({"pending"}),
     "settled": frozenset({"submitted"}),
     "returned": frozenset({"pending", "submitted", "settled"}),
+    # ACH, by its payer, while the entry waits for a file (storage.ach.cancel_entry).
+    "canceled": frozenset({"pending"}),
 }
 
 
@@ -218,7 +220,7 @@ async def transition(
         )
     ).one()
     done = record(Payment, row)
-    if status == "failed" and done.usage_amount is not None and done.owner_user_id:
+    if status in ("failed", "canceled") and done.usage_amount is not None and done.owner_user_id:
         # No money moved: the payment stops counting toward the payer's limits.
         await risk.release_usage(conn, done.owner_user_id, done.usage_amount, done.created_at)
     await _history(conn, payment_id, status, reason)

@@ -58,6 +58,11 @@ def settle_transfer_id(payment_id: str) -> str:
     return f"ach-settle:{payment_id}"
 
 
+def cancel_transfer_id(payment_id: str) -> str:
+    """The void of a canceled payment's hold."""
+    return f"ach-cancel:{payment_id}"
+
+
 def return_transfer_id(payment_id: str) -> str:
     return f"ach-return:{payment_id}"
 

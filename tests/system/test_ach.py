@@ -278,3 +278,52 @@ def test_reconciliation_finds_ach_entries_the_bank_never_answered(make_node) -> 
     assert done["status"] == "ok" and done["resolved"] == 2, done
     bank = node.http.get("/v1/bank-accounts", headers=carol).json()["bank_accounts"][0]
     assert bank["status"] == "verification_failed"  # its micro-deposits came back
+
+
+def test_cancel_before_the_file_releases_the_hold(make_node) -> None:
+    node = make_node(bank_sim_delay_s=0.1, ach_cutoff_interval_ms=0)
+    alice = _user(node, "alice-cancel")
+    eve = _user(node, "eve-cancel")
+    _wallet(node, alice, "alice-c-w")
+    bank = _link_and_verify(node, alice, GOOD)
+    node.http.post("/v1/accounts", json={"id": "treasury-c", "currency": "USD"})
+    fund = {"id": "fund-c", "debit_account_id": "treasury-c", "credit_account_id": "alice-c-w",
+            "amount": 100_000, "currency": "USD"}  # fmt: skip
+    assert node.http.post("/v1/transfers", json=fund).status_code == 201
+
+    push = {"id": "push-c1", "from": "alice-c-w", "to": bank, "amount": 20_000, "currency": "USD"}
+    made = node.http.post("/v1/payments", json=push, headers=alice).json()
+    assert made["status"] == "pending" and made["estimated_settlement_date"] is not None
+    assert _balances(node, "alice-c-w")[1] == 80_000  # held
+    problem(node.http.post("/v1/payments/push-c1/cancel", headers=eve), 404, "payment_not_found")
+
+    r = node.http.post("/v1/payments/push-c1/cancel", headers=alice)
+    assert r.status_code == 200, r.text
+    canceled = r.json()
+    assert canceled["status"] == "canceled" and canceled["estimated_settlement_date"] is None
+    assert [h["status"] for h in canceled["history"]][-2:] == ["pending", "canceled"]
+    assert _balances(node, "alice-c-w") == (100_000, 100_000, 0)  # the hold released
+    hold = node.http.get("/v1/transfers/ach:push-c1").json()
+    assert (hold["status"], hold["resolved_by"]) == ("voided", "ach-cancel:push-c1")
+    again = node.http.post("/v1/payments/push-c1/cancel", headers=alice)
+    assert again.status_code == 200 and again.json()["status"] == "canceled"
+    assert _cutoff(node)["entries"] == 0  # the file never takes it
+    assert _balances(node, "alice-c-w") == (100_000, 100_000, 0)
+
+    # In a file already: too late. A wallet payment never waits: nothing to cancel.
+    push2 = {**push, "id": "push-c2"}
+    assert node.http.post("/v1/payments", json=push2, headers=alice).json()["status"] == "pending"
+    assert _cutoff(node)["entries"] == 1
+    problem(node.http.post("/v1/payments/push-c2/cancel", headers=alice), 409,
+            "payment_not_cancelable")  # fmt: skip
+    sent = node.http.get("/v1/payments/push-c2", headers=alice).json()
+    assert sent["status"] in ("submitted", "settled") and sent["estimated_settlement_date"]
+    _wallet(node, alice, "alice-c-w2")
+    wallet_pay = {"id": "wal-c1", "from": "alice-c-w", "to": "alice-c-w2", "amount": 5,
+                  "currency": "USD"}  # fmt: skip
+    assert node.http.post("/v1/payments", json=wallet_pay, headers=alice).status_code == 201
+    problem(node.http.post("/v1/payments/wal-c1/cancel", headers=alice), 409,
+            "payment_not_cancelable")  # fmt: skip
+    kinds = [e["type"] for e in node.http.get("/v1/events", headers=alice,
+             params={"type": "payment.canceled"}).json()["events"]]  # fmt: skip
+    assert kinds == ["payment.canceled"]
