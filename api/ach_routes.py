@@ -13,9 +13,9 @@ from __future__ import annotations
 import logging
 import secrets
 from collections.abc import Sequence
-from typing import Annotated
+from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Query, Request
 from starlette.responses import Response
 
 from paynode.actors.ach import decode_cutoff
@@ -29,6 +29,8 @@ from paynode.api.ach_schemas import (
     BankAccountList,
     BankAccountOut,
     CutoffOut,
+    DeadLetterList,
+    DeadLetterOut,
     ReturnsOut,
     StatementIn,
     StatementLineOut,
@@ -252,6 +254,51 @@ async def upload_returns(
     return json_response(await apply_returns(ctx, returns))
 
 
+@router.get(
+    "/v1/ach/dead-letters",
+    responses=contract.replies({200: (DeadLetterList, "Oldest first")}, (401, 403, 422, 429)),
+)
+async def list_dead_letters(
+    ctx: Ctx,
+    _: Annotated[Principal, Depends(require("admin"))],
+    state: Literal["open", "replayed", "all"] = "open",
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> Response:
+    async with ctx.engine.connect() as conn:
+        letters = await ach.dead_letters(conn, state, limit)
+    return json_response(DeadLetterList([public(DeadLetterOut, d) for d in letters]))
+
+
+@router.post(
+    "/v1/ach/dead-letters/{letter_id}/replay",
+    responses=contract.replies(
+        {200: (DeadLetterOut, "Replayed: closed if it applied, else open with the new error")},
+        (401, 403, 404, 429, 503),
+    ),
+)
+async def replay_dead_letter(
+    letter_id: int, ctx: Ctx, _: Annotated[Principal, Depends(require("admin"))]
+) -> Response:
+    """Apply a refused status update again, as when the bank sent it: after the cause was
+    dealt with (the wallet that must give a returned pull back was funded, say)."""
+    async with ctx.engine.connect() as conn:
+        letter = await ach.get_dead_letter(conn, letter_id)
+    if letter is None:
+        raise p.ApiError(p.DEAD_LETTER_NOT_FOUND)
+    if letter.replayed_at is None:
+        if letter.kind == "settlement":
+            await apply_settlement(ctx, [letter.trace_number])
+        else:
+            assert letter.return_code is not None
+            again = Return(original_trace=letter.trace_number, return_code=letter.return_code,
+                           amount=0, transaction_code=0, individual_id="")  # fmt: skip
+            await apply_returns(ctx, [again])
+        async with ctx.engine.connect() as conn:
+            letter = await ach.get_dead_letter(conn, letter_id)
+        assert letter is not None
+    return json_response(public(DeadLetterOut, letter))
+
+
 async def _keep_return_file(
     ctx: Context, file_id: str, text: str, returns: list[Return],
     uploaded_by: tuple[Request, Principal] | None = None,
@@ -296,6 +343,7 @@ async def apply_settlement(ctx: Context, traces: Sequence[str]) -> int:
     async with ctx.engine.connect() as conn:
         found = await ach.entries_by_trace(conn, traces)
     todo = [e for e in found.values() if e.status == "submitted"]
+    trace_of = {e.id: t for t, e in found.items()}
     posts = [
         TransferIn(
             id=settle_transfer_id(e.payment_id),
@@ -312,10 +360,14 @@ async def apply_settlement(ctx: Context, traces: Sequence[str]) -> int:
             if e.payment_id is not None:
                 o = outcomes[settle_transfer_id(e.payment_id)]
                 if o.code:
-                    log.error("ach: settlement of %s refused: %s", e.payment_id, o.code)
+                    log.error("ach: settlement of %s refused: %s (dead-lettered)",
+                              e.payment_id, o.code)  # fmt: skip
+                    await ach.dead_letter(conn, "settlement", e.id, e.payment_id,
+                                          trace_of[e.id], None, o.code)  # fmt: skip
                     continue
                 await payments.transition(conn, e.payment_id, "settled")
             await ach.set_entry_status(conn, e.id, "settled")
+            await ach.close_dead_letters(conn, e.id, "settlement")
             settled += 1
     return settled
 
@@ -354,12 +406,17 @@ async def apply_returns(ctx: Context, returns: Sequence[Return]) -> ReturnsOut:
             )
             moves.append(void)
     outcomes = {o.id: o for o in (await ctx.client.transfer(moves, None) if moves else [])}
+    dead = 0
     async with ctx.engine.begin() as conn:
         for r, e in todo:
             if e.payment_id is not None:
                 o = outcomes[return_transfer_id(e.payment_id)]
                 if o.code:
-                    log.error("ach: return of %s not applied: %s", e.payment_id, o.code)
+                    log.error("ach: return of %s not applied: %s (dead-lettered)",
+                              e.payment_id, o.code)  # fmt: skip
+                    await ach.dead_letter(conn, "return", e.id, e.payment_id, r.original_trace,
+                                          r.return_code, o.code)  # fmt: skip
+                    dead += 1
                     continue
                 await payments.transition(
                     conn, e.payment_id, "returned", r.return_code,
@@ -368,7 +425,8 @@ async def apply_returns(ctx: Context, returns: Sequence[Return]) -> ReturnsOut:
             elif e.kind == "microdeposit":
                 await ach.fail_verification(conn, r.original_trace)
             await ach.set_entry_status(conn, e.id, "returned", r.return_code)
-    return ReturnsOut(len(todo), already, unknown)
+            await ach.close_dead_letters(conn, e.id, "return")
+    return ReturnsOut(len(todo) - dead, already, unknown, dead)
 
 
 async def _from_bank(ctx: Context, provider: str, event: InboundEvent) -> str:

@@ -72,6 +72,27 @@ class ReturnsOut(msgspec.Struct):
     returned: int  # entries returned now
     already: int  # returned before (the same file again)
     unknown: int  # trace numbers that are not ours
+    dead_lettered: int = 0  # refused by the ledger: kept in /v1/ach/dead-letters to replay
+
+
+class DeadLetterOut(msgspec.Struct, kw_only=True):
+    """An ACH status update the ledger refused (a settlement's post, a return's void or
+    reversal), kept to be replayed; ``replayed_at`` is set once a replay applied it."""
+
+    id: int
+    kind: Literal["settlement", "return"]
+    payment_id: str | None
+    trace_number: str
+    return_code: str | None
+    last_error: str
+    attempts: int
+    created_at: dt.datetime
+    last_attempt_at: dt.datetime
+    replayed_at: dt.datetime | None
+
+
+class DeadLetterList(msgspec.Struct):
+    dead_letters: list[DeadLetterOut]
 
 
 class StatementIn(msgspec.Struct, forbid_unknown_fields=True):
@@ -93,5 +114,6 @@ class StatementOut(msgspec.Struct):
 
 ACH_TYPES = (
     BankAccountIn, BankAccountOut, BankAccountList, VerifyIn, AchFileOut, AchFileList,
-    CutoffOut, ReturnsOut, StatementIn, StatementLineOut, StatementOut,
+    CutoffOut, ReturnsOut, StatementIn, StatementLineOut, StatementOut, DeadLetterOut,
+    DeadLetterList,
 )  # fmt: skip

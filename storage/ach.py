@@ -386,3 +386,74 @@ async def list_files(conn: AsyncConnection, limit: int) -> list[AchFile]:
         {"l": limit},
     )
     return [record(AchFile, r) for r in rows]
+
+
+# -- status updates that could not be applied (migration 15) -------------------------
+
+
+class DeadLetter(msgspec.Struct, kw_only=True):
+    id: int
+    kind: str  # settlement | return
+    entry_id: int
+    payment_id: str | None
+    trace_number: str
+    return_code: str | None
+    last_error: str
+    attempts: int
+    created_at: dt.datetime
+    last_attempt_at: dt.datetime
+    replayed_at: dt.datetime | None
+
+
+_LETTER_COLS = ", ".join(DeadLetter.__struct_fields__)
+
+
+async def dead_letter(
+    conn: AsyncConnection, kind: str, entry_id: int, payment_id: str | None, trace: str,
+    return_code: str | None, error: str,
+) -> None:  # fmt: skip
+    """Keep a status update the ledger refused; a repeat counts an attempt on the open one."""
+    assert kind in ("settlement", "return") and error
+    await conn.execute(
+        sa.text(
+            "INSERT INTO ach_dead_letters (kind, entry_id, payment_id, trace_number, return_code,"
+            " last_error) VALUES (:k, :e, :p, :t, :r, :err)"
+            " ON CONFLICT (entry_id, kind) WHERE replayed_at IS NULL DO UPDATE SET"
+            " attempts = ach_dead_letters.attempts + 1, last_error = EXCLUDED.last_error,"
+            " return_code = coalesce(EXCLUDED.return_code, ach_dead_letters.return_code),"
+            " last_attempt_at = now()"
+        ),
+        {"k": kind, "e": entry_id, "p": payment_id, "t": trace, "r": return_code, "err": error},
+    )
+
+
+async def close_dead_letters(conn: AsyncConnection, entry_id: int, kind: str) -> None:
+    """The update is applied now: its open letter (if any) is done."""
+    await conn.execute(
+        sa.text(
+            "UPDATE ach_dead_letters SET replayed_at = now()"
+            " WHERE entry_id = :e AND kind = :k AND replayed_at IS NULL"
+        ),
+        {"e": entry_id, "k": kind},
+    )
+
+
+async def dead_letters(conn: AsyncConnection, state: str, limit: int) -> list[DeadLetter]:
+    """Letters, oldest first: ``open``, ``replayed`` or ``all``."""
+    where = {"open": "replayed_at IS NULL", "replayed": "replayed_at IS NOT NULL",
+             "all": "true"}[state]  # fmt: skip
+    rows = await conn.execute(
+        sa.text(f"SELECT {_LETTER_COLS} FROM ach_dead_letters WHERE {where} ORDER BY id LIMIT :n"),
+        {"n": limit},
+    )
+    return [record(DeadLetter, r) for r in rows]
+
+
+async def get_dead_letter(conn: AsyncConnection, letter_id: int) -> DeadLetter | None:
+    row = (
+        await conn.execute(
+            sa.text(f"SELECT {_LETTER_COLS} FROM ach_dead_letters WHERE id = :id"),
+            {"id": letter_id},
+        )
+    ).first()
+    return None if row is None else record(DeadLetter, row)

@@ -145,9 +145,10 @@ def test_pull_push_files_and_returns(make_node) -> None:
     returns = build_return_file(head, "011000015", [(original.to_entry(), "R03")], now)
     r = node.http.post("/v1/ach/returns", content=returns,
                        headers={"Content-Type": "text/plain"})  # fmt: skip
-    assert r.status_code == 200 and r.json() == {"returned": 1, "already": 0, "unknown": 0}
+    assert r.status_code == 200
+    assert r.json() == {"returned": 1, "already": 0, "unknown": 0, "dead_lettered": 0}
     again = node.http.post("/v1/ach/returns", content=returns)
-    assert again.json() == {"returned": 0, "already": 1, "unknown": 0}
+    assert again.json() == {"returned": 0, "already": 1, "unknown": 0, "dead_lettered": 0}
     returned = node.http.get("/v1/payments/push-1", headers=alice).json()
     assert returned["status"] == "returned" and returned["return_code"] == "R03"
     assert returned["return_reason"].lower().startswith("no account")
@@ -327,3 +328,62 @@ def test_cancel_before_the_file_releases_the_hold(make_node) -> None:
     kinds = [e["type"] for e in node.http.get("/v1/events", headers=alice,
              params={"type": "payment.canceled"}).json()["events"]]  # fmt: skip
     assert kinds == ["payment.canceled"]
+
+
+def _return_file(node: RunningNode, file_id: str, code: str) -> str:
+    """A return file answering the one entry of our outbound file ``file_id`` with ``code``."""
+    (original,) = [
+        e for b in parse_file(node.http.get(f"/v1/ach/files/{file_id}").text).batches
+        for e in b.entries
+    ]  # fmt: skip
+    now = dt.datetime.now().replace(microsecond=0)
+    head = FileHeader(immediate_destination="011000015", immediate_origin="011000015",
+                      destination_name="PAYNODE", origin_name="RDFI", created=now)  # fmt: skip
+    return build_return_file(head, "011000015", [(original.to_entry(), code)], now)
+
+
+def test_a_refused_return_waits_in_the_dead_letters_until_replayed(make_node) -> None:
+    """A pull settled and already spent, then returned (R10, after settlement): the wallet
+    cannot give the money back. The return waits; once the wallet is funded, a replay
+    applies it."""
+    node = make_node(bank_sim_delay_s=0.1, ach_cutoff_interval_ms=0)
+    carol = _user(node, "carol-dl")
+    _wallet(node, carol, "carol-dl-w")
+    bank = _link_and_verify(node, carol, GOOD)
+    pull = {"id": "pull-dl", "from": bank, "to": "carol-dl-w", "amount": 10_000,
+            "currency": "USD"}  # fmt: skip
+    assert node.http.post("/v1/payments", json=pull, headers=carol).json()["status"] == "pending"
+    cut = _cutoff(node)
+    wait_until(lambda: _status(node, "pull-dl") == "settled", what="the pull to settle")
+    node.http.post("/v1/accounts", json={"id": "shop-dl", "currency": "USD"})
+    spend = {"id": "spend-dl", "debit_account_id": "carol-dl-w", "credit_account_id": "shop-dl",
+             "amount": 8_000, "currency": "USD"}  # fmt: skip
+    assert node.http.post("/v1/transfers", json=spend).status_code == 201
+
+    returns = _return_file(node, cut["file_id"], "R10")
+    r = node.http.post("/v1/ach/returns", content=returns)
+    assert r.json() == {"returned": 0, "already": 0, "unknown": 0, "dead_lettered": 1}, r.text
+    assert _status(node, "pull-dl") == "settled" and _balances(node, "carol-dl-w")[0] == 2_000
+    (letter,) = node.http.get("/v1/ach/dead-letters").json()["dead_letters"]
+    fields = ("kind", "payment_id", "return_code", "last_error", "attempts")
+    assert tuple(letter[f] for f in fields) == ("return", "pull-dl", "R10", "insufficient_funds", 1)
+    problem(node.http.get("/v1/ach/dead-letters", headers=carol), 403, "insufficient_scope")
+    # The bank sends it again: still refused, the same letter counts the attempt.
+    assert node.http.post("/v1/ach/returns", content=returns).json()["dead_lettered"] == 1
+    replay = f"/v1/ach/dead-letters/{letter['id']}/replay"
+    failed = node.http.post(replay).json()
+    assert (failed["attempts"], failed["replayed_at"]) == (3, None)
+
+    fund = {**spend, "id": "refund-dl", "debit_account_id": "shop-dl",
+            "credit_account_id": "carol-dl-w"}  # fmt: skip
+    assert node.http.post("/v1/transfers", json=fund).status_code == 201
+    done = node.http.post(replay)
+    assert done.status_code == 200 and done.json()["replayed_at"] is not None, done.text
+    returned = node.http.get("/v1/payments/pull-dl", headers=carol).json()
+    assert (returned["status"], returned["return_code"]) == ("returned", "R10")
+    assert _balances(node, "carol-dl-w") == (0, 0, 0)
+    assert node.http.get("/v1/ach/dead-letters").json()["dead_letters"] == []
+    replayed = node.http.get("/v1/ach/dead-letters", params={"state": "replayed"}).json()
+    assert [x["id"] for x in replayed["dead_letters"]] == [letter["id"]]
+    assert node.http.post(replay).json() == done.json()  # closed: nothing to do
+    problem(node.http.post("/v1/ach/dead-letters/999999/replay"), 404, "dead_letter_not_found")
