@@ -32,6 +32,7 @@ from paynode.api import (
     rails_routes,
     recon_routes,
     risk_routes,
+    schedule_routes,
 )
 from paynode.api.context import Context, open_context
 from paynode.api.edge import Edge
@@ -51,6 +52,7 @@ _NO_TELEMETRY: dict[str, Any] = (
 ROUTERS = (
     ledger_routes, ops_routes, identity_routes, key_routes, recon_routes, notify_routes,
     device_routes, inbound_routes, handle_routes, rails_routes, ach_routes, risk_routes,
+    schedule_routes,
 )  # fmt: skip
 
 

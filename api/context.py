@@ -36,6 +36,7 @@ from paynode.api.auth.ratelimit import TokenBuckets
 from paynode.api.batcher import Overloaded
 from paynode.api.ledger_client import LedgerClient, Unavailable
 from paynode.api.metrics import FrontMetrics, RiskStats
+from paynode.api.scheduler import follow as scheduler_loop
 from paynode.domain.ledger.model import AccountSpec, Code
 from paynode.domain.rails.ach_rules import CLEARING_ACCOUNT, MICRODEPOSIT_ACCOUNT
 from paynode.domain.settings import Settings
@@ -115,6 +116,11 @@ async def open_context(
     ctx.audit.start()
     revocations = asyncio.create_task(ctx.auth.follow_revocations(settings.database_url or ""))
     keepalive = asyncio.create_task(client.keep_shards_started())
+    scheduler = (
+        asyncio.create_task(scheduler_loop(engine, client, settings.schedule.interval_ms,
+                                           settings.schedule.batch))
+        if settings.schedule.interval_ms > 0 else None
+    )  # fmt: skip
     try:
         await _operator_accounts(client)
         settle_heap()  # what start-up built lives as long as the process
@@ -122,6 +128,8 @@ async def open_context(
     finally:
         revocations.cancel()
         keepalive.cancel()
+        if scheduler is not None:
+            scheduler.cancel()
         await ctx.audit.stop()
         await engine.dispose()
 

@@ -23,6 +23,7 @@ from paynode.api.problems import PROBLEM_JSON
 from paynode.api.rails_schemas import RAILS_TYPES
 from paynode.api.recon_schemas import RECON_TYPES
 from paynode.api.risk_schemas import RISK_TYPES
+from paynode.api.schedule_schemas import SCHEDULE_TYPES
 from paynode.api.schemas import PUBLIC_TYPES, Problem
 
 _REF = "#/components/schemas/{name}"
@@ -162,7 +163,8 @@ def install(app: FastAPI, hot_routes: Sequence[Any] = ()) -> None:
                 + NOTIFY_TYPES
                 + RAILS_TYPES
                 + ACH_TYPES
-                + RISK_TYPES,
+                + RISK_TYPES
+                + SCHEDULE_TYPES,
                 ref_template=_REF,
             )
             schema.setdefault("components", {}).setdefault("schemas", {}).update(components)

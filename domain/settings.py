@@ -161,6 +161,15 @@ class AchSettings(Section, frozen=True):
     cutoff_interval_ms: Annotated[int, Meta(ge=0, le=86_400_000)] = 60_000
 
 
+class ScheduleSettings(Section, frozen=True):
+    """The fronts' scheduler of one-off and recurring transfers."""
+
+    # How often each front looks for due runs; 0 = never (no schedule runs)
+    interval_ms: Annotated[int, Meta(ge=0, le=3_600_000)] = 1000
+    # Schedules one pass takes (each runs up to MAX_CATCH_UP occurrences)
+    batch: Annotated[int, Meta(ge=1, le=10_000)] = 100
+
+
 class BankSimSettings(Section, frozen=True):
     """The simulated bank, used without a real one."""
 
@@ -244,6 +253,7 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
     webhook: WebhookSettings = _default(WebhookSettings)
     inbound: InboundSettings = _default(InboundSettings)
     ach: AchSettings = _default(AchSettings)
+    schedule: ScheduleSettings = _default(ScheduleSettings)
     bank_sim: BankSimSettings = _default(BankSimSettings)
     risk: RiskSettings = _default(RiskSettings)
     sanctions: SanctionsSettings = _default(SanctionsSettings)
@@ -291,8 +301,8 @@ SECTIONS: dict[str, str] = {
     "ledger": "", "batch": "batch_", "http": "", "auth": "", "rate": "rate_",
     "ip_rate": "ip_rate_", "auth_rate": "auth_rate_", "analytics": "analytics_",
     "recon": "recon_", "notify": "notify_", "webhook": "webhook_", "inbound": "inbound_",
-    "ach": "ach_", "bank_sim": "bank_sim_", "risk": "risk_", "sanctions": "sanctions_",
-    "otp": "otp_",
+    "ach": "ach_", "schedule": "schedule_", "bank_sim": "bank_sim_", "risk": "risk_",
+    "sanctions": "sanctions_", "otp": "otp_",
 }  # fmt: skip
 # Settings whose name changed (one unit per concept; sections): named in the error.
 RENAMED = {

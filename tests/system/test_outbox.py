@@ -144,7 +144,10 @@ def test_commits_write_no_event_rows_and_readers_derive_them_in_order(database_u
     a1 = by_id["evt_a_a1"]
     assert a1.event.type == "account.created" and a1.event.data["account"]["owner_user_id"] == "u1"
     assert a1.users == {"u1"} and by_id["evt_t_~expired:t2"].event.type == "transfer.expired"
-    assert by_id[pay].event.data == {"payment": {"id": "pay-1"}} and by_id[pay].users == {"u1"}
+    # A payment's event concerns its owner and both accounts' owners: payer and payee (the
+    # same audience as the users filter below, where u2 keeps it).
+    assert by_id[pay].event.data == {"payment": {"id": "pay-1"}}
+    assert by_id[pay].users == {"u1", "u2"}
     # A commit's rows share its txid: the accounts come before the transfer.
     assert a1.position.txid == t1.position.txid
     assert [e.position.source for e in events[:3]] == [Source.ACCOUNTS] * 2 + [Source.TRANSFERS]
