@@ -52,6 +52,7 @@ from paynode.domain.rails.ach_rules import (
     return_transfer_id,
     settle_transfer_id,
 )
+from paynode.domain.rails.fedach import bank_name
 from paynode.domain.rails.nacha import RETURN_CODES, NachaError, Return, aba_valid, parse_returns
 from paynode.storage import ach, payments
 
@@ -60,12 +61,13 @@ router = APIRouter(tags=["ach"])
 _RETURN_FILE_LIMIT = 4 * 1024 * 1024
 
 
-def _bank_out(b: ach.BankAccount) -> BankAccountOut:
+def _bank_out(ctx: Context, b: ach.BankAccount) -> BankAccountOut:
     return BankAccountOut(
         id=b.id, routing_number=b.routing_number, account_last4=b.account_last4,
         account_type=b.account_type, holder_type=b.holder_type, status=b.status,  # type: ignore[arg-type]
         verify_attempts_left=max(0, ach.MAX_VERIFY_ATTEMPTS - b.verify_attempts),
         created_at=b.created_at, verified_at=b.verified_at,
+        bank_name=bank_name(ctx.banks, b.routing_number), default=b.is_default,
     )  # fmt: skip
 
 
@@ -131,7 +133,7 @@ async def link_bank_account(
     async with ctx.engine.begin() as conn:
         for amount in micro:
             await ach.add_entry(conn, bank_id, "microdeposit", amount)
-    return json_response(_bank_out(created), 201)
+    return json_response(_bank_out(ctx, created), 201)
 
 
 @router.get(
@@ -143,7 +145,7 @@ async def list_bank_accounts(
 ) -> Response:
     async with ctx.engine.connect() as conn:
         found = await ach.list_bank_accounts(conn, None if principal.admin else principal.user_id)
-    return json_response(BankAccountList([_bank_out(b) for b in found]))
+    return json_response(BankAccountList([_bank_out(ctx, b) for b in found]))
 
 
 @router.get(
@@ -155,7 +157,7 @@ async def get_bank_account(
     ctx: Ctx,
     principal: Annotated[Principal, Depends(require("bank_accounts:read"))],
 ) -> Response:
-    return json_response(_bank_out(await own_bank_account(ctx, principal, bank_account_id)))
+    return json_response(_bank_out(ctx, await own_bank_account(ctx, principal, bank_account_id)))
 
 
 @router.post(
@@ -185,7 +187,51 @@ async def verify_bank_account(
             p.VERIFICATION_FAILED)  # fmt: skip
         left = max(0, ach.MAX_VERIFY_ATTEMPTS - updated.verify_attempts)
         raise p.ApiError(code, f"{left} attempts left")
-    return json_response(_bank_out(updated))
+    return json_response(_bank_out(ctx, updated))
+
+
+@router.delete(
+    "/v1/bank-accounts/{bank_account_id}",
+    responses=contract.replies({200: (BankAccountOut, "Closed")}, (401, 403, 404, 429)),
+)
+async def close_bank_account(
+    bank_account_id: str,
+    request: Request,
+    ctx: Ctx,
+    principal: Annotated[Principal, Depends(require("bank_accounts:write"))],
+) -> Response:
+    """No new payment uses a closed account; payments already on their way go on. Closing
+    it again is a no-op."""
+    found = await own_bank_account(ctx, principal, bank_account_id)
+    if found.status == "closed":
+        return json_response(_bank_out(ctx, found))
+    async with ctx.engine.begin() as conn:
+        closed = await ach.close_bank_account(conn, bank_account_id)
+        await audit(conn, request, principal, "bank_account.close", bank_account_id,
+                    before={"status": found.status}, after={"status": "closed"})  # fmt: skip
+    return json_response(_bank_out(ctx, closed))
+
+
+@router.post(
+    "/v1/bank-accounts/{bank_account_id}/default",
+    responses=contract.replies(
+        {200: (BankAccountOut, "The owner's default now")}, (401, 403, 404, 409, 429)
+    ),
+)
+async def make_default_bank_account(
+    bank_account_id: str,
+    request: Request,
+    ctx: Ctx,
+    principal: Annotated[Principal, Depends(require("bank_accounts:write"))],
+) -> Response:
+    found = await own_bank_account(ctx, principal, bank_account_id)
+    if found.status == "closed":
+        raise p.ApiError(p.BANK_ACCOUNT_CLOSED)
+    async with ctx.engine.begin() as conn:
+        made = await ach.make_default(conn, bank_account_id, found.owner_user_id)
+        await audit(conn, request, principal, "bank_account.default", bank_account_id,
+                    after={"default": True})  # fmt: skip
+    return json_response(_bank_out(ctx, made))
 
 
 # -- operators: files, cutoff, returns, the simulated bank's statements ---------------------

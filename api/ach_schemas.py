@@ -34,6 +34,9 @@ class BankAccountOut(msgspec.Struct, kw_only=True):
     verify_attempts_left: int
     created_at: dt.datetime
     verified_at: dt.datetime | None
+    # From the FedACH directory (PAYNODE_ACH_DIRECTORY); None: a routing number it lacks
+    bank_name: str | None = None
+    default: bool = False  # the owner's default bank account
 
 
 class BankAccountList(msgspec.Struct):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -39,7 +39,9 @@ from paynode.api.metrics import FrontMetrics, RiskStats
 from paynode.api.scheduler import follow as scheduler_loop
 from paynode.domain.ledger.model import AccountSpec, Code
 from paynode.domain.rails.ach_rules import CLEARING_ACCOUNT, MICRODEPOSIT_ACCOUNT
+from paynode.domain.rails.fedach import Participant
 from paynode.domain.settings import Settings
+from paynode.storage import bank_directory
 from paynode.storage.database import async_engine
 from paynode.storage.journal import EngineReads
 from paynode.storage.keyring import Keyring
@@ -70,6 +72,7 @@ class Context:
     risk_stats: RiskStats
     audit: AuditWriter  # group commit of the transfers' audit records
     metrics: FrontMetrics
+    banks: Mapping[str, Participant]  # the FedACH directory (bank names by routing number)
 
 
 @asynccontextmanager
@@ -112,6 +115,7 @@ async def open_context(
         risk_stats=RiskStats(),
         audit=AuditWriter(engine),
         metrics=metrics,
+        banks=bank_directory.load(settings.ach.directory),
     )
     ctx.audit.start()
     revocations = asyncio.create_task(ctx.auth.follow_revocations(settings.database_url or ""))

@@ -139,6 +139,8 @@ async def _plan_ach(
     bank_ref, wallet_ref = (body.to, body.from_) if push else (body.from_, body.to)
     field = "$.to" if push else "$.from"
     bank = await ach_routes.own_bank_account(ctx, principal, bank_ref)
+    if bank.status == "closed":
+        raise p.ApiError(p.BANK_ACCOUNT_CLOSED, field=field)
     if bank.status != "verified":
         raise p.ApiError(p.BANK_ACCOUNT_NOT_VERIFIED, field=field)
     if body.currency != "USD":

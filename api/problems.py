@@ -104,6 +104,7 @@ SANCTIONS_REVIEW_OPEN = "sanctions_review_open"
 PAYMENT_NOT_CANCELABLE = "payment_not_cancelable"
 DEAD_LETTER_NOT_FOUND = "dead_letter_not_found"
 SCHEDULE_NOT_FOUND = "schedule_not_found"
+BANK_ACCOUNT_CLOSED = "bank_account_closed"
 SCHEDULE_NOT_CHANGEABLE = "schedule_not_changeable"
 INVALID_IDEMPOTENCY_KEY = "invalid_idempotency_key"
 IDEMPOTENCY_KEY_NEEDS_CREDENTIAL = "idempotency_key_needs_credential"
@@ -194,6 +195,7 @@ _TABLE: dict[str, tuple[int, str]] = {
     SANCTIONS_REVIEW_OPEN: (409, "A sanctions review of this user is open"),
     DEAD_LETTER_NOT_FOUND: (404, "Dead letter not found"),
     SCHEDULE_NOT_FOUND: (404, "Schedule not found"),
+    BANK_ACCOUNT_CLOSED: (409, "Bank account closed"),
     SCHEDULE_NOT_CHANGEABLE: (409, "The schedule cannot change that way from its state"),
     PAYMENT_NOT_CANCELABLE: (409, "Only an ACH payment not yet sent to the bank can be canceled"),
     INVALID_IDEMPOTENCY_KEY: (400, "Invalid Idempotency-Key header"),

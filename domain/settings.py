@@ -159,6 +159,8 @@ class AchSettings(Section, frozen=True):
     company_id: Annotated[str, Meta(min_length=10, max_length=10)] = "1000000001"
     # Build and send a NACHA file; 0 = on demand only
     cutoff_interval_ms: Annotated[int, Meta(ge=0, le=86_400_000)] = 60_000
+    # The Fed's FedACH directory file (bank names by routing number); "" = a sample
+    directory: str = ""
 
 
 class ScheduleSettings(Section, frozen=True):

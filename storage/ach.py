@@ -34,6 +34,7 @@ class BankAccount(msgspec.Struct, kw_only=True):
     verify_attempts: int
     created_at: dt.datetime
     verified_at: dt.datetime | None
+    is_default: bool = False
 
 
 class BankDetails(msgspec.Struct, kw_only=True):
@@ -106,6 +107,39 @@ async def get_bank_account(
         )
     ).first()
     return None if row is None else _row(row)
+
+
+async def close_bank_account(conn: AsyncConnection, account_id: str) -> BankAccount:
+    """Closed for good: no new payment uses it (entries already made go on)."""
+    row = (
+        await conn.execute(
+            sa.text(
+                "UPDATE bank_accounts SET status = 'closed', is_default = false"
+                f" WHERE id = :id RETURNING {_COLS}"
+            ),
+            {"id": account_id},
+        )
+    ).one()
+    return _row(row)
+
+
+async def make_default(conn: AsyncConnection, account_id: str, owner: str | None) -> BankAccount:
+    """The owner's default now; the previous one is not (one statement order: off first,
+    so the unique index on open defaults never sees two)."""
+    await conn.execute(
+        sa.text(
+            "UPDATE bank_accounts SET is_default = false WHERE is_default"
+            " AND owner_user_id IS NOT DISTINCT FROM :owner AND id <> :id"
+        ),
+        {"owner": owner, "id": account_id},
+    )
+    row = (
+        await conn.execute(
+            sa.text(f"UPDATE bank_accounts SET is_default = true WHERE id = :id RETURNING {_COLS}"),
+            {"id": account_id},
+        )
+    ).one()
+    return _row(row)
 
 
 async def list_bank_accounts(conn: AsyncConnection, owner: str | None) -> list[BankAccount]:

@@ -49,6 +49,7 @@ def _link_and_verify(node: RunningNode, user: dict, account: str) -> str:
     assert r.status_code == 201, r.text
     bank = r.json()
     assert bank["account_last4"] == account[-4:] and "account_number" not in bank
+    assert bank["bank_name"] == "JPMORGAN CHASE BANK, NA"  # the FedACH directory
     assert bank["status"] == "pending_verification"
     assert _cutoff(node)["entries"] >= 2
     lines = wait_until(lambda: _statement(node, account), what="the micro-deposits")
@@ -387,3 +388,37 @@ def test_a_refused_return_waits_in_the_dead_letters_until_replayed(make_node) ->
     assert [x["id"] for x in replayed["dead_letters"]] == [letter["id"]]
     assert node.http.post(replay).json() == done.json()  # closed: nothing to do
     problem(node.http.post("/v1/ach/dead-letters/999999/replay"), 404, "dead_letter_not_found")
+
+
+def test_bank_accounts_default_and_closed(make_node) -> None:
+    node = make_node(bank_sim_delay_s=0.1, ach_cutoff_interval_ms=0)
+    dana = _user(node, "dana-bank")
+    erin = _user(node, "erin-bank")
+    _wallet(node, dana, "dana-w")
+    first = _link_and_verify(node, dana, GOOD)
+    r = node.http.post("/v1/bank-accounts", headers=dana, json={
+        "routing_number": "121000248", "account_number": "000555555555",
+        "account_type": "savings", "holder_name": "Dana Example"})  # fmt: skip
+    second = r.json()
+    assert (second["bank_name"], second["default"]) == ("WELLS FARGO BANK", False)
+
+    assert node.http.post(f"/v1/bank-accounts/{first}/default", headers=dana).json()["default"]
+    made = node.http.post(f"/v1/bank-accounts/{second['id']}/default", headers=dana)
+    assert made.status_code == 200 and made.json()["default"] is True
+    listed = node.http.get("/v1/bank-accounts", headers=dana).json()["bank_accounts"]
+    assert {b["id"]: b["default"] for b in listed} == {first: False, second["id"]: True}
+    problem(node.http.post(f"/v1/bank-accounts/{first}/default", headers=erin), 403,
+            "forbidden")  # fmt: skip
+    problem(node.http.delete(f"/v1/bank-accounts/{first}", headers=erin), 403, "forbidden")
+
+    closed = node.http.delete(f"/v1/bank-accounts/{second['id']}", headers=dana)
+    assert closed.status_code == 200
+    assert (closed.json()["status"], closed.json()["default"]) == ("closed", False)
+    again = node.http.delete(f"/v1/bank-accounts/{second['id']}", headers=dana)
+    assert again.status_code == 200 and again.json()["status"] == "closed"
+    problem(node.http.post(f"/v1/bank-accounts/{second['id']}/default", headers=dana), 409,
+            "bank_account_closed")  # fmt: skip
+    # A closed account moves no money; the open one still does.
+    node.http.delete(f"/v1/bank-accounts/{first}", headers=dana)
+    pull = {"id": "pull-closed", "from": first, "to": "dana-w", "amount": 100, "currency": "USD"}
+    problem(node.http.post("/v1/payments", json=pull, headers=dana), 409, "bank_account_closed")
