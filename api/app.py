@@ -22,6 +22,7 @@ from paynode.api import (
     contract,
     device_routes,
     errors,
+    fx_routes,
     handle_routes,
     identity_routes,
     inbound_routes,
@@ -52,7 +53,7 @@ _NO_TELEMETRY: dict[str, Any] = (
 ROUTERS = (
     ledger_routes, ops_routes, identity_routes, key_routes, recon_routes, notify_routes,
     device_routes, inbound_routes, handle_routes, rails_routes, ach_routes, risk_routes,
-    schedule_routes,
+    schedule_routes, fx_routes,
 )  # fmt: skip
 
 

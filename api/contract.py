@@ -17,6 +17,7 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.routing import APIRoute
 
 from paynode.api.ach_schemas import ACH_TYPES
+from paynode.api.fx_schemas import FX_TYPES
 from paynode.api.identity_schemas import IDENTITY_TYPES
 from paynode.api.notify_schemas import NOTIFY_TYPES
 from paynode.api.problems import PROBLEM_JSON
@@ -164,7 +165,8 @@ def install(app: FastAPI, hot_routes: Sequence[Any] = ()) -> None:
                 + RAILS_TYPES
                 + ACH_TYPES
                 + RISK_TYPES
-                + SCHEDULE_TYPES,
+                + SCHEDULE_TYPES
+                + FX_TYPES,
                 ref_template=_REF,
             )
             schema.setdefault("components", {}).setdefault("schemas", {}).update(components)

@@ -11,6 +11,7 @@ from paynode.api import contract
 from paynode.api import problems as p
 from paynode.api.auth.scopes import Principal
 from paynode.api.deps import Ctx, check_owner, require
+from paynode.api.fx_routes import FX_ACCOUNT_PREFIX
 from paynode.api.http import decode_body, json_response
 from paynode.api.render import (
     account_out,
@@ -41,6 +42,8 @@ async def create_account(
     request: Request, ctx: Ctx, principal: Annotated[Principal, Depends(require("accounts:write"))]
 ) -> Response:
     body = await decode_body(request, AccountIn, ctx.settings.http.max_body_bytes)
+    if not principal.admin and body.id.startswith(RESERVED_ACCOUNT_PREFIXES):
+        raise p.ApiError(p.ACCOUNT_ID_RESERVED, field="$.id")
     owner = await _account_owner(ctx, principal, body.owner_user_id)
     spec = AccountSpec(
         body.id, body.currency, account_flags(body), canonical_metadata(body.metadata), 0, owner
@@ -53,6 +56,11 @@ async def create_account(
     if result.code == Code.EXISTS:
         fresh = await ctx.client.account(spec.id) or fresh
     return json_response(account_out(fresh), 201 if result.code == Code.OK else 200)
+
+
+# The node's own accounts (FX positions are made on first use: a user must not take
+# the name first).
+RESERVED_ACCOUNT_PREFIXES = (FX_ACCOUNT_PREFIX,)
 
 
 async def _account_owner(ctx: Ctx, principal: Principal, wanted: str | None) -> str:

@@ -105,6 +105,14 @@ PAYMENT_NOT_CANCELABLE = "payment_not_cancelable"
 DEAD_LETTER_NOT_FOUND = "dead_letter_not_found"
 SCHEDULE_NOT_FOUND = "schedule_not_found"
 BANK_ACCOUNT_CLOSED = "bank_account_closed"
+RATE_NOT_AVAILABLE = "rate_not_available"
+RATE_STALE = "rate_stale"
+QUOTE_NOT_FOUND = "quote_not_found"
+QUOTE_EXPIRED = "quote_expired"
+QUOTE_USED = "quote_used"
+CURRENCY_NOT_SUPPORTED = "currency_not_supported"
+ACCOUNT_ID_RESERVED = "account_id_reserved"
+FX_UNAVAILABLE = "fx_unavailable"
 SCHEDULE_NOT_CHANGEABLE = "schedule_not_changeable"
 INVALID_IDEMPOTENCY_KEY = "invalid_idempotency_key"
 IDEMPOTENCY_KEY_NEEDS_CREDENTIAL = "idempotency_key_needs_credential"
@@ -196,6 +204,14 @@ _TABLE: dict[str, tuple[int, str]] = {
     DEAD_LETTER_NOT_FOUND: (404, "Dead letter not found"),
     SCHEDULE_NOT_FOUND: (404, "Schedule not found"),
     BANK_ACCOUNT_CLOSED: (409, "Bank account closed"),
+    RATE_NOT_AVAILABLE: (409, "No rate for this currency pair"),
+    RATE_STALE: (409, "The pair's rate is too old to quote on"),
+    QUOTE_NOT_FOUND: (404, "Quote not found"),
+    QUOTE_EXPIRED: (409, "Quote expired; ask for a new one"),
+    QUOTE_USED: (409, "Quote already executed by another conversion"),
+    CURRENCY_NOT_SUPPORTED: (422, "Currency not supported for FX"),
+    FX_UNAVAILABLE: (503, "FX in this currency is unavailable; an operator was alerted"),
+    ACCOUNT_ID_RESERVED: (422, "Account ids starting with fx- are the node's"),
     SCHEDULE_NOT_CHANGEABLE: (409, "The schedule cannot change that way from its state"),
     PAYMENT_NOT_CANCELABLE: (409, "Only an ACH payment not yet sent to the bank can be canceled"),
     INVALID_IDEMPOTENCY_KEY: (400, "Invalid Idempotency-Key header"),

@@ -172,6 +172,17 @@ class ScheduleSettings(Section, frozen=True):
     batch: Annotated[int, Meta(ge=1, le=10_000)] = 100
 
 
+class FxSettings(Section, frozen=True):
+    """Quotes on the operator's mid rates (PUT /v1/fx/rates)."""
+
+    # What the node keeps of each conversion, in basis points of the mid rate
+    spread_bps: Annotated[int, Meta(ge=0, le=1000)] = 50
+    # How long a quote may be executed
+    quote_ttl_s: Annotated[int, Meta(ge=1, le=3600)] = 30
+    # A rate older than this quotes nothing (409 rate_stale)
+    max_rate_age_s: Annotated[int, Meta(ge=60, le=30 * 86_400)] = 86_400
+
+
 class BankSimSettings(Section, frozen=True):
     """The simulated bank, used without a real one."""
 
@@ -256,6 +267,7 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
     inbound: InboundSettings = _default(InboundSettings)
     ach: AchSettings = _default(AchSettings)
     schedule: ScheduleSettings = _default(ScheduleSettings)
+    fx: FxSettings = _default(FxSettings)
     bank_sim: BankSimSettings = _default(BankSimSettings)
     risk: RiskSettings = _default(RiskSettings)
     sanctions: SanctionsSettings = _default(SanctionsSettings)
@@ -303,7 +315,7 @@ SECTIONS: dict[str, str] = {
     "ledger": "", "batch": "batch_", "http": "", "auth": "", "rate": "rate_",
     "ip_rate": "ip_rate_", "auth_rate": "auth_rate_", "analytics": "analytics_",
     "recon": "recon_", "notify": "notify_", "webhook": "webhook_", "inbound": "inbound_",
-    "ach": "ach_", "schedule": "schedule_", "bank_sim": "bank_sim_", "risk": "risk_",
+    "ach": "ach_", "schedule": "schedule_", "fx": "fx_", "bank_sim": "bank_sim_", "risk": "risk_",
     "sanctions": "sanctions_", "otp": "otp_",
 }  # fmt: skip
 # Settings whose name changed (one unit per concept; sections): named in the error.
