@@ -35,7 +35,7 @@ from paynode.api.http import SMALL_BODY_LIMIT, decode_body, json_response
 from paynode.api.schemas import TransferIn
 from paynode.domain.ledger.model import RETRYABLE, AccountSpec, Code
 from paynode.domain.rails import fx as rules
-from paynode.storage import fx
+from paynode.storage import fx, payments
 
 router = APIRouter(tags=["fx"])
 log = logging.getLogger("paynode.api")
@@ -248,6 +248,8 @@ async def convert(
         async with ctx.engine.begin() as conn:
             if not await fx.start_conversion(conn, conversion):
                 raise p.ApiError(p.QUOTE_USED)
+            await payments.register_rail(conn, [t.id for t in _legs(conversion, quote)], "fx",
+                                         None)  # fmt: skip
             await audit(conn, request, principal, "fx.convert", body.id,
                         after={"quote_id": quote.id, "sell_amount": quote.sell_amount})  # fmt: skip
     if conversion.status == "processing":  # new, or a retry after a non-final answer
@@ -257,4 +259,8 @@ async def convert(
             raise p.ApiError(code, "retry with the same conversion id")
         async with ctx.engine.begin() as conn:
             conversion = await fx.finish_conversion(conn, conversion.id, code or None)
+            if not code:  # what the spread kept, in the bought currency's minor units
+                at_mid = rules.buy_amount(quote.sell_amount, quote.sell_currency,
+                                          quote.buy_currency, quote.mid_e9)  # fmt: skip
+                await fx.record_trade(conn, conversion, quote, at_mid - quote.buy_amount)
     return json_response(_conversion_out(conversion, quote), 201 if new else 200)

@@ -100,6 +100,22 @@ TRANSFER_RAILS = Exported(
         ("ts", "BIGINT"),
     ),
 )
+# Completed FX conversions (migration 19): FX volume and P&L per currency pair.
+FX_TRADES = Exported(
+    "fx_trades",
+    (
+        ("txid", "BIGINT"),
+        ("id", "VARCHAR"),
+        ("sell_currency", "VARCHAR"),
+        ("buy_currency", "VARCHAR"),
+        ("sell_amount", "BIGINT"),
+        ("buy_amount", "BIGINT"),
+        ("mid_e9", "BIGINT"),
+        ("rate_e9", "BIGINT"),
+        ("pnl", "BIGINT"),
+        ("ts", "BIGINT"),
+    ),
+)
 # The audit log without personal data (storage.audit_chain.redact_for_analytics):
 # PostgreSQL's view ``audit`` over ``audit_log`` drops source_ip and keeps only the
 # keys of before/after, comma-joined and sorted ('' for {}, NULL for none); ``id`` is
@@ -123,7 +139,7 @@ AUDIT = Exported(
 )
 # Exported in this order, below one xmin. A rail's label commits before its transfer
 # reaches a shard, so below any xmin the labels are there for every journal row.
-EXPORTED = (ACCOUNTS, TRANSFER_RAILS, TRANSFERS, AUDIT)
+EXPORTED = (ACCOUNTS, TRANSFER_RAILS, TRANSFERS, FX_TRADES, AUDIT)
 _SEGMENT = re.compile(r"(?P<table>[a-z_]+)-(?P<txid>\d{20})-(?P<seq>\d{8})\.parquet\Z")
 GRACE_S = 120.0  # an old generation stays readable this long after a swap
 
@@ -443,6 +459,19 @@ def view_statements(root: Path, pinned: bool = False) -> list[str]:
             SELECT day, currency, rail, status, kind, COUNT(*) AS transfers,
                    SUM(amount)::BIGINT AS amount, SUM(posted_amount)::BIGINT AS posted_amount
             FROM transfers GROUP BY ALL""",
+        f"""CREATE OR REPLACE VIEW fx_trades AS
+            SELECT id AS conversion_id, sell_currency || '/' || buy_currency AS pair,
+                   sell_currency, buy_currency, sell_amount, buy_amount,
+                   mid_e9, rate_e9, pnl,
+                   make_timestamp(ts // 1000) AS traded_at,
+                   CAST(make_timestamp(ts // 1000) AS DATE) AS day, txid
+            FROM read_parquet('{live}/fx_trades-*.parquet')""",
+        # Volume in each side's minor units; pnl (the spread kept) in the bought currency's.
+        """CREATE OR REPLACE VIEW fx_volume AS
+            SELECT day, pair, sell_currency, buy_currency, COUNT(*) AS conversions,
+                   SUM(sell_amount)::BIGINT AS sold, SUM(buy_amount)::BIGINT AS bought,
+                   SUM(pnl)::BIGINT AS pnl
+            FROM fx_trades GROUP BY ALL""",
         """CREATE OR REPLACE VIEW account_activity AS
             SELECT account_id, day, currency,
                    COUNT(*) FILTER (WHERE side = 'debit') AS debits,

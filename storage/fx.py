@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import time
 from typing import Any
 
 import msgspec
@@ -134,6 +135,20 @@ async def start_conversion(conn: AsyncConnection, c: Conversion) -> bool:
         values,
     )  # fmt: skip
     return True
+
+
+async def record_trade(conn: AsyncConnection, c: Conversion, q: Quote, pnl: int) -> None:
+    """A completed conversion, for analytics (migration 19); once per conversion."""
+    await conn.execute(
+        sa.text(
+            "INSERT INTO fx_trades (id, sell_currency, buy_currency, sell_amount, buy_amount,"
+            " mid_e9, rate_e9, pnl, ts) VALUES (:id, :s, :b, :sa, :ba, :mid, :rate, :pnl, :ts)"
+            " ON CONFLICT (id) DO NOTHING"
+        ),
+        {"id": c.id, "s": q.sell_currency, "b": q.buy_currency, "sa": q.sell_amount,
+         "ba": q.buy_amount, "mid": q.mid_e9, "rate": q.rate_e9, "pnl": pnl,
+         "ts": time.time_ns()},
+    )  # fmt: skip
 
 
 async def finish_conversion(

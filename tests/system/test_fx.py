@@ -115,5 +115,24 @@ def test_a_eur_to_usd_transfer_with_a_quote(node) -> None:
     stale = {"rates": [{"base": "GBP", "quote": "USD", "rate": "1.27", "as_of": three_days_ago}]}
     assert node.http.put("/v1/fx/rates", json=stale).status_code == 200
     problem(quote("GBP", "USD"), 409, "rate_stale")
+
+    # Analytics: the legs under rail fx, and the trade's volume and P&L (the spread kept,
+    # in cents: 100.00 EUR at mid buy 108.45 USD, the customer got 107.90).
+    import ray
+
+    from paynode.storage.analytics import connect_views
+
+    ray.get(node.analytics.sync.remote(), timeout=60)
+    con = connect_views(node.settings.analytics_path())
+    try:
+        legs = con.execute("SELECT transfer_id, rail FROM transfers WHERE transfer_id LIKE"
+                           " 'fx:conv-%' ORDER BY ALL").fetchall()  # fmt: skip
+        assert legs == [("fx:conv-1:buy", "fx"), ("fx:conv-1:sell", "fx")]
+        volume = con.execute(
+            "SELECT pair, conversions, sold, bought, pnl FROM fx_volume"
+        ).fetchall()
+        assert volume == [("EUR/USD", 1, 10_000, 10_790, 55)]
+    finally:
+        con.close()
     ana.close()
     eve.close()
