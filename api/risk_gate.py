@@ -30,8 +30,10 @@ from paynode.api.context import Context
 from paynode.api.metrics import RiskStats
 from paynode.api.schemas import TransferIn
 from paynode.domain.ledger.plan import TransferResult
+from paynode.domain.rails import fx as fx_rules
 from paynode.domain.risk import limits, otp, rules
 from paynode.storage import ach, identity, payments
+from paynode.storage import fx as fx_store
 from paynode.storage import risk as store
 from paynode.storage.events import STEP_UP_EVENT
 from paynode.storage.payments import Payment
@@ -112,6 +114,23 @@ async def _hits(
     return hits
 
 
+async def in_limits_currency(
+    conn: AsyncConnection, amount: int, currency: str, target: str
+) -> int | None:
+    """``amount`` in minor units of the limits' currency: as is, or converted at the
+    pair's mid rate (rounded up); None when no rate sizes it (the score's
+    ``currency_unrated`` rule covers that payment instead)."""
+    if currency == target:
+        return amount
+    if amount <= 0 or currency not in fx_rules.EXPONENTS or target not in fx_rules.EXPONENTS:
+        return None
+    found = await fx_store.rate_for(conn, currency, target)
+    if found is None:
+        return None
+    rate, inverse = found
+    return fx_rules.value_in(amount, currency, target, fx_rules.cross(rate.rate_e9, inverse))
+
+
 def _limit_error(refusal: limits.Refusal, currency: str, field: str) -> p.ApiError:
     detail = f"limit {refusal.limit}, remaining {refusal.remaining} {currency} minor units"
     return p.ApiError(_LIMIT_CODES[refusal.code], detail, field)
@@ -139,7 +158,9 @@ async def decide(
     user = principal.user_id
     assert user is not None
     policy = ctx.policy
-    counted = wanted.amount if wanted.currency == policy.limits.currency else 0
+    limit_ccy = policy.limits.currency
+    sized = await in_limits_currency(conn, wanted.amount, wanted.currency, limit_ccy)
+    counted = sized or 0
     now = dt.datetime.now(dt.UTC)
     f = await store.take_usage(
         conn, user, amount=counted, session_id=principal.session_id,
@@ -151,13 +172,15 @@ async def decide(
         raise p.ApiError(p.USER_NOT_FOUND)
     hits = await _hits(ctx, conn, f, user, payee_owner, wanted.bank_account_id)
     usage = limits.Usage(f.amount_today, f.amount_month)
-    refusal = limits.check(wanted.amount, wanted.currency, f.kyc_status, usage, policy.limits)
+    refusal = limits.check(sized, limit_ccy, f.kyc_status, usage, policy.limits) if sized else None
     if refusal is not None:  # the caller's transaction rolls back: nothing was counted
-        raise _limit_error(refusal, policy.limits.currency, "$.amount")
+        raise _limit_error(refusal, limit_ccy, "$.amount")
     t1 = time.perf_counter()
     decision = rules.score(
         rules.RiskInput(
-            amount=wanted.amount, currency=wanted.currency, payments_today=f.payments_today,
+            # In the limits' currency when a rate sizes it: then the amount rules apply.
+            amount=sized or wanted.amount, currency=limit_ccy if sized else wanted.currency,
+            payments_today=f.payments_today,
             amount_today=f.amount_today, sanctions_hit=bool(hits), kyc_status=f.kyc_status,
             new_payee=not f.paid_payee_before,
             # A device is new when the user has paid before, but never from this session.
@@ -233,9 +256,10 @@ async def take_transfer_usage(
     if not sends:
         return None
     cur = ctx.policy.limits.currency
-    amounts = {t.id: (t.amount or 0) if t.currency == cur else 0 for t in sends}
     now = dt.datetime.now(dt.UTC)
     async with ctx.engine.begin() as conn:
+        amounts = {t.id: await in_limits_currency(conn, t.amount or 0, t.currency or "", cur) or 0
+                   for t in sends}  # fmt: skip
         f = await store.take_usage(
             conn, user, amount=sum(amounts.values()), session_id=principal.session_id,
             payee_account=sends[0].credit_account_id or "", list_version=ctx.policy.list_version,

@@ -77,6 +77,13 @@ def sell_amount(buy: int, sell_ccy: str, buy_ccy: str, rate_e9: int) -> int:
     return -(-num // den)
 
 
+def value_in(amount: int, currency: str, target: str, rate_e9: int) -> int:
+    """``amount`` of ``currency`` in minor units of ``target`` at ``rate_e9`` (target per
+    currency), rounded up: what a limit counts must never be less than the value."""
+    num = amount * rate_e9 * 10 ** exponent(target)
+    return -(-num // (SCALE * 10 ** exponent(currency)))
+
+
 def cross(base_quote_e9: int, inverse: bool) -> int:
     """A pair's rate the other way round (quote per base -> base per quote), floored."""
     return SCALE * SCALE // base_quote_e9 if inverse else base_quote_e9

@@ -378,3 +378,46 @@ def test_a_listed_bank_account_holder_holds_an_ach_payment(node: RunningNode) ->
     assert review["matches"][0]["party"] == "bank_account"
     assert review["matches"][0]["matched_name"] == "NORTHWIND SHIPPING"
     assert _balance(node, "sdn-ach-w") == 10_000  # no hold placed while held
+
+
+def test_limits_size_other_currencies_at_the_fx_rate(node: RunningNode) -> None:
+    """Limits are in USD; a EUR payment counts at the EUR/USD mid rate (rounded up)."""
+    rate = {"rates": [{"base": "EUR", "quote": "USD", "rate": "1.0845"}]}
+    assert node.http.put("/v1/fx/rates", json=rate).status_code == 200
+    uid, user = _register(node, "fx-lim-ann")
+    _, payee = _register(node, "fx-lim-bob")
+    kyc_verified(node.http, uid, user)  # 50,000.00 USD a payment
+    for who, account in ((user, "eurlim-ann-w"), (payee, "eurlim-bob-w")):
+        body = {"id": account, "currency": "EUR"}
+        assert node.http.post("/v1/accounts", json=body, headers=who).status_code == 201
+    node.http.post("/v1/accounts", json={"id": "treasury-risk-eur", "currency": "EUR"})
+    fund = {
+        "id": "fund-eurlim",
+        "debit_account_id": "treasury-risk-eur",
+        "credit_account_id": "eurlim-ann-w",
+        "amount": 10_000_000,
+        "currency": "EUR",
+    }
+    assert node.http.post("/v1/transfers", json=fund).status_code == 201
+
+    def pay(pid: str, amount: int):
+        body = {"id": pid, "from": "eurlim-ann-w", "to": "eurlim-bob-w", "amount": amount,
+                "currency": "EUR"}  # fmt: skip
+        return node.http.post("/v1/payments", json=body, headers=user)
+
+    # 47,000.00 EUR is 50,971.50 USD: over the per-payment limit.
+    problem(pay("fx-lim-1", 4_700_000), 422, "limit_per_transaction")
+    # 4,000.00 EUR is 4,338.00 USD: within every limit, sized (the amount rules see USD;
+    # no currency_unrated points).
+    r = pay("fx-lim-2", 400_000)
+    assert r.status_code == 201 and r.json()["status"] == "completed", r.text
+    assert {x["rule"] for x in r.json()["risk"]["reasons"]} == {"new_payee"}
+    with _db(node) as conn:
+        row = conn.execute("SELECT day_amount FROM risk_usage WHERE user_id = %s", (uid,))
+        assert row.fetchone() == (433_800,)
+        # The day nearly spent: 95,000.00 USD in all.
+        conn.execute("UPDATE risk_usage SET day_amount = 9500000 WHERE user_id = %s", (uid,))
+    # 4,700.00 EUR (5,097.15 USD) would pass the day's 100,000.00 USD.
+    over = pay("fx-lim-3", 470_000)
+    problem(over, 422, "limit_daily")
+    assert "remaining 500000 USD" in over.json()["detail"]
