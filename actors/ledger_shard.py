@@ -32,8 +32,10 @@ from collections import defaultdict, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import msgspec
 from msgspec.structs import astuple
 
+from paynode.actors.balance_watch import BalanceWatch
 from paynode.actors.heap import settle_heap
 from paynode.actors.ray_peers import RayPeers
 from paynode.actors.ray_peers import restarted as ray_restarted
@@ -51,7 +53,14 @@ from paynode.domain.ledger.model import (
     TransferOp,
     shard_key,
 )
-from paynode.domain.ledger.ports import JournalConflict, Peers, ShardJournal, StorageUnavailable
+from paynode.domain.ledger.monitors import Monitor
+from paynode.domain.ledger.ports import (
+    JournalConflict,
+    MonitorStore,
+    Peers,
+    ShardJournal,
+    StorageUnavailable,
+)
 from paynode.domain.ledger.rules import Ledger, rebuilt, refuse_group
 from paynode.domain.ledger.wire import (
     COMMIT_BUCKETS_S,
@@ -78,6 +87,7 @@ from paynode.domain.ledger.wire import (
     refused,
     subset,
 )
+from paynode.storage.monitors import PgMonitorStore
 from paynode.storage.shard_journal import PgShardJournal
 
 log = logging.getLogger("paynode.shard")
@@ -110,9 +120,11 @@ class LedgerShard:
         peer_names: Sequence[str] = (),
         id_window: int = 131_072,
         max_accounts: int = 0,
+        monitor_interval_ms: int = 100,
         *,
         journal: ShardJournal | None = None,
         peers: Peers | None = None,
+        monitor_store: MonitorStore | None = None,
         restarted: Callable[[], bool] = ray_restarted,
         now_ns: Callable[[], int] = time.time_ns,
     ) -> None:
@@ -125,6 +137,13 @@ class LedgerShard:
             database_url, f"paynode-shard-{index}"
         )
         self._peers_port: Peers = peers or RayPeers(peer_names, namespace)
+        # Balance monitors: in PostgreSQL under Ray; off in the simulator unless it passes
+        # a store (its journal is its own).
+        store = monitor_store
+        if store is None and journal is None:
+            store = PgMonitorStore(database_url, f"paynode-monitors-{index}")
+        self._watch = BalanceWatch(store, monitor_interval_ms / 1000)
+        self._jobs_in_flight: list[_Job] = []  # the commit in flight's (monitors discount them)
         self._restarted = restarted
         self._now_ns = now_ns
         self.count = count
@@ -199,7 +218,11 @@ class LedgerShard:
         self._tasks = [
             asyncio.create_task(self._commit_loop()),
             asyncio.create_task(self._expiry_loop()),
-        ]
+            asyncio.create_task(
+                self._watch.run(lambda: self._ready and not self._rebuilding(),
+                                lambda: self.ledger.accounts, self._uncommitted)
+            ),
+        ]  # fmt: skip
         if self._restarted():
             self._tasks.append(asyncio.create_task(self._tell_peers_to_resync()))
 
@@ -285,6 +308,7 @@ class LedgerShard:
             try:
                 await self._journal.open()
                 snap = await self._journal.load(self.index, self.count)
+                await self._watch.load(self.index, self.count)
                 break
             except StorageUnavailable as e:
                 log.warning("shard %d: rebuild failed (%s); retrying", self.index, e)
@@ -332,6 +356,26 @@ class LedgerShard:
         self._wake.set()
         return await fut
 
+    def _uncommitted(self) -> list[Row]:
+        """Rows applied in memory and not journaled yet (a balance monitor discounts them):
+        the commit in flight's, and the queued jobs' (a two-phase group's rows are
+        applied only after their commit)."""
+        return [r for j in (*self._jobs_in_flight, *self._queue) if j.forward for r in j.rows]
+
+    # -- balance monitors (actors/balance_watch.py) ---------------------------
+
+    async def watch(self, payload: bytes) -> None:
+        """Start evaluating a monitor its API call just recorded."""
+        await self.start()
+        await self._rebuilt.wait()
+        m = msgspec.msgpack.decode(payload, type=Monitor)
+        assert shard_of(m.account_id, self.count) == self.index, "monitor routed to the wrong shard"
+        self._watch.add(m)
+
+    async def unwatch(self, monitor_ids: list[str]) -> None:
+        await self.start()
+        self._watch.remove(monitor_ids)
+
     async def _commit_loop(self) -> None:
         while True:
             await self._wake.wait()
@@ -355,6 +399,7 @@ class LedgerShard:
             t0 = time.perf_counter()
             self._committing = True
             self._committing_seq = jobs[0].seq
+            self._jobs_in_flight = jobs
             try:
                 txid = await self._journal.commit(accounts, rows)
             except JournalConflict as e:
@@ -367,7 +412,9 @@ class LedgerShard:
             finally:
                 self._committing = False
                 self._committing_seq = None
+                self._jobs_in_flight = []
             self._observe(time.perf_counter() - t0, len(rows))
+            self._watch.touch(rows)
             self._maybe_age()
         remote = self._remote_legs(jobs)
         if not remote:
@@ -585,6 +632,7 @@ class LedgerShard:
         if self._seen.saw(txid):
             return 0
         applied = sum(self.ledger.apply(r) for r in rows)
+        self._watch.touch_journaled(rows)
         self._maybe_age()
         return applied
 
@@ -648,6 +696,7 @@ class LedgerShard:
             self.ledger.release(c.gid)
             for r in c.rows:
                 self.ledger.apply(r)
+            self._watch.touch_journaled(c.rows)
             for p in c.participants:
                 if p != self.index:
                     calls[p].append([c.gid, c.rows])
@@ -697,6 +746,7 @@ class LedgerShard:
             self.ledger.release(f.gid)
             if not seen:
                 applied += sum(self.ledger.apply(r) for r in f.rows)
+                self._watch.touch_journaled(f.rows)
         self._maybe_age()
         return applied
 

@@ -18,6 +18,7 @@ from fastapi import FastAPI
 from starlette.routing import Route
 
 from paynode.api import (
+    ach_ops_routes,
     ach_routes,
     contract,
     device_routes,
@@ -28,6 +29,7 @@ from paynode.api import (
     inbound_routes,
     key_routes,
     ledger_routes,
+    monitor_routes,
     notify_routes,
     ops_routes,
     rails_routes,
@@ -53,7 +55,7 @@ _NO_TELEMETRY: dict[str, Any] = (
 ROUTERS = (
     ledger_routes, ops_routes, identity_routes, key_routes, recon_routes, notify_routes,
     device_routes, inbound_routes, handle_routes, rails_routes, ach_routes, risk_routes,
-    schedule_routes, fx_routes,
+    schedule_routes, fx_routes, ach_ops_routes, monitor_routes,
 )  # fmt: skip
 
 

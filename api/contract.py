@@ -19,6 +19,7 @@ from fastapi.routing import APIRoute
 from paynode.api.ach_schemas import ACH_TYPES
 from paynode.api.fx_schemas import FX_TYPES
 from paynode.api.identity_schemas import IDENTITY_TYPES
+from paynode.api.monitor_schemas import MONITOR_TYPES
 from paynode.api.notify_schemas import NOTIFY_TYPES
 from paynode.api.problems import PROBLEM_JSON
 from paynode.api.rails_schemas import RAILS_TYPES
@@ -166,7 +167,8 @@ def install(app: FastAPI, hot_routes: Sequence[Any] = ()) -> None:
                 + ACH_TYPES
                 + RISK_TYPES
                 + SCHEDULE_TYPES
-                + FX_TYPES,
+                + FX_TYPES
+                + MONITOR_TYPES,
                 ref_template=_REF,
             )
             schema.setdefault("components", {}).setdefault("schemas", {}).update(components)

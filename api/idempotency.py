@@ -5,7 +5,9 @@ same request again, for 24 hours, gets the stored status and body (with
 ``Idempotent-Replayed: true``); another request under the key is 409
 ``idempotency_key_reused``; one arriving while the first still runs is 409
 ``idempotency_key_in_use`` (retry). An answer that is not final (5xx, 429) is
-not kept, so the retry runs again. The key belongs to the credential's
+not kept, so the retry runs again; nor is a refusal before the request ran
+(its credential, scope or body shape: 401, 403, malformed or invalid fields),
+so the corrected request may use the key. The key belongs to the credential's
 principal, so it needs one: without a credential the header is refused (400
 ``idempotency_key_needs_credential``) rather than silently ignored.
 
@@ -20,6 +22,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+import msgspec
 from sqlalchemy.exc import SQLAlchemyError
 
 from paynode.api import errors
@@ -35,6 +38,13 @@ HEADER = b"idempotency-key"
 MAX_KEY_LENGTH = 255
 SWEEP_EVERY = 256  # new keys between two deletions of expired ones
 _FINAL = frozenset(range(200, 500)) - {429}  # answers worth replaying
+# Refusals before the request ran (as Stripe: "no API endpoint began execution"): the
+# credential, the scope, the body's shape. Not kept: the corrected retry runs.
+_NOT_RUN = frozenset({
+    p.UNAUTHENTICATED, p.INVALID_TOKEN, p.TOKEN_EXPIRED, p.INVALID_API_KEY, p.SESSION_REVOKED,
+    p.FORBIDDEN, p.INSUFFICIENT_SCOPE, p.MALFORMED_JSON, p.BODY_TOO_LARGE, p.UNKNOWN_FIELD,
+    p.MISSING_FIELD, p.INVALID_FIELD,
+})  # fmt: skip
 
 
 def header_of(scope: dict[str, Any]) -> bytes | None:
@@ -129,7 +139,7 @@ class Idempotency:
         try:
             await app(scope, receive, capture)
             answer = b"".join(chunks)
-            if status in _FINAL and size <= store.MAX_ANSWER_BYTES:
+            if status in _FINAL and size <= store.MAX_ANSWER_BYTES and _ran(content_type, answer):
                 try:
                     async with ctx.engine.begin() as conn:
                         await store.finish(conn, ctx.keys, owner, key, status, content_type,
@@ -161,6 +171,21 @@ class Idempotency:
                 await store.sweep(conn)
         except (SQLAlchemyError, OSError) as e:  # the next sweep tries again
             log.warning("expired idempotency keys not swept: %s", type(e).__name__)
+
+
+def _ran(content_type: str, answer: bytes) -> bool:
+    """False for a problem that refused the request before it ran (``_NOT_RUN``)."""
+    if not content_type.startswith(p.PROBLEM_JSON):
+        return True
+    try:
+        code = msgspec.json.decode(answer, type=_Coded).code
+    except msgspec.DecodeError:
+        return True
+    return code not in _NOT_RUN
+
+
+class _Coded(msgspec.Struct):
+    code: str = ""
 
 
 async def _read(receive: Any, limit: int) -> tuple[bytes, bool]:

@@ -113,6 +113,8 @@ QUOTE_USED = "quote_used"
 CURRENCY_NOT_SUPPORTED = "currency_not_supported"
 ACCOUNT_ID_RESERVED = "account_id_reserved"
 FX_UNAVAILABLE = "fx_unavailable"
+MONITOR_NOT_FOUND = "monitor_not_found"
+TOO_MANY_MONITORS = "too_many_monitors"
 SCHEDULE_NOT_CHANGEABLE = "schedule_not_changeable"
 INVALID_IDEMPOTENCY_KEY = "invalid_idempotency_key"
 IDEMPOTENCY_KEY_NEEDS_CREDENTIAL = "idempotency_key_needs_credential"
@@ -210,6 +212,8 @@ _TABLE: dict[str, tuple[int, str]] = {
     QUOTE_EXPIRED: (409, "Quote expired; ask for a new one"),
     QUOTE_USED: (409, "Quote already executed by another conversion"),
     CURRENCY_NOT_SUPPORTED: (422, "Currency not supported for FX"),
+    MONITOR_NOT_FOUND: (404, "Balance monitor not found"),
+    TOO_MANY_MONITORS: (409, "The account has as many monitors as it may"),
     FX_UNAVAILABLE: (503, "FX in this currency is unavailable; an operator was alerted"),
     ACCOUNT_ID_RESERVED: (422, "Account ids starting with fx- are the node's"),
     SCHEDULE_NOT_CHANGEABLE: (409, "The schedule cannot change that way from its state"),

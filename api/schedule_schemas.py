@@ -8,9 +8,17 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import Meta
 
-from paynode.api.schemas import Amount, Currency, Id, Metadata
+from paynode.api.schemas import Amount, Currency, Id
 from paynode.domain.rails.schedule import MAX_RUNS
 
+# Each run's transfer adds schedule_id and occurrence to these (32 pairs at most).
+ScheduleMetadata = Annotated[
+    dict[
+        Annotated[str, Meta(min_length=1, max_length=64)],
+        Annotated[str, Meta(max_length=512)],
+    ],
+    Meta(max_length=30, description="Up to 30 string pairs, copied onto each run's transfer"),
+]
 ScheduleState = Literal["active", "paused", "canceled", "finished"]
 RunStatus = Literal["processing", "posted", "refused", "skipped"]
 
@@ -31,7 +39,7 @@ class ScheduleIn(msgspec.Struct, forbid_unknown_fields=True):
     end_at: dt.datetime | None = None
     max_runs: Annotated[int, Meta(ge=1, le=MAX_RUNS)] | None = None
     catch_up: Literal["all", "latest"] = "all"
-    metadata: Metadata = {}
+    metadata: ScheduleMetadata = {}
 
 
 class ScheduleRunOut(msgspec.Struct):

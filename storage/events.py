@@ -48,6 +48,8 @@ PAYMENT_EVENTS = (
     # ACH: held, in a file sent to the bank, settled, or returned with a NACHA code.
     "payment.pending", "payment.submitted", "payment.settled", "payment.returned",
     "payment.canceled",
+    # A balance monitor's condition became true, or stopped being true.
+    "balance.threshold_crossed", "balance.threshold_cleared",
     # Risk: waiting for the payer's one-time code (pushed to their devices), or held for
     # a sanctions review; then processing again once confirmed or approved.
     "payment.requires_action", "payment.in_review", "payment.processing",

@@ -31,7 +31,7 @@ import msgspec
 
 KEY_BYTES = 32  # AES-256, HMAC-SHA256
 _KID_ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789"
-_RECHECK_S = 1.0  # how often a file-backed keyring looks for a rotation
+RECHECK_S = 1.0  # how often a file-backed keyring looks for a rotation
 
 
 class KeyringError(Exception):
@@ -171,7 +171,7 @@ class Keyring:
         if self.path is None:
             return False
         now = time.monotonic()
-        if not force and now - self._checked < _RECHECK_S:
+        if not force and now - self._checked < RECHECK_S:
             return False
         with self._lock:
             self._checked = now

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -24,7 +25,7 @@ import sqlalchemy as sa
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from paynode.storage.keyring import Keyring
+from paynode.storage.keyring import RECHECK_S, Keyring
 
 _VERSION = 1
 _NONCE = 12
@@ -196,13 +197,18 @@ def stale_values(conn: sa.Connection, keys: Keyring, specs: Iterable[SealedTable
 
 
 def reseal_all(
-    database_url: str, keys: Keyring, batch: int = 500, max_passes: int = 5
-) -> tuple[RotationReport, int]:
+    database_url: str, keys: Keyring, batch: int = 500, max_passes: int = 5,
+    settle_s: float = 2 * RECHECK_S,
+) -> tuple[RotationReport, int]:  # fmt: skip
     """Move every sealed value to the active key, batch by batch, while the node runs.
 
     Each batch is its own short transaction, so no row stays locked for long.
     Passes repeat while values remain under old keys (a node that had not yet
-    seen the new key may have written some meanwhile). Returns the totals and
+    seen the new key may have written some meanwhile). A pass that finds none
+    counts only once ``settle_s`` have passed since the start: running nodes
+    re-read the keyring within ``RECHECK_S``, so until then one may still seal
+    with the old key (found by the rotation test on a busy machine: "0 still
+    under old keys", then a write under the old one). Returns the totals and
     how many values are still stale (0 = done).
     """
     from paynode.storage.database import sync_engine
@@ -210,6 +216,7 @@ def reseal_all(
     assert batch >= 1 and max_passes >= 1
     engine = sync_engine(database_url)
     total = RotationReport()
+    settled_at = time.monotonic() + settle_s
     try:
         for _ in range(max_passes):
             for spec in SEALED_COLUMNS:
@@ -222,8 +229,11 @@ def reseal_all(
                     total.raced += report.raced
             with engine.connect() as conn:
                 stale = stale_values(conn, keys, SEALED_COLUMNS)
-            if stale == 0:
+            wait_s = settled_at - time.monotonic()
+            if stale == 0 and wait_s <= 0:
                 break
+            if wait_s > 0:  # every node sees the new key by then: one more pass after it
+                time.sleep(wait_s)
     finally:
         engine.dispose()
     return total, stale

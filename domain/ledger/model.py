@@ -173,6 +173,8 @@ Row = tuple[str, str, str, int, str, int, str | None, int, str, str, int, int, i
 ROW_ID: Final = 0
 ROW_DEBIT: Final = 1
 ROW_CREDIT: Final = 2
+ROW_POSTED: Final = 10
+ROW_PENDING_DELTA: Final = 11
 ROW_TS: Final = 12
 
 
@@ -248,3 +250,4 @@ assert (_FIELDS[ROW_ID], _FIELDS[ROW_DEBIT], _FIELDS[ROW_CREDIT], _FIELDS[ROW_TS
     "credit_account_id",
     "ts",
 ), "Row positions must follow JournalRow"
+assert (_FIELDS[ROW_POSTED], _FIELDS[ROW_PENDING_DELTA]) == ("posted_amount", "pending_delta")

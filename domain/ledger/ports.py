@@ -14,6 +14,7 @@ from typing import Any, Protocol
 import msgspec
 
 from paynode.domain.ledger.model import AccountSpec, Horizon, JournalRow, Recalled, Row
+from paynode.domain.ledger.monitors import Monitor, Transition
 
 
 class StorageUnavailable(Exception):
@@ -72,6 +73,19 @@ class ShardJournal(Protocol):
     async def existing_ids(self, ids: Sequence[str], fresh: bool = False) -> dict[str, int]:
         """Which of ``ids`` are journaled, each with its transaction's id; ``fresh``: on a
         connection of its own (the shard's may be inside a transaction)."""
+
+    async def close(self) -> None: ...
+
+
+class MonitorStore(Protocol):
+    """Where a shard's balance monitors live (``domain/ledger/monitors.py``). Raises
+    ``StorageUnavailable`` on failure."""
+
+    async def load(self, index: int, count: int) -> list[Monitor]:
+        """The live monitors of the accounts shard ``index`` of ``count`` owns."""
+
+    async def record(self, transitions: Sequence[Transition]) -> list[Transition]:
+        """Record changes of state (and their events); the ones that applied."""
 
     async def close(self) -> None: ...
 

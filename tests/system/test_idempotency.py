@@ -141,3 +141,15 @@ def test_the_contract_documents_the_header(node) -> None:
         assert {"400", "409"} <= set(op["responses"]), path
     public = paths["/v1/auth/register"]["post"]
     assert not any(x["name"] == "Idempotency-Key" for x in public.get("parameters", []))
+
+
+def test_a_request_refused_before_it_ran_leaves_the_key_free(node) -> None:
+    """As Stripe: a malformed body or a missing scope is not an answer to keep."""
+    _account(node, "ik-m")
+    _account(node, "ik-n")
+    headers = {"Idempotency-Key": "fix-me"}
+    bad = node.http.post("/v1/transfers", headers=headers, json={"id": "ik-m1"})
+    assert bad.status_code == 422, bad.text
+    fixed = _transfer(node, "fix-me", "ik-m1", "ik-m", "ik-n", 3)
+    assert fixed.status_code == 201 and "idempotent-replayed" not in fixed.headers
+    assert _transfer(node, "fix-me", "ik-m1", "ik-m", "ik-n", 3).headers["idempotent-replayed"]
