@@ -117,44 +117,67 @@ class Idempotency:
 
     async def _run(self, scope: dict[str, Any], receive: Any, send: Any, app: Any,
                    ctx: Context, owner: str, key: str) -> None:  # fmt: skip
-        """Run the request once, passing its answer on as it goes, and keep the answer."""
+        """Run the request once and keep its answer, then pass the answer on.
+
+        The answer is held back until it is kept (or the key given back): a client
+        that retries the moment it has an answer must find the key settled, not the
+        claim of the request it is retrying (found by CI: a refusal's retry got 409).
+        An answer too large to keep gives the key back and streams."""
         status = 500
         content_type = ""
-        chunks: list[bytes] = []
+        held: list[dict[str, Any]] = []
         size = 0
+        streaming = False
+        settled = False
 
         async def capture(message: dict[str, Any]) -> None:
-            nonlocal status, content_type, size
+            nonlocal status, content_type, size, streaming, settled
+            if streaming:
+                await send(message)
+                return
             if message["type"] == "http.response.start":
                 status = message["status"]
                 content_type = next((v.decode("latin-1") for n, v in message.get("headers", ())
                                      if n == b"content-type"), "")  # fmt: skip
             elif message["type"] == "http.response.body":
                 size += len(message.get("body", b""))
-                if size <= store.MAX_ANSWER_BYTES:
-                    chunks.append(message.get("body", b""))
-            await send(message)
+            held.append(message)
+            if size > store.MAX_ANSWER_BYTES:
+                streaming = settled = True
+                await self._release(ctx, owner, key)
+                for m in held:
+                    await send(m)
+                held.clear()
 
-        kept = False
         try:
             await app(scope, receive, capture)
-            answer = b"".join(chunks)
-            if status in _FINAL and size <= store.MAX_ANSWER_BYTES and _ran(content_type, answer):
-                try:
-                    async with ctx.engine.begin() as conn:
-                        await store.finish(conn, ctx.keys, owner, key, status, content_type,
-                                           answer)  # fmt: skip
-                    kept = True
-                except (SQLAlchemyError, OSError, UnicodeDecodeError) as e:
-                    # Answered but not kept: a retry runs the request again (its own ids
-                    # make that safe), as if the key had never been seen.
-                    log.warning("idempotent answer not kept: %s", type(e).__name__)
+            if not settled:
+                answer = b"".join(m.get("body", b"") for m in held
+                                  if m["type"] == "http.response.body")  # fmt: skip
+                if status in _FINAL and _ran(content_type, answer):
+                    settled = await self._keep(ctx, owner, key, status, content_type, answer)
         finally:
-            if not kept:
+            if not settled:
                 await self._release(ctx, owner, key)
             self._claims += 1
             if self._claims % SWEEP_EVERY == 0:
                 await self._sweep(ctx)
+        for m in held:
+            await send(m)
+
+    @staticmethod
+    async def _keep(
+        ctx: Context, owner: str, key: str, status: int, content_type: str, answer: bytes
+    ) -> bool:
+        try:
+            async with ctx.engine.begin() as conn:
+                await store.finish(conn, ctx.keys, owner, key, status, content_type, answer)
+            return True
+        except (SQLAlchemyError, OSError, UnicodeDecodeError) as e:
+            # Not kept: a retry runs the request again (its own ids make that safe), as
+            # if the key had never been seen.
+            log.warning("idempotent answer not kept: %s", type(e).__name__)
+            return False
 
     @staticmethod
     async def _release(ctx: Context, owner: str, key: str) -> None:
