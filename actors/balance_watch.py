@@ -27,6 +27,8 @@ class BalanceWatch:
         self._interval_s = interval_s
         self.monitors: dict[str, dict[str, Monitor]] = {}  # account id -> monitor id -> monitor
         self._dirty: set[str] = set()
+        self._shard: tuple[int, int] | None = None  # (index, count) of the last load
+        self._stale = False  # a change did not apply: what PostgreSQL holds is reloaded
         self.transitions = 0  # recorded by this incarnation
 
     def touch(self, rows: Sequence[Row]) -> None:
@@ -51,11 +53,13 @@ class BalanceWatch:
         """After a rebuild: the monitors as recorded (states that match the journal)."""
         if self._store is None:
             return
+        self._shard = (index, count)
         loaded: dict[str, dict[str, Monitor]] = {}
         for m in await self._store.load(index, count):
             loaded.setdefault(m.account_id, {})[m.id] = m
         self.monitors = loaded
         self._dirty = set(loaded)
+        self._stale = False
 
     def add(self, m: Monitor) -> None:
         self.monitors.setdefault(m.account_id, {})[m.id] = m
@@ -78,7 +82,7 @@ class BalanceWatch:
         """Evaluate and record, every ``interval_s``, while the shard lives."""
         while True:
             await asyncio.sleep(self._interval_s)
-            if self._store is None or not self._dirty or not ready():
+            if self._store is None or not (self._dirty or self._stale) or not ready():
                 continue
             try:
                 await self._pass(accounts, uncommitted)
@@ -88,6 +92,12 @@ class BalanceWatch:
     async def _pass(
         self, accounts: Callable[[], Mapping[str, Any]], uncommitted: Callable[[], list[Row]]
     ) -> None:
+        if self._stale and self._shard is not None:
+            try:
+                await self.load(*self._shard)
+            except StorageUnavailable as e:
+                log.warning("balance monitors not reloaded (%s); retrying", e)
+                return
         dirty, self._dirty = self._dirty, set()
         changes = self._changes(dirty, accounts(), uncommitted())
         if not changes:
@@ -103,8 +113,10 @@ class BalanceWatch:
             t.monitor.crossed = t.crossed
             t.monitor.seq += 1
         self.transitions += len(done)
-        if len(done) < len(changes):  # changed elsewhere (a deleted monitor): look again
-            self._dirty |= {t.monitor.account_id for t in changes if t not in done}
+        if len(done) < len(changes):
+            # Changed elsewhere (deleted, or recorded by a previous incarnation): what
+            # PostgreSQL holds now is reloaded rather than retried forever.
+            self._stale = True
 
     def _changes(
         self, dirty: set[str], accounts: Mapping[str, Any], uncommitted: list[Row]
