@@ -212,6 +212,10 @@ def test_every_v1_endpoint_needs_credentials(node: RunningNode) -> None:
     ]:
         assert expected in protected
     assert set(operations) >= PUBLIC_V1
+    # Every protected operation says which scope it needs (the contract clients read).
+    unscoped = [(m, p) for m, p in protected
+                if not spec["paths"][p][m.lower()].get("x-required-scope")]  # fmt: skip
+    assert not unscoped, f"operations without x-required-scope: {unscoped}"
 
     # A JWT in the right shape, with the node's own key id, signed with the wrong key.
     now = int(time.time())
