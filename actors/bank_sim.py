@@ -16,15 +16,12 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import json
 import logging
-import time
 
-import aiohttp
 import msgspec
 
 from paynode.actors.background import lower_priority
-from paynode.domain.notify.signature import HEADER, header
+from paynode.actors.signed_post import post_event
 from paynode.domain.rails.calendar import EASTERN
 from paynode.domain.rails.nacha import (
     FileHeader,
@@ -154,25 +151,5 @@ class BankSimulator:
             await self._post(f"{file_id}-settlement", "ach.settlement", data)
 
     async def _post(self, event_id: str, kind: str, data: dict) -> None:
-        body = json.dumps(
-            {"id": event_id, "type": kind, "created": int(time.time()), "data": data}
-        ).encode()
-        delay = 0.2
-        async with aiohttp.ClientSession() as http:
-            for _ in range(30):  # at least once, until the node has it
-                try:
-                    async with http.post(
-                        self._url, data=body,
-                        headers={HEADER: header([self._secret], body),
-                                 "Content-Type": "application/json"},
-                        timeout=aiohttp.ClientTimeout(total=30),
-                    ) as r:  # fmt: skip
-                        if r.status < 300 or r.status == 409:  # 409: it had it already
-                            self._sent += 1
-                            return
-                        log.warning("banksim: %s answered %d", kind, r.status)
-                except (aiohttp.ClientError, TimeoutError) as e:
-                    log.warning("banksim: %s not delivered: %s", kind, type(e).__name__)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
-        log.error("banksim: gave up on %s", event_id)
+        if await post_event(self._url, self._secret, event_id, kind, data, log):
+            self._sent += 1

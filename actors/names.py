@@ -17,6 +17,8 @@ NOTIFIER_NAME = "paynode-notifier"
 HANDLES_NAME = "paynode-handles"
 ACH_NAME = "paynode-ach"
 BANK_SIM_NAME = "paynode-banksim"
+RTP_SIM_NAME = "paynode-rtpsim"
+AGGREGATOR_SIM_NAME = "paynode-aggsim"
 RISK_NAME = "paynode-risk"
 CHECKPOINTER_NAME = "paynode-checkpointer"
 
@@ -33,5 +35,7 @@ HOST_OF = {
     NOTIFIER_NAME: FOLLOWERS_HOST,
     ACH_NAME: FOLLOWERS_HOST,
     BANK_SIM_NAME: FOLLOWERS_HOST,
+    RTP_SIM_NAME: FOLLOWERS_HOST,
+    AGGREGATOR_SIM_NAME: FOLLOWERS_HOST,
     CHECKPOINTER_NAME: FOLLOWERS_HOST,
 }

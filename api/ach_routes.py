@@ -19,6 +19,7 @@ from paynode.api.ach_schemas import (
     BankAccountIn,
     BankAccountList,
     BankAccountOut,
+    BankBalancesOut,
     VerifyIn,
 )
 from paynode.api.audit_writer import audit
@@ -40,13 +41,17 @@ log = logging.getLogger("paynode.api.ach")
 router = APIRouter(tags=["ach"])
 
 
-def _bank_out(ctx: Context, b: ach.BankAccount) -> BankAccountOut:
+def bank_out(ctx: Context, b: ach.BankAccount) -> BankAccountOut:
     return BankAccountOut(
         id=b.id, routing_number=b.routing_number, account_last4=b.account_last4,
         account_type=b.account_type, holder_type=b.holder_type, status=b.status,  # type: ignore[arg-type]
         verify_attempts_left=max(0, ach.MAX_VERIFY_ATTEMPTS - b.verify_attempts),
         created_at=b.created_at, verified_at=b.verified_at,
         bank_name=bank_name(ctx.banks, b.routing_number), default=b.is_default,
+        verification_method=b.verification_method, link_item_id=b.link_item_id,  # type: ignore[arg-type]
+        account_name=b.account_name,
+        balances=None if b.balance_current is None else BankBalancesOut(
+            available=b.balance_available, current=b.balance_current, as_of=b.balances_at),
     )  # fmt: skip
 
 
@@ -112,7 +117,7 @@ async def link_bank_account(
     async with ctx.engine.begin() as conn:
         for amount in micro:
             await ach.add_entry(conn, bank_id, "microdeposit", amount)
-    return json_response(_bank_out(ctx, created), 201)
+    return json_response(bank_out(ctx, created), 201)
 
 
 @router.get(
@@ -124,7 +129,7 @@ async def list_bank_accounts(
 ) -> Response:
     async with ctx.engine.connect() as conn:
         found = await ach.list_bank_accounts(conn, None if principal.admin else principal.user_id)
-    return json_response(BankAccountList([_bank_out(ctx, b) for b in found]))
+    return json_response(BankAccountList([bank_out(ctx, b) for b in found]))
 
 
 @router.get(
@@ -136,7 +141,7 @@ async def get_bank_account(
     ctx: Ctx,
     principal: Annotated[Principal, Depends(require("bank_accounts:read"))],
 ) -> Response:
-    return json_response(_bank_out(ctx, await own_bank_account(ctx, principal, bank_account_id)))
+    return json_response(bank_out(ctx, await own_bank_account(ctx, principal, bank_account_id)))
 
 
 @router.post(
@@ -166,7 +171,7 @@ async def verify_bank_account(
             p.VERIFICATION_FAILED)  # fmt: skip
         left = max(0, ach.MAX_VERIFY_ATTEMPTS - updated.verify_attempts)
         raise p.ApiError(code, f"{left} attempts left")
-    return json_response(_bank_out(ctx, updated))
+    return json_response(bank_out(ctx, updated))
 
 
 @router.delete(
@@ -183,12 +188,12 @@ async def close_bank_account(
     it again is a no-op."""
     found = await own_bank_account(ctx, principal, bank_account_id)
     if found.status == "closed":
-        return json_response(_bank_out(ctx, found))
+        return json_response(bank_out(ctx, found))
     async with ctx.engine.begin() as conn:
         closed = await ach.close_bank_account(conn, bank_account_id)
         await audit(conn, request, principal, "bank_account.close", bank_account_id,
                     before={"status": found.status}, after={"status": "closed"})  # fmt: skip
-    return json_response(_bank_out(ctx, closed))
+    return json_response(bank_out(ctx, closed))
 
 
 @router.post(
@@ -210,7 +215,7 @@ async def make_default_bank_account(
         made = await ach.make_default(conn, bank_account_id, found.owner_user_id)
         await audit(conn, request, principal, "bank_account.default", bank_account_id,
                     after={"default": True})  # fmt: skip
-    return json_response(_bank_out(ctx, made))
+    return json_response(bank_out(ctx, made))
 
 
-__all__ = ["own_bank_account", "router"]
+__all__ = ["bank_out", "own_bank_account", "router"]

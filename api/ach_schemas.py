@@ -24,6 +24,15 @@ class BankAccountIn(msgspec.Struct, forbid_unknown_fields=True):
     holder_type: Literal["individual", "company"] = "individual"
 
 
+class BankBalancesOut(msgspec.Struct, kw_only=True):
+    """In minor units of ``currency``; ``available`` is None when the bank does not say."""
+
+    available: int | None
+    current: int
+    currency: str = "USD"
+    as_of: dt.datetime | None
+
+
 class BankAccountOut(msgspec.Struct, kw_only=True):
     id: str
     routing_number: str
@@ -37,6 +46,11 @@ class BankAccountOut(msgspec.Struct, kw_only=True):
     # From the FedACH directory (PAYNODE_ACH_DIRECTORY); None: a routing number it lacks
     bank_name: str | None = None
     default: bool = False  # the owner's default bank account
+    # "instant": linked through the aggregator (api/link_routes.py), no micro-deposits
+    verification_method: Literal["microdeposits", "instant"] = "microdeposits"
+    link_item_id: str | None = None
+    account_name: str | None = None  # the bank's name for it (linked accounts)
+    balances: BankBalancesOut | None = None  # as the bank last reported (linked accounts)
 
 
 class BankAccountList(msgspec.Struct):
@@ -116,7 +130,7 @@ class StatementOut(msgspec.Struct):
 
 
 ACH_TYPES = (
-    BankAccountIn, BankAccountOut, BankAccountList, VerifyIn, AchFileOut, AchFileList,
-    CutoffOut, ReturnsOut, StatementIn, StatementLineOut, StatementOut, DeadLetterOut,
+    BankAccountIn, BankBalancesOut, BankAccountOut, BankAccountList, VerifyIn, AchFileOut,
+    AchFileList, CutoffOut, ReturnsOut, StatementIn, StatementLineOut, StatementOut, DeadLetterOut,
     DeadLetterList,
 )  # fmt: skip

@@ -9,6 +9,7 @@ a FastAPI app holding every other route, its error handlers
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -29,12 +30,15 @@ from paynode.api import (
     inbound_routes,
     key_routes,
     ledger_routes,
+    link_routes,
     monitor_routes,
     notify_routes,
     ops_routes,
     rails_routes,
     recon_routes,
     risk_routes,
+    rtp_routes,
+    rtp_service,
     schedule_routes,
 )
 from paynode.api.context import Context, open_context
@@ -55,7 +59,7 @@ _NO_TELEMETRY: dict[str, Any] = (
 ROUTERS = (
     ledger_routes, ops_routes, identity_routes, key_routes, recon_routes, notify_routes,
     device_routes, inbound_routes, handle_routes, rails_routes, ach_routes, risk_routes,
-    schedule_routes, fx_routes, ach_ops_routes, monitor_routes,
+    schedule_routes, fx_routes, ach_ops_routes, monitor_routes, link_routes, rtp_routes,
 )  # fmt: skip
 
 
@@ -67,7 +71,17 @@ def create_app(settings: Settings, shard_names: list[str], keys: Keyring) -> Any
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with open_context(settings, shard_names, keys, metrics) as ctx:
             app.state.ctx = ctx
-            yield
+            # Every front finishes RTP payments the network answered late (or a crash left).
+            rtp = (
+                asyncio.create_task(rtp_service.follow(ctx))
+                if ctx.rtp_network is not None and settings.rtp.recover_interval_ms > 0
+                else None
+            )
+            try:
+                yield
+            finally:
+                if rtp is not None:
+                    rtp.cancel()
 
     app = FastAPI(
         title="paynode",

@@ -20,6 +20,7 @@ from paynode.actors.heap import settle_heap
 from paynode.actors.host import ServiceRef, find_service
 from paynode.actors.names import (
     ACH_NAME,
+    AGGREGATOR_SIM_NAME,
     ANALYTICS_NAME,
     BANK_SIM_NAME,
     CHECKPOINTER_NAME,
@@ -27,6 +28,7 @@ from paynode.actors.names import (
     NOTIFIER_NAME,
     RECONCILER_NAME,
     RISK_NAME,
+    RTP_SIM_NAME,
 )
 from paynode.actors.risk.actor import RiskPolicy, decode_policy
 from paynode.api import problems as p
@@ -38,6 +40,7 @@ from paynode.api.ledger_client import LedgerClient, Unavailable
 from paynode.api.metrics import FrontMetrics, RiskStats
 from paynode.api.scheduler import follow as scheduler_loop
 from paynode.domain.ledger.model import AccountSpec, Code
+from paynode.domain.rails import rtp_rules
 from paynode.domain.rails.ach_rules import CLEARING_ACCOUNT, MICRODEPOSIT_ACCOUNT
 from paynode.domain.rails.fedach import Participant
 from paynode.domain.settings import Settings
@@ -73,6 +76,9 @@ class Context:
     audit: AuditWriter  # group commit of the transfers' audit records
     metrics: FrontMetrics
     banks: Mapping[str, Participant]  # the FedACH directory (bank names by routing number)
+    aggregator: ServiceRef | None = None  # bank linking (None: the simulator is off)
+    rtp_network: ServiceRef | None = None  # the RTP network (None: not reachable)
+    rtp_participants: frozenset[str] = frozenset()  # routing numbers RTP can credit
 
 
 @asynccontextmanager
@@ -116,6 +122,9 @@ async def open_context(
         audit=AuditWriter(engine),
         metrics=metrics,
         banks=bank_directory.load(settings.ach.directory),
+        aggregator=service(AGGREGATOR_SIM_NAME) if settings.link.sim_enabled else None,
+        rtp_network=service(RTP_SIM_NAME) if settings.rtp_sim.enabled else None,
+        rtp_participants=bank_directory.load_rtp_participants(settings.rtp.participants),
     )
     ctx.audit.start()
     revocations = asyncio.create_task(ctx.auth.follow_revocations(settings.database_url or ""))
@@ -147,7 +156,8 @@ async def _operator_accounts(client: LedgerClient) -> None:
     """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + STARTUP_WAIT_S
-    for account_id in (CLEARING_ACCOUNT, MICRODEPOSIT_ACCOUNT):
+    for account_id in (CLEARING_ACCOUNT, MICRODEPOSIT_ACCOUNT, rtp_rules.CLEARING_ACCOUNT,
+                       rtp_rules.FEES_ACCOUNT):  # fmt: skip
         while True:
             try:
                 result = await client.create_account(AccountSpec(account_id, "USD", 0, "{}", 0, ""))

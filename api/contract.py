@@ -19,12 +19,14 @@ from fastapi.routing import APIRoute
 from paynode.api.ach_schemas import ACH_TYPES
 from paynode.api.fx_schemas import FX_TYPES
 from paynode.api.identity_schemas import IDENTITY_TYPES
+from paynode.api.link_schemas import LINK_TYPES
 from paynode.api.monitor_schemas import MONITOR_TYPES
 from paynode.api.notify_schemas import NOTIFY_TYPES
 from paynode.api.problems import PROBLEM_JSON
 from paynode.api.rails_schemas import RAILS_TYPES
 from paynode.api.recon_schemas import RECON_TYPES
 from paynode.api.risk_schemas import RISK_TYPES
+from paynode.api.rtp_schemas import RTP_TYPES
 from paynode.api.schedule_schemas import SCHEDULE_TYPES
 from paynode.api.schemas import PUBLIC_TYPES, Problem
 
@@ -164,11 +166,13 @@ def install(app: FastAPI, hot_routes: Sequence[Any] = ()) -> None:
                 + RECON_TYPES
                 + NOTIFY_TYPES
                 + RAILS_TYPES
+                + RTP_TYPES
                 + ACH_TYPES
                 + RISK_TYPES
                 + SCHEDULE_TYPES
                 + FX_TYPES
-                + MONITOR_TYPES,
+                + MONITOR_TYPES
+                + LINK_TYPES,
                 ref_template=_REF,
             )
             schema.setdefault("components", {}).setdefault("schemas", {}).update(components)

@@ -16,7 +16,7 @@ import re
 
 from starlette.requests import Request
 
-from paynode.api import ach_routes, risk_gate
+from paynode.api import ach_routes, risk_gate, rtp_service
 from paynode.api import problems as p
 from paynode.api.audit_writer import audit
 from paynode.api.auth.scopes import Principal
@@ -25,19 +25,20 @@ from paynode.api.handle_routes import lookup, normalized
 from paynode.api.rails_schemas import PaymentIn, RefundIn
 from paynode.api.schemas import TransferIn
 from paynode.domain.ledger.model import RETRYABLE, Code
+from paynode.domain.rails import rtp_rules
 from paynode.domain.rails.ach_rules import (
     CLEARING_ACCOUNT,
     SAME_DAY_LIMIT,
     cancel_transfer_id,
     hold_transfer_id,
 )
-from paynode.storage import ach, payments
+from paynode.storage import ach, link, payments, rtp
 
 # Bank account ids as api/ach_routes.py makes them (new_id("ba")); anything else is an account.
 BANK_ACCOUNT_ID = re.compile(r"ba_[0-9a-f]{32}\Z")
 
 _SAME_FIELDS = ("owner_user_id", "debit_account_id", "credit_account_id", "amount", "currency",
-                "rail", "memo", "same_day")  # fmt: skip
+                "rail", "memo", "same_day", "bank_account_id")  # fmt: skip
 _WAITING = ("requires_action", "in_review")  # answered 202: money has not moved yet
 
 
@@ -51,9 +52,10 @@ async def make(
     if all(banks) or (body.rail == "wallet" and any(banks)):
         raise p.ApiError(p.RAIL_NOT_AVAILABLE, "one side must be a wallet", "$.rail")
     if any(banks):
-        wanted, payee_owner = await _plan_ach(ctx, principal, body, push=banks[1])
-    elif body.rail == "ach":
-        raise p.ApiError(p.RAIL_NOT_AVAILABLE, "ACH needs a linked bank account", "$.rail")
+        wanted, payee_owner = await _plan_bank(ctx, principal, body, push=banks[1])
+    elif body.rail in ("ach", "rtp"):
+        raise p.ApiError(p.RAIL_NOT_AVAILABLE, f"{body.rail.upper()} needs a linked bank account",
+                         "$.rail")  # fmt: skip
     else:
         wanted, payee_owner = await _plan_wallet(ctx, principal, body)
     stored, created = await _record(ctx, request, principal, wanted, payee_owner)
@@ -132,10 +134,12 @@ async def _plan_wallet(
     return wanted, specs[credit].owner or None
 
 
-async def _plan_ach(
+async def _plan_bank(
     ctx: Context, principal: Principal, body: PaymentIn, push: bool
 ) -> tuple[payments.Payment, str | None]:
-    """wallet -> bank is a NACHA credit (push); bank -> wallet a NACHA debit (pull)."""
+    """Between a wallet and a bank account: RTP when asked for (``rail: "rtp"``, or
+    ``instant`` with ``rail: "auto"``), which only sends (wallet -> bank); else ACH:
+    wallet -> bank is a NACHA credit (push), bank -> wallet a NACHA debit (pull)."""
     bank_ref, wallet_ref = (body.to, body.from_) if push else (body.from_, body.to)
     field = "$.to" if push else "$.from"
     bank = await ach_routes.own_bank_account(ctx, principal, bank_ref)
@@ -143,6 +147,23 @@ async def _plan_ach(
         raise p.ApiError(p.BANK_ACCOUNT_CLOSED, field=field)
     if bank.status != "verified":
         raise p.ApiError(p.BANK_ACCOUNT_NOT_VERIFIED, field=field)
+    async with ctx.engine.connect() as conn:
+        # Linked through an aggregator whose bank wants a new login: no new payment (a
+        # replay of one made before still answers with it).
+        if (await link.payment_block(conn, bank.id) == "login_required"
+                and await payments.get(conn, body.id) is None):  # fmt: skip
+            raise p.ApiError(p.BANK_LINK_LOGIN_REQUIRED, field=field)
+    if body.rail == "rtp" or (body.rail == "auto" and body.instant):
+        if not push:
+            detail = "RTP only sends; pull from a bank account with ACH"
+            raise p.ApiError(p.RAIL_NOT_AVAILABLE, detail, "$.rail")
+        if body.same_day:
+            raise p.ApiError(p.INVALID_FIELD, "same_day is an ACH option", "$.same_day")
+        rtp_service.check(ctx, body.amount, body.currency, bank.routing_number, field)
+        return await _plan_rtp(ctx, principal, body, bank.id), None
+    if body.instant:
+        raise p.ApiError(p.RAIL_NOT_AVAILABLE, "ACH is not instant: ask for rail rtp or auto",
+                         "$.instant")  # fmt: skip
     if body.currency != "USD":
         raise p.ApiError(Code.CURRENCY_MISMATCH, "ACH moves USD", "$.currency")
     if body.same_day and body.amount > SAME_DAY_LIMIT:
@@ -165,6 +186,28 @@ async def _plan_ach(
     return wanted, None
 
 
+async def _plan_rtp(
+    ctx: Context, principal: Principal, body: PaymentIn, bank_account_id: str | None,
+    to_ref: str | None = None,
+) -> payments.Payment:  # fmt: skip
+    """wallet -> an account at another bank, now: a pacs.008 on RTP."""
+    wallet = await _account_of(ctx, body.from_, "$.from")
+    spec = (await ctx.client.resolve({wallet})).get(wallet)
+    if spec is None:
+        raise p.ApiError(Code.ACCOUNT_NOT_FOUND, field="$.from")
+    check_owner(principal, spec.owner)
+    now = dt.datetime.now(dt.UTC)
+    return payments.Payment(
+        id=body.id, owner_user_id=principal.user_id, from_ref=body.from_,
+        to_ref=to_ref or body.to, debit_account_id=wallet,
+        credit_account_id=rtp_rules.CLEARING_ACCOUNT, amount=body.amount,
+        currency=body.currency, rail=rtp_rules.RAIL, memo=body.memo, status="processing",
+        failure_code=None, transfer_id=rtp_rules.hold_transfer_id(body.id), refunded_amount=0,
+        created_at=now, updated_at=now, bank_account_id=bank_account_id,
+        fee=rtp_service.fee_of(ctx, body.amount),
+    )  # fmt: skip
+
+
 async def execute(ctx: Context, pay: payments.Payment) -> payments.Payment:
     """Move the money of a processing payment; safe to repeat (the transfer id is fixed).
 
@@ -173,6 +216,10 @@ async def execute(ctx: Context, pay: payments.Payment) -> payments.Payment:
     entry waits for the next cutoff. Ownership was checked when it was made.
     """
     assert pay.status == "processing", pay.status
+    if pay.rail == rtp_rules.RAIL:
+        async with ctx.engine.connect() as conn:
+            request_id = await rtp.request_paid_by(conn, pay.id)
+        return await rtp_service.execute(ctx, pay, request_id)
     ach_rail = pay.rail == "ach"
     transfer = TransferIn(
         id=pay.transfer_id or "", debit_account_id=pay.debit_account_id,
@@ -213,6 +260,8 @@ async def refund(
 ) -> tuple[payments.Refund, int]:
     """Refund (part of) a payment, or replay the refund: (the refund, HTTP status)."""
     pay = await visible(ctx, principal, payment_id)
+    if pay.rail == rtp_rules.RAIL:
+        raise p.ApiError(p.PAYMENT_NOT_REFUNDABLE)
     # The payee gives the money back: only whoever may debit the credited account.
     payee = (await ctx.client.resolve({pay.credit_account_id})).get(pay.credit_account_id)
     check_owner(principal, payee.owner if payee else "")
@@ -270,3 +319,54 @@ async def cancel(
         raise p.ApiError(outcome.code, "canceled; the hold is released when you call again")
     assert not outcome.code, f"the hold of a canceled payment refused its void: {outcome.code}"
     return pay
+
+
+async def pay_request(
+    ctx: Context, request: Request, principal: Principal, request_id: str, payment_id: str,
+    memo: str,
+) -> tuple[payments.Payment, int]:  # fmt: skip
+    """Accept a request for payment: pay its creditor now on RTP, or replay the accept.
+
+    The request is marked accepted (naming the payment) before the payment exists, under
+    its row lock: two accepts never make two payments, and an accept repeated after a
+    crash (same ``payment_id``) goes on where the first stopped. A payment the network
+    rejects gives the request back to the payer (``rtp_service.apply``).
+    """
+    req = await visible_request(ctx, principal, request_id)
+    rtp_service.check(ctx, req.amount, req.currency, req.creditor_routing, "$.payment_id")
+    expired = False
+    async with ctx.engine.begin() as conn:
+        req = await rtp.get_request(conn, req.id, lock=True) or req
+        if req.status == "pending" and req.expires_at <= dt.datetime.now(dt.UTC):
+            req = await rtp.decide_request(conn, req.id, "expired", None)
+            expired = True
+        elif req.status == "pending":
+            req = await rtp.decide_request(conn, req.id, "accepted", payment_id)
+    if expired or req.status == "expired":
+        raise p.ApiError(p.RTP_REQUEST_EXPIRED)
+    if req.status != "accepted" or req.payment_id != payment_id:
+        raise p.ApiError(p.RTP_REQUEST_ANSWERED, f"the request is {req.status}")
+    body = PaymentIn(
+        id=payment_id, to=f"rfp:{req.id}", amount=req.amount, currency=req.currency,
+        from_=req.account_id, rail="rtp", memo=memo,
+    )  # fmt: skip
+    wanted = await _plan_rtp(ctx, principal, body, None, body.to)
+    stored, created = await _record(ctx, request, principal, wanted, None)
+    if not created and any(getattr(stored, f) != getattr(wanted, f) for f in _SAME_FIELDS):
+        raise p.ApiError(Code.EXISTS_WITH_DIFFERENT_FIELDS, field="$.payment_id")
+    if created:
+        await rtp_service.answer_request(ctx, req, accepted=True)
+    if stored.status in _WAITING:
+        return stored, 202
+    if stored.status != "processing":
+        return stored, 201 if created else 200
+    return await execute(ctx, stored), 201 if created else 200
+
+
+async def visible_request(ctx: Context, principal: Principal, request_id: str) -> rtp.Request:
+    """A request for payment this principal may see (someone else's does not exist: 404)."""
+    async with ctx.engine.connect() as conn:
+        found = await rtp.get_request(conn, request_id) if len(request_id) <= 64 else None
+    if found is None or not principal.owns(found.owner_user_id):
+        raise p.ApiError(p.RTP_REQUEST_NOT_FOUND)
+    return found

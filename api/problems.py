@@ -120,6 +120,18 @@ INVALID_IDEMPOTENCY_KEY = "invalid_idempotency_key"
 IDEMPOTENCY_KEY_NEEDS_CREDENTIAL = "idempotency_key_needs_credential"
 IDEMPOTENCY_KEY_REUSED = "idempotency_key_reused"
 IDEMPOTENCY_KEY_IN_USE = "idempotency_key_in_use"
+AMOUNT_OVER_RAIL_LIMIT = "amount_over_rail_limit"
+PAYMENT_NOT_REFUNDABLE = "payment_not_refundable"
+RTP_REQUEST_NOT_FOUND = "rtp_request_not_found"
+RTP_REQUEST_ANSWERED = "rtp_request_already_answered"
+RTP_REQUEST_EXPIRED = "rtp_request_expired"
+LINK_ITEM_NOT_FOUND = "link_item_not_found"
+INVALID_LINK_TOKEN = "invalid_link_token"
+INVALID_PUBLIC_TOKEN = "invalid_public_token"
+INSTITUTION_NOT_FOUND = "institution_not_found"
+BANK_LINK_LOGIN_REQUIRED = "bank_link_login_required"
+LINK_ITEM_CLOSED = "link_item_closed"
+AGGREGATOR_UNAVAILABLE = "aggregator_unavailable"
 
 _TABLE: dict[str, tuple[int, str]] = {
     MALFORMED_JSON: (400, "Request body is not valid JSON"),
@@ -225,6 +237,24 @@ _TABLE: dict[str, tuple[int, str]] = {
     ),
     IDEMPOTENCY_KEY_REUSED: (409, "This Idempotency-Key was used for a different request"),
     IDEMPOTENCY_KEY_IN_USE: (409, "A request with this Idempotency-Key is still running; retry"),
+    AMOUNT_OVER_RAIL_LIMIT: (422, "Amount above the rail's per-payment limit"),
+    PAYMENT_NOT_REFUNDABLE: (
+        409,
+        "RTP payments are final (no returns): the payee sends the money back as a new payment",
+    ),
+    RTP_REQUEST_NOT_FOUND: (404, "Request for payment not found"),
+    RTP_REQUEST_ANSWERED: (409, "The request for payment was already answered"),
+    RTP_REQUEST_EXPIRED: (409, "The request for payment expired"),
+    LINK_ITEM_NOT_FOUND: (404, "Linked bank item not found"),
+    INVALID_LINK_TOKEN: (422, "Link token unknown, expired, used or not yours"),
+    INVALID_PUBLIC_TOKEN: (422, "Public token unknown, expired or not yours"),
+    INSTITUTION_NOT_FOUND: (422, "No such institution at the aggregator"),
+    BANK_LINK_LOGIN_REQUIRED: (
+        409,
+        "The bank wants a new login: re-link the item (POST /v1/link/tokens with its item_id)",
+    ),
+    LINK_ITEM_CLOSED: (409, "The linked item was revoked or removed; link the bank again"),
+    AGGREGATOR_UNAVAILABLE: (503, "The bank-linking provider is unavailable; retry"),
     Code.EXISTS_WITH_DIFFERENT_FIELDS: (409, "Id exists with different fields"),
     Code.EXISTS: (409, "Part of this linked chain already exists"),
     Code.TRANSFER_IN_FLIGHT: (409, "A transfer with this id is being decided; retry"),

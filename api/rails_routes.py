@@ -23,11 +23,14 @@ from paynode.api.rails_schemas import (
     RefundOut,
     RiskOut,
     RiskReasonOut,
+    RtpOut,
     StatusChangeOut,
 )
 from paynode.domain.rails.ach_rules import SAME_DAY_LIMIT, effective
+from paynode.domain.rails.iso20022 import REASONS
 from paynode.domain.rails.nacha import RETURN_CODES
-from paynode.storage import ach, payments
+from paynode.domain.rails.rtp_rules import RAIL
+from paynode.storage import ach, payments, rtp
 from paynode.storage import risk as risk_store
 
 router = APIRouter(tags=["payments"])
@@ -81,12 +84,33 @@ async def payment_out(ctx: Context, pay: payments.Payment) -> PaymentOut:
         return_code=pay.return_code,
         return_reason=RETURN_CODES.get(pay.return_code) if pay.return_code else None,
         estimated_settlement_date=await _settlement_date(ctx, pay),
+        fee=pay.fee,
+        rtp=await _rtp_out(ctx, pay),
+    )
+
+
+async def _rtp_out(ctx: Context, pay: payments.Payment) -> RtpOut | None:
+    if pay.rail != RAIL:
+        return None
+    async with ctx.engine.connect() as conn:
+        t = await rtp.transfer_of(conn, pay.id)
+        request_id = await rtp.request_paid_by(conn, pay.id)
+    if t is None:  # processing: not held yet
+        return None
+    return RtpOut(
+        end_to_end_id=t.end_to_end_id,
+        status=t.status,  # type: ignore[arg-type]
+        reason_code=t.reason,
+        reason=REASONS.get(t.reason) if t.reason else None,
+        request_id=t.request_id or request_id,
     )
 
 
 async def _settlement_date(ctx: Context, pay: payments.Payment) -> dt.date | None:
     """ACH: the entry's effective date once a file took it, else the date the next
-    cutoff would give it now."""
+    cutoff would give it now. RTP settles as it completes, any day of the year."""
+    if pay.rail == RAIL:
+        return pay.updated_at.date() if pay.status == "completed" else None
     if pay.rail != "ach" or pay.status in ("failed", "canceled"):
         return None
     async with ctx.engine.connect() as conn:
@@ -106,7 +130,9 @@ def _refund_out(r: payments.Refund) -> RefundOut:
     openapi_extra=contract.body(PaymentIn),
     responses=contract.replies(
         {
-            201: (PaymentOut, "Made (completed or failed; ACH: pending)"),
+            201: (PaymentOut, "Made (completed or failed; ACH: pending; RTP: completed or"
+                  " failed once the network answers, pending if it has not within"
+                  " rtp.timeout_ms)"),
             200: (PaymentOut, "Replay"),
             202: (PaymentOut, "Waiting: requires_action (confirm with the one-time code"
                   " sent to your devices) or in_review (held for a compliance review)"),
@@ -147,7 +173,7 @@ async def list_payments(
     ctx: Ctx,
     principal: Annotated[Principal, Depends(require("payments:read"))],
     status: Annotated[PaymentStatus | None, Query()] = None,
-    rail: Annotated[Literal["wallet", "ach"] | None, Query()] = None,
+    rail: Annotated[Literal["wallet", "ach", "rtp"] | None, Query()] = None,
     after: Annotated[str | None, Query(max_length=64)] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
 ) -> Response:

@@ -36,9 +36,12 @@ class PaymentIn(msgspec.Struct, forbid_unknown_fields=True):
     amount: Amount
     currency: Currency
     from_: Ref = msgspec.field(name="from")
-    rail: Literal["auto", "wallet", "ach"] = "auto"
+    # auto: wallet between wallets; with a bank account, RTP if instant else ACH
+    rail: Literal["auto", "wallet", "ach", "rtp"] = "auto"
     memo: Annotated[str, Meta(max_length=140)] = ""
     same_day: bool = False  # ACH only: settle today if before the same-day cutoff
+    # To a bank account: now, on RTP (24x7, final, with rtp.fee_* on top), or refused
+    instant: bool = False
 
 
 class StatusChangeOut(msgspec.Struct):
@@ -94,6 +97,18 @@ class NextActionOut(msgspec.Struct):
     attempts_left: int
 
 
+class RtpOut(msgspec.Struct, kw_only=True):
+    """An RTP payment's exchange with the network. RTP is final: an accepted payment is
+    never returned (its status never becomes ``returned``); a rejected one is ``failed``
+    with every cent of amount and fee back in the wallet."""
+
+    end_to_end_id: str
+    status: Literal["sending", "accepted", "rejected"]
+    reason_code: str | None  # ISO 20022 status reason (AC03, ...) of a rejection
+    reason: str | None
+    request_id: str | None  # the request for payment this pays, if any
+
+
 class ConfirmIn(msgspec.Struct, forbid_unknown_fields=True):
     otp: Annotated[str, Meta(min_length=1, max_length=16, description="The 6-digit code")]
 
@@ -107,7 +122,7 @@ class PaymentOut(msgspec.Struct, kw_only=True):
     credit_account_id: str
     amount: int
     currency: str
-    rail: Literal["wallet", "ach"]
+    rail: Literal["wallet", "ach", "rtp"]
     memo: str
     failure_code: str | None
     transfer_id: str | None
@@ -126,6 +141,8 @@ class PaymentOut(msgspec.Struct, kw_only=True):
     risk: RiskOut | None = None  # None: an operator's payment (not gated)
     next_action: NextActionOut | None = None  # set while status is requires_action
     review_id: str | None = None  # set while status is in_review
+    fee: int = 0  # paid on top of amount (RTP), minor units
+    rtp: RtpOut | None = None  # set for RTP payments
 
 
 class PaymentPage(msgspec.Struct):
@@ -140,5 +157,5 @@ class RefundIn(msgspec.Struct, forbid_unknown_fields=True):
 
 RAILS_TYPES = (
     HandleIn, HandleOut, PaymentIn, PaymentOut, PaymentPage, RefundIn, RefundOut, StatusChangeOut,
-    ConfirmIn, RiskOut, RiskReasonOut, NextActionOut,
+    ConfirmIn, RiskOut, RiskReasonOut, NextActionOut, RtpOut,
 )  # fmt: skip

@@ -183,6 +183,37 @@ class FxSettings(Section, frozen=True):
     max_rate_age_s: Annotated[int, Meta(ge=60, le=30 * 86_400)] = 86_400
 
 
+class RtpSettings(Section, frozen=True):
+    """Instant payments on the RTP network (api/rtp_service.py)."""
+
+    enabled: bool = True  # our bank is an RTP participant (sends instant payments)
+    # Our bank's routing number on the network; "" = ach.odfi_routing
+    routing: str = ""
+    # Per-payment limit in minor units; never above the network's $1,000,000
+    limit: Annotated[int, Meta(ge=1, le=1_000_000_00)] = 1_000_000_00
+    # The sender's fee: fixed minor units plus basis points of the amount
+    fee_fixed: Annotated[int, Meta(ge=0, le=100_000)] = 25
+    fee_bps: Annotated[int, Meta(ge=0, le=1000)] = 0
+    # How long a payment call waits for the network's answer (then: pending)
+    timeout_ms: Annotated[int, Meta(ge=100, le=60_000)] = 5000
+    # How often each front asks the network about payments unanswered past timeout_ms
+    recover_interval_ms: Annotated[int, Meta(ge=0, le=3_600_000)] = 1000
+    # RTP participants (routing number per line, # comments); "" = the shipped sample
+    participants: str = ""
+    # Requests for payment a user may receive before the oldest pending are refused
+    max_pending_requests: Annotated[int, Meta(ge=1, le=100_000)] = 1000
+
+
+class RtpSimSettings(Section, frozen=True):
+    """The simulated RTP network, used without a real one."""
+
+    enabled: bool = True
+    # How long a simulated receiving bank takes to answer
+    delay_ms: Annotated[int, Meta(ge=0, le=20_000)] = 50
+    # JSON {"account number": "AC03"}; "" = the built-in table
+    rejects: str = ""
+
+
 class BankSimSettings(Section, frozen=True):
     """The simulated bank, used without a real one."""
 
@@ -191,6 +222,15 @@ class BankSimSettings(Section, frozen=True):
     delay_s: Annotated[float, Meta(ge=0, le=3600)] = 2.0
     # JSON {"account number": "R01"}; "" = the built-in table
     returns: str = ""
+
+
+class LinkSettings(Section, frozen=True):
+    """Bank linking through an account aggregator (api/link_routes.py)."""
+
+    # The simulated aggregator (actors/aggregator_sim.py; no real one here)
+    sim_enabled: bool = True
+    # A link token's life (Plaid's: 4 hours)
+    token_ttl_s: Annotated[int, Meta(ge=60, le=86_400)] = 14_400
 
 
 class RiskSettings(Section, frozen=True):
@@ -268,7 +308,10 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
     ach: AchSettings = _default(AchSettings)
     schedule: ScheduleSettings = _default(ScheduleSettings)
     fx: FxSettings = _default(FxSettings)
+    rtp: RtpSettings = _default(RtpSettings)
+    rtp_sim: RtpSimSettings = _default(RtpSimSettings)
     bank_sim: BankSimSettings = _default(BankSimSettings)
+    link: LinkSettings = _default(LinkSettings)
     risk: RiskSettings = _default(RiskSettings)
     sanctions: SanctionsSettings = _default(SanctionsSettings)
     otp: OtpSettings = _default(OtpSettings)
@@ -315,8 +358,9 @@ SECTIONS: dict[str, str] = {
     "ledger": "", "batch": "batch_", "http": "", "auth": "", "rate": "rate_",
     "ip_rate": "ip_rate_", "auth_rate": "auth_rate_", "analytics": "analytics_",
     "recon": "recon_", "notify": "notify_", "webhook": "webhook_", "inbound": "inbound_",
-    "ach": "ach_", "schedule": "schedule_", "fx": "fx_", "bank_sim": "bank_sim_", "risk": "risk_",
-    "sanctions": "sanctions_", "otp": "otp_",
+    "ach": "ach_", "schedule": "schedule_", "fx": "fx_", "rtp": "rtp_", "rtp_sim": "rtp_sim_",
+    "bank_sim": "bank_sim_", "risk": "risk_",
+    "sanctions": "sanctions_", "otp": "otp_", "link": "link_",
 }  # fmt: skip
 # Settings whose name changed (one unit per concept; sections): named in the error.
 RENAMED = {

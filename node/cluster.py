@@ -129,6 +129,20 @@ def app_from_env() -> Any:
         sim: Any = find_service(BANK_SIM_NAME, settings.namespace)
         providers[PROVIDER] = ray.get(sim.signing_secret.remote(), timeout=60)
         settings = replace(settings, webhook_providers=msgspec.json.encode(providers).decode())
+    from paynode.actors.aggregator_sim import PROVIDER as AGGREGATOR
+    from paynode.actors.names import AGGREGATOR_SIM_NAME
+
+    if settings.link.sim_enabled and AGGREGATOR not in providers:
+        agg: Any = find_service(AGGREGATOR_SIM_NAME, settings.namespace)
+        providers[AGGREGATOR] = ray.get(agg.signing_secret.remote(), timeout=60)
+        settings = replace(settings, webhook_providers=msgspec.json.encode(providers).decode())
+    from paynode.actors.names import RTP_SIM_NAME
+    from paynode.actors.rtp_sim import PROVIDER as RTP
+
+    if settings.rtp_sim.enabled and RTP not in providers:
+        rtp: Any = find_service(RTP_SIM_NAME, settings.namespace)
+        providers[RTP] = ray.get(rtp.signing_secret.remote(), timeout=60)
+        settings = replace(settings, webhook_providers=msgspec.json.encode(providers).decode())
     keys = load(settings.data_path(), settings.keyring)
     log.info("API worker %d: %d shards found", os.getpid(), len(names))
     return create_app(settings, names, keys)

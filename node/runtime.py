@@ -14,6 +14,7 @@ import logging
 import os
 import secrets
 import signal
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,7 @@ import psycopg
 
 from paynode.actors.names import (
     ACH_NAME,
+    AGGREGATOR_SIM_NAME,
     ANALYTICS_NAME,
     BANK_SIM_NAME,
     CHECKPOINTER_NAME,
@@ -170,14 +172,23 @@ def ray_token(settings: Settings) -> str:
     return Path(path).read_text().strip()
 
 
-def start_ray(settings: Settings) -> bool:
-    """Connect to RAY_ADDRESS, or start a local Ray on 127.0.0.1 with token auth."""
+def ray_environment() -> None:
+    """Set what Ray reads once, when it is imported: loopback only, token authentication,
+    workers not niced. A process that imports Ray before ``start_ray`` (a test runner, a
+    plugin) calls this first, or its Ray would start without them."""
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     # Ray starts workers at nice 15; shards hold the commit path and must not
     # lose the CPU to the front or a load generator on the same machine.
     os.environ.setdefault("RAY_worker_niceness", "0")
     os.environ["RAY_AUTH_MODE"] = "token"
-    os.environ["RAY_AUTH_TOKEN"] = ray_token(settings)
+
+
+def start_ray(settings: Settings) -> bool:
+    """Connect to RAY_ADDRESS, or start a local Ray on 127.0.0.1 with token auth."""
+    if "ray" in sys.modules and os.environ.get("RAY_AUTH_MODE") != "token":
+        raise RuntimeError("Ray was imported before start_ray: call ray_environment() first")
+    ray_environment()
+    os.environ["RAY_AUTH_TOKEN"] = ray_token(settings)  # read when Ray connects
     import ray
 
     if ray.is_initialized():
@@ -382,6 +393,8 @@ def start_helpers(
             settings.notify, settings.webhook, settings.otp, data_dir, keyring, database_url,
         )),
         *([_bank_simulator(settings)] if settings.bank_sim.enabled else []),
+        *([_aggregator_simulator(settings)] if settings.link.sim_enabled else []),
+        *([_rtp_simulator(settings)] if settings.rtp_sim.enabled else []),
         ServiceSpec(ACH_NAME, AchOriginator, (
             settings.ach, data_dir, keyring, settings.namespace, database_url,
             settings.bank_sim.enabled,
@@ -437,17 +450,47 @@ def _bank_simulator(settings: Settings) -> Any:
     ))  # fmt: skip
 
 
+def _aggregator_simulator(settings: Settings) -> Any:
+    """The simulated account aggregator (bank linking), signing with its own secret."""
+    from paynode.actors.aggregator_sim import PROVIDER, AggregatorSimulator
+    from paynode.actors.host import ServiceSpec
+
+    secret = settings.providers()[PROVIDER]  # with_bank_secret made it
+    return ServiceSpec(AGGREGATOR_SIM_NAME, AggregatorSimulator, (
+        settings.front_url(), secret, settings.link.token_ttl_s,
+    ))  # fmt: skip
+
+
+def _rtp_simulator(settings: Settings) -> Any:
+    """The simulated RTP network, signing its requests for payment with its own secret."""
+    from paynode.actors.host import ServiceSpec
+    from paynode.actors.names import RTP_SIM_NAME
+    from paynode.actors.rtp_sim import PROVIDER, RtpNetworkSimulator
+    from paynode.storage.bank_directory import load_rtp_participants
+
+    rejects = json.loads(settings.rtp_sim.rejects) if settings.rtp_sim.rejects else None
+    return ServiceSpec(RTP_SIM_NAME, RtpNetworkSimulator, (
+        settings.front_url(), settings.providers()[PROVIDER], settings.rtp_sim.delay_ms,
+        sorted(load_rtp_participants(settings.rtp.participants)), rejects,
+    ))  # fmt: skip
+
+
 def with_bank_secret(settings: Settings) -> Settings:
-    """The settings with a signing secret for the simulated bank's webhooks (one made up
-    for this run when none is configured): the front verifies what the actor signs."""
-    if not settings.bank_sim.enabled:
-        return settings
+    """The settings with a signing secret for the simulated bank's webhooks and the
+    simulated aggregator's (one made up for this run when none is configured): the front
+    verifies what the actors sign."""
+    from paynode.actors.aggregator_sim import PROVIDER as AGGREGATOR
     from paynode.actors.bank_sim import PROVIDER
+    from paynode.actors.rtp_sim import PROVIDER as RTP
 
     providers = settings.providers()
-    if PROVIDER in providers:
+    wanted = [p for p, on in ((PROVIDER, settings.bank_sim.enabled),
+                              (AGGREGATOR, settings.link.sim_enabled),
+                              (RTP, settings.rtp_sim.enabled)) if on]  # fmt: skip
+    if all(p in providers for p in wanted):
         return settings
-    providers[PROVIDER] = secrets.token_urlsafe(32)
+    for p in wanted:
+        providers.setdefault(p, secrets.token_urlsafe(32))
     return replace(settings, webhook_providers=json.dumps(providers))
 
 

@@ -3,6 +3,14 @@
 Account numbers, holder names, micro-deposit amounts and whole NACHA files
 (which hold account numbers) are sealed with :mod:`storage.pii`; responses
 carry the last 4 digits only.
+
+Routing numbers are stored in the clear, on purpose: a routing number names a
+bank, not a person or an account. It is printed on every check and published
+by the Federal Reserve in the FedACH directory (storage/data/), so sealing it
+hides nothing an attacker cannot look up, while the node needs it in the
+clear to name the bank (the directory join), to validate it, to group entries
+by receiving bank and for operators to read. The account number is what
+makes a debit possible, and it is sealed.
 """
 
 from __future__ import annotations
@@ -35,6 +43,13 @@ class BankAccount(msgspec.Struct, kw_only=True):
     created_at: dt.datetime
     verified_at: dt.datetime | None
     is_default: bool = False
+    # Linked through an aggregator (migration 22): verified without micro-deposits
+    link_item_id: str | None = None
+    account_name: str | None = None
+    verification_method: str = "microdeposits"
+    balance_available: int | None = None
+    balance_current: int | None = None
+    balances_at: dt.datetime | None = None
 
 
 class BankDetails(msgspec.Struct, kw_only=True):
@@ -92,6 +107,100 @@ async def create_bank_account(
         )
     ).one()
     return _row(row)
+
+
+async def create_linked_bank_account(
+    conn: AsyncConnection,
+    keys: Keyring,
+    account_id: str,
+    owner: str,
+    link_item_id: str,
+    external_account_id: str,
+    routing: str,
+    account_number: str,
+    account_type: str,
+    holder_name: str,
+    account_name: str,
+    balances: tuple[int | None, int],
+) -> tuple[BankAccount, bool]:
+    """An item's account, verified by the aggregator (the bank told it the numbers):
+    (the account, created). The item's account already here is returned as it is."""
+    row = (
+        await conn.execute(
+            sa.text(
+                "INSERT INTO bank_accounts (id, owner_user_id, routing_number, account_ct,"
+                " account_last4, account_type, holder_type, holder_ct, status, verified_at,"
+                " link_item_id, external_account_id, account_name, verification_method,"
+                " balance_available, balance_current, balances_at) VALUES (:id, :owner,"
+                " :routing, :acct, :last4, :type, 'individual', :holder, 'verified', now(),"
+                " :item, :ext, :name, 'instant', :avail, :cur, now())"
+                " ON CONFLICT (link_item_id, external_account_id)"
+                f" WHERE link_item_id IS NOT NULL DO NOTHING RETURNING {_COLS}"
+            ),
+            {
+                "id": account_id,
+                "owner": owner,
+                "routing": routing,
+                "acct": _seal(keys, account_number, "account_ct", account_id),
+                "last4": account_number[-4:],
+                "type": account_type,
+                "holder": _seal(keys, holder_name, "holder_ct", account_id),
+                "item": link_item_id,
+                "ext": external_account_id,
+                "name": account_name,
+                "avail": balances[0],
+                "cur": balances[1],
+            },
+        )
+    ).first()
+    if row is not None:
+        return _row(row), True
+    found = (
+        await conn.execute(
+            sa.text(
+                f"SELECT {_COLS} FROM bank_accounts WHERE link_item_id = :item"
+                " AND external_account_id = :ext"
+            ),
+            {"item": link_item_id, "ext": external_account_id},
+        )
+    ).one()
+    return _row(found), False
+
+
+async def set_balances(
+    conn: AsyncConnection, link_item_id: str, external_account_id: str,
+    balances: tuple[int | None, int],
+) -> None:  # fmt: skip
+    await conn.execute(
+        sa.text(
+            "UPDATE bank_accounts SET balance_available = :avail, balance_current = :cur,"
+            " balances_at = now() WHERE link_item_id = :item AND external_account_id = :ext"
+        ),
+        {"avail": balances[0], "cur": balances[1], "item": link_item_id,
+         "ext": external_account_id},
+    )  # fmt: skip
+
+
+async def close_item_accounts(conn: AsyncConnection, link_item_id: str) -> list[str]:
+    """Close every open bank account of an item (unlinked or consent revoked): their ids."""
+    rows = await conn.execute(
+        sa.text(
+            "UPDATE bank_accounts SET status = 'closed', is_default = false"
+            " WHERE link_item_id = :item AND status <> 'closed' RETURNING id"
+        ),
+        {"item": link_item_id},
+    )
+    return [r[0] for r in rows]
+
+
+async def item_accounts(conn: AsyncConnection, link_item_id: str) -> list[BankAccount]:
+    rows = await conn.execute(
+        sa.text(
+            f"SELECT {_COLS} FROM bank_accounts WHERE link_item_id = :item ORDER BY created_at, id"
+        ),
+        {"item": link_item_id},
+    )
+    return [_row(r) for r in rows]
 
 
 async def get_bank_account(
@@ -180,10 +289,10 @@ async def verify(
             {"id": account_id},
         )
     ).one()
-    account, sealed = _row(row[:-1]), bytes(row[-1])
-    if account.status != "pending_verification":
+    account, sealed = _row(row[:-1]), row[-1]
+    if account.status != "pending_verification" or sealed is None:  # None: linked instantly
         return account, account.status == "verified"
-    expected = pii.open_(keys, sealed, "bank_accounts", "micro_ct", account_id)
+    expected = pii.open_(keys, bytes(sealed), "bank_accounts", "micro_ct", account_id)
     given = ",".join(str(a) for a in sorted(amounts))
     want = ",".join(sorted(expected.split(","), key=int))
     matched = hmac.compare_digest(given, want)

@@ -30,3 +30,31 @@ def load(path: str = "") -> dict[str, Participant]:
             encoding="ascii"
         )
     return parse(text.splitlines())
+
+
+def load_rtp_participants(path: str = "") -> frozenset[str]:
+    """The routing numbers an RTP credit can reach: ``rtp.participants`` (a routing number
+    at the start of each line; ``#`` comments), or the package's sample when unset."""
+    if path:
+        try:
+            if Path(path).stat().st_size > MAX_FILE_BYTES:
+                raise ValueError(f"rtp_participants {path}: larger than {MAX_FILE_BYTES} bytes")
+            text = Path(path).read_text(encoding="ascii")
+        except (OSError, UnicodeDecodeError) as e:
+            raise ValueError(
+                f"rtp_participants {path}: not readable ({type(e).__name__})"
+            ) from None
+    else:
+        text = (resources.files("paynode.storage") / "data" / "rtp_participants.txt").read_text(
+            encoding="ascii"
+        )
+    found = set()
+    for n, line in enumerate(text.splitlines(), 1):
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        routing = line.split()[0]
+        if not (len(routing) == 9 and routing.isdigit()):
+            raise ValueError(f"rtp_participants line {n}: not a routing number")
+        found.add(routing)
+    return frozenset(found)

@@ -54,9 +54,22 @@ PAYMENT_EVENTS = (
     # a sanctions review; then processing again once confirmed or approved.
     "payment.requires_action", "payment.in_review", "payment.processing",
 )  # fmt: skip
+# Bank linking (api/link_routes.py): the bank wants the user to log in again, the login
+# was repaired, consent is about to expire, the item was revoked or unlinked (its bank
+# accounts closed), balances were read again.
+LINK_EVENTS = (
+    "bank_link.created", "bank_link.login_required", "bank_link.repaired",
+    "bank_link.pending_expiration", "bank_link.revoked", "bank_link.removed",
+    "bank_link.balances_updated",
+)  # fmt: skip
+# RTP: a creditor's request for payment arrived for the user (api/rtp_routes.py).
+RTP_EVENTS = ("rtp.request_received",)
 # Pushed to every device of the user whatever the device's event choice: the code is in it.
 STEP_UP_EVENT = "payment.requires_action"
-EVENT_TYPES: tuple[str, ...] = (*TRANSFER_EVENT.values(), ACCOUNT_CREATED, *PAYMENT_EVENTS)
+EVENT_TYPES: tuple[str, ...] = (
+    *TRANSFER_EVENT.values(), ACCOUNT_CREATED, *PAYMENT_EVENTS, *LINK_EVENTS,
+    *RTP_EVENTS,
+)  # fmt: skip
 MAX_TYPES_PER_SUBSCRIPTION = 64
 
 # -- ids ----------------------------------------------------------------------------

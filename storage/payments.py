@@ -18,6 +18,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from paynode.domain.rails.ach_rules import return_transfer_id
+from paynode.domain.rails.rtp_rules import fee_transfer_id
 from paynode.storage import risk
 from paynode.storage.events import event_id, insert_statement
 from paynode.storage.rows import record
@@ -49,6 +50,7 @@ class Payment(msgspec.Struct, kw_only=True):
     risk_score: int | None = None  # None: not gated (an operator's payment)
     risk_level: str | None = None
     risk_reasons: str | None = None  # JSON list of {"rule", "points", "detail"}
+    fee: int = 0  # paid by the payer on top of the amount (RTP), in minor units
 
 
 class StatusChange(msgspec.Struct):
@@ -109,6 +111,7 @@ def payment_data(p: Payment, extra: dict[str, Any] | None = None) -> dict[str, A
             "currency": p.currency, "debit_account_id": p.debit_account_id,
             "credit_account_id": p.credit_account_id, "transfer_id": p.transfer_id,
             "failure_code": p.failure_code, "refunded_amount": p.refunded_amount,
+            "fee": p.fee,
         }
         | (extra or {})
     }  # fmt: skip
@@ -173,6 +176,8 @@ async def create(conn: AsyncConnection, p: Payment) -> tuple[Payment, bool]:
         return existing, False
     stored = record(Payment, row)
     await register_rail(conn, _rail_transfers(stored), stored.rail, stored.id)
+    if stored.fee:  # its own label: a rail's volume adds up to its payments' amounts
+        await register_rail(conn, [fee_transfer_id(stored.id)], "fee", stored.id)
     await _history(conn, stored.id, stored.status, None)
     await emit(conn, "payment.created", stored)
     return stored, True
@@ -182,8 +187,9 @@ async def create(conn: AsyncConnection, p: Payment) -> tuple[Payment, bool]:
 TRANSITIONS: dict[str, frozenset[str]] = {
     # requires_action (a code) and in_review (an operator) wait before money moves.
     "processing": frozenset({"requires_action", "in_review"}),
-    "completed": frozenset({"processing"}),
-    "failed": frozenset({"processing", "requires_action", "in_review"}),
+    # RTP: pending (held, sent) until the network's pacs.002 accepts or rejects it.
+    "completed": frozenset({"processing", "pending"}),
+    "failed": frozenset({"processing", "requires_action", "in_review", "pending"}),
     "pending": frozenset({"processing"}),
     "submitted": frozenset({"pending"}),
     "settled": frozenset({"submitted"}),
@@ -233,6 +239,21 @@ async def finish(
 ) -> Payment:
     """A wallet payment: processing -> completed or failed (a no-op if it already finished)."""
     return await transition(conn, payment_id, "completed" if ok else "failed", failure_code)
+
+
+async def stuck_processing(
+    conn: AsyncConnection, rail: str, before: dt.datetime, limit: int
+) -> list[Payment]:
+    """Payments of ``rail`` made before ``before`` and still processing: their maker died
+    between recording them and moving their money (a retry finishes them)."""
+    rows = await conn.execute(
+        sa.text(
+            f"SELECT {_COLS} FROM payments WHERE status = 'processing' AND rail = :rail"
+            " AND updated_at < :before ORDER BY updated_at LIMIT :limit"
+        ),
+        {"rail": rail, "before": before, "limit": limit},
+    )
+    return [record(Payment, r) for r in rows]
 
 
 async def history(conn: AsyncConnection, payment_id: str) -> list[StatusChange]:

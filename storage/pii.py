@@ -124,8 +124,10 @@ SEALED_COLUMNS: tuple[SealedTable, ...] = (
     SealedTable("devices", "id", ("token_ct",)),
     SealedTable("inbound_webhooks", "id", ("payload_ct",)),
     SealedTable("bank_accounts", "id", ("account_ct", "holder_ct", "micro_ct")),
+    SealedTable("link_items", "id", ("access_ct",)),
     SealedTable("ach_files", "id", ("content_ct",)),
     SealedTable("otp_challenges", "payment_id", ("secret_ct",)),
+    SealedTable("rtp_requests", "id", ("creditor_name_ct", "creditor_account_ct")),
 )
 
 

@@ -20,9 +20,14 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from paynode.domain.settings import Settings
+from paynode.node.runtime import ray_environment
 from paynode.storage.database import libpq_url
 from paynode.storage.migrations import migrate
 from tests.support.node import NodeStarter, RunningNode
+
+# Before any test module imports Ray (the simulator's tests do, by importing the shard):
+# Ray reads its loopback and authentication settings once, at import.
+ray_environment()
 
 
 @pytest.fixture(scope="session")

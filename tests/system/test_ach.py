@@ -13,9 +13,9 @@ import datetime as dt
 from paynode.domain.rails.nacha import FileHeader, build_return_file, parse_file
 from tests.support import nacha_layout
 from tests.support.asserts import kyc_verified, problem, signup
+from tests.support.bank import ROUTING, cutoff, link_and_verify
 from tests.support.node import RunningNode, wait_until
 
-ROUTING = "021000021"
 GOOD = "000123456789"
 R01_ACCOUNT = "000222222227"  # the simulator returns debits to it with R01
 R03_ACCOUNT = "000333333335"  # and everything to it with R03
@@ -29,38 +29,11 @@ def _user(node: RunningNode, name: str) -> dict[str, str]:
     return headers
 
 
-def _cutoff(node: RunningNode) -> dict:
-    r = node.http.post("/v1/ach/cutoff")
-    assert r.status_code == 200, r.text
-    return r.json()
-
-
-def _statement(node: RunningNode, account: str) -> list[dict]:
-    r = node.http.post("/v1/bank-sim/statement",
-                       json={"routing_number": ROUTING, "account_number": account})  # fmt: skip
-    assert r.status_code == 200, r.text
-    return r.json()["lines"]
-
-
 def _link_and_verify(node: RunningNode, user: dict, account: str) -> str:
-    r = node.http.post("/v1/bank-accounts", headers=user, json={
-        "routing_number": ROUTING, "account_number": account, "account_type": "checking",
-        "holder_name": "Alice Example"})  # fmt: skip
-    assert r.status_code == 201, r.text
-    bank = r.json()
-    assert bank["account_last4"] == account[-4:] and "account_number" not in bank
-    assert bank["bank_name"] == "JPMORGAN CHASE BANK, NA"  # the FedACH directory
-    assert bank["status"] == "pending_verification"
-    assert _cutoff(node)["entries"] >= 2
-    lines = wait_until(lambda: _statement(node, account), what="the micro-deposits")
-    amounts = [x["amount"] for x in lines if x["direction"] == "credit"][-2:]
-    wrong = node.http.post(f"/v1/bank-accounts/{bank['id']}/verify", headers=user,
-                           json={"amounts": [a % 99 + 1 for a in amounts]})  # fmt: skip
-    problem(wrong, 422, "verification_failed")
-    ok = node.http.post(f"/v1/bank-accounts/{bank['id']}/verify", headers=user,
-                        json={"amounts": list(reversed(amounts))})  # fmt: skip
-    assert ok.status_code == 200 and ok.json()["status"] == "verified", ok.text
-    return bank["id"]
+    bank_id = link_and_verify(node, user, account)
+    r = node.http.get(f"/v1/bank-accounts/{bank_id}", headers=user)
+    assert r.json()["bank_name"] == "JPMORGAN CHASE BANK, NA", r.text  # the FedACH directory
+    return bank_id
 
 
 def _wallet(node: RunningNode, user: dict, account_id: str) -> None:
@@ -103,7 +76,7 @@ def test_pull_push_files_and_returns(make_node) -> None:
     assert r.status_code == 201 and r.json()["status"] == "pending", r.text
     assert r.json()["rail"] == "ach" and r.json()["ach_direction"] == "debit"
     assert _balances(node, "alice-ach-w") == (0, 0, 50_000)
-    cut = _cutoff(node)  # the pull, and the unverified account's two micro-deposits
+    cut = cutoff(node)  # the pull, and the unverified account's two micro-deposits
     assert cut["entries"] == 3 and cut["total_debit"] == 50_000
     assert _status(node, "pull-1") in ("submitted", "settled")
 
@@ -130,7 +103,7 @@ def test_pull_push_files_and_returns(make_node) -> None:
     r = node.http.post("/v1/payments", json=push, headers=alice)
     assert r.json()["status"] == "pending" and r.json()["ach_direction"] == "credit"
     assert _balances(node, "alice-ach-w")[1] == 30_000  # available drops at once
-    push_file = _cutoff(node)
+    push_file = cutoff(node)
     wait_until(lambda: _status(node, "push-1") == "settled", what="the push to settle")
     assert _balances(node, "alice-ach-w") == (30_000, 30_000, 0)
 
@@ -211,7 +184,7 @@ def test_debit_returned_r01_leaves_the_wallet_as_before(make_node) -> None:
     pull = {"id": "pull-r01", "from": bank, "to": "bob-ach-w", "amount": 10_000,
             "currency": "USD"}  # fmt: skip
     assert node.http.post("/v1/payments", json=pull, headers=bob).json()["status"] == "pending"
-    _cutoff(node)
+    cutoff(node)
     wait_until(lambda: _status(node, "pull-r01") == "returned", what="the R01 return")
     pay = node.http.get("/v1/payments/pull-r01", headers=bob).json()
     assert pay["return_code"] == "R01" and "insufficient" in pay["return_reason"].lower()
@@ -229,7 +202,7 @@ def test_debit_returned_r01_leaves_the_wallet_as_before(make_node) -> None:
         "routing_number": ROUTING, "account_number": R03_ACCOUNT, "account_type": "checking",
         "holder_name": "Bob"})  # fmt: skip
     gone = r.json()["id"]
-    _cutoff(node)
+    cutoff(node)
     wait_until(
         lambda: (
             node.http.get(f"/v1/bank-accounts/{gone}", headers=bob).json()["status"]
@@ -251,7 +224,7 @@ def test_reconciliation_finds_ach_entries_the_bank_never_answered(make_node) -> 
         "routing_number": ROUTING, "account_number": GOOD, "account_type": "checking",
         "holder_name": "Carol"})  # fmt: skip
     assert r.status_code == 201
-    cut = _cutoff(node)
+    cut = cutoff(node)
     assert cut["entries"] == 2 and not cut["transmitted"]  # no bank to take it
     clean = node.http.post("/v1/reconciliation/runs", json={"kind": "full"}).json()
     assert clean["status"] == "ok", clean
@@ -309,13 +282,13 @@ def test_cancel_before_the_file_releases_the_hold(make_node) -> None:
     assert (hold["status"], hold["resolved_by"]) == ("voided", "ach-cancel:push-c1")
     again = node.http.post("/v1/payments/push-c1/cancel", headers=alice)
     assert again.status_code == 200 and again.json()["status"] == "canceled"
-    assert _cutoff(node)["entries"] == 0  # the file never takes it
+    assert cutoff(node)["entries"] == 0  # the file never takes it
     assert _balances(node, "alice-c-w") == (100_000, 100_000, 0)
 
     # In a file already: too late. A wallet payment never waits: nothing to cancel.
     push2 = {**push, "id": "push-c2"}
     assert node.http.post("/v1/payments", json=push2, headers=alice).json()["status"] == "pending"
-    assert _cutoff(node)["entries"] == 1
+    assert cutoff(node)["entries"] == 1
     problem(node.http.post("/v1/payments/push-c2/cancel", headers=alice), 409,
             "payment_not_cancelable")  # fmt: skip
     sent = node.http.get("/v1/payments/push-c2", headers=alice).json()
@@ -354,7 +327,7 @@ def test_a_refused_return_waits_in_the_dead_letters_until_replayed(make_node) ->
     pull = {"id": "pull-dl", "from": bank, "to": "carol-dl-w", "amount": 10_000,
             "currency": "USD"}  # fmt: skip
     assert node.http.post("/v1/payments", json=pull, headers=carol).json()["status"] == "pending"
-    cut = _cutoff(node)
+    cut = cutoff(node)
     wait_until(lambda: _status(node, "pull-dl") == "settled", what="the pull to settle")
     node.http.post("/v1/accounts", json={"id": "shop-dl", "currency": "USD"})
     spend = {"id": "spend-dl", "debit_account_id": "carol-dl-w", "credit_account_id": "shop-dl",

@@ -53,7 +53,9 @@ def _seed(node: RunningNode, n: int = 40) -> None:
 
 
 # The seed's accounts, plus the rails' operator accounts every node creates at start.
-ACCOUNTS = 4 + len(("ach-clearing-usd", "ach-microdeposits-usd"))
+ACCOUNTS = 4 + len(
+    ("ach-clearing-usd", "ach-microdeposits-usd", "rtp-clearing-usd", "rtp-fees-usd")
+)
 
 
 def _pg_count(node: RunningNode) -> int:

@@ -521,8 +521,9 @@ def test_bad_input_is_refused_without_side_effects(node, subtests) -> None:
     assert len({r.name for r in rows}) == len(rows), "row names must be unique"
     db_before = db_snapshot(node.database_url)
     mem_before = node.balances()
-    # The 4 set up here and the rails' 2 operator accounts (created at every start).
-    assert db_before["accounts.count"] == (6,) and db_before["transfers.count"] == (1,)
+    # The 4 set up here and the rails' 4 operator accounts (created at every start: ACH
+    # clearing and micro-deposits, RTP clearing and fees).
+    assert db_before["accounts.count"] == (8,) and db_before["transfers.count"] == (1,)
 
     # A fresh connection per request: an unhandled error makes the server drop the
     # connection, which must not turn the next row into a client-side ReadError.
