@@ -31,10 +31,12 @@ import uuid
 from collections import defaultdict, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import msgspec
 from msgspec.structs import astuple
 
+from paynode.actors import tracing
 from paynode.actors.balance_watch import BalanceWatch
 from paynode.actors.heap import settle_heap
 from paynode.actors.ray_peers import RayPeers
@@ -100,6 +102,7 @@ class _Job:
     done: asyncio.Future[int]  # the id of the transaction that journaled it
     forward: bool = True  # credit legs go to their shards (two-phase groups finish instead)
     seq: int = 0  # order of arrival in the commit queue
+    trace: Any = None  # the span context waiting on it (tracing only)
 
 
 def shard_of(account_id: str, count: int) -> int:
@@ -127,12 +130,15 @@ class LedgerShard:
         monitor_store: MonitorStore | None = None,
         restarted: Callable[[], bool] = ray_restarted,
         now_ns: Callable[[], int] = time.time_ns,
+        trace_endpoint: str = "",
     ) -> None:
         """Under Ray the edges default to PostgreSQL at ``database_url`` and the peers
         named ``peer_names``; the simulator passes its own (``domain/ledger/ports.py``)."""
         assert 0 <= index < count
         assert not peer_names or len(peer_names) == count
         self.index = index
+        # None unless traces are exported: every span below is behind this test.
+        self._tracer = tracing.tracer(f"paynode-shard-{index}", trace_endpoint)
         self._journal: ShardJournal = journal or PgShardJournal(
             database_url, f"paynode-shard-{index}"
         )
@@ -351,7 +357,8 @@ class LedgerShard:
         if not self._ready:
             raise StorageUnavailable("shard is rebuilding")
         fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Job(accounts, rows, fut, forward, self._next_seq))
+        trace = tracing.current() if self._tracer is not None else None
+        self._queue.append(_Job(accounts, rows, fut, forward, self._next_seq, trace))
         self._next_seq += 1
         self._wake.set()
         return await fut
@@ -400,6 +407,11 @@ class LedgerShard:
             self._committing = True
             self._committing_seq = jobs[0].seq
             self._jobs_in_flight = jobs
+            span = None
+            if self._tracer is not None:
+                span = tracing.start_linked(self._tracer, "journal commit",
+                                            [j.trace for j in jobs])  # fmt: skip
+                span.set_attribute("paynode.rows", len(rows))
             try:
                 txid = await self._journal.commit(accounts, rows)
             except JournalConflict as e:
@@ -413,6 +425,8 @@ class LedgerShard:
                 self._committing = False
                 self._committing_seq = None
                 self._jobs_in_flight = []
+                if span is not None:
+                    span.end()
             self._observe(time.perf_counter() - t0, len(rows))
             self._watch.touch(rows)
             self._maybe_age()
@@ -539,8 +553,22 @@ class LedgerShard:
 
     # -- transfers: single-decider groups ---------------------------------
 
-    async def execute(self, payload: bytes) -> bytes:
-        """Decide, journal and answer a TransferBatch whose every decision is local here."""
+    async def execute(self, payload: bytes, traceparent: str | None = None) -> bytes:
+        """Decide, journal and answer a TransferBatch whose every decision is local here.
+        ``traceparent``: the front's batch span (tracing on), this call's parent."""
+        if self._tracer is not None and traceparent:
+            from opentelemetry import trace
+            from opentelemetry.trace import NonRecordingSpan
+
+            remote = tracing.parse_traceparent(traceparent)
+            parent = trace.set_span_in_context(NonRecordingSpan(remote)) if remote else None
+            span = self._tracer.start_span("shard execute", context=parent,
+                                           attributes={"paynode.shard": self.index})  # fmt: skip
+            with trace.use_span(span, end_on_exit=True):
+                return await self._execute_payload(payload)
+        return await self._execute_payload(payload)
+
+    async def _execute_payload(self, payload: bytes) -> bytes:
         await self.start()
         batch = decode_batch(payload)
         batch.check()

@@ -32,17 +32,30 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from paynode.actors.background import lower_priority
+from paynode.actors.notify import message_channels
+from paynode.actors.notify.codes import CodeSender
 from paynode.actors.notify.destinations import DestinationError, check_resolved
-from paynode.actors.notify.push import PushProvider, SinkProvider
+from paynode.actors.notify.messages import MessageSender
+from paynode.actors.notify.push_send import PushSender
+from paynode.actors.notify.push_sink import SinkPushChannel
+from paynode.actors.notify.sms import STATUS_CALLBACK_PATH
+from paynode.domain.notify.channels import Outcome
 from paynode.domain.notify.outbox import START, Position, through
 from paynode.domain.notify.schedule import backoff_s, ready
 from paynode.domain.notify.signature import HEADER, header
-from paynode.domain.risk import otp
-from paynode.domain.settings import NotifySettings, OtpSettings, WebhookSettings
+from paynode.domain.notify.templates import load as load_templates
+from paynode.domain.settings import (
+    ApnsSettings,
+    EmailSettings,
+    FcmSettings,
+    NotifySettings,
+    OtpSettings,
+    PushSettings,
+    SmsSettings,
+    WebhookSettings,
+)
 from paynode.storage import notify, outbox
-from paynode.storage import risk as risk_store
 from paynode.storage.database import async_engine
-from paynode.storage.events import STEP_UP_EVENT
 from paynode.storage.journal_watch import JournalWatch
 from paynode.storage.keyring import load as load_keyring
 
@@ -70,6 +83,8 @@ class NotifierStats(msgspec.Struct):
     delivery_lag_p50_s: float | None
     delivery_lag_p99_s: float | None
     delivery_lag_max_s: float | None
+    push_retries: int = 0  # pushes a provider asked to send again later (429, 5xx)
+    devices_unregistered: int = 0  # devices whose token a provider called dead
 
 
 decode_stats = msgspec.msgpack.Decoder(NotifierStats).decode
@@ -118,6 +133,12 @@ class Notifier:
         data_dir: Path,
         keyring: str,
         database_url: str,
+        push_s: PushSettings | None = None,
+        apns: ApnsSettings | None = None,
+        fcm: FcmSettings | None = None,
+        email: EmailSettings | None = None,
+        sms: SmsSettings | None = None,
+        public_url: str = "",  # the front's, for the SMS provider's status callbacks
     ) -> None:
         lower_priority()  # follows the journal: yields the CPU to the money path
         assert data_dir.is_absolute(), data_dir
@@ -137,13 +158,42 @@ class Notifier:
         self._cursor: Position = START
         self._global = asyncio.Semaphore(webhook.max_concurrency)
         self._http: aiohttp.ClientSession | None = None
-        self._push: PushProvider = SinkProvider(data_dir / "push-sink.jsonl")
+        self._push_s = push_s or PushSettings()
+        # The real APNs/FCM clients when configured, else the JSON-lines sink.
+        self._push = PushSender(
+            apns or ApnsSettings(), fcm or FcmSettings(), data_dir / "push-sink.jsonl",
+            fallback=SinkPushChannel(data_dir),
+        )  # fmt: skip
+        # The send API's messages (POST /v1/notifications): their own loop and channels.
+        self._channels = message_channels.build(
+            data_dir,
+            email or EmailSettings(),
+            sms or SmsSettings(),
+            self._push,
+            sms_callback_url=public_url.rstrip("/") + STATUS_CALLBACK_PATH,
+        )
+        self._messages = MessageSender(
+            self._engine, self._keys, notify_s, self._channels, load_templates()
+        )
+        # Step-up codes: to whichever channel reaches the user, with fallback (codes.py).
+        self._codes = CodeSender(self._engine, self._keys, otp_s, self._channels, load_templates())
         self._tasks: list[asyncio.Task[None]] = []
         self._lags: deque[float] = deque(maxlen=_LAG_SAMPLES)
         self._lag_max = 0.0
         self._in_flight = 0
         self._counts = dict.fromkeys(
-            ("scanned", "created", "delivered", "failed", "dead", "pushed", "errors"), 0
+            (
+                "scanned",
+                "created",
+                "delivered",
+                "failed",
+                "dead",
+                "pushed",
+                "errors",
+                "push_retries",
+                "unregistered",
+            ),
+            0,
         )
 
     # -- life cycle ---------------------------------------------------------------
@@ -162,17 +212,28 @@ class Notifier:
             asyncio.create_task(self._fanout_loop()),
             asyncio.create_task(self._push_loop()),
             asyncio.create_task(self._reload_loop()),
+            asyncio.create_task(self._messages.run()),
+            asyncio.create_task(self._codes.run()),
         ]
         return len(self._endpoints)
 
     async def ping(self) -> bool:
         return True
 
+    async def wake_messages(self) -> None:
+        """Send API messages became due (created or replayed): look now, not at the next poll."""
+        self._messages.wake()
+
+    async def wake_codes(self) -> None:
+        """A step-up code was queued (a payment needing one, or a resend): send it now."""
+        self._codes.wake()
+
     async def stop(self) -> None:
         for t in [*self._tasks, *self._workers.values()]:
             t.cancel()
         if self._http is not None:
             await self._http.close()
+        await message_channels.close_all(self._channels)  # the push sender among them
         await self._engine.dispose()
 
     async def reload(self) -> int:
@@ -437,33 +498,47 @@ class Notifier:
     async def _push_once(self) -> int:
         async with self._engine.connect() as conn:
             batch = await notify.pending_pushes(conn, self._keys, 500)
+        dead: set[str] = set()  # devices unregistered during this batch
         for p in batch:
-            code = None
-            if p.event.event.type == STEP_UP_EVENT:
-                code = await self._step_up_code(p.event.event.data["payment"]["id"])
-                if code is None:  # used, locked or expired meanwhile: nothing to send
-                    async with self._engine.begin() as conn:
-                        await notify.mark_push(conn, p.id, "failed", "challenge closed")
-                    continue
-            result = self._push.send(p.platform, p.token, p.event.event, code)
-            if result.ok:
-                status = "sent"
-            else:
-                status = "failed" if p.attempts + 1 >= _PUSH_MAX_ATTEMPTS else "pending"
-            async with self._engine.begin() as conn:
-                await notify.mark_push(conn, p.id, status, result.detail)
-            self._counts["pushed"] += int(result.ok)
+            if p.device_id in dead:
+                continue  # its pushes were dropped with it
+            code = None  # step-up codes go by self._codes, to whichever channel reaches the user
+            outcome = await self._push.send_push(p.id, p.platform, p.token, p.event.event, code)
+            if await self._record_push(p, outcome):
+                dead.add(p.device_id)
+        if dead:
+            await self.reload()  # the fan-out stops queueing for them
         return len(batch)
 
-    async def _step_up_code(self, payment_id: str) -> str | None:
-        """The payment's one-time code while its challenge is open, else None."""
-        async with self._engine.connect() as conn:
-            ch = await risk_store.load_challenge(conn, self._keys, payment_id)
-        if ch is None or ch.used or ch.attempts >= self._otp.max_attempts:
-            return None
-        if time.time() - ch.issued_at > self._otp.max_age_s:
-            return None
-        return otp.code_for(ch)
+    async def _record_push(self, p: notify.PendingPush, outcome: Outcome) -> bool:
+        """Record one attempt; True if the device was unregistered (its token is dead)."""
+        wait = 0.0
+        if outcome.ok:
+            status = "sent"
+        elif outcome.retry and p.attempts + 1 < _PUSH_MAX_ATTEMPTS:
+            status = "pending"
+            wait = backoff_s(
+                p.attempts + 1, self._push_s.backoff_base_s, self._push_s.backoff_cap_s
+            )
+            asked = self._push.retry_after_s(p.platform)
+            if asked is not None:  # the provider's own wait, within our bound
+                wait = max(wait, min(asked, self._push_s.max_retry_after_s))
+        else:
+            status = "failed"
+        async with self._engine.begin() as conn:
+            await notify.mark_push(conn, p.id, status, outcome.detail, wait)
+            if outcome.invalid_to:
+                await notify.unregister_device(conn, p.device_id)
+        self._counts["pushed"] += int(outcome.ok)
+        self._counts["push_retries"] += int(status == "pending")
+        if outcome.invalid_to:
+            self._counts["unregistered"] += 1
+            # The device id, never the token (a secret).
+            log.warning(
+                "notifier: device %s unregistered: %s refused its token (%s)",
+                p.device_id, p.platform, outcome.detail,
+            )  # fmt: skip
+        return outcome.invalid_to
 
     # -- observability ----------------------------------------------------------------
 
@@ -490,6 +565,8 @@ class Notifier:
                 delivery_lag_p50_s=q(0.5),
                 delivery_lag_p99_s=q(0.99),
                 delivery_lag_max_s=self._lag_max if lags else None,
+                push_retries=c["push_retries"],
+                devices_unregistered=c["unregistered"],
             )
         )
 

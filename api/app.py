@@ -18,9 +18,11 @@ from typing import Any
 from fastapi import FastAPI
 from starlette.routing import Route
 
+from paynode.actors import tracing
 from paynode.api import (
     ach_ops_routes,
     ach_routes,
+    code_routes,
     contract,
     device_routes,
     errors,
@@ -32,6 +34,7 @@ from paynode.api import (
     ledger_routes,
     link_routes,
     monitor_routes,
+    notification_routes,
     notify_routes,
     ops_routes,
     rails_routes,
@@ -45,6 +48,7 @@ from paynode.api.context import Context, open_context
 from paynode.api.edge import Edge
 from paynode.api.idempotency import Idempotency
 from paynode.api.metrics import FrontMetrics
+from paynode.api.pages import page_headers
 from paynode.api.transfers import ROUTES, TransferRoutes
 from paynode.domain.settings import Settings
 from paynode.storage.keyring import Keyring
@@ -60,6 +64,7 @@ ROUTERS = (
     ledger_routes, ops_routes, identity_routes, key_routes, recon_routes, notify_routes,
     device_routes, inbound_routes, handle_routes, rails_routes, ach_routes, risk_routes,
     schedule_routes, fx_routes, ach_ops_routes, monitor_routes, link_routes, rtp_routes,
+    notification_routes, code_routes,
 )  # fmt: skip
 
 
@@ -82,6 +87,8 @@ def create_app(settings: Settings, shard_names: list[str], keys: Keyring) -> Any
             finally:
                 if rtp is not None:
                     rtp.cancel()
+                if settings.trace_endpoint:
+                    tracing.shutdown(settings.trace_endpoint)  # what is queued goes out
 
     app = FastAPI(
         title="paynode",
@@ -106,7 +113,7 @@ def create_app(settings: Settings, shard_names: list[str], keys: Keyring) -> Any
             Route(path, endpoint=_Asgi(handler), methods=[method], include_in_schema=False)
         )
     idempotency = Idempotency(context, settings.http.max_body_bytes)
-    edge: Any = Edge(app, hot, settings, metrics, idempotency)
+    edge: Any = Edge(app, hot, settings, metrics, idempotency, page_headers(app))
     if settings.http.cors_origins:
         from starlette.middleware.cors import CORSMiddleware
 

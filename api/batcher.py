@@ -13,7 +13,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+from paynode.actors import tracing
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Tracer
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -33,7 +38,11 @@ class MicroBatcher(Generic[T, R]):
         max_inflight: int,
         queue_limit: int,
         on_batch: Callable[[int], None] | None = None,
+        tracer: Tracer | None = None,
+        span_name: str = "batch",
     ) -> None:
+        """``tracer``: each batch is a span, parented on its first caller's span and
+        linked to the others', current while ``send`` runs (None: no tracing cost)."""
         assert max_items >= 1 and max_inflight >= 1 and queue_limit >= max_items
         self._send = send
         self._max_items = max_items
@@ -48,6 +57,9 @@ class MicroBatcher(Generic[T, R]):
         self._full = asyncio.Event()
         self._runner: asyncio.Task[None] | None = None
         self._inflight: set[asyncio.Task[None]] = set()
+        self._tracer = tracer
+        self._span_name = span_name
+        self._contexts: list[Any] = []  # callers' span contexts (tracing only)
 
     @property
     def queued(self) -> int:
@@ -64,6 +76,8 @@ class MicroBatcher(Generic[T, R]):
         self._items.append(item)
         self._weights.append(weight)
         self._futures.append(fut)
+        if self._tracer is not None:
+            self._contexts.append(tracing.current())
         self._weight += weight
         if self._weight >= self._max_items:
             self._full.set()
@@ -79,7 +93,13 @@ class MicroBatcher(Generic[T, R]):
                         await asyncio.wait_for(self._full.wait(), self._window_s)
                 await self._slots.acquire()
                 items, futures = self._take()
-                task = asyncio.create_task(self._deliver(items, futures))
+                if self._tracer is not None:
+                    contexts, self._contexts = (
+                        self._contexts[: len(items)], self._contexts[len(items) :]
+                    )  # fmt: skip
+                    task = asyncio.create_task(self._traced(items, futures, contexts))
+                else:
+                    task = asyncio.create_task(self._deliver(items, futures))
                 self._inflight.add(task)
                 task.add_done_callback(self._inflight.discard)
         finally:
@@ -99,6 +119,17 @@ class MicroBatcher(Generic[T, R]):
         if self._on_batch is not None:
             self._on_batch(weight)
         return items, futures
+
+    async def _traced(
+        self, items: list[T], futures: list[asyncio.Future[R]], contexts: list[Any]
+    ) -> None:
+        from opentelemetry import trace
+
+        assert self._tracer is not None
+        span = tracing.start_linked(self._tracer, self._span_name, contexts)
+        span.set_attribute("paynode.items", len(items))
+        with trace.use_span(span, end_on_exit=True):
+            await self._deliver(items, futures)
 
     async def _deliver(self, items: list[T], futures: list[asyncio.Future[R]]) -> None:
         try:

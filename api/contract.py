@@ -21,6 +21,7 @@ from paynode.api.fx_schemas import FX_TYPES
 from paynode.api.identity_schemas import IDENTITY_TYPES
 from paynode.api.link_schemas import LINK_TYPES
 from paynode.api.monitor_schemas import MONITOR_TYPES
+from paynode.api.notification_schemas import NOTIFICATION_TYPES
 from paynode.api.notify_schemas import NOTIFY_TYPES
 from paynode.api.problems import PROBLEM_JSON
 from paynode.api.rails_schemas import RAILS_TYPES
@@ -172,7 +173,8 @@ def install(app: FastAPI, hot_routes: Sequence[Any] = ()) -> None:
                 + SCHEDULE_TYPES
                 + FX_TYPES
                 + MONITOR_TYPES
-                + LINK_TYPES,
+                + LINK_TYPES
+                + NOTIFICATION_TYPES,
                 ref_template=_REF,
             )
             schema.setdefault("components", {}).setdefault("schemas", {}).update(components)

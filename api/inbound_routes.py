@@ -3,20 +3,23 @@
 from __future__ import annotations
 
 import logging
-from typing import Annotated, NoReturn
+from typing import Annotated, Literal, NoReturn
 
 import msgspec
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Query, Request
 from starlette.responses import Response
 
 from paynode.api import contract
 from paynode.api import problems as p
-from paynode.api.deps import Ctx
+from paynode.api.auth.scopes import Principal
+from paynode.api.deps import Ctx, require
 from paynode.api.http import json_response, read_body
 from paynode.api.inbound import dispatch
 from paynode.api.notify_schemas import (
     InboundAck,
     InboundEvent,
+    InboundRecordOut,
+    InboundRecordPage,
 )
 from paynode.domain.notify.signature import HEADER, SignatureError, verify_signature
 from paynode.storage import notify
@@ -97,6 +100,30 @@ async def inbound_webhook(
     async with ctx.engine.begin() as conn:
         await notify.mark_inbound_handled(conn, row_id, handled_by or "none")
     return json_response(InboundAck(row_id, "accepted", handled_by))
+
+
+@router.get(
+    "/v1/webhooks/inbound",
+    responses=contract.replies(
+        {200: (InboundRecordPage, "What providers sent us, newest first")}, (401, 403, 422, 429)
+    ),
+)
+async def list_inbound_webhooks(
+    ctx: Ctx,
+    _: Annotated[Principal, Depends(require("admin"))],
+    provider: Annotated[str | None, Query(max_length=64)] = None,
+    status: Annotated[Literal["accepted", "refused"] | None, Query()] = None,
+    before: Annotated[int | None, Query(ge=1)] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+) -> Response:
+    """The inbound webhook log (operators): every event a provider sent, accepted with
+    the handler that took it, or refused with the reason."""
+    async with ctx.engine.connect() as conn:
+        rows = await notify.list_inbound(conn, provider, status, before, limit + 1)
+    more = len(rows) > limit
+    rows = rows[:limit]
+    out = [InboundRecordOut(**dict(zip(notify.INBOUND_COLUMNS, r, strict=True))) for r in rows]
+    return json_response(InboundRecordPage(out, rows[-1][0] if more and rows else None))
 
 
 def _storable(text: str | None, limit: int) -> str | None:

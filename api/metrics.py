@@ -253,6 +253,10 @@ def helper_families(
             _one("paynode_webhook_in_flight", "Requests in flight.", n.in_flight),
             _one("paynode_push_sent_total", "Push notifications handed over.", n.pushes_sent,
                  True),
+            _one("paynode_push_retries_total", "Pushes a provider deferred (429, 5xx).",
+                 n.push_retries, True),
+            _one("paynode_push_devices_unregistered_total",
+                 "Devices whose token a push provider called dead.", n.devices_unregistered, True),
             _one("paynode_notifier_errors_total", "Notifier database errors.", n.errors, True),
         ]  # fmt: skip
         if n.delivery_lag_p99_s is not None:

@@ -193,7 +193,32 @@ class InboundAck(msgspec.Struct):
     handled_by: str | None
 
 
+class InboundRecordOut(msgspec.Struct, kw_only=True):
+    """One inbound webhook as we recorded it: accepted (and which handler took it) or
+    refused (and why). The payload stays sealed: a provider's event may name people."""
+
+    id: int
+    provider: str
+    event_id: str | None
+    event_type: str | None
+    signed_at: int | None  # the signature's unix time
+    received_at: dt.datetime
+    status: Literal["accepted", "refused"]
+    reason: str | None  # the refusal's problem code
+    handled_at: dt.datetime | None
+    handler: str | None
+
+
+class InboundRecordPage(msgspec.Struct):
+    """Newest first; pass ``next_before`` as ``before`` for the next page."""
+
+    webhooks: list[InboundRecordOut]
+    next_before: int | None
+
+
 NOTIFY_TYPES = (
+    InboundRecordOut,
+    InboundRecordPage,
     EventOut,
     EventPage,
     WebhookEndpointIn,

@@ -100,6 +100,8 @@ async def _record(
             await risk_gate.after_create(ctx, conn, stored, hits)
             await audit(conn, request, principal, "payment.create", stored.id,
                         after=_audited(stored))  # fmt: skip
+    if created and stored.status == "requires_action":
+        await risk_gate.code_queued(ctx)
     return stored, created
 
 

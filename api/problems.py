@@ -12,6 +12,7 @@ import re
 import msgspec
 from starlette.responses import Response
 
+from paynode.actors import tracing
 from paynode.api.schemas import Problem
 from paynode.domain.ledger.model import RETRYABLE, Code
 
@@ -98,6 +99,8 @@ OTP_EXPIRED = "otp_expired"
 OTP_REUSED = "otp_reused"
 OTP_LOCKED = "otp_locked"
 NO_ACTION_REQUIRED = "no_action_required"
+OTP_RESEND_LIMIT = "otp_resend_limit"
+OTP_RESEND_TOO_SOON = "otp_resend_too_soon"
 REVIEW_NOT_FOUND = "review_not_found"
 REVIEW_DECIDED = "review_already_decided"
 SANCTIONS_REVIEW_OPEN = "sanctions_review_open"
@@ -121,6 +124,7 @@ IDEMPOTENCY_KEY_NEEDS_CREDENTIAL = "idempotency_key_needs_credential"
 IDEMPOTENCY_KEY_REUSED = "idempotency_key_reused"
 IDEMPOTENCY_KEY_IN_USE = "idempotency_key_in_use"
 AMOUNT_OVER_RAIL_LIMIT = "amount_over_rail_limit"
+TLS_REQUIRED = "tls_required"
 PAYMENT_NOT_REFUNDABLE = "payment_not_refundable"
 RTP_REQUEST_NOT_FOUND = "rtp_request_not_found"
 RTP_REQUEST_ANSWERED = "rtp_request_already_answered"
@@ -132,6 +136,12 @@ INSTITUTION_NOT_FOUND = "institution_not_found"
 BANK_LINK_LOGIN_REQUIRED = "bank_link_login_required"
 LINK_ITEM_CLOSED = "link_item_closed"
 AGGREGATOR_UNAVAILABLE = "aggregator_unavailable"
+NOTIFICATION_NOT_FOUND = "notification_not_found"
+NOTIFICATION_EXISTS = "notification_exists_with_different_fields"
+NOTIFICATION_MESSAGE_NOT_FOUND = "notification_message_not_found"
+NOTIFICATION_MESSAGE_NOT_REPLAYABLE = "notification_message_not_replayable"
+UNKNOWN_TEMPLATE = "unknown_template"
+TEMPLATE_DATA_MISSING = "template_data_missing"
 
 _TABLE: dict[str, tuple[int, str]] = {
     MALFORMED_JSON: (400, "Request body is not valid JSON"),
@@ -212,6 +222,8 @@ _TABLE: dict[str, tuple[int, str]] = {
     OTP_REUSED: (409, "One-time code already used"),
     OTP_LOCKED: (422, "Too many wrong codes; the payment failed"),
     NO_ACTION_REQUIRED: (409, "The payment is not waiting for a one-time code"),
+    OTP_RESEND_LIMIT: (429, "No more resends for this code; confirm with a code already sent"),
+    OTP_RESEND_TOO_SOON: (429, "A code was sent moments ago; retry after Retry-After seconds"),
     REVIEW_NOT_FOUND: (404, "Review not found"),
     REVIEW_DECIDED: (409, "Review already decided"),
     SANCTIONS_REVIEW_OPEN: (409, "A sanctions review of this user is open"),
@@ -238,6 +250,7 @@ _TABLE: dict[str, tuple[int, str]] = {
     IDEMPOTENCY_KEY_REUSED: (409, "This Idempotency-Key was used for a different request"),
     IDEMPOTENCY_KEY_IN_USE: (409, "A request with this Idempotency-Key is still running; retry"),
     AMOUNT_OVER_RAIL_LIMIT: (422, "Amount above the rail's per-payment limit"),
+    TLS_REQUIRED: (403, "This node accepts requests over HTTPS only"),
     PAYMENT_NOT_REFUNDABLE: (
         409,
         "RTP payments are final (no returns): the payee sends the money back as a new payment",
@@ -255,6 +268,12 @@ _TABLE: dict[str, tuple[int, str]] = {
     ),
     LINK_ITEM_CLOSED: (409, "The linked item was revoked or removed; link the bank again"),
     AGGREGATOR_UNAVAILABLE: (503, "The bank-linking provider is unavailable; retry"),
+    NOTIFICATION_NOT_FOUND: (404, "Notification not found"),
+    NOTIFICATION_EXISTS: (409, "A notification with this id exists with other fields"),
+    NOTIFICATION_MESSAGE_NOT_FOUND: (404, "Notification message not found"),
+    NOTIFICATION_MESSAGE_NOT_REPLAYABLE: (409, "Only a dead or failed message can be replayed"),
+    UNKNOWN_TEMPLATE: (422, "No template by this name"),
+    TEMPLATE_DATA_MISSING: (422, "The template needs a data value that is missing"),
     Code.EXISTS_WITH_DIFFERENT_FIELDS: (409, "Id exists with different fields"),
     Code.EXISTS: (409, "Part of this linked chain already exists"),
     Code.TRANSFER_IN_FLIGHT: (409, "A transfer with this id is being decided; retry"),
@@ -322,6 +341,7 @@ def problem(
         code=code,
         field=field,
         retryable=code in _RETRYABLE,
+        trace_id=ids[0] if (ids := tracing.current_ids()) else None,
     )
     if status == 503 and headers is None:
         headers = {"Retry-After": "1"}

@@ -51,6 +51,7 @@ async def payment_out(ctx: Context, pay: payments.Payment) -> PaymentOut:
                     "confirm_otp", f"/v1/payments/{pay.id}/confirm",
                     dt.datetime.fromtimestamp(state[0] + ctx.settings.otp.max_age_s, dt.UTC),
                     max(0, ctx.settings.otp.max_attempts - state[1]),
+                    f"/v1/payments/{pay.id}/resend-code",
                 )  # fmt: skip
         elif pay.status == "in_review":
             review = await risk_store.open_review_of(conn, "payment", pay.id)

@@ -89,12 +89,14 @@ class RiskOut(msgspec.Struct):
 
 
 class NextActionOut(msgspec.Struct):
-    """What the payer must do: confirm with the code pushed to their devices."""
+    """What the payer must do: confirm with the code sent to them (push, SMS or email);
+    ``resend_url`` asks for it again."""
 
     type: Literal["confirm_otp"]
     confirm_url: str
     expires_at: dt.datetime
     attempts_left: int
+    resend_url: str | None = None
 
 
 class RtpOut(msgspec.Struct, kw_only=True):

@@ -17,6 +17,7 @@ Order, for a payment a user initiates (operator credentials are not gated):
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import time
 from collections.abc import Sequence
 
@@ -32,18 +33,19 @@ from paynode.api.schemas import TransferIn
 from paynode.domain.ledger.plan import TransferResult
 from paynode.domain.rails import fx as fx_rules
 from paynode.domain.risk import limits, otp, rules
-from paynode.storage import ach, identity, payments
+from paynode.storage import ach, code_sends, identity, payments
 from paynode.storage import fx as fx_store
 from paynode.storage import risk as store
 from paynode.storage.events import STEP_UP_EVENT
 from paynode.storage.payments import Payment
+
+log = logging.getLogger("paynode.risk")
 
 _LIMIT_CODES = {
     limits.PER_TRANSACTION: p.LIMIT_PER_TRANSACTION,
     limits.DAILY: p.LIMIT_DAILY,
     limits.MONTHLY: p.LIMIT_MONTHLY,
 }
-STEP_UP_UNAVAILABLE = "step_up_unavailable"  # HIGH, and no device to send the code to
 
 
 class Hit(msgspec.Struct, frozen=True):
@@ -192,11 +194,9 @@ async def decide(
     status, failure = "processing", None
     if hits:
         status = "in_review"
-    elif decision.level == "HIGH" and f.devices:
-        status = "requires_action"
     elif decision.level == "HIGH":
-        status, failure = "failed", STEP_UP_UNAVAILABLE
-        await store.release_usage(conn, user, counted, now)
+        # Every user can get a code: push, SMS or at least email (registration needs one).
+        status = "requires_action"
     stats.seconds.append(time.perf_counter() - t0)
     stats.decisions[status] += 1
     decided = msgspec.structs.replace(
@@ -217,10 +217,21 @@ async def after_create(ctx: Context, conn: AsyncConnection, pay: Payment, hits: 
     elif pay.status == "requires_action":
         ch = otp.new_challenge(time.time())
         await store.store_challenge(conn, ctx.keys, pay.id, ch)
-        # The event carries no code: the notifier derives it from the sealed secret
-        # when it builds the push, so the code exists only in that notification.
+        # Neither the event nor the queued send carries the code: the notifier derives it
+        # from the sealed secret when it sends (actors/notify/codes.py), so the code
+        # exists only in the message to the user.
+        await code_sends.queue(conn, pay.id, 0)
         expires = dt.datetime.fromtimestamp(ch.issued_at + ctx.settings.otp.max_age_s, dt.UTC)
         await payments.emit(conn, STEP_UP_EVENT, pay, {"expires_at": expires.isoformat()})
+
+
+async def code_queued(ctx: Context) -> None:
+    """Tell the notifier a code is waiting (after the commit); its own poll finds it anyway
+    within a second if this call is lost."""
+    try:
+        await ctx.notifier.wake_codes.remote()
+    except Exception as e:  # the send is committed: the poll picks it up
+        log.warning("notifier wake failed: %s", type(e).__name__)
 
 
 # -- transfers a user makes directly ------------------------------------------------------

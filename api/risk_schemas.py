@@ -44,4 +44,22 @@ class ReviewDecisionIn(msgspec.Struct, forbid_unknown_fields=True):
     note: Annotated[str, Meta(max_length=500)] = ""
 
 
-RISK_TYPES = (MatchOut, ReviewOut, ReviewPage, ReviewDecisionIn)
+class CodeSendOut(msgspec.Struct):
+    """One send of a step-up code: which channel took it (never the address or code)."""
+
+    seq: int  # 0: the first send, then each resend
+    status: Literal["pending", "sent", "failed"]
+    channel: Literal["push", "sms", "email"] | None
+    delivery: str | None  # the SMS provider's last reported status, if any
+
+
+class ResendOut(msgspec.Struct):
+    """A resend was queued: the code goes out again (same code, same expiry)."""
+
+    payment_id: str
+    resends_left: int
+    next_resend_at: dt.datetime
+    sends: list[CodeSendOut]
+
+
+RISK_TYPES = (MatchOut, ReviewOut, ReviewPage, ReviewDecisionIn, CodeSendOut, ResendOut)

@@ -145,6 +145,8 @@ class Problem(msgspec.Struct, omit_defaults=True):
     code: str
     field: str | None = None
     retryable: bool = False
+    # The request's trace (when tracing is on): what to quote to an operator
+    trace_id: str | None = None
 
 
 class Health(msgspec.Struct):

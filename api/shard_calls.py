@@ -11,6 +11,7 @@ import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
+from paynode.actors import tracing
 from paynode.api import problems as p
 from paynode.api.batcher import MicroBatcher
 from paynode.domain.ledger.model import AccountSpec, Code
@@ -74,8 +75,11 @@ class ShardCalls:
         on_batch: Callable[[int], None] | None = None,
     ) -> None:
         self.handles = list(handles)
+        tracer = tracing.tracer("paynode-front", settings.trace_endpoint)
 
-        def batcher(send: Callable, max_items: int | None = None) -> MicroBatcher:
+        def batcher(
+            send: Callable, max_items: int | None = None, traced: bool = False
+        ) -> MicroBatcher:
             max_items = max_items or settings.batch.max_items
             return MicroBatcher(
                 send,
@@ -84,9 +88,13 @@ class ShardCalls:
                 max_inflight=settings.batch.max_inflight,
                 queue_limit=max(settings.http.queue_limit, max_items),
                 on_batch=on_batch,
+                tracer=tracer if traced else None,
+                span_name="batch execute",
             )
 
-        self.execute = [batcher(_execute_sender(h)) for h in self.handles]
+        self.execute = [
+            batcher(_execute_sender(h, tracer is not None), traced=True) for h in self.handles
+        ]
         self.prepare = [batcher(_sender(h, "prepare", decode_prepared)) for h in self.handles]
         self.commit = [batcher(_sender(h, "commit", decode_outcomes)) for h in self.handles]
         self.create = [
@@ -122,16 +130,22 @@ def _sender(handle: Any, method: str, decode: Callable[[bytes], list]) -> Callab
     return send
 
 
-def _execute_sender(handle: Any) -> Callable:
-    """Items are requests' TransferBatches for this shard, concatenated into one call."""
+def _execute_sender(handle: Any, traced: bool) -> Callable:
+    """Items are requests' TransferBatches for this shard, concatenated into one call.
+    ``traced``: the batch's span crosses to the shard as a ``traceparent``."""
+
+    def remote(payload: bytes) -> Any:
+        if traced and (ctx := tracing.current()) is not None:
+            return handle.execute.remote(payload, tracing.traceparent(ctx))
+        return handle.execute.remote(payload)
 
     async def send(items: list[TransferBatch]) -> list[BatchResult]:
         if len(items) == 1:
-            return [decode_batch_result(await call(handle.execute.remote(encode(items[0]))))]
+            return [decode_batch_result(await call(remote(encode(items[0]))))]
         joined = empty_batch()
         for item in items:
             extend_batch(joined, item)
-        answer = decode_batch_result(await call(handle.execute.remote(encode(joined))))
+        answer = decode_batch_result(await call(remote(encode(joined))))
         out, start = [], 0
         for item in items:
             end = start + len(item.ids)

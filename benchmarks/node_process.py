@@ -57,8 +57,13 @@ class NodeProcess:
         shards: int,
         env: dict[str, str] | None = None,
         cwd: Path | None = None,
+        tls: tuple[Path, Path] | None = None,
     ) -> None:
+        """``tls``: (certificate, key) PEM files: the node serves HTTPS, and clients
+        verify it with ``verify`` (the certificate itself: self-signed)."""
         self.data_dir = data_dir
+        self.tls = tls
+        self.verify: str | bool = str(tls[0]) if tls else True
         self.cwd = cwd
         # Bound here and handed to every incarnation of the node (--fd): a port picked,
         # released and bound again later can be taken in between, and a restarted node
@@ -67,7 +72,7 @@ class NodeProcess:
         self.sock.bind(("127.0.0.1", 0))
         self.sock.listen(1024)
         self.port = self.sock.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
         self.shards = shards
         self.env = {k: v for k, v in (env or os.environ).items() if not k.startswith("RAY_AUTH")}
         self.proc: subprocess.Popen | None = None
@@ -116,7 +121,9 @@ class NodeProcess:
         log = open(self.data_dir / f"node-{time.time_ns()}.log", "wb")  # noqa: SIM115
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "paynode.node.cli", "run", "--data-dir", str(self.data_dir),
-             "--fd", str(self.sock.fileno()), "--shards", str(self.shards)],
+             "--fd", str(self.sock.fileno()), "--shards", str(self.shards),
+             *(["--tls-cert", str(self.tls[0]), "--tls-key", str(self.tls[1])]
+               if self.tls else [])],
             stdout=log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True,
             pass_fds=(self.sock.fileno(),), cwd=self.cwd,
         )  # fmt: skip
@@ -127,7 +134,8 @@ class NodeProcess:
                 tail = Path(log.name).read_bytes()[-3000:].decode(errors="replace")
                 raise RuntimeError(f"node exited during start-up; {log.name} ends:\n{tail}")
             try:
-                if httpx.get(self.url + "/ready", timeout=2).status_code == 200:
+                ready = httpx.get(self.url + "/ready", timeout=2, verify=self.verify)
+                if ready.status_code == 200:
                     return
             except httpx.HTTPError:
                 pass

@@ -6,9 +6,10 @@ machine; bigger machines raise them through ``PAYNODE_*`` variables.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 import msgspec
@@ -35,7 +36,8 @@ class Section(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=T
         return f"{type(self).__name__}({fields})"
 
 
-_SECRET_FIELDS = ("providers",)  # in a section (the top level's: _redacted)
+# Secret fields in a section (the top level's: _redacted)
+_SECRET_FIELDS = ("providers", "password", "auth_token")
 
 
 class LedgerSettings(Section, frozen=True):
@@ -82,6 +84,14 @@ class HttpSettings(Section, frozen=True):
     db_pool_size: Annotated[int, Meta(ge=1, le=1000)] = 8
     # Comma-separated origins allowed by browsers; "" = none
     cors_origins: str = ""
+    # Serve HTTPS with this certificate chain and key (PEM files); "" = plain HTTP
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    # Refuse plain-HTTP requests (403 tls_required); behind a TLS-terminating proxy, its
+    # X-Forwarded-Proto counts only from trusted_proxies
+    require_tls: bool = False
+    # Comma-separated addresses or CIDR blocks of proxies whose X-Forwarded-Proto is believed
+    trusted_proxies: str = ""
 
 
 class AuthSettings(Section, frozen=True):
@@ -122,6 +132,15 @@ class NotifySettings(Section, frozen=True):
     interval_ms: Annotated[int, Meta(ge=10, le=60_000)] = 200
     # Events fanned out per transaction
     batch: Annotated[int, Meta(ge=1, le=100_000)] = 5_000
+    # Send API messages (POST /v1/notifications): tries before a message is dead
+    message_max_attempts: Annotated[int, Meta(ge=1, le=100)] = 6
+    # 1, 2, 4 ... s between tries (half of it jitter), up to the cap
+    message_backoff_base_s: Annotated[float, Meta(gt=0, le=86_400)] = 2.0
+    message_backoff_cap_s: Annotated[float, Meta(gt=0, le=86_400)] = 3600.0
+    # How often due messages are looked for when nothing woke the loop
+    message_interval_ms: Annotated[int, Meta(ge=10, le=60_000)] = 1_000
+    # Messages claimed per pass, and sent at once at most
+    message_batch: Annotated[int, Meta(ge=1, le=1_000)] = 50
 
 
 class WebhookSettings(Section, frozen=True):
@@ -256,6 +275,87 @@ class OtpSettings(Section, frozen=True):
     max_age_s: Annotated[int, Meta(ge=30, le=3600)] = 300
     # Codes tried per challenge before it locks
     max_attempts: Annotated[int, Meta(ge=1, le=20)] = 5
+    # Resends a payer may ask for per challenge (POST /v1/payments/{id}/resend-code)
+    max_resends: Annotated[int, Meta(ge=0, le=20)] = 3
+    # Least time between two sends of one challenge's code
+    resend_interval_s: Annotated[int, Meta(ge=0, le=3600)] = 30
+
+
+class EmailSettings(Section, frozen=True):
+    """Email over SMTP (actors/notify/email.py); host "" = a local sink file."""
+
+    # The SMTP server; "" = write messages to <data_dir>/email-sink.jsonl
+    host: str = ""
+    port: Annotated[int, Meta(ge=1, le=65_535)] = 587
+    # "starttls" (upgrade a plain connection), "tls" (implicit, port 465), "none" (dev)
+    tls: Literal["starttls", "tls", "none"] = "starttls"
+    username: str = ""
+    # Never printed
+    password: str = ""
+    from_address: Annotated[str, Meta(min_length=3, max_length=254)] = (
+        "paynode <no-reply@localhost>"
+    )
+    # Per message, connect to the server's answer
+    timeout_ms: Annotated[int, Meta(ge=100, le=120_000)] = 10_000
+
+
+class SmsSettings(Section, frozen=True):
+    """SMS through a Twilio-shaped HTTP provider (actors/notify/sms.py); base_url "" = a
+    local sink file."""
+
+    # The provider's API root, e.g. https://api.twilio.com; "" = <data_dir>/sms-sink.jsonl
+    base_url: str = ""
+    account_sid: str = ""
+    # Signs requests (basic auth) and the provider's status callbacks; never printed
+    auth_token: str = ""
+    # E.164 sender number
+    from_number: str = ""
+    # Per request, connect to last byte
+    timeout_ms: Annotated[int, Meta(ge=100, le=120_000)] = 10_000
+
+
+class PushSettings(Section, frozen=True):
+    """Retries of a push the provider could not take (a 429, a 5xx, a timeout)."""
+
+    # 1, 2, 4 ... s (half of it jitter), up to the cap
+    backoff_base_s: Annotated[float, Meta(gt=0, le=86_400)] = 1.0
+    backoff_cap_s: Annotated[float, Meta(gt=0, le=86_400)] = 300.0
+    # A provider's Retry-After is honoured up to this
+    max_retry_after_s: Annotated[float, Meta(ge=0, le=86_400)] = 600.0
+
+
+class ApnsSettings(Section, frozen=True):
+    """Apple push over HTTP/2 with a provider token (actors/notify/apns.py); key_file ""
+    = the JSON-lines sink (<data_dir>/push-sink.jsonl)."""
+
+    # https://api.push.apple.com (production), https://api.sandbox.push.apple.com;
+    # http:// speaks HTTP/2 in the clear (a local simulator)
+    endpoint: str = "https://api.push.apple.com"
+    team_id: str = ""
+    key_id: str = ""
+    # The .p8 signing key (PKCS#8 PEM, P-256); its content is never printed
+    key_file: str = ""
+    # The app's bundle id
+    topic: str = "dev.paynode.app"
+    # Per request, connect to answer
+    timeout_ms: Annotated[int, Meta(ge=100, le=120_000)] = 10_000
+    # A provider token's life before a new one is signed (Apple refuses one older than
+    # an hour, and new ones oftener than every 20 minutes)
+    token_refresh_s: Annotated[int, Meta(ge=60, le=3300)] = 3000
+
+
+class FcmSettings(Section, frozen=True):
+    """Firebase Cloud Messaging HTTP v1 with an OAuth service account
+    (actors/notify/fcm.py); service_account_file "" = the JSON-lines sink."""
+
+    endpoint: str = "https://fcm.googleapis.com"
+    # The service account's JSON key file (project_id, client_email, private_key,
+    # token_uri); its content is never printed
+    service_account_file: str = ""
+    # "" = the file's token_uri
+    token_uri: str = ""
+    # Per request, connect to answer (the token exchange too)
+    timeout_ms: Annotated[int, Meta(ge=100, le=120_000)] = 10_000
 
 
 def _default(section: type[Section], **values: object) -> Any:
@@ -290,6 +390,11 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
     api_key: Annotated[str, Meta(min_length=16)] | None = None
     # Keyring file; "" = <data_dir>/keyring.json (see storage/keyring.py)
     keyring: str = ""
+    # OTLP/HTTP collector base URL for traces; "" = tracing off (no cost on the hot path).
+    # OTEL_EXPORTER_OTLP_ENDPOINT sets it too
+    trace_endpoint: str = ""
+    # Log lines as text, or one JSON object per line (with trace and span ids)
+    log_format: Literal["text", "json"] = "text"
 
     ledger: LedgerSettings = _default(LedgerSettings)
     batch: BatchSettings = _default(BatchSettings)
@@ -315,6 +420,11 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
     risk: RiskSettings = _default(RiskSettings)
     sanctions: SanctionsSettings = _default(SanctionsSettings)
     otp: OtpSettings = _default(OtpSettings)
+    push: PushSettings = _default(PushSettings)
+    apns: ApnsSettings = _default(ApnsSettings)
+    fcm: FcmSettings = _default(FcmSettings)
+    email: EmailSettings = _default(EmailSettings)
+    sms: SmsSettings = _default(SmsSettings)
 
     def __repr__(self) -> str:
         fields = ", ".join(f"{n}={_redacted(n, v)}" for n, v in flat_items(self))
@@ -328,6 +438,11 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
             return msgspec.json.decode(self.webhook.providers, type=dict[str, str])
         except msgspec.DecodeError as e:
             raise ValueError("webhook_providers is not a JSON object of strings") from e
+
+    def proxy_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        """``http.trusted_proxies`` parsed (a bare address is a /32 or /128)."""
+        parts = [x.strip() for x in self.http.trusted_proxies.split(",") if x.strip()]
+        return tuple(ipaddress.ip_network(x, strict=False) for x in parts)
 
     def front_url(self) -> str:
         if self.public_url:
@@ -361,6 +476,8 @@ SECTIONS: dict[str, str] = {
     "ach": "ach_", "schedule": "schedule_", "fx": "fx_", "rtp": "rtp_", "rtp_sim": "rtp_sim_",
     "bank_sim": "bank_sim_", "risk": "risk_",
     "sanctions": "sanctions_", "otp": "otp_", "link": "link_",
+    "push": "push_", "apns": "apns_", "fcm": "fcm_",
+    "email": "email_", "sms": "sms_",
 }  # fmt: skip
 # Settings whose name changed (one unit per concept; sections): named in the error.
 RENAMED = {
@@ -446,7 +563,7 @@ def replace(settings: Settings, **flat: object) -> Settings:
 
 
 def _redacted(field: str, value: object) -> str:
-    if field in ("api_key", "webhook_providers") and value:
+    if field in ("api_key", "webhook_providers", "email_password", "sms_auth_token") and value:
         return "<redacted>"
     if field == "database_url" and isinstance(value, str):
         return repr(_without_password(value))
@@ -486,6 +603,8 @@ def from_env(**overrides: object) -> Settings:
         values["database_url"] = os.environ["DATABASE_URL"]
     if os.environ.get("RAY_ADDRESS"):
         values["ray_address"] = os.environ["RAY_ADDRESS"]
+    if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") and "trace_endpoint" not in values:
+        values["trace_endpoint"] = os.environ["OTEL_EXPORTER_OTLP_ENDPOINT"]
     values.update({k: v for k, v in overrides.items() if v is not None})
     return _build(values, strict=False)
 
@@ -513,8 +632,16 @@ def _check(s: Settings) -> None:
         problems.append("queue_limit must be >= batch_max_items")
     if s.auth.refresh_token_ttl_s < s.auth.access_token_ttl_s:
         problems.append("refresh_token_ttl_s must be >= access_token_ttl_s")
+    if bool(s.http.tls_cert_file) != bool(s.http.tls_key_file):
+        problems.append("tls_cert_file and tls_key_file go together")
+    try:
+        s.proxy_networks()
+    except ValueError:
+        problems.append("trusted_proxies must be comma-separated addresses or CIDR blocks")
     if s.webhook.backoff_cap_s < s.webhook.backoff_base_s:
         problems.append("webhook_backoff_cap_s must be >= webhook_backoff_base_s")
+    if s.notify.message_backoff_cap_s < s.notify.message_backoff_base_s:
+        problems.append("notify_message_backoff_cap_s must be >= notify_message_backoff_base_s")
     from paynode.domain.rails.nacha import aba_valid
 
     if not aba_valid(s.ach.odfi_routing):

@@ -45,6 +45,7 @@ def _parser() -> argparse.ArgumentParser:
         "--shards", type=int, help="shard actors (default: half the cores, at least 1)"
     )
     run.add_argument("--workers", type=int, help="HTTP front processes sharing the shards")
+    fronts.serving_options(run)
     run.add_argument("--fd", type=int, help=(
         "serve on this inherited, already bound listening socket (a supervisor or test "
         "harness owns the port) instead of binding --host/--port"
@@ -91,6 +92,9 @@ def _settings(args: argparse.Namespace) -> Settings:
         finally:
             probe.detach()  # the socket stays open for cmd_run
     return from_env(
+        log_format=getattr(args, "log_format", None),
+        tls_cert_file=getattr(args, "tls_cert", None),
+        tls_key_file=getattr(args, "tls_key", None),
         host=getattr(args, "host", None),
         port=port,
         data_dir=args.data_dir,
@@ -196,10 +200,11 @@ def cmd_run(settings: Settings, fd: int | None = None) -> int:
             access_log=False,
             proxy_headers=False,  # clients connect directly; never trust X-Forwarded-*
             timeout_graceful_shutdown=10,
+            **fronts.tls_options(settings),
         )
         server = Server(config)
         print(
-            f"paynode listening on http://{settings.host}:{settings.port} "
+            f"paynode listening on {fronts.scheme(settings)}://{settings.host}:{settings.port} "
             f"({len(services.shard_names)} shards; data in {settings.data_path()})",
             flush=True,
         )
@@ -222,7 +227,7 @@ def _serve_workers(settings: Settings, services: Any, sock: socket.socket) -> No
     import ray
 
     print(
-        f"paynode listening on http://{settings.host}:{settings.port} "
+        f"paynode listening on {fronts.scheme(settings)}://{settings.host}:{settings.port} "
         f"({len(services.shard_names)} shards, {settings.workers} front processes; "
         f"data in {settings.data_path()})",
         flush=True,
@@ -271,6 +276,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError, msgspec.ValidationError) as e:
         print(f"paynode: {e}", file=sys.stderr)
         return 2
+    from paynode.node.logs import configure
+
+    configure(settings.log_format)
     from paynode.storage.keyring import KeyringError
 
     if args.command == "migrate":

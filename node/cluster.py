@@ -45,6 +45,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     api.add_argument("--host", help="listen address (default 127.0.0.1)")
     api.add_argument("--port", type=int, help="listen port (default 8000)")
     api.add_argument("--workers", type=int, default=1, help="API processes (default 1)")
+    from paynode.node.fronts import serving_options
+
+    serving_options(api)
     api.add_argument("--fd", type=int, help=(
         "serve on this inherited, already bound listening socket instead of binding "
         "--host/--port"
@@ -98,8 +101,8 @@ def cmd_api(settings: Settings, workers: int, fd: int | None = None) -> int:
         print("paynode: --workers must be 1..64", file=sys.stderr)
         return 2
     print(
-        f"paynode api on http://{settings.host}:{settings.port} ({workers} workers, "
-        f"Ray at {settings.ray_address})",
+        f"paynode api on {fronts.scheme(settings)}://{settings.host}:{settings.port}"
+        f" ({workers} workers, Ray at {settings.ray_address})",
         flush=True,
     )
     fronts.serve(settings, workers, None if fd is None else fronts.inherited_socket(fd))
@@ -115,10 +118,10 @@ def app_from_env() -> Any:
     from paynode.node.runtime import find_shards, start_ray
     from paynode.storage.keyring import load
 
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
     settings = from_env()
+    from paynode.node.logs import configure
+
+    configure(settings.log_format)
     start_ray(settings)
     import ray
 

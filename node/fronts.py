@@ -11,6 +11,7 @@ could disagree (credential caches drop a revocation as any front commits it).
 
 from __future__ import annotations
 
+import argparse
 import math
 import os
 import socket
@@ -33,6 +34,8 @@ def worker_environment(settings: Settings, workers: int, **extra: str) -> dict[s
         "PAYNODE_PORT": str(settings.port),
         "PAYNODE_DATA_DIR": str(settings.data_path()),
         "PAYNODE_NAMESPACE": settings.namespace,
+        "PAYNODE_LOG_FORMAT": settings.log_format,
+        "PAYNODE_TRACE_ENDPOINT": settings.trace_endpoint,
     }
     for section in _SPLIT_LIMITS:
         limit: RateLimit = getattr(settings, section)
@@ -52,6 +55,24 @@ def inherited_socket(fd: int) -> socket.socket:
     return sock
 
 
+def serving_options(p: argparse.ArgumentParser) -> None:
+    """TLS and the log format of the commands that serve HTTP (run, api)."""
+    p.add_argument("--tls-cert", help="serve HTTPS: certificate chain (PEM)")
+    p.add_argument("--tls-key", help="serve HTTPS: private key (PEM)")
+    p.add_argument("--log-format", choices=["text", "json"], help="log lines (default text)")
+
+
+def scheme(settings: Settings) -> str:
+    return "https" if settings.http.tls_cert_file else "http"
+
+
+def tls_options(settings: Settings) -> dict[str, Any]:
+    """uvicorn's TLS options: HTTPS with the configured certificate, else plain HTTP."""
+    if not settings.http.tls_cert_file:
+        return {}
+    return {"ssl_certfile": settings.http.tls_cert_file, "ssl_keyfile": settings.http.tls_key_file}
+
+
 def serve(settings: Settings, workers: int, sock: socket.socket | None, **env: str) -> None:
     """Run ``workers`` API processes until SIGTERM or SIGINT (uvicorn replaces a worker
     that dies). ``sock``: an already bound socket to serve; None binds host:port."""
@@ -63,6 +84,7 @@ def serve(settings: Settings, workers: int, sock: socket.socket | None, **env: s
         "factory": True, "workers": workers, "loop": "uvloop", "http": "httptools",
         "log_level": "warning", "access_log": False, "timeout_graceful_shutdown": 10,
         "proxy_headers": False,  # clients connect directly; never trust X-Forwarded-*
+        **tls_options(settings),
     }  # fmt: skip
     if sock is None:
         uvicorn.run(APP_SPEC, host=settings.host, port=settings.port, **options)

@@ -316,6 +316,7 @@ def start_shards(
             names,
             settings.ledger.id_window,
             settings.ledger.max_accounts,
+            trace_endpoint=settings.trace_endpoint,
         )
         for i, name in enumerate(names)
     ]
@@ -391,6 +392,8 @@ def start_helpers(
         )),
         ServiceSpec(NOTIFIER_NAME, Notifier, (
             settings.notify, settings.webhook, settings.otp, data_dir, keyring, database_url,
+            settings.push, settings.apns, settings.fcm, settings.email, settings.sms,
+            settings.front_url(),
         )),
         *([_bank_simulator(settings)] if settings.bank_sim.enabled else []),
         *([_aggregator_simulator(settings)] if settings.link.sim_enabled else []),

@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from paynode.domain.notify.outbox import START, Position, Source
 from paynode.storage import pii
-from paynode.storage.events import STEP_UP_EVENT, StoredEvent, parse_event_id, type_sql
+from paynode.storage.events import StoredEvent, parse_event_id, type_sql
 from paynode.storage.keyring import Keyring
 from paynode.storage.outbox import render
 from paynode.storage.rows import record
@@ -576,13 +576,13 @@ class LiveDevice(msgspec.Struct, kw_only=True):
     start_txid: int
 
     def wants(self, event: StoredEvent) -> bool:
-        # A step-up code goes to every device of the payer, whatever it chose to hear.
+        # A step-up code does not ride the event: actors/notify/codes.py sends it to the
+        # payer's devices (or SMS, or email) itself.
         return (
             event.position.txid > self.start_txid
             and self.user_id in event.users
-            and ("*" in self.events or event.event.type in self.events
-                 or event.event.type == STEP_UP_EVENT)
-        )  # fmt: skip
+            and ("*" in self.events or event.event.type in self.events)
+        )
 
 
 async def live_devices(conn: AsyncConnection) -> list[LiveDevice]:
@@ -620,7 +620,8 @@ async def pending_pushes(conn: AsyncConnection, keys: Keyring, limit: int) -> li
             sa.text(
                 "SELECT p.id, p.device_id, dv.platform, dv.token_ct, p.attempts, p.event_id"
                 " FROM push_notifications p JOIN devices dv ON dv.id = p.device_id"
-                " WHERE p.status = 'pending' AND dv.deleted_at IS NULL ORDER BY p.id LIMIT :limit"
+                " WHERE p.status = 'pending' AND dv.deleted_at IS NULL"
+                " AND p.next_attempt_at <= now() ORDER BY p.id LIMIT :limit"
             ),
             {"limit": limit},
         )
@@ -640,14 +641,24 @@ async def pending_pushes(conn: AsyncConnection, keys: Keyring, limit: int) -> li
     ]
 
 
-async def mark_push(conn: AsyncConnection, push_id: int, status: str, result: str) -> None:
+async def mark_push(
+    conn: AsyncConnection, push_id: int, status: str, result: str, wait_s: float = 0.0
+) -> None:
+    """Record an attempt; a push left pending is tried again ``wait_s`` from now."""
     await conn.execute(
         sa.text(
             "UPDATE push_notifications SET status = :st, result = :res, attempts = attempts + 1,"
-            " sent_at = CASE WHEN :st = 'sent' THEN now() END WHERE id = :id"
+            " sent_at = CASE WHEN :st = 'sent' THEN now() END,"
+            " next_attempt_at = now() + make_interval(secs => :wait) WHERE id = :id"
         ),
-        {"id": push_id, "st": status, "res": result},
+        {"id": push_id, "st": status, "res": result, "wait": wait_s},
     )
+
+
+async def unregister_device(conn: AsyncConnection, device_id: str) -> bool:
+    """The provider said the device's token is dead: the device goes as if its owner had
+    deleted it (no longer listed, nothing more queued or sent to it)."""
+    return await delete_device(conn, device_id)
 
 
 # -- inbound webhooks ---------------------------------------------------------------------
@@ -714,6 +725,33 @@ async def unhandled_inbound(conn: AsyncConnection, provider: str, event_id: str)
         )
     ).first()
     return None if row is None else row[0]
+
+
+INBOUND_COLUMNS = ("id", "provider", "event_id", "event_type", "signed_at", "received_at",
+                   "status", "reason", "handled_at", "handler")  # fmt: skip
+
+
+async def list_inbound(
+    conn: AsyncConnection, provider: str | None, status: str | None, before: int | None,
+    limit: int,
+) -> list[tuple]:  # fmt: skip
+    """Inbound webhooks newest first (``INBOUND_COLUMNS``; never the sealed payload)."""
+    where, params = ["true"], {"provider": provider, "status": status, "before": before,
+                               "limit": limit}  # fmt: skip
+    if provider is not None:
+        where.append("provider = :provider")
+    if status is not None:
+        where.append("status = :status")
+    if before is not None:
+        where.append("id < :before")
+    rows = await conn.execute(
+        sa.text(
+            f"SELECT {', '.join(INBOUND_COLUMNS)} FROM inbound_webhooks"
+            f" WHERE {' AND '.join(where)} ORDER BY id DESC LIMIT :limit"
+        ),
+        params,
+    )
+    return [tuple(r) for r in rows]
 
 
 async def mark_inbound_handled(conn: AsyncConnection, row_id: int, handler: str) -> None:

@@ -1,6 +1,7 @@
-"""Push providers: the exact APNs and FCM requests, written to a sink.
+"""Push requests: their shapes, and the development sink that writes them.
 
-APNs and FCM cannot be reached from here, so :class:`SinkProvider` builds the
+The real clients (``apns.py``, ``fcm.py``, chosen in ``push_send.py`` when
+configured) and :class:`SinkProvider` share the builders below. The sink builds the
 HTTP/2 request each service documents (APNs: ``POST /3/device/<token>`` with
 ``apns-*`` headers; FCM HTTP v1: ``POST /v1/projects/<p>/messages:send``) and
 appends it to a JSON-lines file instead of sending it. The device token and
@@ -78,6 +79,45 @@ def alert(event: Event, code: str | None = None) -> tuple[str, str]:
     return event.type, f"Event {event.id}"
 
 
+APNS_EXPIRATION_S = 86400  # APNs stores an undeliverable push this long, then drops it
+
+
+def event_data(event: Event) -> dict[str, str]:
+    """The custom keys every push carries: the app fetches the rest by event id."""
+    return {"event_id": event.id, "event_type": event.type}
+
+
+# The builders below are shared by the sink and the real clients (apns.py, fcm.py): one
+# shape for both.
+def apns_headers(collapse_key: str, topic: str, now_s: float) -> dict[str, str]:
+    """APNs request headers but ``authorization`` (the client adds its provider token)."""
+    return {
+        "apns-push-type": "alert",
+        "apns-topic": topic,
+        "apns-priority": "10",
+        "apns-expiration": str(int(now_s) + APNS_EXPIRATION_S),
+        "apns-collapse-id": collapse_id(collapse_key),
+    }
+
+
+def apns_payload(title: str, body: str, data: dict[str, str]) -> dict[str, Any]:
+    return {"aps": {"alert": {"title": title, "body": body}, "sound": "default"}, **data}
+
+
+def fcm_message(
+    token: str, title: str, body: str, data: dict[str, str], collapse_key: str
+) -> dict[str, Any]:
+    """The body of an FCM HTTP v1 ``messages:send``."""
+    return {
+        "message": {
+            "token": token,
+            "notification": {"title": title, "body": body},
+            "data": data,
+            "android": {"priority": "high", "collapse_key": collapse_key},
+        }
+    }
+
+
 def apns_request(token: str, event: Event, topic: str, code: str | None = None) -> dict[str, Any]:
     title, body = alert(event, code)
     return {
@@ -85,17 +125,9 @@ def apns_request(token: str, event: Event, topic: str, code: str | None = None) 
         "url": f"https://{APNS_HOST}/3/device/{_fingerprint(token)}",
         "headers": {
             "authorization": "bearer <provider token " + _fingerprint(topic) + ">",
-            "apns-push-type": "alert",
-            "apns-topic": topic,
-            "apns-priority": "10",
-            "apns-expiration": str(int(time.time()) + 86400),
-            "apns-collapse-id": collapse_id(event.id),
+            **apns_headers(event.id, topic, time.time()),
         },
-        "body": {
-            "aps": {"alert": {"title": title, "body": body}, "sound": "default"},
-            "event_id": event.id,
-            "event_type": event.type,
-        },
+        "body": apns_payload(title, body, event_data(event)),
     }
 
 
@@ -108,14 +140,7 @@ def fcm_request(token: str, event: Event, project: str, code: str | None = None)
             "authorization": "Bearer <oauth2 access token>",
             "content-type": "application/json; UTF-8",
         },
-        "body": {
-            "message": {
-                "token": _fingerprint(token),
-                "notification": {"title": title, "body": body},
-                "data": {"event_id": event.id, "event_type": event.type},
-                "android": {"priority": "high", "collapse_key": event.id},
-            }
-        },
+        "body": fcm_message(_fingerprint(token), title, body, event_data(event), event.id),
     }
 
 

@@ -33,11 +33,15 @@ Scope = Literal[
     "bank_accounts:write",
     "reconciliation:read",
     "reconciliation:write",
+    "notifications:read",
+    "notifications:write",
     "admin",
 ]
 ALL_SCOPES: tuple[str, ...] = get_args(Scope)
 # Operator scopes see or act on the whole node, not on one user's things.
-OPERATOR_SCOPES = frozenset({"admin", "kyc:review", "reconciliation:read", "reconciliation:write"})
+# notifications:*: the send API reaches any user (a service sending receipts, alerts).
+OPERATOR_SCOPES = frozenset({"admin", "kyc:review", "reconciliation:read", "reconciliation:write",
+                             "notifications:read", "notifications:write"})  # fmt: skip
 USER_SCOPES: tuple[str, ...] = tuple(s for s in ALL_SCOPES if s not in OPERATOR_SCOPES)
 
 

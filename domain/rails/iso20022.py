@@ -89,8 +89,8 @@ class CreditTransfer(msgspec.Struct, frozen=True, kw_only=True):
     created_at: dt.datetime
 
 
-class TransferStatus(msgspec.Struct, frozen=True, kw_only=True):
-    """pacs.002: the answer to one pacs.008."""
+class StatusReport(msgspec.Struct, frozen=True, kw_only=True):
+    """pacs.002 (the answer to a pacs.008) or pain.014 (the answer to a pain.013)."""
 
     message_id: str
     original_message_id: str
@@ -98,6 +98,10 @@ class TransferStatus(msgspec.Struct, frozen=True, kw_only=True):
     status: str
     reason: str | None = None
     created_at: dt.datetime
+
+
+TransferStatus = StatusReport  # pacs.002
+RequestStatus = StatusReport  # pain.014
 
 
 class PaymentRequest(msgspec.Struct, frozen=True, kw_only=True):
@@ -111,17 +115,6 @@ class PaymentRequest(msgspec.Struct, frozen=True, kw_only=True):
     debtor: Party
     expires_at: dt.datetime
     remittance: str = ""
-    created_at: dt.datetime
-
-
-class RequestStatus(msgspec.Struct, frozen=True, kw_only=True):
-    """pain.014: the payer's answer to a pain.013."""
-
-    message_id: str
-    original_message_id: str
-    original_end_to_end_id: str
-    status: str
-    reason: str | None = None
     created_at: dt.datetime
 
 
@@ -211,20 +204,24 @@ def build_credit_transfer(m: CreditTransfer) -> str:
     return _text(doc)
 
 
-def build_transfer_status(m: TransferStatus) -> str:
-    doc, root = _doc("pacs.002", "FIToFIPmtStsRpt")
+def _build_report(m: StatusReport, kind: str, root_tag: str, original: str, nested: bool) -> str:
+    doc, root = _doc(kind, root_tag)
     hdr = _sub(root, "GrpHdr")
     _sub(hdr, "MsgId", m.message_id)
     _sub(hdr, "CreDtTm", _stamp(m.created_at))
     orig = _sub(root, "OrgnlGrpInfAndSts")
     _sub(orig, "OrgnlMsgId", m.original_message_id)
-    _sub(orig, "OrgnlMsgNmId", "pacs.008.001.08")
-    tx = _sub(root, "TxInfAndSts")
+    _sub(orig, "OrgnlMsgNmId", original)
+    tx = _sub(_sub(root, "OrgnlPmtInfAndSts") if nested else root, "TxInfAndSts")
     _sub(tx, "OrgnlEndToEndId", m.original_end_to_end_id)
     _sub(tx, "TxSts", m.status)
     if m.reason:
         _path(tx, "StsRsnInf/Rsn/Cd", m.reason)
     return _text(doc)
+
+
+def build_transfer_status(m: StatusReport) -> str:
+    return _build_report(m, "pacs.002", "FIToFIPmtStsRpt", "pacs.008.001.08", nested=False)
 
 
 def build_payment_request(m: PaymentRequest) -> str:
@@ -250,20 +247,8 @@ def build_payment_request(m: PaymentRequest) -> str:
     return _text(doc)
 
 
-def build_request_status(m: RequestStatus) -> str:
-    doc, root = _doc("pain.014", "CdtrPmtActvtnReqStsRpt")
-    hdr = _sub(root, "GrpHdr")
-    _sub(hdr, "MsgId", m.message_id)
-    _sub(hdr, "CreDtTm", _stamp(m.created_at))
-    orig = _sub(root, "OrgnlGrpInfAndSts")
-    _sub(orig, "OrgnlMsgId", m.original_message_id)
-    _sub(orig, "OrgnlMsgNmId", "pain.013.001.07")
-    tx = _sub(_sub(root, "OrgnlPmtInfAndSts"), "TxInfAndSts")
-    _sub(tx, "OrgnlEndToEndId", m.original_end_to_end_id)
-    _sub(tx, "TxSts", m.status)
-    if m.reason:
-        _path(tx, "StsRsnInf/Rsn/Cd", m.reason)
-    return _text(doc)
+def build_request_status(m: StatusReport) -> str:
+    return _build_report(m, "pain.014", "CdtrPmtActvtnReqStsRpt", "pain.013.001.07", nested=True)
 
 
 # -- parsing ------------------------------------------------------------------------------
@@ -356,19 +341,23 @@ def parse_credit_transfer(text: str) -> CreditTransfer:
     )  # fmt: skip
 
 
-def parse_transfer_status(text: str) -> TransferStatus:
-    root, ns = _root(text, "pacs.002", "FIToFIPmtStsRpt")
-    tx = root.find(f"{{{ns}}}TxInfAndSts")
+def _parse_report(text: str, kind: str, root_tag: str, tx_path: str) -> StatusReport:
+    root, ns = _root(text, kind, root_tag)
+    tx = root.find("/".join(f"{{{ns}}}{t}" for t in tx_path.split("/")))
     if tx is None:
-        raise MessageError("TxInfAndSts is missing")
+        raise MessageError(f"{tx_path} is missing")
     status, reason = _status(tx, ns)
-    return TransferStatus(
+    return StatusReport(
         message_id=_get(root, ns, "GrpHdr/MsgId"),
         original_message_id=_get(root, ns, "OrgnlGrpInfAndSts/OrgnlMsgId"),
         original_end_to_end_id=_get(tx, ns, "OrgnlEndToEndId"),
         status=status, reason=reason,
         created_at=_time(_get(root, ns, "GrpHdr/CreDtTm", 64)),
     )  # fmt: skip
+
+
+def parse_transfer_status(text: str) -> StatusReport:
+    return _parse_report(text, "pacs.002", "FIToFIPmtStsRpt", "TxInfAndSts")
 
 
 def parse_payment_request(text: str) -> PaymentRequest:
@@ -391,16 +380,7 @@ def parse_payment_request(text: str) -> PaymentRequest:
     )  # fmt: skip
 
 
-def parse_request_status(text: str) -> RequestStatus:
-    root, ns = _root(text, "pain.014", "CdtrPmtActvtnReqStsRpt")
-    tx = root.find(f"{{{ns}}}OrgnlPmtInfAndSts/{{{ns}}}TxInfAndSts")
-    if tx is None:
-        raise MessageError("OrgnlPmtInfAndSts/TxInfAndSts is missing")
-    status, reason = _status(tx, ns)
-    return RequestStatus(
-        message_id=_get(root, ns, "GrpHdr/MsgId"),
-        original_message_id=_get(root, ns, "OrgnlGrpInfAndSts/OrgnlMsgId"),
-        original_end_to_end_id=_get(tx, ns, "OrgnlEndToEndId"),
-        status=status, reason=reason,
-        created_at=_time(_get(root, ns, "GrpHdr/CreDtTm", 64)),
-    )  # fmt: skip
+def parse_request_status(text: str) -> StatusReport:
+    return _parse_report(
+        text, "pain.014", "CdtrPmtActvtnReqStsRpt", "OrgnlPmtInfAndSts/TxInfAndSts"
+    )

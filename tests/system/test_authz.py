@@ -37,6 +37,8 @@ PUBLIC_V1 = {
     ("POST", "/v1/auth/refresh"),
     # Authenticated by the provider's HMAC signature, not a bearer (tests/system/test_notify.py).
     ("POST", "/v1/webhooks/{provider}"),
+    # The SMS provider's status callbacks: X-Twilio-Signature (tests/system/test_channels.py).
+    ("POST", "/v1/callbacks/sms-status"),
 }
 # Operational endpoints outside /v1 (probes and Prometheus), unauthenticated by design.
 # A new top-level path fails test_every_v1_endpoint_needs_credentials until it is listed

@@ -123,10 +123,18 @@ def test_step_up_with_a_one_time_code(node: RunningNode) -> None:
     _, payee = _register(node, "otp-bob")
     _wallet(node, user, "otp-ann-w", 100_000)
     _wallet(node, payee, "otp-bob-w")
-    # Unverified (+40) paying someone new (+10): HIGH. With no device to send a code
-    # to, the payment cannot step up and fails without moving money.
-    r = _pay(node, user, "otp-0", "otp-ann-w", "otp-bob-w", 1_000)
-    assert r.status_code == 201 and r.json()["failure_code"] == "step_up_unavailable", r.text
+    # Unverified (+40) paying someone new (+10): HIGH. With no device, the code goes by
+    # email (here the sink file, which stands for the mailbox; SMTP and SMS:
+    # tests/system/test_channels.py). A payee of its own: bob stays new for otp-1.
+    _, zoe = _register(node, "otp-zoe")
+    _wallet(node, zoe, "otp-zoe-w")
+    r = _pay(node, user, "otp-0", "otp-ann-w", "otp-zoe-w", 1_000)
+    assert r.status_code == 202 and r.json()["status"] == "requires_action", r.text
+    mailbox = Path(node.settings.data_dir) / "email-sink.jsonl"
+    mail = wait_until(lambda: mailbox.exists() and [
+        m for m in map(json.loads, mailbox.read_text().splitlines()) if "otp-0" in m["text"]
+    ], what="the code by email")[0]  # fmt: skip
+    assert mail["to"] == "otp-ann@example.com" and re.search(r"code is \d{6}\.", mail["text"])
     token = secrets.token_hex(32)
     dev = {"platform": "apns", "token": token, "events": ["transfer.posted"]}
     assert node.http.post("/v1/devices", json=dev, headers=user).status_code == 201
