@@ -25,7 +25,7 @@ import pytest
 from paynode.storage.database import libpq_url
 from tests.support.asserts import problem
 from tests.support.node import RunningNode, wait_until
-from tests.support.sms_sim import INVALID_TO, Simulator
+from tests.support.sms_sim import BROKEN, INVALID_TO, Simulator
 from tests.support.smtp_capture import Server
 
 SMS_SID = "AC" + "0123456789abcdef" * 2
@@ -35,6 +35,7 @@ SMS_TOKEN = secrets.token_hex(16)
 SHARED_NODE_SETTINGS: dict = {"auth_rate_burst": 1_000}
 CODES: list[str] = []  # every code this module received: none may show up in logs
 CODE_IN_EMAIL = re.compile(r"one-time code is (\d{6})")
+CODE_IN_EMAIL_ES = re.compile(r"código de un solo uso es (\d{6})")
 CODE_IN_SMS = re.compile(r"code (\d{6}) ")
 
 
@@ -227,6 +228,32 @@ def test_sms_refused_by_the_provider_falls_back_to_email(node: RunningNode) -> N
     assert result.startswith("sms:http_400 21211; email:"), result
     assert INVALID_TO not in result and code not in result
     assert _confirm(node, "chan-fall-1", code, user)["status"] == "completed"
+
+
+def test_a_provider_outage_falls_back_and_preferences_pick_the_channel(
+    node: RunningNode,
+) -> None:
+    # The SMS provider answers 500 (retryable, but a code must arrive now): email takes it.
+    _, email, user = _register(node, "down-di", BROKEN)
+    _high_risk_payment(node, "down", user, "chan-down-1")
+    code = _emailed_code(email)
+    ((_, status, channel, result),) = _sends(node, "chan-down-1")
+    assert (status, channel) == ("sent", "email") and result.startswith("sms:http_500"), result
+    assert _confirm(node, "chan-down-1", code, user)["status"] == "completed"
+    # A user who puts email first, in Spanish, gets the code there though they have a phone.
+    phone = "+1415556" + f"{secrets.randbelow(10_000):04d}"
+    uid, email, user = _register(node, "pref-ed", phone)
+    r = node.http.put(f"/v1/users/{uid}/notification-preferences", headers=user,
+                      json={"channels": ["email", "sms", "push"], "locale": "es"})  # fmt: skip
+    assert r.status_code == 200, r.text
+    _high_risk_payment(node, "pref", user, "chan-pref-1")
+    mails = wait_until(lambda: SERVERS.smtp.capture.to(email), what="the code by email")
+    code = CODE_IN_EMAIL_ES.search(mails[-1].text)
+    assert code, mails[-1].text
+    CODES.append(code.group(1))
+    assert SERVERS.sms.to(phone) == []  # never tried: email worked
+    assert [(st, ch) for _, st, ch, _ in _sends(node, "chan-pref-1")] == [("sent", "email")]
+    assert _confirm(node, "chan-pref-1", code.group(1), user)["status"] == "completed"
 
 
 def test_status_callbacks_are_verified(node: RunningNode) -> None:
