@@ -17,14 +17,12 @@ memory: it stands in for a third party, and is gone when the node stops.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import secrets
 import time
 from dataclasses import dataclass
 
-from paynode.actors.background import lower_priority
-from paynode.actors.signed_post import post_event
+from paynode.actors.signed_post import SimulatedParty
 from paynode.domain.rails import link as rules
 from paynode.domain.rails.link import Answer, Exchanged, LinkAccount, LinkToken
 
@@ -100,32 +98,18 @@ def _answer(**values: object) -> bytes:
     return rules.encode(Answer(**values))  # type: ignore[arg-type]
 
 
-class AggregatorSimulator:
+class AggregatorSimulator(SimulatedParty):
     """Run under Ray (a service of the followers host). Every call answers an encoded
     ``domain.rails.link.Answer``: a value or a Plaid error code."""
 
     def __init__(self, node_url: str, secret: str, link_token_ttl_s: int) -> None:
-        lower_priority()
-        self._url = f"{node_url}/v1/webhooks/{PROVIDER}"
-        self._secret = secret
+        super().__init__(node_url, PROVIDER, secret)
         self._link_ttl = link_token_ttl_s
         self._link_tokens: dict[str, _LinkToken] = {}
         self._public_tokens: dict[str, _PublicToken] = {}
         self._items: dict[str, _Item] = {}
         self._by_access: dict[str, str] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
         self._fired = 0
-
-    async def ping(self) -> bool:
-        return True
-
-    async def signing_secret(self) -> str:
-        """For API processes that did not start this simulator (cluster mode)."""
-        return self._secret
-
-    async def stop(self) -> None:
-        for t in self._tasks:
-            t.cancel()
 
     def _prune(self) -> None:
         now = time.time()
@@ -300,9 +284,4 @@ class AggregatorSimulator:
         data = {"webhook_type": webhook_type, "webhook_code": code, "item_id": item.item_id,
                 "environment": "sandbox", **extra}  # fmt: skip
         kind = rules.webhook_event_type(webhook_type, code)
-        task = asyncio.create_task(self._post(event_id, kind, data))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _post(self, event_id: str, kind: str, data: dict) -> None:
-        await post_event(self._url, self._secret, event_id, kind, data, log)
+        self._spawn(self._post(event_id, kind, data))

@@ -20,8 +20,7 @@ import logging
 
 import msgspec
 
-from paynode.actors.background import lower_priority
-from paynode.actors.signed_post import post_event
+from paynode.actors.signed_post import SimulatedParty
 from paynode.domain.rails.calendar import EASTERN
 from paynode.domain.rails.nacha import (
     FileHeader,
@@ -55,7 +54,7 @@ class StatementLine(msgspec.Struct):
 decode_statement = msgspec.msgpack.Decoder(list[StatementLine]).decode
 
 
-class BankSimulator:
+class BankSimulator(SimulatedParty):
     """Run under Ray as ``ray.remote(BankSimulator)``."""
 
     def __init__(
@@ -66,28 +65,13 @@ class BankSimulator:
         odfi_routing: str,
         returns: dict[str, str] | None = None,
     ) -> None:
-        lower_priority()  # stands in for a bank: yields the CPU to the money path
-        self._url = f"{node_url}/v1/webhooks/{PROVIDER}"
-        self._secret = secret
+        super().__init__(node_url, PROVIDER, secret)
         self._delay = delay_s
         self._odfi = odfi_routing
         self._returns = DEFAULT_RETURNS if returns is None else returns
         self._statements: dict[tuple[str, str], list[StatementLine]] = {}
         self._files: dict[str, ParsedFile] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
         self._sent = 0
-
-    async def ping(self) -> bool:
-        return True
-
-    async def signing_secret(self) -> str:
-        """For API processes that did not start this simulator (cluster mode): the secret
-        its webhooks are signed with. Crosses Ray's token-authenticated channel only."""
-        return self._secret
-
-    async def stop(self) -> None:
-        for t in self._tasks:
-            t.cancel()
 
     async def receive(self, file_id: str, text: str) -> int:
         """Accept one of our files (refused if malformed), answer it after the delay."""
@@ -108,9 +92,7 @@ class BankSimulator:
                     str(batch.effective_date or ""), entry.trace_number,
                 ))  # fmt: skip
                 del lines[:-_STATEMENT_LIMIT]
-        task = asyncio.create_task(self._answer(file_id, parsed))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._spawn(self._answer(file_id, parsed))
         return sum(len(b.entries) for b in parsed.batches)
 
     async def statement(self, routing: str, account_number: str) -> bytes:
@@ -150,6 +132,7 @@ class BankSimulator:
                     "settlement_date": now.date().isoformat()}  # fmt: skip
             await self._post(f"{file_id}-settlement", "ach.settlement", data)
 
-    async def _post(self, event_id: str, kind: str, data: dict) -> None:
-        if await post_event(self._url, self._secret, event_id, kind, data, log):
-            self._sent += 1
+    async def _post(self, event_id: str, kind: str, data: dict) -> bool:
+        sent = await super()._post(event_id, kind, data)
+        self._sent += sent
+        return sent

@@ -18,6 +18,7 @@ HANDLES_NAME = "paynode-handles"
 ACH_NAME = "paynode-ach"
 BANK_SIM_NAME = "paynode-banksim"
 RTP_SIM_NAME = "paynode-rtpsim"
+CARD_SIM_NAME = "paynode-cardsim"
 AGGREGATOR_SIM_NAME = "paynode-aggsim"
 RISK_NAME = "paynode-risk"
 CHECKPOINTER_NAME = "paynode-checkpointer"
@@ -36,6 +37,7 @@ HOST_OF = {
     ACH_NAME: FOLLOWERS_HOST,
     BANK_SIM_NAME: FOLLOWERS_HOST,
     RTP_SIM_NAME: FOLLOWERS_HOST,
+    CARD_SIM_NAME: FOLLOWERS_HOST,
     AGGREGATOR_SIM_NAME: FOLLOWERS_HOST,
     CHECKPOINTER_NAME: FOLLOWERS_HOST,
 }

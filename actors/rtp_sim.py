@@ -24,8 +24,7 @@ import secrets
 
 import msgspec
 
-from paynode.actors.background import lower_priority
-from paynode.actors.signed_post import post_event
+from paynode.actors.signed_post import SimulatedParty
 from paynode.domain.rails import iso20022 as iso
 from paynode.domain.rails.rtp_rules import NETWORK_LIMIT
 
@@ -53,7 +52,7 @@ class Credit(msgspec.Struct):
 decode_statement = msgspec.msgpack.Decoder(list[Credit]).decode
 
 
-class RtpNetworkSimulator:
+class RtpNetworkSimulator(SimulatedParty):
     """Run under Ray (a service of the followers host)."""
 
     def __init__(
@@ -64,9 +63,7 @@ class RtpNetworkSimulator:
         participants: list[str],
         rejects: dict[str, str] | None = None,
     ) -> None:
-        lower_priority()
-        self._url = f"{node_url}/v1/webhooks/{PROVIDER}"
-        self._secret = secret
+        super().__init__(node_url, PROVIDER, secret)
         self._delay_s = delay_ms / 1000
         self._participants = frozenset(participants)
         self._rejects = DEFAULT_REJECTS if rejects is None else rejects
@@ -74,18 +71,6 @@ class RtpNetworkSimulator:
         self._in_flight: dict[str, asyncio.Future[str]] = {}
         self._statements: dict[tuple[str, str], list[Credit]] = {}
         self._request_answers: dict[str, str] = {}  # RfP end-to-end id -> pain.014
-        self._tasks: set[asyncio.Task[None]] = set()
-
-    async def ping(self) -> bool:
-        return True
-
-    async def signing_secret(self) -> str:
-        """For fronts that did not start this simulator (cluster mode)."""
-        return self._secret
-
-    async def stop(self) -> None:
-        for t in self._tasks:
-            t.cancel()
 
     # -- credit transfers -----------------------------------------------------------------
 
@@ -170,14 +155,8 @@ class RtpNetworkSimulator:
             creditor=creditor, debtor=debtor, remittance=remittance,
             expires_at=now + dt.timedelta(seconds=expires_s), created_at=now,
         ))  # fmt: skip
-        task = asyncio.create_task(self._deliver(e2e, text))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._spawn(self._post(e2e, "rtp.request_for_payment", {"message": text}))
         return e2e
-
-    async def _deliver(self, e2e: str, text: str) -> None:
-        await post_event(self._url, self._secret, e2e, "rtp.request_for_payment",
-                         {"message": text}, log)  # fmt: skip
 
     async def respond(self, pain014: str) -> bool:
         """The payer's bank answers a request for payment."""

@@ -22,9 +22,13 @@ from paynode.actors import tracing
 from paynode.api import (
     ach_ops_routes,
     ach_routes,
+    billing_routes,
+    card_routes,
+    card_service,
     code_routes,
     contract,
     device_routes,
+    dispute_routes,
     errors,
     fx_routes,
     handle_routes,
@@ -64,7 +68,8 @@ ROUTERS = (
     ledger_routes, ops_routes, identity_routes, key_routes, recon_routes, notify_routes,
     device_routes, inbound_routes, handle_routes, rails_routes, ach_routes, risk_routes,
     schedule_routes, fx_routes, ach_ops_routes, monitor_routes, link_routes, rtp_routes,
-    notification_routes, code_routes,
+    notification_routes, code_routes, card_routes, billing_routes,
+    dispute_routes,
 )  # fmt: skip
 
 
@@ -82,11 +87,19 @@ def create_app(settings: Settings, shard_names: list[str], keys: Keyring) -> Any
                 if ctx.rtp_network is not None and settings.rtp.recover_interval_ms > 0
                 else None
             )
+            # ... and card payments a slow processor or a crash left processing.
+            card = (
+                asyncio.create_task(card_service.follow(ctx))
+                if ctx.card_processor is not None and settings.card.recover_interval_ms > 0
+                else None
+            )
             try:
                 yield
             finally:
                 if rtp is not None:
                     rtp.cancel()
+                if card is not None:
+                    card.cancel()
                 if settings.trace_endpoint:
                     tracing.shutdown(settings.trace_endpoint)  # what is queued goes out
 

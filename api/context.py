@@ -23,6 +23,7 @@ from paynode.actors.names import (
     AGGREGATOR_SIM_NAME,
     ANALYTICS_NAME,
     BANK_SIM_NAME,
+    CARD_SIM_NAME,
     CHECKPOINTER_NAME,
     HANDLES_NAME,
     NOTIFIER_NAME,
@@ -36,6 +37,8 @@ from paynode.api.audit_writer import AuditWriter
 from paynode.api.auth.authenticate import Authenticator
 from paynode.api.auth.ratelimit import TokenBuckets
 from paynode.api.batcher import Overloaded
+from paynode.api.billing_service import follow as billing_loop
+from paynode.api.billing_service import policy_of
 from paynode.api.ledger_client import LedgerClient, Unavailable
 from paynode.api.metrics import FrontMetrics, RiskStats
 from paynode.api.scheduler import follow as scheduler_loop
@@ -79,6 +82,7 @@ class Context:
     aggregator: ServiceRef | None = None  # bank linking (None: the simulator is off)
     rtp_network: ServiceRef | None = None  # the RTP network (None: not reachable)
     rtp_participants: frozenset[str] = frozenset()  # routing numbers RTP can credit
+    card_processor: ServiceRef | None = None  # the card processor (None: cards are off)
 
 
 @asynccontextmanager
@@ -125,6 +129,9 @@ async def open_context(
         aggregator=service(AGGREGATOR_SIM_NAME) if settings.link.sim_enabled else None,
         rtp_network=service(RTP_SIM_NAME) if settings.rtp_sim.enabled else None,
         rtp_participants=bank_directory.load_rtp_participants(settings.rtp.participants),
+        card_processor=(
+            service(CARD_SIM_NAME) if settings.card.enabled and settings.card_sim.enabled else None
+        ),
     )
     ctx.audit.start()
     revocations = asyncio.create_task(ctx.auth.follow_revocations(settings.database_url or ""))
@@ -133,6 +140,13 @@ async def open_context(
         asyncio.create_task(scheduler_loop(engine, client, settings.schedule.interval_ms,
                                            settings.schedule.batch))
         if settings.schedule.interval_ms > 0 else None
+    )  # fmt: skip
+    billing_s = settings.billing
+    billing = (
+        asyncio.create_task(billing_loop(
+            engine, client, billing_s.interval_ms, billing_s.batch,
+            policy_of(billing_s.retry_days, billing_s.on_exhausted)))
+        if billing_s.interval_ms > 0 else None
     )  # fmt: skip
     try:
         await _operator_accounts(client)
@@ -143,6 +157,8 @@ async def open_context(
         keepalive.cancel()
         if scheduler is not None:
             scheduler.cancel()
+        if billing is not None:
+            billing.cancel()
         await ctx.audit.stop()
         await engine.dispose()
 

@@ -17,6 +17,9 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.routing import APIRoute
 
 from paynode.api.ach_schemas import ACH_TYPES
+from paynode.api.billing_schemas import BILLING_TYPES
+from paynode.api.card_schemas import CARD_TYPES
+from paynode.api.dispute_schemas import DISPUTE_TYPES
 from paynode.api.fx_schemas import FX_TYPES
 from paynode.api.identity_schemas import IDENTITY_TYPES
 from paynode.api.link_schemas import LINK_TYPES
@@ -168,13 +171,16 @@ def install(app: FastAPI, hot_routes: Sequence[Any] = ()) -> None:
                 + NOTIFY_TYPES
                 + RAILS_TYPES
                 + RTP_TYPES
+                + DISPUTE_TYPES
                 + ACH_TYPES
                 + RISK_TYPES
                 + SCHEDULE_TYPES
                 + FX_TYPES
                 + MONITOR_TYPES
                 + LINK_TYPES
-                + NOTIFICATION_TYPES,
+                + NOTIFICATION_TYPES
+                + CARD_TYPES
+                + BILLING_TYPES,
                 ref_template=_REF,
             )
             schema.setdefault("components", {}).setdefault("schemas", {}).update(components)

@@ -58,9 +58,9 @@ async def create_account(
     return json_response(account_out(fresh), 201 if result.code == Code.OK else 200)
 
 
-# The node's own accounts (FX positions are made on first use: a user must not take
-# the name first).
-RESERVED_ACCOUNT_PREFIXES = (FX_ACCOUNT_PREFIX,)
+# The node's own accounts (FX positions and the card accounts are made on first use: a
+# user must not take the name first).
+RESERVED_ACCOUNT_PREFIXES = (FX_ACCOUNT_PREFIX, "card-")
 
 
 async def _account_owner(ctx: Ctx, principal: Principal, wanted: str | None) -> str:

@@ -16,7 +16,7 @@ import re
 
 from starlette.requests import Request
 
-from paynode.api import ach_routes, risk_gate, rtp_service
+from paynode.api import ach_routes, card_service, risk_gate, rtp_service
 from paynode.api import problems as p
 from paynode.api.audit_writer import audit
 from paynode.api.auth.scopes import Principal
@@ -25,7 +25,7 @@ from paynode.api.handle_routes import lookup, normalized
 from paynode.api.rails_schemas import PaymentIn, RefundIn
 from paynode.api.schemas import TransferIn
 from paynode.domain.ledger.model import RETRYABLE, Code
-from paynode.domain.rails import rtp_rules
+from paynode.domain.rails import card_rules, rtp_rules
 from paynode.domain.rails.ach_rules import (
     CLEARING_ACCOUNT,
     SAME_DAY_LIMIT,
@@ -38,7 +38,7 @@ from paynode.storage import ach, link, payments, rtp
 BANK_ACCOUNT_ID = re.compile(r"ba_[0-9a-f]{32}\Z")
 
 _SAME_FIELDS = ("owner_user_id", "debit_account_id", "credit_account_id", "amount", "currency",
-                "rail", "memo", "same_day", "bank_account_id")  # fmt: skip
+                "rail", "memo", "same_day", "bank_account_id", "payment_method_id")  # fmt: skip
 _WAITING = ("requires_action", "in_review")  # answered 202: money has not moved yet
 
 
@@ -49,9 +49,15 @@ async def make(
     201 made (completed or failed; ACH: pending), 200 a replay, 202 waiting
     (a one-time code or a compliance review) with no money moved."""
     banks = [bool(BANK_ACCOUNT_ID.match(r)) for r in (body.from_, body.to)]
-    if all(banks) or (body.rail == "wallet" and any(banks)):
+    if body.rail == card_rules.RAIL:
+        wanted, payee_owner = await _plan_card(ctx, principal, body)
+    elif not body.from_:
+        raise p.ApiError(p.MISSING_FIELD, "from is required", "$.from")
+    elif body.payment_method is not None:
+        raise p.ApiError(p.INVALID_FIELD, "payment_method is for rail card", "$.payment_method")
+    elif all(banks) or (body.rail == "wallet" and any(banks)):
         raise p.ApiError(p.RAIL_NOT_AVAILABLE, "one side must be a wallet", "$.rail")
-    if any(banks):
+    elif any(banks):
         wanted, payee_owner = await _plan_bank(ctx, principal, body, push=banks[1])
     elif body.rail in ("ach", "rtp"):
         raise p.ApiError(p.RAIL_NOT_AVAILABLE, f"{body.rail.upper()} needs a linked bank account",
@@ -66,6 +72,8 @@ async def make(
     if stored.status != "processing":
         return stored, 201 if created else 200
     done = await execute(ctx, stored)
+    if done.status in _WAITING:  # a card's issuer asks for 3-D Secure: still no money moved
+        return done, 202
     return done, 201 if created else 200
 
 
@@ -210,6 +218,41 @@ async def _plan_rtp(
     )  # fmt: skip
 
 
+async def _plan_card(
+    ctx: Context, principal: Principal, body: PaymentIn
+) -> tuple[payments.Payment, str | None]:
+    """Your card -> a wallet (yours or anyone's): the processor charges the card, the
+    wallet is credited through the card clearing account (``api/card_service.py``)."""
+    if body.payment_method is None:
+        raise p.ApiError(p.MISSING_FIELD, "rail card needs payment_method", "$.payment_method")
+    if body.from_ and body.from_ != body.payment_method:
+        raise p.ApiError(p.INVALID_FIELD, "from, if given, is the payment method", "$.from")
+    if body.same_day or body.instant:
+        raise p.ApiError(p.INVALID_FIELD, "same_day and instant are bank options", "$.rail")
+    card_service.check(ctx, body.amount, body.currency)
+    if BANK_ACCOUNT_ID.match(body.payment_method):
+        await card_service.own_bank_method(ctx, principal, body.payment_method)  # 404: not yours
+        raise p.ApiError(p.PAYMENT_METHOD_NOT_CHARGEABLE, "a bank account pays by ACH",
+                         "$.payment_method")  # fmt: skip
+    method = await card_service.own_method(ctx, principal, body.payment_method)
+    wallet = await _account_of(ctx, body.to, "$.to")
+    spec = (await ctx.client.resolve({wallet})).get(wallet)
+    if spec is None or not spec.owner:  # into a user's wallet, never an operator account
+        raise p.ApiError(Code.ACCOUNT_NOT_FOUND, field="$.to")
+    if spec.currency != body.currency:
+        raise p.ApiError(Code.CURRENCY_MISMATCH, field="$.to")
+    now = dt.datetime.now(dt.UTC)
+    wanted = payments.Payment(
+        id=body.id, owner_user_id=principal.user_id, from_ref=method.id, to_ref=body.to,
+        debit_account_id=card_rules.CLEARING_ACCOUNT, credit_account_id=wallet,
+        amount=body.amount, currency=body.currency, rail=card_rules.RAIL, memo=body.memo,
+        status="processing", failure_code=None,
+        transfer_id=card_rules.hold_transfer_id(body.id), refunded_amount=0, created_at=now,
+        updated_at=now, payment_method_id=method.id,
+    )  # fmt: skip
+    return wanted, spec.owner
+
+
 async def execute(ctx: Context, pay: payments.Payment) -> payments.Payment:
     """Move the money of a processing payment; safe to repeat (the transfer id is fixed).
 
@@ -218,6 +261,8 @@ async def execute(ctx: Context, pay: payments.Payment) -> payments.Payment:
     entry waits for the next cutoff. Ownership was checked when it was made.
     """
     assert pay.status == "processing", pay.status
+    if pay.rail == card_rules.RAIL:
+        return await card_service.execute(ctx, pay)
     if pay.rail == rtp_rules.RAIL:
         async with ctx.engine.connect() as conn:
             request_id = await rtp.request_paid_by(conn, pay.id)
@@ -250,7 +295,8 @@ async def visible(ctx: Context, principal: Principal, payment_id: str) -> paymen
         found = await payments.get(conn, payment_id) if len(payment_id) <= 64 else None
     if found is None:
         raise p.ApiError(p.PAYMENT_NOT_FOUND)
-    if not principal.admin:
+    # The payer made it (a card payment's debit side is the card clearing account).
+    if not principal.admin and not principal.owns(found.owner_user_id or ""):
         specs = await ctx.client.resolve({found.debit_account_id, found.credit_account_id})
         if not any(principal.owns(s.owner) for s in specs.values()):
             raise p.ApiError(p.PAYMENT_NOT_FOUND)  # someone else's payment does not exist
@@ -285,6 +331,8 @@ async def refund(
     (outcome,) = await ctx.client.transfer([transfer], None if principal.admin else principal.owns)
     if outcome.code in RETRYABLE:
         raise p.ApiError(outcome.code)  # reserved and processing: retry with the same id
+    if pay.rail == card_rules.RAIL and not outcome.code:
+        await card_service.refund_at_processor(ctx, pay, refund)  # 503: retry, same id
     async with ctx.engine.begin() as conn:
         done = await payments.finish_refund(conn, refund.id, not outcome.code, outcome.code or None)
     return done, 201 if new else 200

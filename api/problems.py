@@ -125,6 +125,8 @@ IDEMPOTENCY_KEY_REUSED = "idempotency_key_reused"
 IDEMPOTENCY_KEY_IN_USE = "idempotency_key_in_use"
 AMOUNT_OVER_RAIL_LIMIT = "amount_over_rail_limit"
 TLS_REQUIRED = "tls_required"
+DISPUTE_NOT_FOUND = "dispute_not_found"
+DISPUTE_CLOSED = "dispute_not_open"
 PAYMENT_NOT_REFUNDABLE = "payment_not_refundable"
 RTP_REQUEST_NOT_FOUND = "rtp_request_not_found"
 RTP_REQUEST_ANSWERED = "rtp_request_already_answered"
@@ -136,11 +138,31 @@ INSTITUTION_NOT_FOUND = "institution_not_found"
 BANK_LINK_LOGIN_REQUIRED = "bank_link_login_required"
 LINK_ITEM_CLOSED = "link_item_closed"
 AGGREGATOR_UNAVAILABLE = "aggregator_unavailable"
+PAYMENT_METHOD_NOT_FOUND = "payment_method_not_found"
+INVALID_CARD_TOKEN = "invalid_card_token"
+PAYMENT_METHOD_IN_USE = "payment_method_in_use"
+PAYMENT_METHOD_NOT_DETACHABLE = "payment_method_not_detachable"
+PAYMENT_METHOD_NOT_CHARGEABLE = "payment_method_not_chargeable"
+CARD_PROCESSOR_UNAVAILABLE = "card_processor_unavailable"
+NO_CARD_ACTION_REQUIRED = "no_card_action_required"
+RECEIPT_NOT_AVAILABLE = "receipt_not_available"
 NOTIFICATION_NOT_FOUND = "notification_not_found"
 NOTIFICATION_EXISTS = "notification_exists_with_different_fields"
 NOTIFICATION_MESSAGE_NOT_FOUND = "notification_message_not_found"
 NOTIFICATION_MESSAGE_NOT_REPLAYABLE = "notification_message_not_replayable"
 UNKNOWN_TEMPLATE = "unknown_template"
+PRODUCT_NOT_FOUND = "product_not_found"
+PRICE_NOT_FOUND = "price_not_found"
+SUBSCRIPTION_NOT_FOUND = "subscription_not_found"
+INVOICE_NOT_FOUND = "invoice_not_found"
+TEST_CLOCK_NOT_FOUND = "test_clock_not_found"
+TRANSITION_REFUSED = "transition_refused"
+INVOICE_NOT_PAYABLE = "invoice_not_payable"
+COLLECTION_IN_FLIGHT = "collection_in_flight"
+CLOCK_BACKWARDS = "clock_backwards"
+OUT_OF_RANGE = "out_of_range"
+NOT_DUE = "not_due"
+TOO_MANY_CHANGES = "too_many_changes"
 TEMPLATE_DATA_MISSING = "template_data_missing"
 
 _TABLE: dict[str, tuple[int, str]] = {
@@ -251,6 +273,8 @@ _TABLE: dict[str, tuple[int, str]] = {
     IDEMPOTENCY_KEY_IN_USE: (409, "A request with this Idempotency-Key is still running; retry"),
     AMOUNT_OVER_RAIL_LIMIT: (422, "Amount above the rail's per-payment limit"),
     TLS_REQUIRED: (403, "This node accepts requests over HTTPS only"),
+    DISPUTE_NOT_FOUND: (404, "Dispute not found"),
+    DISPUTE_CLOSED: (409, "The dispute takes no more answers"),
     PAYMENT_NOT_REFUNDABLE: (
         409,
         "RTP payments are final (no returns): the payee sends the money back as a new payment",
@@ -268,11 +292,31 @@ _TABLE: dict[str, tuple[int, str]] = {
     ),
     LINK_ITEM_CLOSED: (409, "The linked item was revoked or removed; link the bank again"),
     AGGREGATOR_UNAVAILABLE: (503, "The bank-linking provider is unavailable; retry"),
+    PAYMENT_METHOD_NOT_FOUND: (404, "Payment method not found"),
+    INVALID_CARD_TOKEN: (422, "The processor knows no such card token"),
+    PAYMENT_METHOD_IN_USE: (409, "The payment method is used by an active subscription"),
+    PAYMENT_METHOD_NOT_DETACHABLE: (409, "A bank account is closed at /v1/bank-accounts/{id}"),
+    PAYMENT_METHOD_NOT_CHARGEABLE: (422, "This payment method cannot pay by card"),
+    CARD_PROCESSOR_UNAVAILABLE: (503, "The card processor is unavailable; retry with the same id"),
+    NO_CARD_ACTION_REQUIRED: (409, "The payment is not waiting for 3-D Secure"),
+    RECEIPT_NOT_AVAILABLE: (409, "A receipt exists once a card payment succeeded"),
     NOTIFICATION_NOT_FOUND: (404, "Notification not found"),
     NOTIFICATION_EXISTS: (409, "A notification with this id exists with other fields"),
     NOTIFICATION_MESSAGE_NOT_FOUND: (404, "Notification message not found"),
     NOTIFICATION_MESSAGE_NOT_REPLAYABLE: (409, "Only a dead or failed message can be replayed"),
     UNKNOWN_TEMPLATE: (422, "No template by this name"),
+    PRODUCT_NOT_FOUND: (404, "Product not found"),
+    PRICE_NOT_FOUND: (404, "Price not found"),
+    SUBSCRIPTION_NOT_FOUND: (404, "Subscription not found"),
+    INVOICE_NOT_FOUND: (404, "Invoice not found"),
+    TEST_CLOCK_NOT_FOUND: (404, "Test clock not found"),
+    TRANSITION_REFUSED: (409, "The subscription or invoice cannot change that way from its state"),
+    INVOICE_NOT_PAYABLE: (409, "Only an open or uncollectible invoice is paid or voided"),
+    COLLECTION_IN_FLIGHT: (409, "A payment of this subscription is being collected; retry"),
+    CLOCK_BACKWARDS: (422, "A test clock only moves forward"),
+    OUT_OF_RANGE: (422, "A time or period out of the allowed range"),
+    NOT_DUE: (409, "Not due yet"),
+    TOO_MANY_CHANGES: (409, "The subscription changed plan as often as it may"),
     TEMPLATE_DATA_MISSING: (422, "The template needs a data value that is missing"),
     Code.EXISTS_WITH_DIFFERENT_FIELDS: (409, "Id exists with different fields"),
     Code.EXISTS: (409, "Part of this linked chain already exists"),

@@ -14,6 +14,7 @@ from paynode.api.auth.scopes import Principal
 from paynode.api.deps import Context, Ctx, require
 from paynode.api.http import SMALL_BODY_LIMIT, decode_body, json_response, public
 from paynode.api.rails_schemas import (
+    CardChargeOut,
     NextActionOut,
     PaymentIn,
     PaymentOut,
@@ -27,10 +28,11 @@ from paynode.api.rails_schemas import (
     StatusChangeOut,
 )
 from paynode.domain.rails.ach_rules import SAME_DAY_LIMIT, effective
+from paynode.domain.rails.card_rules import RAIL as CARD_RAIL
 from paynode.domain.rails.iso20022 import REASONS
 from paynode.domain.rails.nacha import RETURN_CODES
 from paynode.domain.rails.rtp_rules import RAIL
-from paynode.storage import ach, payments, rtp
+from paynode.storage import ach, cards, payments, rtp
 from paynode.storage import risk as risk_store
 
 router = APIRouter(tags=["payments"])
@@ -44,7 +46,11 @@ async def payment_out(ctx: Context, pay: payments.Payment) -> PaymentOut:
     async with ctx.engine.connect() as conn:
         history = await payments.history(conn, pay.id)
         refunds = await payments.refunds_of(conn, pay.id)
-        if pay.status == "requires_action":
+        charge = await cards.charge_of(conn, pay.id) if pay.rail == CARD_RAIL else None
+        if pay.status == "requires_action" and charge and charge.status == "requires_action":
+            next_action = NextActionOut("three_d_secure", f"/v1/payments/{pay.id}/confirm-card",
+                                        None, None)  # fmt: skip
+        elif pay.status == "requires_action":
             state = await risk_store.challenge_state(conn, pay.id)
             if state is not None:
                 next_action = NextActionOut(
@@ -87,7 +93,27 @@ async def payment_out(ctx: Context, pay: payments.Payment) -> PaymentOut:
         estimated_settlement_date=await _settlement_date(ctx, pay),
         fee=pay.fee,
         rtp=await _rtp_out(ctx, pay),
+        card=await _card_out(ctx, pay, charge),
     )
+
+
+async def _card_out(
+    ctx: Context, pay: payments.Payment, charge: cards.Charge | None
+) -> CardChargeOut | None:
+    if pay.rail != CARD_RAIL or pay.payment_method_id is None:
+        return None
+    async with ctx.engine.connect() as conn:
+        method = await cards.get_method(conn, pay.payment_method_id)
+        events = await cards.events_of(conn, pay.id, 20) if charge else []
+    assert method is not None
+    return CardChargeOut(
+        payment_method_id=method.id, brand=method.brand, last4=method.last4,
+        status=charge.status if charge else "authorizing",  # type: ignore[arg-type]
+        decline_code=charge.decline_code if charge else None,
+        processor_fee=charge.fee if charge else 0,
+        receipt_number=charge.receipt_number if charge else None,
+        events=[kind for _, kind in events],
+    )  # fmt: skip
 
 
 async def _rtp_out(ctx: Context, pay: payments.Payment) -> RtpOut | None:
@@ -136,7 +162,8 @@ def _refund_out(r: payments.Refund) -> RefundOut:
                   " rtp.timeout_ms)"),
             200: (PaymentOut, "Replay"),
             202: (PaymentOut, "Waiting: requires_action (confirm with the one-time code"
-                  " sent to your devices) or in_review (held for a compliance review)"),
+                  " sent to your devices, or a card's 3-D Secure: next_action says which) or"
+                  " in_review (held for a compliance review)"),
         },
         (400, 401, 403, 409, 413, 422, 429, 503),
     ),
@@ -174,7 +201,7 @@ async def list_payments(
     ctx: Ctx,
     principal: Annotated[Principal, Depends(require("payments:read"))],
     status: Annotated[PaymentStatus | None, Query()] = None,
-    rail: Annotated[Literal["wallet", "ach", "rtp"] | None, Query()] = None,
+    rail: Annotated[Literal["wallet", "ach", "rtp", "card"] | None, Query()] = None,
     after: Annotated[str | None, Query(max_length=64)] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
 ) -> Response:

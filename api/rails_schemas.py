@@ -35,13 +35,17 @@ class PaymentIn(msgspec.Struct, forbid_unknown_fields=True):
     to: Ref
     amount: Amount
     currency: Currency
-    from_: Ref = msgspec.field(name="from")
-    # auto: wallet between wallets; with a bank account, RTP if instant else ACH
-    rail: Literal["auto", "wallet", "ach", "rtp"] = "auto"
+    # Required except with rail "card" (there: the payment method, which may stand here)
+    from_: Annotated[str, Meta(max_length=65)] = msgspec.field(default="", name="from")
+    # auto: wallet between wallets; with a bank account, RTP if instant else ACH;
+    # card: from payment_method (your card) into the wallet ``to``
+    rail: Literal["auto", "wallet", "ach", "rtp", "card"] = "auto"
     memo: Annotated[str, Meta(max_length=140)] = ""
     same_day: bool = False  # ACH only: settle today if before the same-day cutoff
     # To a bank account: now, on RTP (24x7, final, with rtp.fee_* on top), or refused
     instant: bool = False
+    # rail "card": your card's payment method id (pm_...)
+    payment_method: Annotated[str, Meta(min_length=1, max_length=64)] | None = None
 
 
 class StatusChangeOut(msgspec.Struct):
@@ -92,10 +96,10 @@ class NextActionOut(msgspec.Struct):
     """What the payer must do: confirm with the code sent to them (push, SMS or email);
     ``resend_url`` asks for it again."""
 
-    type: Literal["confirm_otp"]
+    type: Literal["confirm_otp", "three_d_secure"]
     confirm_url: str
-    expires_at: dt.datetime
-    attempts_left: int
+    expires_at: dt.datetime | None  # None for three_d_secure (the issuer's own limit)
+    attempts_left: int | None  # None for three_d_secure
     resend_url: str | None = None
 
 
@@ -111,6 +115,21 @@ class RtpOut(msgspec.Struct, kw_only=True):
     request_id: str | None  # the request for payment this pays, if any
 
 
+class CardChargeOut(msgspec.Struct, kw_only=True):
+    """A card payment's side at the processor. The payee's wallet gets ``amount`` and pays
+    ``processor_fee`` out of it (a separate ledger transfer to card-fees-usd)."""
+
+    payment_method_id: str
+    brand: str
+    last4: str
+    status: Literal["authorizing", "requires_action", "authorized", "captured", "declined",
+                    "voided"]  # fmt: skip
+    decline_code: str | None  # card_declined, insufficient_funds, expired_card, ...
+    processor_fee: int
+    receipt_number: str | None  # set once the payment completed
+    events: list[str]  # the processor's asynchronous events about it (e.g. a dispute)
+
+
 class ConfirmIn(msgspec.Struct, forbid_unknown_fields=True):
     otp: Annotated[str, Meta(min_length=1, max_length=16, description="The 6-digit code")]
 
@@ -124,7 +143,7 @@ class PaymentOut(msgspec.Struct, kw_only=True):
     credit_account_id: str
     amount: int
     currency: str
-    rail: Literal["wallet", "ach", "rtp"]
+    rail: Literal["wallet", "ach", "rtp", "card"]
     memo: str
     failure_code: str | None
     transfer_id: str | None
@@ -145,6 +164,7 @@ class PaymentOut(msgspec.Struct, kw_only=True):
     review_id: str | None = None  # set while status is in_review
     fee: int = 0  # paid on top of amount (RTP), minor units
     rtp: RtpOut | None = None  # set for RTP payments
+    card: CardChargeOut | None = None  # set for card payments
 
 
 class PaymentPage(msgspec.Struct):
@@ -159,5 +179,5 @@ class RefundIn(msgspec.Struct, forbid_unknown_fields=True):
 
 RAILS_TYPES = (
     HandleIn, HandleOut, PaymentIn, PaymentOut, PaymentPage, RefundIn, RefundOut, StatusChangeOut,
-    ConfirmIn, RiskOut, RiskReasonOut, NextActionOut, RtpOut,
+    ConfirmIn, RiskOut, RiskReasonOut, NextActionOut, RtpOut, CardChargeOut,
 )  # fmt: skip

@@ -191,6 +191,19 @@ class ScheduleSettings(Section, frozen=True):
     batch: Annotated[int, Meta(ge=1, le=10_000)] = 100
 
 
+class BillingSettings(Section, frozen=True):
+    """The fronts' billing scheduler: renewals, trials and dunning (api/billing_service.py)."""
+
+    # How often each front looks for due subscriptions; 0 = never (nothing renews)
+    interval_ms: Annotated[int, Meta(ge=0, le=3_600_000)] = 1000
+    # Subscriptions one pass takes (their collections go to the ledger in one batch)
+    batch: Annotated[int, Meta(ge=1, le=10_000)] = 500
+    # Dunning: days after the first failed payment to retry (domain/billing/dunning.py)
+    retry_days: Annotated[str, Meta(pattern=r"^(\d{1,2}(,\d{1,2}){0,7})?$")] = "1,3,5,7"
+    # When the last retry fails: cancel the subscription, or leave it past_due
+    on_exhausted: Literal["cancel", "leave_past_due"] = "cancel"
+
+
 class FxSettings(Section, frozen=True):
     """Quotes on the operator's mid rates (PUT /v1/fx/rates)."""
 
@@ -231,6 +244,32 @@ class RtpSimSettings(Section, frozen=True):
     delay_ms: Annotated[int, Meta(ge=0, le=20_000)] = 50
     # JSON {"account number": "AC03"}; "" = the built-in table
     rejects: str = ""
+
+
+class CardSettings(Section, frozen=True):
+    """Card payments through a processor (api/card_service.py, domain/rails/card_rules.py)."""
+
+    enabled: bool = True  # card payments and payment methods (simulated processor by default)
+    # The processor's fee, paid by the payee: fixed minor units plus basis points
+    fee_fixed: Annotated[int, Meta(ge=0, le=100_000)] = 30
+    fee_bps: Annotated[int, Meta(ge=0, le=1000)] = 290
+    # Smallest and largest charge in minor units (the processor's are 50 and $999,999.99)
+    min_amount: Annotated[int, Meta(ge=1, le=100_000)] = 50
+    limit: Annotated[int, Meta(ge=1, le=999_999_99)] = 999_999_99
+    # How long a payment call waits for the processor (then: processing, finished later)
+    timeout_ms: Annotated[int, Meta(ge=100, le=60_000)] = 5000
+    # How often each front finishes card payments a crash or a slow processor left
+    recover_interval_ms: Annotated[int, Meta(ge=0, le=3_600_000)] = 1000
+
+
+class CardSimSettings(Section, frozen=True):
+    """The simulated card processor (actors/card_sim.py), used without a real one."""
+
+    enabled: bool = True
+    # How long the simulated processor takes to answer an authorization
+    delay_ms: Annotated[int, Meta(ge=0, le=20_000)] = 20
+    # How long after a tok_createDispute card's capture its dispute event comes
+    dispute_delay_ms: Annotated[int, Meta(ge=0, le=86_400_000)] = 1000
 
 
 class BankSimSettings(Section, frozen=True):
@@ -412,9 +451,12 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
     inbound: InboundSettings = _default(InboundSettings)
     ach: AchSettings = _default(AchSettings)
     schedule: ScheduleSettings = _default(ScheduleSettings)
+    billing: BillingSettings = _default(BillingSettings)
     fx: FxSettings = _default(FxSettings)
     rtp: RtpSettings = _default(RtpSettings)
     rtp_sim: RtpSimSettings = _default(RtpSimSettings)
+    card: CardSettings = _default(CardSettings)
+    card_sim: CardSimSettings = _default(CardSimSettings)
     bank_sim: BankSimSettings = _default(BankSimSettings)
     link: LinkSettings = _default(LinkSettings)
     risk: RiskSettings = _default(RiskSettings)
@@ -474,6 +516,8 @@ SECTIONS: dict[str, str] = {
     "ip_rate": "ip_rate_", "auth_rate": "auth_rate_", "analytics": "analytics_",
     "recon": "recon_", "notify": "notify_", "webhook": "webhook_", "inbound": "inbound_",
     "ach": "ach_", "schedule": "schedule_", "fx": "fx_", "rtp": "rtp_", "rtp_sim": "rtp_sim_",
+    "card": "card_", "card_sim": "card_sim_",
+    "billing": "billing_",
     "bank_sim": "bank_sim_", "risk": "risk_",
     "sanctions": "sanctions_", "otp": "otp_", "link": "link_",
     "push": "push_", "apns": "apns_", "fcm": "fcm_",

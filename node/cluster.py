@@ -146,6 +146,13 @@ def app_from_env() -> Any:
         rtp: Any = find_service(RTP_SIM_NAME, settings.namespace)
         providers[RTP] = ray.get(rtp.signing_secret.remote(), timeout=60)
         settings = replace(settings, webhook_providers=msgspec.json.encode(providers).decode())
+    from paynode.actors.card_sim import PROVIDER as CARD
+    from paynode.actors.names import CARD_SIM_NAME
+
+    if settings.card_sim.enabled and CARD not in providers:
+        card: Any = find_service(CARD_SIM_NAME, settings.namespace)
+        providers[CARD] = ray.get(card.signing_secret.remote(), timeout=60)
+        settings = replace(settings, webhook_providers=msgspec.json.encode(providers).decode())
     keys = load(settings.data_path(), settings.keyring)
     log.info("API worker %d: %d shards found", os.getpid(), len(names))
     return create_app(settings, names, keys)

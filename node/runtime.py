@@ -398,6 +398,7 @@ def start_helpers(
         *([_bank_simulator(settings)] if settings.bank_sim.enabled else []),
         *([_aggregator_simulator(settings)] if settings.link.sim_enabled else []),
         *([_rtp_simulator(settings)] if settings.rtp_sim.enabled else []),
+        *([_card_simulator(settings)] if settings.card_sim.enabled else []),
         ServiceSpec(ACH_NAME, AchOriginator, (
             settings.ach, data_dir, keyring, settings.namespace, database_url,
             settings.bank_sim.enabled,
@@ -478,18 +479,32 @@ def _rtp_simulator(settings: Settings) -> Any:
     ))  # fmt: skip
 
 
+def _card_simulator(settings: Settings) -> Any:
+    """The simulated card processor, signing its events with its own secret."""
+    from paynode.actors.card_sim import PROVIDER, CardProcessorSimulator
+    from paynode.actors.host import ServiceSpec
+    from paynode.actors.names import CARD_SIM_NAME
+
+    return ServiceSpec(CARD_SIM_NAME, CardProcessorSimulator, (
+        settings.front_url(), settings.providers()[PROVIDER], settings.card_sim.delay_ms,
+        settings.card_sim.dispute_delay_ms, settings.card.fee_fixed, settings.card.fee_bps,
+    ))  # fmt: skip
+
+
 def with_bank_secret(settings: Settings) -> Settings:
     """The settings with a signing secret for the simulated bank's webhooks and the
     simulated aggregator's (one made up for this run when none is configured): the front
     verifies what the actors sign."""
     from paynode.actors.aggregator_sim import PROVIDER as AGGREGATOR
     from paynode.actors.bank_sim import PROVIDER
+    from paynode.actors.card_sim import PROVIDER as CARD
     from paynode.actors.rtp_sim import PROVIDER as RTP
 
     providers = settings.providers()
     wanted = [p for p, on in ((PROVIDER, settings.bank_sim.enabled),
                               (AGGREGATOR, settings.link.sim_enabled),
-                              (RTP, settings.rtp_sim.enabled)) if on]  # fmt: skip
+                              (RTP, settings.rtp_sim.enabled),
+                              (CARD, settings.card_sim.enabled)) if on]  # fmt: skip
     if all(p in providers for p in wanted):
         return settings
     for p in wanted:

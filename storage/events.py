@@ -64,11 +64,19 @@ LINK_EVENTS = (
 )  # fmt: skip
 # RTP: a creditor's request for payment arrived for the user (api/rtp_routes.py).
 RTP_EVENTS = ("rtp.request_received",)
+# Card disputes (api/dispute_routes.py): opened, under review (evidence sent), won or lost.
+DISPUTE_EVENTS = ("charge.dispute.created", "charge.dispute.updated", "charge.dispute.closed")
+# Billing (api/billing_service.py): subscriptions and their invoices.
+BILLING_EVENTS = (
+    "customer.subscription.created", "customer.subscription.updated",
+    "customer.subscription.deleted", "invoice.created", "invoice.finalized", "invoice.paid",
+    "invoice.payment_failed", "invoice.voided", "invoice.marked_uncollectible",
+)  # fmt: skip
 # Pushed to every device of the user whatever the device's event choice: the code is in it.
 STEP_UP_EVENT = "payment.requires_action"
 EVENT_TYPES: tuple[str, ...] = (
     *TRANSFER_EVENT.values(), ACCOUNT_CREATED, *PAYMENT_EVENTS, *LINK_EVENTS,
-    *RTP_EVENTS,
+    *RTP_EVENTS, *BILLING_EVENTS,
 )  # fmt: skip
 MAX_TYPES_PER_SUBSCRIPTION = 64
 

@@ -51,6 +51,7 @@ class Payment(msgspec.Struct, kw_only=True):
     risk_level: str | None = None
     risk_reasons: str | None = None  # JSON list of {"rule", "points", "detail"}
     fee: int = 0  # paid by the payer on top of the amount (RTP), in minor units
+    payment_method_id: str | None = None  # the card a card payment charges (migration 26)
 
 
 class StatusChange(msgspec.Struct):
@@ -187,6 +188,8 @@ async def create(conn: AsyncConnection, p: Payment) -> tuple[Payment, bool]:
 TRANSITIONS: dict[str, frozenset[str]] = {
     # requires_action (a code) and in_review (an operator) wait before money moves.
     "processing": frozenset({"requires_action", "in_review"}),
+    # Cards: the issuer asks for 3-D Secure after the processor saw the payment.
+    "requires_action": frozenset({"processing"}),
     # RTP: pending (held, sent) until the network's pacs.002 accepts or rejects it.
     "completed": frozenset({"processing", "pending"}),
     "failed": frozenset({"processing", "requires_action", "in_review", "pending"}),

@@ -128,6 +128,7 @@ SEALED_COLUMNS: tuple[SealedTable, ...] = (
     SealedTable("ach_files", "id", ("content_ct",)),
     SealedTable("otp_challenges", "payment_id", ("secret_ct",)),
     SealedTable("rtp_requests", "id", ("creditor_name_ct", "creditor_account_ct")),
+    SealedTable("disputes", "id", ("evidence_ct",)),
 )
 
 

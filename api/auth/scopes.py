@@ -35,6 +35,8 @@ Scope = Literal[
     "reconciliation:write",
     "notifications:read",
     "notifications:write",
+    "billing:read",
+    "billing:write",
     "admin",
 ]
 ALL_SCOPES: tuple[str, ...] = get_args(Scope)

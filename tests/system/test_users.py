@@ -44,7 +44,7 @@ def test_profile_read_and_change_by_its_owner(node) -> None:
                 "users:read", "users:write", "api_keys:write", "events:read",
                 "webhooks:read", "webhooks:write", "devices:read", "devices:write",
                 "handles:read", "handles:write", "payments:read", "payments:write",
-                "bank_accounts:read", "bank_accounts:write"])
+                "bank_accounts:read", "bank_accounts:write", "billing:read", "billing:write"])
         }  # fmt: skip
 
         r = me.patch(

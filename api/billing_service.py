@@ -1,0 +1,330 @@
+"""Billing on the ledger: storing what the rules decide, collecting invoices, the scheduler.
+
+A pass (``run_due``, from every front's loop and from a test clock's advance):
+
+1. **Claim** (one transaction): subscriptions with an event due by their clock's
+   now (``domain/billing/clocks.next_due``), row-locked with SKIP LOCKED. Each
+   one's event is applied (``subscriptions.apply``) and its result stored: the
+   subscription, the invoice it creates (derived id: a replay creates nothing),
+   events. An invoice to collect gets its attempt recorded as ``in_flight`` and
+   the subscription's ``collecting`` names it, in the same transaction.
+2. **Move** (one batch to the ledger): each attempt's transfer customer wallet ->
+   merchant wallet, id ``bill:<invoice>:<attempt>``.
+3. **Record** (one transaction): paid, or refused -> the failure applied
+   (``past_due`` and dunning). A ledger answer that is not final leaves the
+   attempt in flight: the next pass moves the same transfer id again.
+
+A crash anywhere repeats the same transfer ids: the ledger answers a replay, so no
+invoice is paid twice and none is missed. Attempt numbers count the invoice's
+recorded attempts (manual retries included), so every transfer id is fresh.
+
+``collect`` is the seam for the payment source: ``wallet`` is the only kind today;
+cards (the card rail's payment methods) are the next kind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+from typing import Any
+
+import msgspec
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from paynode.api.batcher import Overloaded
+from paynode.api.ledger_client import LedgerClient, ShardLost, Unavailable
+from paynode.api.schemas import TransferIn
+from paynode.domain.billing import clocks as ck
+from paynode.domain.billing import dunning as dn
+from paynode.domain.billing import invoices as inv
+from paynode.domain.billing import subscriptions as subs
+from paynode.domain.billing.errors import BillingError
+from paynode.domain.ledger.model import RETRYABLE, Code
+from paynode.storage import billing as store
+
+log = logging.getLogger("paynode.billing")
+SOURCE_KINDS = frozenset({"wallet"})  # how a subscription pays; "card" is the next one
+PAID_CODES = frozenset({Code.OK, Code.EXISTS})  # applied now, or a replay of the same
+
+
+class Attempt(msgspec.Struct, kw_only=True):
+    """One collection attempt to move: the invoice, its attempt number and the parties."""
+
+    subscription_id: str
+    invoice_id: str
+    attempt: int
+    source_kind: str
+    source_account_id: str
+    merchant_account_id: str
+    amount: int
+    currency: str
+
+    @property
+    def transfer_id(self) -> str:
+        return inv.payment_transfer_id(self.invoice_id, self.attempt)
+
+
+def invoice_data(i: store.Invoice) -> dict[str, Any]:
+    return {"id": i.id, "number": i.number, "subscription": i.subscription_id,
+            "status": i.status, "total": i.total, "amount_due": i.amount_due,
+            "currency": i.currency.strip(), "attempts": i.attempts}  # fmt: skip
+
+
+def sub_data(row: store.Sub, s: subs.Subscription) -> dict[str, Any]:
+    return {"id": s.id, "status": s.status, "price": s.price.id, "customer": s.customer,
+            "cancel_at_period_end": s.cancel_at_period_end}  # fmt: skip
+
+
+async def _emit_invoice(conn: AsyncConnection, kind: str, row: store.Sub, invoice_id: str) -> None:
+    i = await store.get_invoice(conn, invoice_id)
+    assert i is not None
+    await store.emit(conn, kind, i.id, row.customer_user_id, row.source_account_id,
+                     row.merchant_account_id, invoice_data(i))  # fmt: skip
+
+
+async def _create_invoice(
+    conn: AsyncConnection, row: store.Sub, order: subs.InvoiceOrder, at: dt.datetime
+) -> bool:
+    """The order as a finalized invoice (open, or paid when it asks nothing); whether it
+    wants collecting now. An invoice made before (a replay) is left as it is."""
+    total = order.total
+    due = max(total, 0)
+    number = await store.next_number(conn, row.customer_user_id)
+    status = "open" if due > 0 else "paid"
+    collect = order.collect and due > 0
+    made = await store.insert_invoice(conn, {
+        "id": order.id, "number": number, "subscription_id": row.id,
+        "customer_user_id": row.customer_user_id, "merchant_user_id": row.merchant_user_id,
+        "period_index": order.period_index, "currency": row.rule().price.currency,
+        "lines": msgspec.json.encode(order.lines).decode(), "total": total, "amount_due": due,
+        "credit": max(-total, 0), "status": status, "in_flight": 0 if collect else None,
+        "due_at": at,
+    })  # fmt: skip
+    if not made:
+        return False
+    for kind in ("invoice.created", "invoice.finalized") + (("invoice.paid",) if due == 0 else ()):
+        await _emit_invoice(conn, kind, row, order.id)
+    return collect
+
+
+async def store_step(
+    conn: AsyncConnection, row: store.Sub, step: subs.Step, at: dt.datetime, policy: dn.Policy
+) -> str | None:
+    """Everything ``step`` produces, in ``conn``'s transaction; the invoice to collect now."""
+    collecting = row.collecting
+    if step.replay:
+        return None
+    if step.invoice is not None and await _create_invoice(conn, row, step.invoice, at):
+        collecting = step.invoice.id
+    if step.close_invoice is not None:
+        closed = await store.get_invoice(conn, step.close_invoice, lock=True)
+        if closed is not None and inv.can_move(closed.status, "uncollectible"):
+            await store.update_invoice(conn, closed.id, status="uncollectible")
+            await _emit_invoice(conn, "invoice.marked_uncollectible", row, closed.id)
+    for kind in step.events:
+        if kind.startswith("customer.subscription."):
+            await store.emit(conn, kind, row.id, row.customer_user_id, row.source_account_id,
+                             row.merchant_account_id, sub_data(row, step.subscription))  # fmt: skip
+    await store.save_subscription(conn, step.subscription, policy, collecting)
+    row.state = msgspec.json.encode(step.subscription).decode()
+    row.collecting = collecting
+    return collecting
+
+
+async def attempt_of(conn: AsyncConnection, row: store.Sub) -> Attempt | None:
+    """The attempt in flight of the row's ``collecting`` invoice (None: nothing to move)."""
+    if row.collecting is None:
+        return None
+    i = await store.get_invoice(conn, row.collecting)
+    if i is None or i.in_flight is None:
+        return None
+    return Attempt(
+        subscription_id=row.id, invoice_id=i.id, attempt=i.in_flight,
+        source_kind=row.source_kind, source_account_id=row.source_account_id,
+        merchant_account_id=row.merchant_account_id, amount=i.amount_due,
+        currency=i.currency.strip(),
+    )  # fmt: skip
+
+
+async def start_attempt(
+    conn: AsyncConnection, row: store.Sub, invoice: store.Invoice, at: dt.datetime,
+    policy: dn.Policy,
+) -> Attempt:  # fmt: skip
+    """Record the invoice's next attempt as in flight (before any money moves)."""
+    await store.update_invoice(conn, invoice.id, in_flight=invoice.attempts, due_at=at)
+    await store.save_subscription(conn, row.rule(), policy, invoice.id)
+    row.collecting = invoice.id
+    found = await attempt_of(conn, row)
+    assert found is not None
+    return found
+
+
+async def _due_event(
+    conn: AsyncConnection, row: store.Sub, now: dt.datetime, policy: dn.Policy
+) -> Attempt | None:
+    """Apply the subscription's next event if due by ``now``; the attempt to move, if any."""
+    s = row.rule()
+    due = ck.next_due(s, policy)
+    if due is None or due.at > now:
+        await store.save_subscription(conn, s, policy, None)  # next_due_at was stale
+        return None
+    if due.kind == "dunning_retry":
+        assert due.invoice_id is not None
+        i = await store.get_invoice(conn, due.invoice_id, lock=True)
+        if i is not None and i.status in ("open", "uncollectible"):
+            return await start_attempt(conn, row, i, due.at, policy)
+        # Settled or voided by hand meanwhile: nothing left to retry.
+        done = msgspec.structs.replace(s, dunning=None, status="active")
+        await store.save_subscription(conn, done, policy, None)
+        return None
+    event: subs.Event
+    if due.kind == "trial_end":
+        event = subs.TrialEnd(at=due.at)
+    elif due.kind == "period_end":
+        assert due.index is not None
+        event = subs.PeriodEnd(at=due.at, index=due.index)
+    else:
+        assert due.invoice_id is not None
+        event = subs.DunningExhausted(at=due.at, invoice_id=due.invoice_id)
+    await store_step(conn, row, subs.apply(s, event, policy), due.at, policy)
+    return await attempt_of(conn, row)
+
+
+async def collect(client: LedgerClient, attempts: list[Attempt]) -> dict[str, str] | None:
+    """Move the attempts' money in ONE ledger batch: {transfer id: code}; None when the
+    ledger did not answer (every attempt stays in flight). The seam for payment
+    sources: each kind in ``SOURCE_KINDS`` says how its attempts move money; today a
+    wallet account pays by ledger transfer, a card would go through the card rail."""
+    assert all(a.source_kind in SOURCE_KINDS for a in attempts)
+    moves = [
+        TransferIn(
+            id=a.transfer_id, debit_account_id=a.source_account_id,
+            credit_account_id=a.merchant_account_id, amount=a.amount, currency=a.currency,
+            metadata={"invoice_id": a.invoice_id, "subscription_id": a.subscription_id},
+        )
+        for a in attempts
+    ]  # fmt: skip
+    if not moves:
+        return {}
+    try:
+        return {o.id: o.code for o in await client.transfer(moves, None)}
+    except (Unavailable, ShardLost, Overloaded):
+        return None
+
+
+async def record(
+    engine: AsyncEngine, attempts: list[Attempt], outcomes: dict[str, str], wall: dt.datetime,
+    policy: dn.Policy,
+) -> int:  # fmt: skip
+    """Each final outcome recorded (under the rows' locks, once: an attempt recorded by
+    another pass is left alone); how many were."""
+    done = 0
+    async with engine.begin() as conn:
+        for a in attempts:
+            code = outcomes.get(a.transfer_id)
+            if code is None or code in RETRYABLE:
+                continue  # not final: moved again by the next pass under the same id
+            row = await store.get_subscription(conn, a.subscription_id, lock=True)
+            i = await store.get_invoice(conn, a.invoice_id, lock=True)
+            assert row is not None and i is not None
+            if i.in_flight != a.attempt:
+                continue
+            s = row.rule()
+            paid = code in PAID_CODES
+            await store.update_invoice(
+                conn, i.id, in_flight=None, attempts=i.attempts + 1,
+                status="paid" if paid else i.status, last_code=None if paid else code,
+                paid_by=a.transfer_id if paid else None,
+            )  # fmt: skip
+            row.collecting = None
+            await _emit_invoice(conn, "invoice.paid" if paid else "invoice.payment_failed",
+                                row, i.id)  # fmt: skip
+            # A failure counts from when the attempt was due (a late pass does not
+            # push the dunning timeline back); a manual one before a retry is due
+            # does not use a retry up (domain/billing/dunning.record_failure).
+            at = i.due_at if paid or i.due_at <= wall else wall
+            event: subs.Event = (
+                subs.InvoicePaid(at=at, invoice_id=i.id) if paid
+                else subs.InvoicePaymentFailed(at=at, invoice_id=i.id)
+            )  # fmt: skip
+            try:
+                step = subs.apply(s, event, policy)
+            except BillingError:  # e.g. a subscription canceled meanwhile: the invoice only
+                step = subs.Step(subscription=s)
+            await store_step(conn, row, step, at, policy)
+            done += 1
+    return done
+
+
+async def run_due(
+    engine: AsyncEngine, client: LedgerClient, wall: dt.datetime, limit: int,
+    policy: dn.Policy, clock_id: str | None = None,
+) -> int:  # fmt: skip
+    """One pass; how many subscriptions it moved on (events applied or attempts recorded)."""
+    attempts: list[Attempt] = []
+    applied = 0
+    async with engine.begin() as conn:
+        for row in await store.claim_due(conn, wall, limit, clock_id):
+            found = await attempt_of(conn, row)
+            if found is None:
+                row.collecting = None  # a stale mark (recorded meanwhile) is dropped
+                now = await store.clock_now(conn, row.test_clock_id, wall)
+                try:
+                    found = await _due_event(conn, row, now, policy)
+                except BillingError as e:  # a rule refused: logged, the row waits for a person
+                    log.warning("billing: %s: %s", row.id, e.code)
+                    continue
+                applied += 1
+            if found is not None:
+                attempts.append(found)
+    if not attempts:
+        return applied
+    outcomes = await collect(client, attempts)
+    if outcomes is None:
+        return applied
+    return applied + await record(engine, attempts, outcomes, wall, policy)
+
+
+async def settle(
+    engine: AsyncEngine, client: LedgerClient, attempts: list[Attempt], policy: dn.Policy
+) -> None:
+    """Move and record attempts a request started (its answer waits for them)."""
+    outcomes = await collect(client, attempts)
+    if outcomes:
+        await record(engine, attempts, outcomes, dt.datetime.now(dt.UTC), policy)
+
+
+async def drain_clock(
+    engine: AsyncEngine, client: LedgerClient, clock_id: str, limit: int, policy: dn.Policy,
+    passes: int,
+) -> bool:  # fmt: skip
+    """Passes over one test clock's subscriptions until nothing is due (at most
+    ``passes``); whether the clock is ready (the front loop finishes the rest)."""
+    for _ in range(passes):
+        moved = await run_due(engine, client, dt.datetime.now(dt.UTC), limit, policy, clock_id)
+        if moved == 0:
+            break
+    async with engine.connect() as conn:
+        return await store.count_due(conn, clock_id) == 0
+
+
+async def follow(
+    engine: AsyncEngine, client: LedgerClient, interval_ms: int, batch: int, policy: dn.Policy
+) -> None:
+    """Passes forever, every ``interval_ms`` (at once again while a pass was full)."""
+    while True:
+        try:
+            moved = await run_due(engine, client, dt.datetime.now(dt.UTC), batch, policy)
+        except (SQLAlchemyError, OSError) as e:  # PostgreSQL away: the next pass retries
+            log.warning("billing pass failed: %s", type(e).__name__)
+            moved = 0
+        if moved < batch:
+            await asyncio.sleep(interval_ms / 1000)
+
+
+def policy_of(retry_days: str, on_exhausted: str) -> dn.Policy:
+    """The dunning policy of the ``billing`` settings (a bad one stops the front at start)."""
+    days = [int(x) for x in retry_days.split(",") if x]
+    return dn.Policy(retry_days=days, on_exhausted=on_exhausted)  # type: ignore[arg-type]

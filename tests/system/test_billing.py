@@ -1,0 +1,218 @@
+"""Subscriptions and invoices end to end: prices, trials on test clocks, renewals paid from
+a wallet, dunning, cancellation, plan changes with proration, replays after a crash."""
+
+from __future__ import annotations
+
+import itertools
+
+import psycopg
+
+from paynode.storage.database import libpq_url
+from tests.support.asserts import kyc_verified, problem, signup
+from tests.support.node import RunningNode, wait_until
+
+# One node for the module's tests (tests/conftest.py shared_node): each uses its own ids.
+SHARED_NODE_SETTINGS: dict = {"auth_rate_burst": 1_000, "billing_interval_ms": 100}
+_n = itertools.count()
+
+
+def _user(node: RunningNode, name: str) -> dict[str, str]:
+    with node.anonymous() as anon:
+        user_id, headers = signup(anon, name)
+    kyc_verified(node.http, user_id, headers)
+    return headers
+
+
+def _wallet(node: RunningNode, user: dict, account_id: str, funded: int = 0) -> None:
+    body = {"id": account_id, "currency": "USD", "flags": ["debits_must_not_exceed_credits"]}
+    assert node.http.post("/v1/accounts", json=body, headers=user).status_code == 201
+    if funded:
+        node.http.post("/v1/accounts", json={"id": "treasury-billing", "currency": "USD"})
+        fund = {"id": f"fund-{account_id}", "debit_account_id": "treasury-billing",
+                "credit_account_id": account_id, "amount": funded, "currency": "USD"}  # fmt: skip
+        assert node.http.post("/v1/transfers", json=fund).status_code == 201
+
+
+def _balance(node: RunningNode, account_id: str) -> int:
+    return node.http.get(f"/v1/accounts/{account_id}").json()["balance"]
+
+
+def _merchant(node: RunningNode, tag: str, amounts: dict[str, int]) -> tuple[dict, str]:
+    """A merchant with a product, its wallet and a monthly price per entry of ``amounts``."""
+    m = _user(node, f"merchant-{tag}")
+    _wallet(node, m, f"{tag}-mw")
+    r = node.http.post("/v1/products", json={"id": f"{tag}-prod", "name": "Pro"}, headers=m)
+    assert r.status_code == 201, r.text
+    for price_id, amount in amounts.items():
+        body = {"id": price_id, "product": f"{tag}-prod", "amount": amount, "currency": "USD",
+                "interval": "month", "payout_account_id": f"{tag}-mw"}  # fmt: skip
+        r = node.http.post("/v1/prices", json=body, headers=m)
+        assert r.status_code == 201, r.text
+    return m, f"{tag}-mw"
+
+
+def _clock(node: RunningNode, user: dict, clock_id: str, at: str) -> None:
+    r = node.http.post("/v1/test-clocks", json={"id": clock_id, "frozen_time": at}, headers=user)
+    assert r.status_code == 201, r.text
+
+
+def _advance(node: RunningNode, user: dict, clock_id: str, to: str) -> None:
+    r = node.http.post(f"/v1/test-clocks/{clock_id}/advance", json={"to": to}, headers=user)
+    assert r.status_code == 200, r.text
+    wait_until(lambda: node.http.get(f"/v1/test-clocks/{clock_id}", headers=user).json()[
+        "status"] == "ready", what=f"clock {clock_id} ready")  # fmt: skip
+
+
+def _subscribe(node: RunningNode, user: dict, **body) -> dict:
+    r = node.http.post("/v1/subscriptions", json=body, headers=user)
+    assert r.status_code == 201, r.text
+    return r.json()
+
+
+def _sub(node: RunningNode, user: dict, sub_id: str) -> dict:
+    return node.http.get(f"/v1/subscriptions/{sub_id}", headers=user).json()
+
+
+def _invoices(node: RunningNode, user: dict, sub_id: str) -> list[dict]:
+    r = node.http.get("/v1/invoices", params={"subscription": sub_id}, headers=user)
+    return r.json()["invoices"]
+
+
+def test_trial_on_a_test_clock_then_paid_renewals_from_the_wallet(node: RunningNode) -> None:
+    m, mw = _merchant(node, "bt1", {"bt1-basic": 1_000})
+    c = _user(node, "cust-bt1")
+    _wallet(node, c, "bt1-cw", funded=5_000)
+    _clock(node, c, "bt1-clock", "2026-01-01T00:00:00Z")
+    sub = _subscribe(node, c, price="bt1-basic", customer_account="bt1-cw", trial_days=7,
+                     test_clock="bt1-clock")  # fmt: skip
+    assert sub["status"] == "trialing" and sub["trial_end"].startswith("2026-01-08")
+    assert _invoices(node, c, sub["id"]) == [] and _balance(node, "bt1-cw") == 5_000
+    _advance(node, c, "bt1-clock", "2026-01-09T00:00:00Z")  # past the trial
+    (first,) = _invoices(node, c, sub["id"])
+    assert first["status"] == "paid" and first["amount_due"] == 1_000, first
+    assert first["paid_by"] == f"bill:in_{sub['id']}_0:0"
+    assert _sub(node, c, sub["id"])["status"] == "active"
+    assert (_balance(node, "bt1-cw"), _balance(node, mw)) == (4_000, 1_000)
+    _advance(node, c, "bt1-clock", "2026-02-09T00:00:00Z")  # the next period renews
+    found = _invoices(node, c, sub["id"])
+    assert [(i["id"], i["status"]) for i in found] == [
+        (f"in_{sub['id']}_0", "paid"), (f"in_{sub['id']}_1", "paid")]  # fmt: skip
+    assert (_balance(node, "bt1-cw"), _balance(node, mw)) == (3_000, 2_000)
+    # The merchant sees it too; another user sees nothing of it.
+    assert _sub(node, m, sub["id"])["status"] == "active"
+    stranger = _user(node, "stranger-bt1")
+    problem(node.http.get(f"/v1/subscriptions/{sub['id']}", headers=stranger), 404,
+            "subscription_not_found")  # fmt: skip
+    problem(node.http.get(f"/v1/invoices/{first['id']}", headers=stranger), 404,
+            "invoice_not_found")  # fmt: skip
+    problem(node.http.post(f"/v1/subscriptions/{sub['id']}/cancel", headers=stranger), 404,
+            "subscription_not_found")  # fmt: skip
+    assert node.http.get("/v1/subscriptions", headers=stranger).json()["subscriptions"] == []
+    # The hosted page: no login, the token is the credential.
+    link = node.http.post(f"/v1/invoices/{first['id']}/hosted-link", headers=c).json()["url"]
+    with node.anonymous() as anon:
+        page = anon.get(link[link.index("/i/") :])
+        assert page.status_code == 200 and first["number"] in page.text
+        assert anon.get("/i/" + "x" * 43).status_code == 404
+
+
+def test_an_empty_wallet_goes_through_dunning_to_canceled(node: RunningNode) -> None:
+    _, mw = _merchant(node, "bt2", {"bt2-basic": 2_500})
+    c = _user(node, "cust-bt2")
+    _wallet(node, c, "bt2-cw")
+    _clock(node, c, "bt2-clock", "2026-03-01T00:00:00Z")
+    sub = _subscribe(node, c, price="bt2-basic", customer_account="bt2-cw", trial_days=1,
+                     test_clock="bt2-clock")  # fmt: skip
+    _advance(node, c, "bt2-clock", "2026-03-02T12:00:00Z")  # trial over, payment refused
+    got = _sub(node, c, sub["id"])
+    assert (got["status"], got["dunning_failures"]) == ("past_due", 1), got
+    (bill,) = _invoices(node, c, sub["id"])
+    assert (bill["status"], bill["last_code"], bill["attempts"]) == (
+        "open", "insufficient_funds", 1)  # fmt: skip
+    _advance(node, c, "bt2-clock", "2026-03-03T12:00:00Z")  # retry 1 (day 1) fails too
+    assert _sub(node, c, sub["id"])["dunning_failures"] == 2
+    _advance(node, c, "bt2-clock", "2026-03-10T00:00:00Z")  # days 3, 5, 7: exhausted
+    got = _sub(node, c, sub["id"])
+    assert got["status"] == "canceled", got
+    (bill,) = _invoices(node, c, sub["id"])
+    assert (bill["status"], bill["attempts"]) == ("uncollectible", 5)
+    assert _balance(node, mw) == 0 and _balance(node, "bt2-cw") == 0
+
+
+def test_cancel_at_period_end_and_plan_change_proration(node: RunningNode) -> None:
+    m, mw = _merchant(node, "bt3", {"bt3-small": 3_000, "bt3-big": 6_000})
+    c = _user(node, "cust-bt3")
+    _wallet(node, c, "bt3-cw", funded=20_000)
+    _clock(node, c, "bt3-clock", "2026-04-01T00:00:00Z")
+    # No trial: period 0 is billed and paid before the answer.
+    sub = _subscribe(node, c, price="bt3-small", customer_account="bt3-cw",
+                     test_clock="bt3-clock")  # fmt: skip
+    assert sub["status"] == "active", sub
+    assert _balance(node, "bt3-cw") == 17_000
+    _advance(node, c, "bt3-clock", "2026-04-16T00:00:00Z")  # half of April's 30 days
+    r = node.http.patch(f"/v1/subscriptions/{sub['id']}", json={"price": "bt3-big"}, headers=c)
+    assert r.status_code == 200 and r.json()["price"] == "bt3-big", r.text
+    change = node.http.get(f"/v1/invoices/in_{sub['id']}_c1", headers=c).json()
+    assert [line["amount"] for line in change["lines"]] == [-1_500, 3_000]
+    assert (change["total"], change["status"]) == (1_500, "paid")
+    assert _balance(node, "bt3-cw") == 15_500 and _balance(node, mw) == 4_500
+    r = node.http.post(f"/v1/subscriptions/{sub['id']}/cancel", json={"at_period_end": True},
+                       headers=m)  # fmt: skip
+    assert r.status_code == 200 and r.json()["cancel_at_period_end"] is True, r.text
+    _advance(node, c, "bt3-clock", "2026-05-02T00:00:00Z")
+    assert _sub(node, c, sub["id"])["status"] == "canceled"
+    assert len(_invoices(node, c, sub["id"])) == 2  # nothing billed for May
+    assert _balance(node, "bt3-cw") == 15_500
+
+
+def test_a_crash_between_move_and_record_charges_once(node: RunningNode) -> None:
+    """What a pass killed after moving the money leaves (the attempt in flight, not
+    recorded): the next pass moves the same transfer id, the ledger replays it."""
+    _, mw = _merchant(node, "bt4", {"bt4-basic": 700})
+    c = _user(node, "cust-bt4")
+    _wallet(node, c, "bt4-cw", funded=10_000)
+    _clock(node, c, "bt4-clock", "2026-06-01T00:00:00Z")
+    ids = [_subscribe(node, c, price="bt4-basic", customer_account="bt4-cw", trial_days=2,
+                      test_clock="bt4-clock")["id"] for _ in range(3)]  # fmt: skip
+    _advance(node, c, "bt4-clock", "2026-06-04T00:00:00Z")  # three renewals, one batch
+    assert _balance(node, "bt4-cw") == 10_000 - 3 * 700
+    victim = f"in_{ids[0]}_0"
+    with psycopg.connect(libpq_url(node.database_url), autocommit=True) as conn:
+        conn.execute("UPDATE billing_invoices SET status = 'open', in_flight = 0, attempts = 0,"
+                     " paid_by = NULL WHERE id = %s", (victim,))  # fmt: skip
+        conn.execute("UPDATE billing_subscriptions SET collecting = %s WHERE id = %s",
+                     (victim, ids[0]))  # fmt: skip
+    wait_until(lambda: node.http.get(f"/v1/invoices/{victim}", headers=c).json()["status"]
+               == "paid", what="the replayed attempt recorded")  # fmt: skip
+    assert _balance(node, "bt4-cw") == 10_000 - 3 * 700 and _balance(node, mw) == 3 * 700
+    with psycopg.connect(libpq_url(node.database_url)) as conn:
+        rows = conn.execute("SELECT id FROM transfers WHERE id LIKE %s ORDER BY id",
+                            (f"bill:in_{ids[0]}_%",)).fetchall()  # fmt: skip
+    assert [r[0] for r in rows] == [f"bill:{victim}:0"]
+
+
+def test_bad_input_changes_nothing(node: RunningNode) -> None:
+    m, _ = _merchant(node, "bt5", {"bt5-basic": 1_000})
+    c = _user(node, "cust-bt5")
+    other = _user(node, "other-bt5")
+    _wallet(node, c, "bt5-cw", funded=1_000)
+    _wallet(node, other, "bt5-ow", funded=1_000)
+    subscribe = lambda **b: node.http.post("/v1/subscriptions", json=b, headers=c)  # noqa: E731
+    problem(subscribe(price="nope", customer_account="bt5-cw"), 404, "price_not_found")
+    problem(subscribe(price="bt5-basic", customer_account="bt5-ow"), 403, "forbidden")
+    problem(subscribe(price="bt5-basic", customer_account="bt5-cw", trial_days=-1), 422,
+            "invalid_field")  # fmt: skip
+    problem(subscribe(price="bt5-basic", customer_account="bt5-cw", test_clock="nope"), 404,
+            "test_clock_not_found")  # fmt: skip
+    base = {"product": "bt5-prod", "currency": "USD", "interval": "month",
+            "payout_account_id": "bt5-mw"}  # fmt: skip
+    for i, amount in enumerate((-5, 12.5, 100_000_000)):
+        r = node.http.post("/v1/prices", json={"id": f"bt5-bad{i}", "amount": amount, **base},
+                           headers=m)  # fmt: skip
+        problem(r, 422, "invalid_field")
+    problem(node.http.post("/v1/prices", json={"id": "bt5-x", "amount": 1, **base,
+                                               "interval_count": 13}, headers=m),
+            422, "invalid_field")  # fmt: skip
+    assert node.http.get("/v1/subscriptions", headers=c).json()["subscriptions"] == []
+    assert [x["id"] for x in node.http.get("/v1/prices", headers=m).json()] == ["bt5-basic"]
+    assert _balance(node, "bt5-cw") == 1_000 and _balance(node, "bt5-ow") == 1_000
