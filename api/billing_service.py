@@ -77,11 +77,11 @@ def sub_data(row: store.Sub, s: subs.Subscription) -> dict[str, Any]:
             "cancel_at_period_end": s.cancel_at_period_end}  # fmt: skip
 
 
-async def _emit_invoice(conn: AsyncConnection, kind: str, row: store.Sub, invoice_id: str) -> None:
-    i = await store.get_invoice(conn, invoice_id)
-    assert i is not None
-    await store.emit(conn, kind, i.id, row.customer_user_id, row.source_account_id,
-                     row.merchant_account_id, invoice_data(i))  # fmt: skip
+async def _emit_invoice(conn: AsyncConnection, kind: str, row: store.Sub, data: dict) -> None:
+    """An ``invoice.*`` event with the invoice as it now is (``invoice_data``: built by the
+    caller, which just wrote it: no read back)."""
+    await store.emit(conn, kind, data["id"], row.customer_user_id, row.source_account_id,
+                     row.merchant_account_id, data)  # fmt: skip
 
 
 async def _create_invoice(
@@ -104,8 +104,11 @@ async def _create_invoice(
     })  # fmt: skip
     if not made:
         return False
+    data = {"id": order.id, "number": number, "subscription": row.id, "status": status,
+            "total": total, "amount_due": due, "currency": row.rule().price.currency,
+            "attempts": 0}  # fmt: skip
     for kind in ("invoice.created", "invoice.finalized") + (("invoice.paid",) if due == 0 else ()):
-        await _emit_invoice(conn, kind, row, order.id)
+        await _emit_invoice(conn, kind, row, data)
     return collect
 
 
@@ -122,7 +125,8 @@ async def store_step(
         closed = await store.get_invoice(conn, step.close_invoice, lock=True)
         if closed is not None and inv.can_move(closed.status, "uncollectible"):
             await store.update_invoice(conn, closed.id, status="uncollectible")
-            await _emit_invoice(conn, "invoice.marked_uncollectible", row, closed.id)
+            data = invoice_data(closed) | {"status": "uncollectible"}
+            await _emit_invoice(conn, "invoice.marked_uncollectible", row, data)
     for kind in step.events:
         if kind.startswith("customer.subscription."):
             await store.emit(conn, kind, row.id, row.customer_user_id, row.source_account_id,
@@ -239,8 +243,10 @@ async def record(
                 paid_by=a.transfer_id if paid else None,
             )  # fmt: skip
             row.collecting = None
+            data = invoice_data(i) | {"status": "paid" if paid else i.status,
+                                      "attempts": i.attempts + 1}  # fmt: skip
             await _emit_invoice(conn, "invoice.paid" if paid else "invoice.payment_failed",
-                                row, i.id)  # fmt: skip
+                                row, data)  # fmt: skip
             # A failure counts from when the attempt was due (a late pass does not
             # push the dunning timeline back); a manual one before a retry is due
             # does not use a retry up (domain/billing/dunning.record_failure).
@@ -265,12 +271,15 @@ async def run_due(
     """One pass; how many subscriptions it moved on (events applied or attempts recorded)."""
     attempts: list[Attempt] = []
     applied = 0
+    clocks: dict[str | None, dt.datetime] = {None: wall}  # read once a pass each
     async with engine.begin() as conn:
         for row in await store.claim_due(conn, wall, limit, clock_id):
             found = await attempt_of(conn, row)
             if found is None:
                 row.collecting = None  # a stale mark (recorded meanwhile) is dropped
-                now = await store.clock_now(conn, row.test_clock_id, wall)
+                if row.test_clock_id not in clocks:
+                    clocks[row.test_clock_id] = await store.clock_now(conn, row.test_clock_id, wall)
+                now = clocks[row.test_clock_id]
                 try:
                     found = await _due_event(conn, row, now, policy)
                 except BillingError as e:  # a rule refused: logged, the row waits for a person

@@ -28,6 +28,7 @@ from paynode.benchmarks import (
     drivers,
     handles_bench,
     recon_check,
+    renewals_bench,
     risk_bench,
     soak,
     steps,
@@ -51,7 +52,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=None,
                    help="front processes of the node started (default: the node's)")  # fmt: skip
     p.add_argument("--mode",
-                   choices=("single", "batch", "direct", "handles", "risk", "cluster", "soak"),
+                   choices=("single", "batch", "direct", "handles", "risk", "cluster", "soak",
+                            "renewals"),
                    default="batch",
                    help="handles: resolve @handles in the directory actor (no HTTP); risk:"
                         " user payments through the risk gate vs operator payments; cluster:"
@@ -114,7 +116,8 @@ def main(args: argparse.Namespace) -> int:
         target = _open_target(args, stack)
         report["database_url"] = target.database_url
         modes = {"direct": _run_direct, "handles": handles_bench.run, "risk": risk_bench.run,
-                 "cluster": cluster_bench.run, "soak": soak.run}  # fmt: skip
+                 "cluster": cluster_bench.run, "soak": soak.run,
+                 "renewals": renewals_bench.run}  # fmt: skip
         run = modes.get(args.mode, _run_http)
         ok = run(args, w, target, report)
         if args.baseline:
