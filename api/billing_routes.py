@@ -42,6 +42,7 @@ from paynode.api.billing_schemas import (
 )  # fmt: skip
 from paynode.api.deps import Context, Ctx, check_owner, require
 from paynode.api.http import SMALL_BODY_LIMIT, decode_body, json_response
+from paynode.api.invoice_pdf import render as invoice_pdf_render
 from paynode.domain.billing import clocks as ck
 from paynode.domain.billing import dunning as dn
 from paynode.domain.billing import subscriptions as subs
@@ -492,6 +493,37 @@ async def hosted_link(invoice_id: str, ctx: Ctx, principal: Writer) -> Response:
     return json_response(HostedLinkOut(f"{ctx.settings.front_url()}/i/{token}"))
 
 
+@router.get(
+    "/v1/invoices/{invoice_id}/pdf",
+    responses={
+        **contract.replies({}, contract.authed(404)),
+        200: {"description": "The invoice as a PDF", "content": {"application/pdf": {}}},
+    },
+)
+async def invoice_pdf(invoice_id: str, ctx: Ctx, principal: Reader) -> Response:
+    i = await _visible_invoice(ctx, principal, invoice_id)
+    return _pdf_response(ctx, i)
+
+
+def _pdf_response(ctx: Context, i: store.Invoice) -> Response:
+    return Response(
+        invoice_pdf_render(i, ctx.settings.ach.company_name), media_type="application/pdf",
+        headers={"Content-Disposition": f'inline; filename="invoice-{i.number}.pdf"',
+                 "Cache-Control": "no-store"},
+    )  # fmt: skip
+
+
+@router.get("/i/{token}/pdf", include_in_schema=False)
+async def hosted_pdf(token: str, ctx: Ctx) -> Response:
+    """The hosted page's PDF: no login, the token is the credential."""
+    async with ctx.engine.connect() as conn:
+        i = await store.invoice_by_token(conn, token) if 20 <= len(token) <= 64 else None
+    if i is None:
+        return HTMLResponse("<!doctype html><title>Not found</title><p>No such invoice.</p>",
+                            404)  # fmt: skip
+    return _pdf_response(ctx, i)
+
+
 @router.get("/i/{token}", include_in_schema=False)
 async def hosted_page(token: str, ctx: Ctx) -> Response:
     """The hosted invoice page: no login, the token is the credential."""
@@ -511,6 +543,7 @@ async def hosted_page(token: str, ctx: Ctx) -> Response:
         f"<h1>Invoice {e(i.number)}</h1><p>Status: <b>{e(i.status)}</b></p>"
         f"<table><tr><th>Description</th><th>Period</th><th>Amount ({cur}, minor units)</th>"
         f"</tr>{rows}</table><p>Total: {i.total} {cur}; amount due: {i.amount_due} {cur}</p>"
+        f'<p><a href="{e(token)}/pdf">PDF</a></p>'
     )
     return HTMLResponse(
         page, headers={"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"}

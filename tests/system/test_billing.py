@@ -114,6 +114,15 @@ def test_trial_on_a_test_clock_then_paid_renewals_from_the_wallet(node: RunningN
         page = anon.get(link[link.index("/i/") :])
         assert page.status_code == 200 and first["number"] in page.text
         assert anon.get("/i/" + "x" * 43).status_code == 404
+        pdf = anon.get(link[link.index("/i/") :] + "/pdf")  # the page's PDF, no login
+        assert pdf.headers["content-type"] == "application/pdf" and pdf.content[:5] == b"%PDF-"
+        assert anon.get("/i/" + "x" * 43 + "/pdf").status_code == 404
+    # The PDF for the customer; not for a stranger.
+    pdf = node.http.get(f"/v1/invoices/{first['id']}/pdf", headers=c)
+    assert pdf.status_code == 200 and pdf.content.startswith(b"%PDF-") and len(pdf.content) > 500
+    assert first["number"] in pdf.headers["content-disposition"]
+    problem(node.http.get(f"/v1/invoices/{first['id']}/pdf", headers=stranger), 404,
+            "invoice_not_found")  # fmt: skip
 
 
 def test_an_empty_wallet_goes_through_dunning_to_canceled(node: RunningNode) -> None:
