@@ -30,6 +30,7 @@ import logging
 from typing import Any
 
 import msgspec
+import sqlalchemy as sa
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -112,6 +113,13 @@ async def _create_invoice(
     return collect
 
 
+async def effective_at(conn: AsyncConnection, at: dt.datetime) -> None:
+    """When what ``conn``'s transaction writes next took effect (on the subscription's
+    clock): the billing history's versions carry it (migration 29, for analytics)."""
+    await conn.execute(sa.text("SELECT set_config('paynode.billing_at', :at, true)"),
+                       {"at": at.isoformat()})  # fmt: skip
+
+
 async def store_step(
     conn: AsyncConnection, row: store.Sub, step: subs.Step, at: dt.datetime, policy: dn.Policy
 ) -> str | None:
@@ -119,6 +127,7 @@ async def store_step(
     collecting = row.collecting
     if step.replay:
         return None
+    await effective_at(conn, at)
     if step.invoice is not None and await _create_invoice(conn, row, step.invoice, at):
         collecting = step.invoice.id
     if step.close_invoice is not None:
@@ -180,6 +189,7 @@ async def _due_event(
         if i is not None and i.status in ("open", "uncollectible"):
             return await start_attempt(conn, row, i, due.at, policy)
         # Settled or voided by hand meanwhile: nothing left to retry.
+        await effective_at(conn, due.at)
         done = msgspec.structs.replace(s, dunning=None, status="active")
         await store.save_subscription(conn, done, policy, None)
         return None
@@ -237,6 +247,11 @@ async def record(
                 continue
             s = row.rule()
             paid = code in PAID_CODES
+            # A failure counts from when the attempt was due (a late pass does not
+            # push the dunning timeline back); a manual one before a retry is due
+            # does not use a retry up (domain/billing/dunning.record_failure).
+            at = i.due_at if paid or i.due_at <= wall else wall
+            await effective_at(conn, at)
             await store.update_invoice(
                 conn, i.id, in_flight=None, attempts=i.attempts + 1,
                 status="paid" if paid else i.status, last_code=None if paid else code,
@@ -247,10 +262,6 @@ async def record(
                                       "attempts": i.attempts + 1}  # fmt: skip
             await _emit_invoice(conn, "invoice.paid" if paid else "invoice.payment_failed",
                                 row, data)  # fmt: skip
-            # A failure counts from when the attempt was due (a late pass does not
-            # push the dunning timeline back); a manual one before a retry is due
-            # does not use a retry up (domain/billing/dunning.record_failure).
-            at = i.due_at if paid or i.due_at <= wall else wall
             event: subs.Event = (
                 subs.InvoicePaid(at=at, invoice_id=i.id) if paid
                 else subs.InvoicePaymentFailed(at=at, invoice_id=i.id)

@@ -116,6 +116,57 @@ FX_TRADES = Exported(
         ("ts", "BIGINT"),
     ),
 )
+# Billing (migration 29): every version of a subscription's and an invoice's state,
+# appended by triggers in the transaction that changes the row (the rows themselves are
+# updated in place, and only append-only tables can be followed by (txid, id)). ``id``
+# is the version's seq zero-padded; the latest seq per object is its state now. ``*_us``:
+# unix microseconds on the subscription's clock (a test clock's time, else the wall's).
+BILLING_SUBSCRIPTIONS = Exported(
+    "billing_subscription_history",
+    (
+        ("txid", "BIGINT"),
+        ("id", "VARCHAR"),
+        ("seq", "BIGINT"),
+        ("subscription_id", "VARCHAR"),
+        ("customer_user_id", "VARCHAR"),
+        ("merchant_user_id", "VARCHAR"),
+        ("price_id", "VARCHAR"),
+        ("price_amount", "BIGINT"),
+        ("currency", "VARCHAR"),
+        ("interval", "VARCHAR"),
+        ("interval_count", "INTEGER"),
+        ("quantity", "INTEGER"),
+        ("status", "VARCHAR"),
+        ("cancel_at_period_end", "BOOLEAN"),
+        ("started_us", "BIGINT"),
+        ("canceled_us", "BIGINT"),
+        ("test_clock_id", "VARCHAR"),
+        ("at_us", "BIGINT"),
+        ("ts", "BIGINT"),
+    ),
+)
+BILLING_INVOICES = Exported(
+    "billing_invoice_history",
+    (
+        ("txid", "BIGINT"),
+        ("id", "VARCHAR"),
+        ("seq", "BIGINT"),
+        ("invoice_id", "VARCHAR"),
+        ("number", "VARCHAR"),
+        ("subscription_id", "VARCHAR"),
+        ("customer_user_id", "VARCHAR"),
+        ("merchant_user_id", "VARCHAR"),
+        ("period_index", "INTEGER"),
+        ("currency", "VARCHAR"),
+        ("total", "BIGINT"),
+        ("amount_due", "BIGINT"),
+        ("status", "VARCHAR"),
+        ("attempts", "INTEGER"),
+        ("last_code", "VARCHAR"),
+        ("at_us", "BIGINT"),
+        ("ts", "BIGINT"),
+    ),
+)
 # The audit log without personal data (storage.audit_chain.redact_for_analytics):
 # PostgreSQL's view ``audit`` over ``audit_log`` drops source_ip and keeps only the
 # keys of before/after, comma-joined and sorted ('' for {}, NULL for none); ``id`` is
@@ -139,7 +190,9 @@ AUDIT = Exported(
 )
 # Exported in this order, below one xmin. A rail's label commits before its transfer
 # reaches a shard, so below any xmin the labels are there for every journal row.
-EXPORTED = (ACCOUNTS, TRANSFER_RAILS, TRANSFERS, FX_TRADES, AUDIT)
+EXPORTED = (
+    ACCOUNTS, TRANSFER_RAILS, TRANSFERS, FX_TRADES, BILLING_SUBSCRIPTIONS, BILLING_INVOICES, AUDIT,
+)  # fmt: skip
 _SEGMENT = re.compile(r"(?P<table>[a-z_]+)-(?P<txid>\d{20})-(?P<seq>\d{8})\.parquet\Z")
 GRACE_S = 120.0  # an old generation stays readable this long after a swap
 
@@ -502,8 +555,140 @@ def view_statements(root: Path, pinned: bool = False) -> list[str]:
                    make_timestamp(ts // 1000) AS occurred_at,
                    CAST(make_timestamp(ts // 1000) AS DATE) AS day, txid
             FROM read_parquet('{live}/audit-*.parquet')""",
+        *billing_views(live),
         f"CREATE OR REPLACE VIEW reconciliation_runs AS {recon_source('reconciliation_runs')}",
         f"CREATE OR REPLACE VIEW discrepancies AS {recon_source('discrepancies')}",
+    ]
+
+
+# A price's amount per month, floored: month amount // count; year amount // (12 count);
+# week amount * 52 // (12 count); day amount * 365 // (12 count). Integers throughout.
+_MONTHLY = """(CASE interval
+    WHEN 'month' THEN amount // interval_count
+    WHEN 'year' THEN amount // (12 * interval_count)
+    WHEN 'week' THEN amount * 52 // (12 * interval_count)
+    WHEN 'day' THEN amount * 365 // (12 * interval_count) END)::BIGINT"""
+_DAY_US = 86_400_000_000
+
+
+def billing_views(live: Path) -> list[str]:
+    """Subscriptions and invoices (issue #20 item 7), from their version histories.
+
+    A version holds from its ``effective_at`` until the next one's (by seq). Days and
+    months are UTC; a subscription counts on a day when it is ``active`` at the day's end.
+    """
+    return [
+        f"""CREATE OR REPLACE VIEW subscription_history AS
+            SELECT subscription_id, seq, customer_user_id AS customer,
+                   merchant_user_id AS merchant, price_id AS price, price_amount,
+                   quantity, price_amount * quantity AS amount, currency, interval,
+                   interval_count, status, cancel_at_period_end,
+                   make_timestamp(started_us) AS started,
+                   make_timestamp(canceled_us) AS canceled_at, test_clock_id,
+                   make_timestamp(at_us) AS effective_at,
+                   make_timestamp(lead(at_us) OVER w) AS until,
+                   lag(status) OVER w AS previous_status, txid
+            FROM read_parquet('{live}/billing_subscription_history-*.parquet')
+            WINDOW w AS (PARTITION BY subscription_id ORDER BY seq)""",
+        f"""CREATE OR REPLACE VIEW invoice_history AS
+            SELECT invoice_id, seq, number, subscription_id, customer_user_id AS customer,
+                   merchant_user_id AS merchant, period_index, currency, total, amount_due,
+                   status, attempts, last_code, make_timestamp(at_us) AS effective_at,
+                   make_timestamp(lead(at_us) OVER w) AS until, txid
+            FROM read_parquet('{live}/billing_invoice_history-*.parquet')
+            WINDOW w AS (PARTITION BY invoice_id ORDER BY seq)""",
+        # The state now: each one's latest version.
+        """CREATE OR REPLACE VIEW subscriptions AS
+            SELECT subscription_id AS id, customer, merchant, price, amount, quantity,
+                   currency, interval, interval_count, status, cancel_at_period_end,
+                   started, canceled_at, effective_at AS updated_at
+            FROM subscription_history WHERE until IS NULL""",
+        """CREATE OR REPLACE VIEW invoices AS
+            SELECT h.invoice_id AS id, h.number, h.subscription_id AS subscription,
+                   h.customer, h.merchant, h.currency, h.total, h.amount_due, h.status,
+                   f.created, f.paid_at, h.attempts, h.last_code, f.first_failed_at
+            FROM invoice_history h JOIN (
+                SELECT invoice_id, max(seq) AS seq, min(effective_at) AS created,
+                       min(effective_at) FILTER (WHERE status = 'paid') AS paid_at,
+                       min(effective_at) FILTER (WHERE last_code IS NOT NULL)
+                           AS first_failed_at
+                FROM invoice_history GROUP BY invoice_id
+            ) f ON f.invoice_id = h.invoice_id AND f.seq = h.seq""",
+        # Per UTC day and currency: the monthly recurring revenue of the subscriptions
+        # active at the day's end (_MONTHLY per subscription, then summed), from the
+        # first version's day to today (or the last version's, on a test clock ahead).
+        f"""CREATE OR REPLACE VIEW mrr_daily AS
+            WITH v AS (
+                SELECT subscription_id, currency, effective_at, until,
+                       {_MONTHLY} AS mrr
+                FROM subscription_history WHERE status = 'active'
+            ), bounds AS (
+                SELECT min(effective_at)::DATE AS lo,
+                       greatest(max(effective_at)::DATE, current_date) AS hi
+                FROM subscription_history
+            ), days AS (
+                SELECT unnest(generate_series(lo, hi, INTERVAL 1 DAY))::DATE AS day
+                FROM bounds WHERE lo IS NOT NULL
+            )
+            SELECT d.day, v.currency, SUM(v.mrr)::BIGINT AS mrr,
+                   COUNT(*) AS active_subscriptions
+            FROM days d JOIN v ON v.effective_at < d.day + INTERVAL 1 DAY
+                AND (v.until IS NULL OR v.until >= d.day + INTERVAL 1 DAY)
+            GROUP BY ALL""",
+        # Per UTC month: subscriptions active or past_due just before it began, those of
+        # them or of later ones canceled in it (from active or past_due: a trial's
+        # cancellation is not churn), and their ratio (not money: a DOUBLE).
+        """CREATE OR REPLACE VIEW churn_monthly AS
+            WITH bounds AS (
+                SELECT date_trunc('month', min(effective_at))::DATE AS lo,
+                       greatest(max(effective_at)::DATE, current_date) AS hi
+                FROM subscription_history
+            ), months AS (
+                SELECT unnest(generate_series(lo, hi, INTERVAL 1 MONTH))::DATE AS month
+                FROM bounds WHERE lo IS NOT NULL
+            ), at_start AS (
+                SELECT m.month, COUNT(v.subscription_id) AS n
+                FROM months m LEFT JOIN subscription_history v
+                  ON v.status IN ('active', 'past_due') AND v.effective_at < m.month
+                 AND (v.until IS NULL OR v.until >= m.month)
+                GROUP BY m.month
+            ), canceled AS (
+                SELECT date_trunc('month', effective_at)::DATE AS month,
+                       COUNT(DISTINCT subscription_id) AS n
+                FROM subscription_history
+                WHERE status = 'canceled' AND previous_status IN ('active', 'past_due')
+                GROUP BY ALL
+            )
+            SELECT s.month, s.n AS active_at_start, coalesce(c.n, 0) AS canceled,
+                   CASE WHEN s.n > 0 THEN coalesce(c.n, 0) / s.n END::DOUBLE AS churn
+            FROM at_start s LEFT JOIN canceled c ON c.month = s.month""",
+        # Open invoices as they were at ``as_of``, by whole days since they were created
+        # (an invoice is due when finalized): 0-30, 31-60, 61-90, 90+.
+        f"""CREATE OR REPLACE MACRO invoice_aging_at(as_of) AS TABLE
+            WITH v AS (
+                SELECT h.*, (epoch_us(CAST(as_of AS TIMESTAMP))
+                             - epoch_us(i.created)) // {_DAY_US} AS days
+                FROM invoice_history h JOIN invoices i ON i.id = h.invoice_id
+                WHERE h.effective_at <= CAST(as_of AS TIMESTAMP)
+                  AND (h.until IS NULL OR h.until > CAST(as_of AS TIMESTAMP))
+                  AND h.status = 'open'
+            )
+            SELECT CASE WHEN days <= 30 THEN '0-30' WHEN days <= 60 THEN '31-60'
+                        WHEN days <= 90 THEN '61-90' ELSE '90+' END AS bucket,
+                   currency, COUNT(*) AS invoices, SUM(amount_due)::BIGINT AS amount_due
+            FROM v GROUP BY ALL""",
+        """CREATE OR REPLACE VIEW invoice_aging AS
+            SELECT * FROM invoice_aging_at(timezone('UTC', current_timestamp))""",
+        # Each invoice refused at least once: how it ended (paid, uncollectible, still
+        # open, void) and how long from its first refusal to its payment, in days.
+        """CREATE OR REPLACE VIEW dunning_outcomes AS
+            SELECT id AS invoice, subscription, currency, amount_due, attempts,
+                   attempts - CASE WHEN status = 'paid' THEN 1 ELSE 0 END AS failures,
+                   status AS outcome, first_failed_at, paid_at,
+                   CASE WHEN status = 'paid' THEN
+                       (epoch_us(paid_at) - epoch_us(first_failed_at)) / 86400e6 END
+                       AS days_to_recover
+            FROM invoices WHERE first_failed_at IS NOT NULL""",
     ]
 
 

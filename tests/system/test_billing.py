@@ -225,3 +225,142 @@ def test_bad_input_changes_nothing(node: RunningNode) -> None:
     assert node.http.get("/v1/subscriptions", headers=c).json()["subscriptions"] == []
     assert [x["id"] for x in node.http.get("/v1/prices", headers=m).json()] == ["bt5-basic"]
     assert _balance(node, "bt5-cw") == 1_000 and _balance(node, "bt5-ow") == 1_000
+
+
+def _gbp_wallet(node: RunningNode, user: dict, account_id: str, funded: int = 0) -> None:
+    body = {"id": account_id, "currency": "GBP", "flags": ["debits_must_not_exceed_credits"]}
+    assert node.http.post("/v1/accounts", json=body, headers=user).status_code == 201
+    if funded:
+        _fund_gbp(node, account_id, funded)
+
+
+def _fund_gbp(node: RunningNode, account_id: str, amount: int) -> None:
+    node.http.post("/v1/accounts", json={"id": "treasury-billing-gbp", "currency": "GBP"})
+    fund = {"id": f"fund-{account_id}-{next(_n)}", "debit_account_id": "treasury-billing-gbp",
+            "credit_account_id": account_id, "amount": amount, "currency": "GBP"}  # fmt: skip
+    assert node.http.post("/v1/transfers", json=fund).status_code == 201
+
+
+def test_analytics_views_of_subscriptions_and_invoices(node: RunningNode) -> None:
+    """Issue #20 item 7: the analysts' views over the billing history, on a test clock in
+    January-February 2024, in GBP (the module's other tests bill USD in 2026). One
+    customer, one wallet per subscription; s4 recovers from dunning, s5 exhausts it, s6
+    is still in it, s3 is canceled by hand."""
+    import datetime as dt
+
+    import ray
+
+    from paynode.storage.analytics import connect_views
+
+    m = _user(node, "merchant-ba")
+    _gbp_wallet(node, m, "ba-mw")
+    r = node.http.post("/v1/products", json={"id": "ba-prod", "name": "Pro"}, headers=m)
+    assert r.status_code == 201, r.text
+    for price_id, amount, interval in (("ba-month", 1_200, "month"), ("ba-year", 12_000, "year"),
+                                       ("ba-week", 700, "week")):  # fmt: skip
+        body = {"id": price_id, "product": "ba-prod", "amount": amount, "currency": "GBP",
+                "interval": interval, "payout_account_id": "ba-mw"}  # fmt: skip
+        assert node.http.post("/v1/prices", json=body, headers=m).status_code == 201
+    c = _user(node, "cust-ba")
+    _gbp_wallet(node, c, "ba-w1", funded=100_000)
+    for w in ("ba-w4", "ba-w5", "ba-w6"):
+        _gbp_wallet(node, c, w)
+    _clock(node, c, "ba-clock", "2024-01-01T00:00:00Z")
+
+    def sub(price: str, wallet: str, **more) -> str:
+        return _subscribe(node, c, price=price, customer_account=wallet, test_clock="ba-clock",
+                          **more)["id"]  # fmt: skip
+
+    s1 = sub("ba-month", "ba-w1")  # active: 1,200 a month
+    s2 = sub("ba-year", "ba-w1")  # active: 12,000 a year, 12,000 // 12 = 1,000 a month
+    s3 = sub("ba-week", "ba-w1")  # active: 700 a week, 700 * 52 // 12 = 3,033 a month
+    s4 = sub("ba-month", "ba-w4", trial_days=1)  # refused 01-02 and 01-03, paid 01-05
+    s5 = sub("ba-month", "ba-w5", trial_days=1)  # refused 01-02, 03, 05, 07, 09: canceled
+    _advance(node, c, "ba-clock", "2024-01-04T00:00:00Z")
+    _fund_gbp(node, "ba-w4", 2_400)  # the retry of 01-05 and the renewal of 02-02
+    _advance(node, c, "ba-clock", "2024-02-03T00:00:00Z")
+    r = node.http.post(f"/v1/subscriptions/{s3}/cancel", headers=c)  # now: 02-03
+    assert r.status_code == 200 and r.json()["status"] == "canceled", r.text
+    s6 = sub("ba-month", "ba-w6", trial_days=1)  # refused 02-04 and 02-05: still open
+    _advance(node, c, "ba-clock", "2024-02-05T12:00:00Z")
+    assert [_sub(node, c, s)["status"] for s in (s1, s2, s3, s4, s5, s6)] == [
+        "active", "active", "canceled", "active", "canceled", "past_due"]  # fmt: skip
+
+    ray.get(node.analytics.sync.remote(), timeout=60)
+    con = connect_views(node.settings.analytics_path())
+    names = {s1: "s1", s2: "s2", s3: "s3", s4: "s4", s5: "s5", s6: "s6"}
+
+    def q(sql: str) -> list[tuple]:
+        """Rows of ``sql`` with the subscriptions' ids (also in invoice ids) as s1..s6."""
+        rows = con.execute(sql).fetchall()
+        for sid, short in names.items():
+            rows = [tuple(x.replace(sid, short) if isinstance(x, str) else x for x in r)
+                    for r in rows]  # fmt: skip
+        return rows
+
+    def day(d: str) -> dt.datetime:
+        return dt.datetime.fromisoformat(d)
+
+    try:
+        assert sorted(q("SELECT id, amount, interval, status, started, canceled_at"
+                        " FROM subscriptions WHERE currency = 'GBP'")) == sorted([
+            ("s1", 1_200, "month", "active", day("2024-01-01"), None),
+            ("s2", 12_000, "year", "active", day("2024-01-01"), None),
+            ("s3", 700, "week", "canceled", day("2024-01-01"), day("2024-02-03")),
+            ("s4", 1_200, "month", "active", day("2024-01-01"), None),
+            ("s5", 1_200, "month", "canceled", day("2024-01-01"), day("2024-01-09")),
+            ("s6", 1_200, "month", "past_due", day("2024-02-03"), None),
+        ])  # fmt: skip
+        paid = lambda i, amount, d: (i, amount, amount, "paid", day(d), day(d), 1)  # noqa: E731
+        invoices = q(
+            "SELECT id, total, amount_due, status, created, paid_at, attempts"
+            " FROM invoices WHERE currency = 'GBP'"
+        )
+        assert sorted(invoices, key=lambda r: (r[4], r[0])) == [
+            paid("in_s1_0", 1_200, "2024-01-01"), paid("in_s2_0", 12_000, "2024-01-01"),
+            paid("in_s3_0", 700, "2024-01-01"),
+            ("in_s4_0", 1_200, 1_200, "paid", day("2024-01-02"), day("2024-01-05"), 3),
+            ("in_s5_0", 1_200, 1_200, "uncollectible", day("2024-01-02"), None, 5),
+            paid("in_s3_1", 700, "2024-01-08"), paid("in_s3_2", 700, "2024-01-15"),
+            paid("in_s3_3", 700, "2024-01-22"), paid("in_s3_4", 700, "2024-01-29"),
+            paid("in_s1_1", 1_200, "2024-02-01"), paid("in_s4_1", 1_200, "2024-02-02"),
+            # Canceled with 2 of the week's 7 days unused: 700 * 2 / 7 credited.
+            ("in_s3_c1", -200, 0, "paid", day("2024-02-03"), day("2024-02-03"), 0),
+            ("in_s6_0", 1_200, 1_200, "open", day("2024-02-04"), None, 2),
+        ]  # fmt: skip
+        # Active at each day's end: s1 + s2 + s3 = 1,200 + 1,000 + 3,033; s4 from its
+        # payment on 01-05; s3 gone from 02-03. s1, s2 and s4 stay active afterwards.
+        mrr = q(
+            "SELECT day, mrr, active_subscriptions FROM mrr_daily WHERE currency = 'GBP'"
+            " AND day BETWEEN DATE '2023-12-01' AND DATE '2024-02-07' ORDER BY day"
+        )
+        jan1 = dt.date(2024, 1, 1)
+        expected = [(jan1 + dt.timedelta(days=k), 5_233, 3) for k in range(4)]
+        expected += [(jan1 + dt.timedelta(days=k), 6_433, 4) for k in range(4, 33)]
+        expected += [(jan1 + dt.timedelta(days=k), 3_400, 3) for k in range(33, 38)]
+        assert mrr == expected
+        # January: none paying at its start, s5 canceled by dunning. February: s1-s4 at
+        # its start, s3 canceled. March: s1, s2, s4 active and s6 past_due.
+        assert q("SELECT * FROM churn_monthly WHERE month BETWEEN DATE '2024-01-01'"
+                 " AND DATE '2024-03-01' ORDER BY month") == [
+            (dt.date(2024, 1, 1), 0, 1, None), (dt.date(2024, 2, 1), 4, 1, 0.25),
+            (dt.date(2024, 3, 1), 4, 0, 0.0),
+        ]  # fmt: skip
+        aging = lambda at: q(f"SELECT * FROM invoice_aging_at(TIMESTAMP '{at}')"  # noqa: E731
+                             " WHERE currency = 'GBP' ORDER BY ALL")  # fmt: skip
+        assert aging("2024-01-04") == [("0-30", "GBP", 2, 2_400)]  # s4's and s5's
+        assert aging("2024-02-05 12:00") == [("0-30", "GBP", 1, 1_200)]  # s6's since 02-04
+        assert aging("2024-03-20") == [("31-60", "GBP", 1, 1_200)]
+        assert aging("2024-04-20") == [("61-90", "GBP", 1, 1_200)]
+        assert aging("2024-05-10") == [("90+", "GBP", 1, 1_200)]
+        outcomes = q(
+            "SELECT invoice, attempts, failures, outcome, first_failed_at, paid_at,"
+            " days_to_recover FROM dunning_outcomes WHERE currency = 'GBP'"
+        )
+        assert sorted(outcomes) == [
+            ("in_s4_0", 3, 2, "paid", day("2024-01-02"), day("2024-01-05"), 3.0),
+            ("in_s5_0", 5, 5, "uncollectible", day("2024-01-02"), None, None),
+            ("in_s6_0", 2, 2, "open", day("2024-02-04"), None, None),
+        ]  # fmt: skip
+    finally:
+        con.close()
