@@ -8,7 +8,8 @@ import itertools
 import psycopg
 
 from paynode.storage.database import libpq_url
-from tests.support.asserts import kyc_verified, problem, signup
+from tests.support.accounts import verified_user, wallet
+from tests.support.asserts import problem
 from tests.support.node import RunningNode, wait_until
 
 # One node for the module's tests (tests/conftest.py shared_node): each uses its own ids.
@@ -17,20 +18,11 @@ _n = itertools.count()
 
 
 def _user(node: RunningNode, name: str) -> dict[str, str]:
-    with node.anonymous() as anon:
-        user_id, headers = signup(anon, name)
-    kyc_verified(node.http, user_id, headers)
-    return headers
+    return verified_user(node, name)
 
 
 def _wallet(node: RunningNode, user: dict, account_id: str, funded: int = 0) -> None:
-    body = {"id": account_id, "currency": "USD", "flags": ["debits_must_not_exceed_credits"]}
-    assert node.http.post("/v1/accounts", json=body, headers=user).status_code == 201
-    if funded:
-        node.http.post("/v1/accounts", json={"id": "treasury-billing", "currency": "USD"})
-        fund = {"id": f"fund-{account_id}", "debit_account_id": "treasury-billing",
-                "credit_account_id": account_id, "amount": funded, "currency": "USD"}  # fmt: skip
-        assert node.http.post("/v1/transfers", json=fund).status_code == 201
+    wallet(node, user, account_id, funded, "treasury-billing")
 
 
 def _balance(node: RunningNode, account_id: str) -> int:

@@ -14,7 +14,8 @@ from pathlib import Path
 import httpx
 
 from paynode.domain.notify.signature import HEADER, header
-from tests.support.asserts import kyc_verified, problem, signup
+from tests.support.accounts import verified_user, wallet
+from tests.support.asserts import problem, signup
 from tests.support.bank import link_and_verify
 from tests.support.node import RunningNode, wait_until
 
@@ -33,20 +34,11 @@ def _fee(amount: int) -> int:  # card.fee_fixed 30 + card.fee_bps 290, rounded u
 
 
 def _user(node: RunningNode, name: str) -> dict[str, str]:
-    with node.anonymous() as anon:
-        user_id, headers = signup(anon, name)
-    kyc_verified(node.http, user_id, headers)
-    return headers
+    return verified_user(node, name)
 
 
 def _wallet(node: RunningNode, user: dict, account_id: str, funded: int = 0) -> None:
-    body = {"id": account_id, "currency": "USD", "flags": ["debits_must_not_exceed_credits"]}
-    assert node.http.post("/v1/accounts", json=body, headers=user).status_code == 201
-    if funded:
-        node.http.post("/v1/accounts", json={"id": "treasury-cards", "currency": "USD"})
-        fund = {"id": f"fund-{account_id}", "debit_account_id": "treasury-cards",
-                "credit_account_id": account_id, "amount": funded, "currency": "USD"}  # fmt: skip
-        assert node.http.post("/v1/transfers", json=fund).status_code == 201
+    wallet(node, user, account_id, funded, "treasury-cards")
 
 
 def _card(node: RunningNode, user: dict, token: str = "tok_visa") -> dict:

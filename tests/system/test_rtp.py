@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import datetime as dt
 
-from tests.support.asserts import kyc_verified, problem, signup
+from tests.support.accounts import verified_user, wallet
+from tests.support.asserts import problem
 from tests.support.bank import ROUTING, link_and_verify
 from tests.support.node import RunningNode, wait_until
 
@@ -29,19 +30,11 @@ OFF_NETWORK = "011000138"  # in the FedACH sample, not among the RTP participant
 
 
 def _user(node: RunningNode, name: str) -> dict[str, str]:
-    with node.anonymous() as anon:
-        user_id, headers = signup(anon, name)
-    kyc_verified(node.http, user_id, headers)
-    return headers
+    return verified_user(node, name)
 
 
 def _funded_wallet(node: RunningNode, user: dict, account_id: str, amount: int) -> None:
-    body = {"id": account_id, "currency": "USD", "flags": ["debits_must_not_exceed_credits"]}
-    assert node.http.post("/v1/accounts", json=body, headers=user).status_code == 201
-    node.http.post("/v1/accounts", json={"id": "treasury-rtp", "currency": "USD"})
-    fund = {"id": f"fund-{account_id}", "debit_account_id": "treasury-rtp",
-            "credit_account_id": account_id, "amount": amount, "currency": "USD"}  # fmt: skip
-    assert node.http.post("/v1/transfers", json=fund).status_code == 201
+    wallet(node, user, account_id, amount, "treasury-rtp")
 
 
 def _account(node: RunningNode, account_id: str) -> dict:
