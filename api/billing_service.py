@@ -31,6 +31,7 @@ from typing import Any
 
 import msgspec
 import sqlalchemy as sa
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -235,11 +236,12 @@ async def record(
     """Each final outcome recorded (under the rows' locks, once: an attempt recorded by
     another pass is left alone); how many were."""
     done = 0
+    final = [a for a in attempts if outcomes.get(a.transfer_id) not in (None, *RETRYABLE)]
+    # Not final: moved again by the next pass under the same id.
     async with engine.begin() as conn:
-        for a in attempts:
-            code = outcomes.get(a.transfer_id)
-            if code is None or code in RETRYABLE:
-                continue  # not final: moved again by the next pass under the same id
+        await store.lock_subscriptions(conn, [a.subscription_id for a in final])
+        for a in final:
+            code = outcomes[a.transfer_id]
             row = await store.get_subscription(conn, a.subscription_id, lock=True)
             i = await store.get_invoice(conn, a.invoice_id, lock=True)
             assert row is not None and i is not None
@@ -316,6 +318,11 @@ async def settle(
         await record(engine, attempts, outcomes, dt.datetime.now(dt.UTC), policy)
 
 
+def _lost_race(e: sa_exc.DBAPIError) -> bool:
+    """A deadlock or serialization failure (SQLSTATE class 40): retrying is safe."""
+    return str(getattr(e.orig, "sqlstate", "") or "").startswith("40")
+
+
 async def drain_clock(
     engine: AsyncEngine, client: LedgerClient, clock_id: str, limit: int, policy: dn.Policy,
     passes: int,
@@ -323,7 +330,13 @@ async def drain_clock(
     """Passes over one test clock's subscriptions until nothing is due (at most
     ``passes``); whether the clock is ready (the front loop finishes the rest)."""
     for _ in range(passes):
-        moved = await run_due(engine, client, dt.datetime.now(dt.UTC), limit, policy, clock_id)
+        try:
+            moved = await run_due(engine, client, dt.datetime.now(dt.UTC), limit, policy,
+                                  clock_id)  # fmt: skip
+        except sa_exc.DBAPIError as e:
+            if not _lost_race(e):
+                raise
+            continue  # rolled back whole: the next pass redoes it
         if moved == 0:
             break
     async with engine.connect() as conn:

@@ -43,7 +43,13 @@ def problem_for(e: Exception) -> Response:
         loc = ".".join(str(x) for x in errors[0]["loc"]) if errors else ""
         return p.problem(p.INVALID_FIELD, errors[0]["msg"] if errors else "", loc)
     if isinstance(e, _DATABASE_DOWN):
-        log.warning("database unavailable: %s", type(e).__name__)
+        # The SQLSTATE tells a lost lock race (40P01) from a timeout (57014) or a lost
+        # connection (08xxx); the message could hold values, so it is not logged.
+        log.warning(
+            "database unavailable: %s sqlstate=%s",
+            type(e).__name__,
+            getattr(getattr(e, "orig", None), "sqlstate", None),
+        )
         return p.problem(Code.STORAGE_UNAVAILABLE, "the database is unavailable")
     if isinstance(e, sa_exc.DataError):
         # Bodies holding NUL are refused when decoded; a path or query value holding it

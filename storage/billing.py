@@ -256,11 +256,21 @@ async def claim_due(
             f"SELECT {_cols(Sub, 's.')} FROM billing_subscriptions s"
             " LEFT JOIN billing_test_clocks c ON c.id = s.test_clock_id"
             " WHERE (s.collecting IS NOT NULL OR s.next_due_at <= coalesce(c.now, :wall))"
-            f"{only} ORDER BY s.next_due_at NULLS FIRST LIMIT :n FOR UPDATE OF s SKIP LOCKED"
+            f"{only} ORDER BY s.next_due_at NULLS FIRST, s.id LIMIT :n FOR UPDATE OF s SKIP LOCKED"
         ),
         {"wall": wall, "n": limit, "clock": clock_id},
     )
     return [record(Sub, r) for r in rows]
+
+
+async def lock_subscriptions(conn: AsyncConnection, ids: list[str]) -> None:
+    """Row-lock the subscriptions in id order, in one statement: two passes recording the
+    same attempts (claimed in different orders) then wait on each other instead of
+    deadlocking. Their invoices are locked after them, as every path does."""
+    await conn.execute(
+        sa.text("SELECT 1 FROM billing_subscriptions WHERE id = ANY(:ids) ORDER BY id FOR UPDATE"),
+        {"ids": sorted(set(ids))},
+    )
 
 
 async def count_due(conn: AsyncConnection, clock_id: str) -> int:
