@@ -23,6 +23,7 @@ from paynode.api import (
     ach_ops_routes,
     ach_routes,
     billing_routes,
+    billing_service,
     card_routes,
     card_service,
     code_routes,
@@ -93,13 +94,18 @@ def create_app(settings: Settings, shard_names: list[str], keys: Keyring) -> Any
                 if ctx.card_processor is not None and settings.card.recover_interval_ms > 0
                 else None
             )
+            # ... and renewals, trials and dunning (card attempts need the processor).
+            billing = (
+                asyncio.create_task(billing_service.follow(ctx))
+                if settings.billing.interval_ms > 0
+                else None
+            )
             try:
                 yield
             finally:
-                if rtp is not None:
-                    rtp.cancel()
-                if card is not None:
-                    card.cancel()
+                for task in (rtp, card, billing):
+                    if task is not None:
+                        task.cancel()
                 if settings.trace_endpoint:
                     tracing.shutdown(settings.trace_endpoint)  # what is queued goes out
 

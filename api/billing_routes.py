@@ -19,7 +19,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from starlette.responses import HTMLResponse, Response
 
 from paynode.api import billing_service as svc
-from paynode.api import contract
+from paynode.api import card_service, contract
 from paynode.api import problems as p
 from paynode.api.auth.scopes import Principal
 from paynode.api.billing_schemas import (
@@ -43,12 +43,15 @@ from paynode.api.billing_schemas import (
 from paynode.api.deps import Context, Ctx, check_owner, require
 from paynode.api.http import SMALL_BODY_LIMIT, decode_body, json_response
 from paynode.api.invoice_pdf import render as invoice_pdf_render
+from paynode.api.payment_service import BANK_ACCOUNT_ID
 from paynode.domain.billing import clocks as ck
 from paynode.domain.billing import dunning as dn
 from paynode.domain.billing import subscriptions as subs
 from paynode.domain.billing.errors import BillingError
 from paynode.domain.ledger.model import Code
+from paynode.domain.rails import card_rules
 from paynode.storage import billing as store
+from paynode.storage import cards
 
 router = APIRouter(tags=["billing"])
 ADVANCE_PASSES = 200  # passes an advance runs itself; the fronts' scheduler does the rest
@@ -197,8 +200,11 @@ def _sub_out(row: store.Sub, policy: dn.Policy) -> SubscriptionOut:
     return SubscriptionOut(
         id=s.id, status=s.status, price=s.price.id, quantity=s.quantity,
         customer_user_id=row.customer_user_id, merchant_user_id=row.merchant_user_id,
-        customer_account=row.source_account_id, merchant_account=row.merchant_account_id,
-        source_kind="wallet", current_period=s.period, current_period_start=period.start,
+        customer_account=row.source_account_id if row.source_kind == "wallet" else None,
+        payment_method=row.source_account_id if row.source_kind == "card" else None,
+        merchant_account=row.merchant_account_id,
+        source_kind=row.source_kind,  # type: ignore[arg-type]
+        current_period=s.period, current_period_start=period.start,
         current_period_end=period.end, trial_end=s.trial_end,
         cancel_at_period_end=s.cancel_at_period_end, canceled_at=s.canceled_at,
         paused_at=s.paused_at, dunning_failures=0 if s.dunning is None else s.dunning.failures,
@@ -229,6 +235,46 @@ async def _clock_for(ctx: Context, principal: Principal, clock_id: str | None) -
     return clock.now
 
 
+async def _source(
+    ctx: Context, principal: Principal, body: SubscriptionIn, price: store.Price
+) -> tuple[str, str, str]:
+    """What pays the subscription: (source_kind, wallet account or card, customer)."""
+    currency = price.currency.strip()
+    if body.customer_account is not None:
+        if body.payment_method is not None:
+            raise p.ApiError(p.INVALID_FIELD, "customer_account or payment_method, not both",
+                             "$.payment_method")  # fmt: skip
+        spec = (await ctx.client.resolve({body.customer_account})).get(body.customer_account)
+        if spec is None:
+            raise p.ApiError(Code.ACCOUNT_NOT_FOUND, field="$.customer_account")
+        check_owner(principal, spec.owner)  # only the account's owner pays from it
+        if not spec.owner:
+            raise p.ApiError(p.INVALID_FIELD, "a wallet account owned by a user",
+                             "$.customer_account")  # fmt: skip
+        if spec.currency != currency:
+            raise p.ApiError(Code.CURRENCY_MISMATCH, field="$.customer_account")
+        if body.customer_account == price.payout_account_id:
+            raise p.ApiError(Code.SAME_ACCOUNT, field="$.customer_account")
+        return "wallet", body.customer_account, spec.owner
+    method_id = body.payment_method
+    if method_id is None:
+        async with ctx.engine.connect() as conn:
+            method_id = await cards.default_of(conn, principal.user_id or "")
+        if method_id is None:
+            raise p.ApiError(p.MISSING_FIELD, "customer_account or payment_method (you have no"
+                             " default payment method)", "$.payment_method")  # fmt: skip
+    if BANK_ACCOUNT_ID.match(method_id):
+        await card_service.own_bank_method(ctx, principal, method_id)  # 404: not yours
+        raise p.ApiError(p.PAYMENT_METHOD_NOT_CHARGEABLE,
+                         "a bank account pays by ACH: subscribe with a card or a wallet",
+                         "$.payment_method")  # fmt: skip
+    method = await card_service.own_method(ctx, principal, method_id)  # 404: not yours
+    if currency != card_rules.CURRENCY:
+        raise p.ApiError(Code.CURRENCY_MISMATCH, "cards are charged in USD", "$.payment_method")
+    card_service.check(ctx, price.amount * body.quantity, currency)
+    return "card", method.id, method.owner_user_id
+
+
 @router.post(
     "/v1/subscriptions",
     openapi_extra=contract.body(SubscriptionIn),
@@ -243,29 +289,19 @@ async def create_subscription(request: Request, ctx: Ctx, principal: Writer) -> 
         price = await store.get_price(conn, body.price)
     if price is None:
         raise p.ApiError(p.PRICE_NOT_FOUND, field="$.price")
-    spec = (await ctx.client.resolve({body.customer_account})).get(body.customer_account)
-    if spec is None:
-        raise p.ApiError(Code.ACCOUNT_NOT_FOUND, field="$.customer_account")
-    check_owner(principal, spec.owner)  # only the account's owner pays from it
-    if not spec.owner:
-        raise p.ApiError(p.INVALID_FIELD, "a wallet account owned by a user",
-                         "$.customer_account")  # fmt: skip
-    if spec.currency != price.currency.strip():
-        raise p.ApiError(Code.CURRENCY_MISMATCH, field="$.customer_account")
-    if body.customer_account == price.payout_account_id:
-        raise p.ApiError(Code.SAME_ACCOUNT, field="$.customer_account")
+    kind, source, customer = await _source(ctx, principal, body, price)
     now = await _clock_for(ctx, principal, body.test_clock)
     policy = _policy(ctx)
     try:
-        step = subs.create(id="sub_" + secrets.token_hex(12), customer=spec.owner,
+        step = subs.create(id="sub_" + secrets.token_hex(12), customer=customer,
                            price=price.rule(), quantity=body.quantity, at=now,
                            trial_days=body.trial_days, test_clock=body.test_clock)  # fmt: skip
     except BillingError as e:
         raise _refused(e) from None
     s = step.subscription
     row = store.Sub(
-        id=s.id, customer_user_id=spec.owner, merchant_user_id=price.owner_user_id,
-        price_id=price.id, source_kind="wallet", source_account_id=body.customer_account,
+        id=s.id, customer_user_id=customer, merchant_user_id=price.owner_user_id,
+        price_id=price.id, source_kind=kind, source_account_id=source,
         merchant_account_id=price.payout_account_id, status=s.status,
         test_clock_id=body.test_clock, state=msgspec.json.encode(s).decode(),
         collecting=None, created_at=now,
@@ -274,11 +310,15 @@ async def create_subscription(request: Request, ctx: Ctx, principal: Writer) -> 
             "source_account_id", "merchant_account_id", "test_clock_id")  # fmt: skip
     fixed = {k: getattr(row, k) for k in kept}
     async with ctx.engine.begin() as conn:
+        if kind == "card":  # detached meanwhile? (a detach takes this lock, then looks)
+            method = await cards.get_method(conn, source, lock=True)
+            if method is None or method.status != "active":
+                raise p.ApiError(p.PAYMENT_METHOD_NOT_FOUND, field="$.payment_method")
         await store.insert_subscription(conn, s, fixed, policy)
         await svc.store_step(conn, row, step, now, policy)
         attempt = await svc.attempt_of(conn, row)
     if attempt is not None:  # period 0 now: the answer waits for its collection
-        await svc.settle(ctx.engine, ctx.client, [attempt], policy)
+        await svc.settle(ctx, [attempt], policy)
     async with ctx.engine.connect() as conn:
         stored = await store.get_subscription(conn, s.id)
     assert stored is not None
@@ -326,7 +366,7 @@ async def _change(ctx: Context, principal: Principal, sub_id: str, make) -> Resp
         await svc.store_step(conn, row, step, now, policy)
         attempt = await svc.attempt_of(conn, row)
     if attempt is not None:
-        await svc.settle(ctx.engine, ctx.client, [attempt], policy)
+        await svc.settle(ctx, [attempt], policy)
     return json_response(_sub_out(await _visible_sub(ctx, principal, sub_id), policy))
 
 
@@ -450,7 +490,7 @@ async def pay_invoice(invoice_id: str, ctx: Ctx, principal: Writer) -> Response:
             raise p.ApiError(p.INVOICE_NOT_PAYABLE, f"the invoice is {i.status}")
         now = await store.clock_now(conn, row.test_clock_id, dt.datetime.now(dt.UTC))
         attempt = await svc.start_attempt(conn, row, i, now, policy)
-    await svc.settle(ctx.engine, ctx.client, [attempt], policy)
+    await svc.settle(ctx, [attempt], policy)
     return json_response(_invoice_out(await _visible_invoice(ctx, principal, invoice_id)))
 
 
@@ -616,7 +656,5 @@ async def advance_clock(clock_id: str, request: Request, ctx: Ctx, principal: Wr
             raise _refused(e) from None
         await store.set_clock(conn, clock_id, moved.now)
     billing_s = ctx.settings.billing
-    await svc.drain_clock(
-        ctx.engine, ctx.client, clock_id, billing_s.batch, _policy(ctx), ADVANCE_PASSES
-    )
+    await svc.drain_clock(ctx, clock_id, billing_s.batch, _policy(ctx), ADVANCE_PASSES)
     return json_response(await _clock_out(ctx, await _visible_clock(ctx, principal, clock_id)))

@@ -58,11 +58,14 @@ class PriceOut(msgspec.Struct, kw_only=True):
 
 class SubscriptionIn(msgspec.Struct, forbid_unknown_fields=True):
     """Subscribe to ``price``, paid from ``customer_account`` (a wallet account of yours in
-    the price's currency). With ``trial_days`` nothing is billed until the trial ends;
-    without, period 0 is billed and collected now. ``test_clock``: run on that clock."""
+    the price's currency) or charged to ``payment_method`` (a card of yours; USD prices);
+    with neither, your default payment method. With ``trial_days`` nothing is billed until
+    the trial ends; without, period 0 is billed and collected now. ``test_clock``: run on
+    that clock."""
 
     price: Id
-    customer_account: Id
+    customer_account: Id | None = None
+    payment_method: Id | None = None
     trial_days: Annotated[int, Meta(ge=0, le=MAX_TRIAL_DAYS)] = 0
     quantity: Annotated[int, Meta(ge=1, le=MAX_QUANTITY)] = 1
     test_clock: Id | None = None
@@ -90,9 +93,10 @@ class SubscriptionOut(msgspec.Struct, kw_only=True):
     quantity: int
     customer_user_id: str
     merchant_user_id: str
-    customer_account: str
+    customer_account: str | None  # the wallet paying (source_kind wallet)
+    payment_method: str | None  # the card charged (source_kind card)
     merchant_account: str
-    source_kind: Literal["wallet"]
+    source_kind: Literal["wallet", "card"]
     current_period: int
     current_period_start: dt.datetime
     current_period_end: dt.datetime
@@ -134,7 +138,9 @@ class InvoiceOut(msgspec.Struct, kw_only=True):
     attempts: int
     collecting: bool  # an attempt is being moved
     last_code: str | None
-    paid_by: str | None  # the ledger transfer bill:<invoice>:<attempt>
+    # The ledger transfer that paid it: bill:<invoice>:<attempt> from a wallet; by card,
+    # card-post:bill:<invoice>:<attempt>, the post of the card payment bill:<invoice>:<attempt>.
+    paid_by: str | None
     customer_user_id: str
     merchant_user_id: str
     created_at: dt.datetime

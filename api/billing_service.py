@@ -18,8 +18,16 @@ A crash anywhere repeats the same transfer ids: the ledger answers a replay, so 
 invoice is paid twice and none is missed. Attempt numbers count the invoice's
 recorded attempts (manual retries included), so every transfer id is fresh.
 
-``collect`` is the seam for the payment source: ``wallet`` is the only kind today;
-cards (the card rail's payment methods) are the next kind.
+``collect`` moves each attempt by its subscription's payment source:
+
+- ``wallet``: a ledger transfer ``bill:<invoice>:<attempt>``, customer wallet ->
+  merchant wallet, all of a pass's in one batch.
+- ``card``: a card payment of that same id (``api/card_service.py``: authorize at the
+  processor, hold ``card-clearing-usd`` -> merchant wallet, capture, post with the
+  processor's fee, a receipt), a few at a time. A decline is a failed attempt (its code
+  on the invoice, dunning as for an empty wallet); 3-D Secure cannot be done off-session,
+  so a card that asks for it fails the attempt with ``authentication_required``; a
+  processor that does not answer in time leaves the attempt in flight.
 """
 
 from __future__ import annotations
@@ -35,7 +43,10 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from paynode.api import card_service
+from paynode.api import problems as p
 from paynode.api.batcher import Overloaded
+from paynode.api.context import Context
 from paynode.api.ledger_client import LedgerClient, ShardLost, Unavailable
 from paynode.api.schemas import TransferIn
 from paynode.domain.billing import clocks as ck
@@ -44,10 +55,13 @@ from paynode.domain.billing import invoices as inv
 from paynode.domain.billing import subscriptions as subs
 from paynode.domain.billing.errors import BillingError
 from paynode.domain.ledger.model import RETRYABLE, Code
+from paynode.domain.rails import card_rules
 from paynode.storage import billing as store
+from paynode.storage import cards, payments
 
 log = logging.getLogger("paynode.billing")
-SOURCE_KINDS = frozenset({"wallet"})  # how a subscription pays; "card" is the next one
+SOURCE_KINDS = frozenset({"wallet", "card"})  # how a subscription pays
+CARD_CONCURRENCY = 8  # card attempts a pass has at the processor at once
 PAID_CODES = frozenset({Code.OK, Code.EXISTS})  # applied now, or a replay of the same
 
 
@@ -57,15 +71,24 @@ class Attempt(msgspec.Struct, kw_only=True):
     subscription_id: str
     invoice_id: str
     attempt: int
+    customer_user_id: str
     source_kind: str
-    source_account_id: str
+    source_account_id: str  # the wallet account debited, or the card payment method charged
     merchant_account_id: str
     amount: int
     currency: str
 
     @property
     def transfer_id(self) -> str:
+        """The wallet's transfer, or the card payment's id: the attempt's outcome key."""
         return inv.payment_transfer_id(self.invoice_id, self.attempt)
+
+    @property
+    def paid_by(self) -> str:
+        """The ledger transfer that credits the merchant when the attempt succeeds."""
+        if self.source_kind == "card":
+            return card_rules.post_transfer_id(self.transfer_id)
+        return self.transfer_id
 
 
 def invoice_data(i: store.Invoice) -> dict[str, Any]:
@@ -156,8 +179,9 @@ async def attempt_of(conn: AsyncConnection, row: store.Sub) -> Attempt | None:
         return None
     return Attempt(
         subscription_id=row.id, invoice_id=i.id, attempt=i.in_flight,
-        source_kind=row.source_kind, source_account_id=row.source_account_id,
-        merchant_account_id=row.merchant_account_id, amount=i.amount_due,
+        customer_user_id=row.customer_user_id, source_kind=row.source_kind,
+        source_account_id=row.source_account_id, merchant_account_id=row.merchant_account_id,
+        amount=i.amount_due,
         currency=i.currency.strip(),
     )  # fmt: skip
 
@@ -207,12 +231,27 @@ async def _due_event(
     return await attempt_of(conn, row)
 
 
-async def collect(client: LedgerClient, attempts: list[Attempt]) -> dict[str, str] | None:
-    """Move the attempts' money in ONE ledger batch: {transfer id: code}; None when the
-    ledger did not answer (every attempt stays in flight). The seam for payment
-    sources: each kind in ``SOURCE_KINDS`` says how its attempts move money; today a
-    wallet account pays by ledger transfer, a card would go through the card rail."""
+async def collect(ctx: Context, attempts: list[Attempt]) -> dict[str, str]:
+    """Move the attempts' money: {transfer id: code} of those with an answer (an attempt
+    left out stays in flight: the next pass moves it again under the same id)."""
     assert all(a.source_kind in SOURCE_KINDS for a in attempts)
+    outcomes = await _from_wallets(ctx.client, [a for a in attempts if a.source_kind == "wallet"])
+    by_card = [a for a in attempts if a.source_kind == "card"]
+    if by_card:
+        gate = asyncio.Semaphore(CARD_CONCURRENCY)
+
+        async def one(a: Attempt) -> None:
+            async with gate:
+                code = await _by_card(ctx, a)
+            if code is not None:
+                outcomes[a.transfer_id] = code
+
+        await asyncio.gather(*(one(a) for a in by_card))
+    return outcomes
+
+
+async def _from_wallets(client: LedgerClient, attempts: list[Attempt]) -> dict[str, str]:
+    """Wallet attempts in ONE ledger batch; nothing when the ledger did not answer."""
     moves = [
         TransferIn(
             id=a.transfer_id, debit_account_id=a.source_account_id,
@@ -226,7 +265,42 @@ async def collect(client: LedgerClient, attempts: list[Attempt]) -> dict[str, st
     try:
         return {o.id: o.code for o in await client.transfer(moves, None)}
     except (Unavailable, ShardLost, Overloaded):
+        return {}
+
+
+async def _by_card(ctx: Context, a: Attempt) -> str | None:
+    """The attempt's card payment (made once, under the attempt's id) run to an answer:
+    Code.OK paid, a decline code, or None (the processor or the ledger not done yet)."""
+    now = dt.datetime.now(dt.UTC)
+    wanted = payments.Payment(
+        id=a.transfer_id, owner_user_id=a.customer_user_id, from_ref=a.source_account_id,
+        to_ref=a.merchant_account_id, debit_account_id=card_rules.CLEARING_ACCOUNT,
+        credit_account_id=a.merchant_account_id, amount=a.amount, currency=a.currency,
+        rail=card_rules.RAIL, memo=f"invoice {a.invoice_id}", status="processing",
+        failure_code=None, transfer_id=card_rules.hold_transfer_id(a.transfer_id),
+        refunded_amount=0, created_at=now, updated_at=now, payment_method_id=a.source_account_id,
+    )  # fmt: skip
+    try:
+        async with ctx.engine.begin() as conn:
+            pay, _ = await payments.create(conn, wanted)
+        if pay.status == "processing":
+            pay = await card_service.execute(ctx, pay)
+        if pay.status == "requires_action":  # nobody is there to authenticate
+            async with ctx.engine.begin() as conn:
+                await cards.set_charge(conn, pay.id, "declined",
+                                       decline_code=card_rules.AUTHENTICATION_REQUIRED)  # fmt: skip
+                pay = await payments.transition(conn, pay.id, "failed",
+                                                card_rules.AUTHENTICATION_REQUIRED)  # fmt: skip
+    except card_service.ProcessorUnavailable:
         return None
+    except p.ApiError as e:  # the ledger busy, or no card rail now: the next pass
+        log.info("billing: card attempt %s left in flight: %s", a.transfer_id, e.code)
+        return None
+    if pay.status == "completed":
+        return Code.OK
+    if pay.status == "failed":
+        return pay.failure_code or card_rules.CARD_DECLINED
+    return None  # processing: the processor has not answered
 
 
 async def record(
@@ -251,13 +325,15 @@ async def record(
             paid = code in PAID_CODES
             # A failure counts from when the attempt was due (a late pass does not
             # push the dunning timeline back); a manual one before a retry is due
-            # does not use a retry up (domain/billing/dunning.record_failure).
-            at = i.due_at if paid or i.due_at <= wall else wall
+            # does not use a retry up (domain/billing/dunning.record_failure). "Now"
+            # is the subscription's clock: a test clock's, else the wall clock.
+            now = await store.clock_now(conn, row.test_clock_id, wall)
+            at = i.due_at if paid or i.due_at <= now else now
             await effective_at(conn, at)
             await store.update_invoice(
                 conn, i.id, in_flight=None, attempts=i.attempts + 1,
                 status="paid" if paid else i.status, last_code=None if paid else code,
-                paid_by=a.transfer_id if paid else None,
+                paid_by=a.paid_by if paid else None,
             )  # fmt: skip
             row.collecting = None
             data = invoice_data(i) | {"status": "paid" if paid else i.status,
@@ -278,14 +354,13 @@ async def record(
 
 
 async def run_due(
-    engine: AsyncEngine, client: LedgerClient, wall: dt.datetime, limit: int,
-    policy: dn.Policy, clock_id: str | None = None,
-) -> int:  # fmt: skip
+    ctx: Context, wall: dt.datetime, limit: int, policy: dn.Policy, clock_id: str | None = None
+) -> int:
     """One pass; how many subscriptions it moved on (events applied or attempts recorded)."""
     attempts: list[Attempt] = []
     applied = 0
     clocks: dict[str | None, dt.datetime] = {None: wall}  # read once a pass each
-    async with engine.begin() as conn:
+    async with ctx.engine.begin() as conn:
         for row in await store.claim_due(conn, wall, limit, clock_id):
             found = await attempt_of(conn, row)
             if found is None:
@@ -303,19 +378,15 @@ async def run_due(
                 attempts.append(found)
     if not attempts:
         return applied
-    outcomes = await collect(client, attempts)
-    if outcomes is None:
-        return applied
-    return applied + await record(engine, attempts, outcomes, wall, policy)
+    outcomes = await collect(ctx, attempts)
+    return applied + await record(ctx.engine, attempts, outcomes, wall, policy)
 
 
-async def settle(
-    engine: AsyncEngine, client: LedgerClient, attempts: list[Attempt], policy: dn.Policy
-) -> None:
+async def settle(ctx: Context, attempts: list[Attempt], policy: dn.Policy) -> None:
     """Move and record attempts a request started (its answer waits for them)."""
-    outcomes = await collect(client, attempts)
+    outcomes = await collect(ctx, attempts)
     if outcomes:
-        await record(engine, attempts, outcomes, dt.datetime.now(dt.UTC), policy)
+        await record(ctx.engine, attempts, outcomes, dt.datetime.now(dt.UTC), policy)
 
 
 def _lost_race(e: sa_exc.DBAPIError) -> bool:
@@ -324,32 +395,31 @@ def _lost_race(e: sa_exc.DBAPIError) -> bool:
 
 
 async def drain_clock(
-    engine: AsyncEngine, client: LedgerClient, clock_id: str, limit: int, policy: dn.Policy,
-    passes: int,
-) -> bool:  # fmt: skip
+    ctx: Context, clock_id: str, limit: int, policy: dn.Policy, passes: int
+) -> bool:
     """Passes over one test clock's subscriptions until nothing is due (at most
     ``passes``); whether the clock is ready (the front loop finishes the rest)."""
     for _ in range(passes):
         try:
-            moved = await run_due(engine, client, dt.datetime.now(dt.UTC), limit, policy,
-                                  clock_id)  # fmt: skip
+            moved = await run_due(ctx, dt.datetime.now(dt.UTC), limit, policy, clock_id)
         except sa_exc.DBAPIError as e:
             if not _lost_race(e):
                 raise
             continue  # rolled back whole: the next pass redoes it
         if moved == 0:
             break
-    async with engine.connect() as conn:
+    async with ctx.engine.connect() as conn:
         return await store.count_due(conn, clock_id) == 0
 
 
-async def follow(
-    engine: AsyncEngine, client: LedgerClient, interval_ms: int, batch: int, policy: dn.Policy
-) -> None:
-    """Passes forever, every ``interval_ms`` (at once again while a pass was full)."""
+async def follow(ctx: Context) -> None:
+    """Passes forever, every ``billing.interval_ms`` (at once again while a pass was full)."""
+    billing_s = ctx.settings.billing
+    interval_ms, batch = billing_s.interval_ms, billing_s.batch
+    policy = policy_of(billing_s.retry_days, billing_s.on_exhausted)
     while True:
         try:
-            moved = await run_due(engine, client, dt.datetime.now(dt.UTC), batch, policy)
+            moved = await run_due(ctx, dt.datetime.now(dt.UTC), batch, policy)
         except (SQLAlchemyError, OSError) as e:  # PostgreSQL away: the next pass retries
             log.warning("billing pass failed: %s", type(e).__name__)
             moved = 0

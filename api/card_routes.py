@@ -169,6 +169,7 @@ async def detach_payment_method(
     if found.type == "bank_account":
         raise p.ApiError(p.PAYMENT_METHOD_NOT_DETACHABLE)
     async with ctx.engine.begin() as conn:
+        await cards.get_method(conn, payment_method_id, lock=True)  # a subscribe waits
         if await cards.in_use_by_active_subscription(conn, payment_method_id):
             raise p.ApiError(p.PAYMENT_METHOD_IN_USE)
         m = await cards.detach(conn, payment_method_id)

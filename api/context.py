@@ -37,8 +37,6 @@ from paynode.api.audit_writer import AuditWriter
 from paynode.api.auth.authenticate import Authenticator
 from paynode.api.auth.ratelimit import TokenBuckets
 from paynode.api.batcher import Overloaded
-from paynode.api.billing_service import follow as billing_loop
-from paynode.api.billing_service import policy_of
 from paynode.api.ledger_client import LedgerClient, Unavailable
 from paynode.api.metrics import FrontMetrics, RiskStats
 from paynode.api.scheduler import follow as scheduler_loop
@@ -141,13 +139,6 @@ async def open_context(
                                            settings.schedule.batch))
         if settings.schedule.interval_ms > 0 else None
     )  # fmt: skip
-    billing_s = settings.billing
-    billing = (
-        asyncio.create_task(billing_loop(
-            engine, client, billing_s.interval_ms, billing_s.batch,
-            policy_of(billing_s.retry_days, billing_s.on_exhausted)))
-        if billing_s.interval_ms > 0 else None
-    )  # fmt: skip
     try:
         await _operator_accounts(client)
         settle_heap()  # what start-up built lives as long as the process
@@ -157,8 +148,6 @@ async def open_context(
         keepalive.cancel()
         if scheduler is not None:
             scheduler.cancel()
-        if billing is not None:
-            billing.cancel()
         await ctx.audit.stop()
         await engine.dispose()
 

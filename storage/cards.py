@@ -87,12 +87,12 @@ async def add_method(conn: AsyncConnection, values: dict[str, Any]) -> PaymentMe
     return record(PaymentMethod, row)
 
 
-async def get_method(conn: AsyncConnection, method_id: str) -> PaymentMethod | None:
-    row = (
-        await conn.execute(
-            sa.text(f"SELECT {_PM_COLS} FROM payment_methods WHERE id = :id"), {"id": method_id}
-        )
-    ).first()
+async def get_method(
+    conn: AsyncConnection, method_id: str, lock: bool = False
+) -> PaymentMethod | None:
+    """``lock``: row-locked, so detaching it and subscribing with it go one after the other."""
+    sql = f"SELECT {_PM_COLS} FROM payment_methods WHERE id = :id" + (" FOR UPDATE" if lock else "")
+    row = (await conn.execute(sa.text(sql), {"id": method_id})).first()
     return None if row is None else record(PaymentMethod, row)
 
 
@@ -127,10 +127,18 @@ async def detach(conn: AsyncConnection, method_id: str) -> PaymentMethod:
 
 
 async def in_use_by_active_subscription(conn: AsyncConnection, method_id: str) -> bool:
-    """Whether an active subscription charges this payment method. Subscriptions do not
-    exist yet (issue 20, item 4): nothing uses one, so this is False until they do."""
-    del conn, method_id
-    return False
+    """Whether a subscription that is not canceled charges this payment method (its
+    invoices would have nothing to be paid from)."""
+    row = (
+        await conn.execute(
+            sa.text(
+                "SELECT 1 FROM billing_subscriptions WHERE source_kind = 'card'"
+                " AND source_account_id = :m AND status <> 'canceled' LIMIT 1"
+            ),
+            {"m": method_id},
+        )
+    ).first()
+    return row is not None
 
 
 async def default_of(conn: AsyncConnection, owner: str) -> str | None:

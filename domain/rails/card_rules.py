@@ -43,6 +43,9 @@ EXPIRED_CARD = "expired_card"
 AUTHENTICATION_FAILED = "authentication_failed"  # 3-D Secure not completed
 DECLINE_CODES = frozenset({CARD_DECLINED, INSUFFICIENT_FUNDS, EXPIRED_CARD,
                            AUTHENTICATION_FAILED})  # fmt: skip
+# The node's own: a charge nobody is there to authenticate (a renewal) whose issuer asks
+# for 3-D Secure (Stripe's name for it).
+AUTHENTICATION_REQUIRED = "authentication_required"
 
 
 class Card(msgspec.Struct, frozen=True):

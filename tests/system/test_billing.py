@@ -192,6 +192,79 @@ def test_a_crash_between_move_and_record_charges_once(node: RunningNode) -> None
     assert [r[0] for r in rows] == [f"bill:{victim}:0"]
 
 
+def _card(node: RunningNode, user: dict, token: str) -> str:
+    r = node.http.post("/v1/payment-methods", json={"type": "card", "token": token}, headers=user)
+    assert r.status_code == 201, r.text
+    return r.json()["id"]
+
+
+def test_cards_pay_invoices_and_a_declining_card_goes_through_dunning(node: RunningNode) -> None:
+    """Subscriptions charged to a card through the processor: the default card pays each
+    invoice (a card payment with its receipt, the processor's fee paid by the merchant);
+    a declining card and one asking for 3-D Secure (nobody there to authenticate) fail
+    their attempts into dunning; a card in use cannot be detached."""
+    _, mw = _merchant(node, "bt6", {"bt6-basic": 1_000})
+    c = _user(node, "cust-bt6")
+    visa = _card(node, c, "tok_visa")
+    assert node.http.post(f"/v1/payment-methods/{visa}/default", headers=c).status_code == 200
+    declining = _card(node, c, "tok_chargeDeclinedInsufficientFunds")
+    three_ds = _card(node, c, "tok_threeDSecureRequired")
+    _clock(node, c, "bt6-clock", "2026-07-01T00:00:00Z")
+    paid = _subscribe(node, c, price="bt6-basic", trial_days=7, test_clock="bt6-clock")
+    assert (paid["source_kind"], paid["payment_method"], paid["customer_account"]) == (
+        "card", visa, None)  # fmt: skip: with neither source, the default card
+    refused = _subscribe(node, c, price="bt6-basic", payment_method=declining, trial_days=1,
+                         test_clock="bt6-clock")["id"]  # fmt: skip
+    asks = _subscribe(node, c, price="bt6-basic", payment_method=three_ds, trial_days=1,
+                      test_clock="bt6-clock")["id"]  # fmt: skip
+    problem(node.http.delete(f"/v1/payment-methods/{visa}", headers=c), 409,
+            "payment_method_in_use")  # fmt: skip
+    _advance(node, c, "bt6-clock", "2026-07-02T12:00:00Z")  # two trials over: both refused
+    for sub_id, code in ((refused, "insufficient_funds"), (asks, "authentication_required")):
+        got = _sub(node, c, sub_id)
+        assert (got["status"], got["dunning_failures"]) == ("past_due", 1), got
+        (bill,) = _invoices(node, c, sub_id)
+        assert (bill["status"], bill["last_code"], bill["attempts"]) == ("open", code, 1), bill
+        failed = node.http.get(f"/v1/payments/bill:{bill['id']}:0", headers=c).json()
+        assert (failed["status"], failed["failure_code"]) == ("failed", code), failed
+    _advance(node, c, "bt6-clock", "2026-07-10T00:00:00Z")  # the trial ends: the visa pays
+    (first,) = _invoices(node, c, paid["id"])
+    charge = f"bill:{first['id']}:0"
+    assert (first["status"], first["paid_by"]) == ("paid", f"card-post:{charge}"), first
+    assert _sub(node, c, paid["id"])["status"] == "active"
+    pay = node.http.get(f"/v1/payments/{charge}", headers=c).json()
+    assert (pay["status"], pay["rail"], pay["amount"]) == ("completed", "card", 1_000), pay
+    receipt = node.http.get(f"/v1/payments/{charge}/receipt", headers=c).json()
+    assert receipt["amount"] == 1_000 and receipt["card_last4"] == "4242", receipt
+    assert _balance(node, mw) == 1_000 - (30 + 29)  # card fee: 30 + 2.9%, rounded up
+    # Retries on days 1, 3, 5 and 7 of dunning all fail: canceled, the invoice uncollectible.
+    assert _sub(node, c, refused)["status"] == "canceled"
+    assert [i["status"] for i in _invoices(node, c, refused)] == ["uncollectible"]
+    assert node.http.delete(f"/v1/payment-methods/{declining}", headers=c).status_code == 200
+    assert _balance(node, mw) == 1_000 - 59  # the declines moved nothing
+
+
+def test_card_subscription_bad_input(node: RunningNode) -> None:
+    m, _ = _merchant(node, "bt7", {"bt7-basic": 1_000})
+    c = _user(node, "cust-bt7")
+    other = _user(node, "other-bt7")
+    _wallet(node, c, "bt7-cw", funded=1_000)
+    theirs = _card(node, other, "tok_visa")
+    subscribe = lambda **b: node.http.post("/v1/subscriptions", json=b, headers=c)  # noqa: E731
+    problem(subscribe(price="bt7-basic"), 422, "missing_field")  # no default card
+    problem(subscribe(price="bt7-basic", payment_method=theirs), 404, "payment_method_not_found")
+    mine = _card(node, c, "tok_visa")
+    problem(subscribe(price="bt7-basic", payment_method=mine, customer_account="bt7-cw"), 422,
+            "invalid_field")  # fmt: skip
+    body = {"id": "bt7-gbp", "product": "bt7-prod", "amount": 1_000, "currency": "GBP",
+            "interval": "month", "payout_account_id": "bt7-gw"}  # fmt: skip
+    _gbp_wallet(node, m, "bt7-gw")
+    assert node.http.post("/v1/prices", json=body, headers=m).status_code == 201
+    problem(subscribe(price="bt7-gbp", payment_method=mine), 422, "currency_mismatch")
+    assert node.http.get("/v1/subscriptions", headers=c).json()["subscriptions"] == []
+    assert node.http.get("/v1/payments", headers=c).json()["payments"] == []
+
+
 def test_bad_input_changes_nothing(node: RunningNode) -> None:
     m, _ = _merchant(node, "bt5", {"bt5-basic": 1_000})
     c = _user(node, "cust-bt5")
