@@ -314,9 +314,8 @@ async def create_subscription(request: Request, ctx: Ctx, principal: Writer) -> 
             method = await cards.get_method(conn, source, lock=True)
             if method is None or method.status != "active":
                 raise p.ApiError(p.PAYMENT_METHOD_NOT_FOUND, field="$.payment_method")
-        await store.insert_subscription(conn, s, fixed, policy)
-        await svc.store_step(conn, row, step, now, policy)
-        attempt = await svc.attempt_of(conn, row)
+        await store.insert_subscription(conn, s, fixed, policy, now)
+        attempt = await svc.store_step(conn, row, step, now, policy)
     if attempt is not None:  # period 0 now: the answer waits for its collection
         await svc.settle(ctx, [attempt], policy)
     async with ctx.engine.connect() as conn:
@@ -363,8 +362,7 @@ async def _change(ctx: Context, principal: Principal, sub_id: str, make) -> Resp
             step = subs.apply(row.rule(), event, policy)
         except BillingError as e:
             raise _refused(e) from None
-        await svc.store_step(conn, row, step, now, policy)
-        attempt = await svc.attempt_of(conn, row)
+        attempt = await svc.store_step(conn, row, step, now, policy)
     if attempt is not None:
         await svc.settle(ctx, [attempt], policy)
     return json_response(_sub_out(await _visible_sub(ctx, principal, sub_id), policy))
@@ -509,15 +507,16 @@ async def void_invoice(invoice_id: str, ctx: Ctx, principal: Writer) -> Response
             raise p.ApiError(p.COLLECTION_IN_FLIGHT)
         if i.status not in ("open", "uncollectible"):
             raise p.ApiError(p.INVOICE_NOT_PAYABLE, f"the invoice is {i.status}")
-        await store.update_invoice(conn, i.id, status="void")
+        now = await store.clock_now(conn, row.test_clock_id, dt.datetime.now(dt.UTC))
+        w = svc.Writes({i.id: i})
+        voided = w.change_invoice(i, now, status="void")
         s = row.rule()
         if s.dunning is not None and s.dunning.invoice_id == i.id:  # nothing left to retry
             status = "active" if s.status == "past_due" else s.status
             s = msgspec.structs.replace(s, dunning=None, status=status)
-            await store.save_subscription(conn, s, policy, None)
-        await store.emit(conn, "invoice.voided", i.id, row.customer_user_id,
-                         row.source_account_id, row.merchant_account_id,
-                         {**svc.invoice_data(i), "status": "void"})  # fmt: skip
+            w.save(row, s, policy, None, now)
+        w.invoice_event("invoice.voided", row, svc.invoice_data(voided))
+        await w.flush(conn)
     return json_response(_invoice_out(await _visible_invoice(ctx, principal, invoice_id)))
 
 

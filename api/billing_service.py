@@ -38,7 +38,6 @@ import logging
 from typing import Any
 
 import msgspec
-import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -102,121 +101,206 @@ def sub_data(row: store.Sub, s: subs.Subscription) -> dict[str, Any]:
             "cancel_at_period_end": s.cancel_at_period_end}  # fmt: skip
 
 
-async def _emit_invoice(conn: AsyncConnection, kind: str, row: store.Sub, data: dict) -> None:
-    """An ``invoice.*`` event with the invoice as it now is (``invoice_data``: built by the
-    caller, which just wrote it: no read back)."""
-    await store.emit(conn, kind, data["id"], row.customer_user_id, row.source_account_id,
-                     row.merchant_account_id, data)  # fmt: skip
+class Writes:
+    """One billing transaction's writes, planned row by row (no I/O) and sent by ``flush``
+    in one statement per table: a pass of 500 renewals is a handful of statements, not
+    thousands. Each row's last write wins (one version per row and transaction); each
+    carries the time it took effect (``version_at``, for the history triggers).
+
+    ``invoices`` is the transaction's view of the invoices it read (locked) or changed.
+    """
+
+    def __init__(self, invoices: dict[str, store.Invoice] | None = None) -> None:
+        self.invoices: dict[str, store.Invoice] = invoices or {}
+        self._new: dict[str, dict[str, Any]] = {}  # invoices to insert (numbers at flush)
+        self._changed: dict[str, dt.datetime] = {}  # invoice id -> version_at
+        self._events: list[tuple[str | None, dict[str, Any]]] = []  # (new invoice, row)
+        self._subs: dict[str, dict[str, Any]] = {}
+
+    def new_invoice(self, row: store.Sub, order: subs.InvoiceOrder, at: dt.datetime) -> bool:
+        """The order as a finalized invoice (open, or paid when it asks nothing); whether
+        it wants collecting now."""
+        total = order.total
+        due = max(total, 0)
+        status = "open" if due > 0 else "paid"
+        collect = order.collect and due > 0
+        currency = row.rule().price.currency
+        self._new[order.id] = {
+            "id": order.id, "number": None, "subscription_id": row.id,
+            "customer_user_id": row.customer_user_id, "merchant_user_id": row.merchant_user_id,
+            "period_index": order.period_index, "currency": currency,
+            "lines": msgspec.json.encode(order.lines).decode(), "total": total,
+            "amount_due": due, "credit": max(-total, 0), "status": status,
+            "in_flight": 0 if collect else None, "due_at": at, "version_at": at,
+        }  # fmt: skip
+        data = {"id": order.id, "number": None, "subscription": row.id, "status": status,
+                "total": total, "amount_due": due, "currency": currency,
+                "attempts": 0}  # fmt: skip
+        for kind in ("invoice.created", "invoice.finalized") + (
+            ("invoice.paid",) if due == 0 else ()
+        ):
+            self.invoice_event(kind, row, data, new=order.id)
+        return collect
+
+    def change_invoice(self, i: store.Invoice, at: dt.datetime, **values: Any) -> store.Invoice:
+        assert i.id not in self._new
+        changed = msgspec.structs.replace(i, **values)
+        self.invoices[i.id] = changed
+        self._changed[i.id] = at
+        return changed
+
+    def invoice_event(
+        self, kind: str, row: store.Sub, data: dict[str, Any], new: str | None = None
+    ) -> None:
+        """An ``invoice.*`` event with the invoice as it now is (``data``: built by the
+        caller, which just wrote it); ``new``: the invoice is made at flush (its number)."""
+        self._events.append((new, store.event_row(
+            kind, data["id"], row.customer_user_id, row.source_account_id,
+            row.merchant_account_id, data)))  # fmt: skip
+
+    def sub_event(self, kind: str, row: store.Sub, s: subs.Subscription) -> None:
+        self._events.append((None, store.event_row(
+            kind, row.id, row.customer_user_id, row.source_account_id, row.merchant_account_id,
+            sub_data(row, s))))  # fmt: skip
+
+    def save(
+        self, row: store.Sub, s: subs.Subscription, policy: dn.Policy, collecting: str | None,
+        at: dt.datetime,
+    ) -> None:  # fmt: skip
+        self._subs[s.id] = store.sub_values(s, policy, collecting, at)
+        row.state = msgspec.json.encode(s).decode()
+        row.collecting = collecting
+
+    async def flush(self, conn: AsyncConnection) -> set[str]:
+        """Everything, in ``conn``'s transaction; the new invoices NOT made (their derived
+        id existed: a replay, whose events and collection are dropped)."""
+        counts: dict[str, int] = {}
+        for r in self._new.values():
+            counts[r["customer_user_id"]] = counts.get(r["customer_user_id"], 0) + 1
+        numbers = await store.allocate_numbers(conn, counts)
+        for r in self._new.values():  # in planning order: each customer's numbers ascend
+            r["number"] = numbers[r["customer_user_id"]].pop(0)
+        made = await store.insert_invoices(conn, list(self._new.values()))
+        replays = set(self._new) - made
+        await store.update_invoices(conn, [
+            {"id": i.id, "status": i.status, "attempts": i.attempts, "in_flight": i.in_flight,
+             "due_at": i.due_at, "last_code": i.last_code, "paid_by": i.paid_by,
+             "version_at": at}
+            for i, at in ((self.invoices[k], at) for k, at in sorted(self._changed.items()))
+        ])  # fmt: skip
+        events = []
+        for new, e in self._events:
+            if new in replays:
+                continue
+            if new is not None:
+                data = msgspec.json.decode(e["data"])
+                data["number"] = self._new[new]["number"]
+                e = e | {"data": msgspec.json.encode(data).decode()}
+            events.append(e)
+        await store.insert_events(conn, events)
+        subs_rows = [r | {"collecting": None} if r["collecting"] in replays else r
+                     for _, r in sorted(self._subs.items())]  # fmt: skip
+        await store.update_subscriptions(conn, subs_rows)
+        return replays
 
 
-async def _create_invoice(
-    conn: AsyncConnection, row: store.Sub, order: subs.InvoiceOrder, at: dt.datetime
-) -> bool:
-    """The order as a finalized invoice (open, or paid when it asks nothing); whether it
-    wants collecting now. An invoice made before (a replay) is left as it is."""
-    total = order.total
-    due = max(total, 0)
-    number = await store.next_number(conn, row.customer_user_id)
-    status = "open" if due > 0 else "paid"
-    collect = order.collect and due > 0
-    made = await store.insert_invoice(conn, {
-        "id": order.id, "number": number, "subscription_id": row.id,
-        "customer_user_id": row.customer_user_id, "merchant_user_id": row.merchant_user_id,
-        "period_index": order.period_index, "currency": row.rule().price.currency,
-        "lines": msgspec.json.encode(order.lines).decode(), "total": total, "amount_due": due,
-        "credit": max(-total, 0), "status": status, "in_flight": 0 if collect else None,
-        "due_at": at,
-    })  # fmt: skip
-    if not made:
-        return False
-    data = {"id": order.id, "number": number, "subscription": row.id, "status": status,
-            "total": total, "amount_due": due, "currency": row.rule().price.currency,
-            "attempts": 0}  # fmt: skip
-    for kind in ("invoice.created", "invoice.finalized") + (("invoice.paid",) if due == 0 else ()):
-        await _emit_invoice(conn, kind, row, data)
-    return collect
-
-
-async def effective_at(conn: AsyncConnection, at: dt.datetime) -> None:
-    """When what ``conn``'s transaction writes next took effect (on the subscription's
-    clock): the billing history's versions carry it (migration 29, for analytics)."""
-    await conn.execute(sa.text("SELECT set_config('paynode.billing_at', :at, true)"),
-                       {"at": at.isoformat()})  # fmt: skip
+def plan_step(
+    w: Writes, row: store.Sub, step: subs.Step, at: dt.datetime, policy: dn.Policy
+) -> str | None:
+    """Everything ``step`` produces; the invoice to collect now. An invoice it closes is
+    in ``w.invoices`` (read under its lock)."""
+    collecting = row.collecting
+    if step.replay:
+        return None
+    if step.invoice is not None and w.new_invoice(row, step.invoice, at):
+        collecting = step.invoice.id
+    if step.close_invoice is not None:
+        closed = w.invoices.get(step.close_invoice)
+        if closed is not None and inv.can_move(closed.status, "uncollectible"):
+            w.change_invoice(closed, at, status="uncollectible")
+            data = invoice_data(closed) | {"status": "uncollectible"}
+            w.invoice_event("invoice.marked_uncollectible", row, data)
+    for kind in step.events:
+        if kind.startswith("customer.subscription."):
+            w.sub_event(kind, row, step.subscription)
+    w.save(row, step.subscription, policy, collecting, at)
+    return collecting
 
 
 async def store_step(
     conn: AsyncConnection, row: store.Sub, step: subs.Step, at: dt.datetime, policy: dn.Policy
-) -> str | None:
-    """Everything ``step`` produces, in ``conn``'s transaction; the invoice to collect now."""
-    collecting = row.collecting
-    if step.replay:
-        return None
-    await effective_at(conn, at)
-    if step.invoice is not None and await _create_invoice(conn, row, step.invoice, at):
-        collecting = step.invoice.id
+) -> Attempt | None:
+    """``plan_step`` for one subscription (a request's), written; the attempt to move."""
+    found = {}
     if step.close_invoice is not None:
-        closed = await store.get_invoice(conn, step.close_invoice, lock=True)
-        if closed is not None and inv.can_move(closed.status, "uncollectible"):
-            await store.update_invoice(conn, closed.id, status="uncollectible")
-            data = invoice_data(closed) | {"status": "uncollectible"}
-            await _emit_invoice(conn, "invoice.marked_uncollectible", row, data)
-    for kind in step.events:
-        if kind.startswith("customer.subscription."):
-            await store.emit(conn, kind, row.id, row.customer_user_id, row.source_account_id,
-                             row.merchant_account_id, sub_data(row, step.subscription))  # fmt: skip
-    await store.save_subscription(conn, step.subscription, policy, collecting)
-    row.state = msgspec.json.encode(step.subscription).decode()
-    row.collecting = collecting
-    return collecting
+        found = {i.id: i for i in await store.lock_invoices(conn, {step.close_invoice})}
+    w = Writes(found)
+    plan_step(w, row, step, at, policy)
+    attempt = _in_flight(row, w)
+    if await w.flush(conn):
+        return None  # the invoice existed (a replay): nothing new to collect
+    return attempt
 
 
-async def attempt_of(conn: AsyncConnection, row: store.Sub) -> Attempt | None:
+def _in_flight(row: store.Sub, w: Writes) -> Attempt | None:
     """The attempt in flight of the row's ``collecting`` invoice (None: nothing to move)."""
     if row.collecting is None:
         return None
-    i = await store.get_invoice(conn, row.collecting)
-    if i is None or i.in_flight is None:
+    new = w._new.get(row.collecting)
+    if new is not None:
+        attempt, amount, currency = new["in_flight"], new["amount_due"], new["currency"]
+    else:
+        i = w.invoices.get(row.collecting)
+        if i is None:
+            return None
+        attempt, amount, currency = i.in_flight, i.amount_due, i.currency
+    if attempt is None:
         return None
     return Attempt(
-        subscription_id=row.id, invoice_id=i.id, attempt=i.in_flight,
+        subscription_id=row.id, invoice_id=row.collecting, attempt=attempt,
         customer_user_id=row.customer_user_id, source_kind=row.source_kind,
         source_account_id=row.source_account_id, merchant_account_id=row.merchant_account_id,
-        amount=i.amount_due,
-        currency=i.currency.strip(),
+        amount=amount, currency=currency.strip(),
     )  # fmt: skip
+
+
+def _start(w: Writes, row: store.Sub, i: store.Invoice, at: dt.datetime,
+           policy: dn.Policy) -> Attempt:  # fmt: skip
+    """Record the invoice's next attempt as in flight (before any money moves)."""
+    w.change_invoice(i, at, in_flight=i.attempts, due_at=at)
+    w.save(row, row.rule(), policy, i.id, at)
+    found = _in_flight(row, w)
+    assert found is not None
+    return found
 
 
 async def start_attempt(
     conn: AsyncConnection, row: store.Sub, invoice: store.Invoice, at: dt.datetime,
     policy: dn.Policy,
 ) -> Attempt:  # fmt: skip
-    """Record the invoice's next attempt as in flight (before any money moves)."""
-    await store.update_invoice(conn, invoice.id, in_flight=invoice.attempts, due_at=at)
-    await store.save_subscription(conn, row.rule(), policy, invoice.id)
-    row.collecting = invoice.id
-    found = await attempt_of(conn, row)
-    assert found is not None
-    return found
+    """A request's: the invoice's next attempt in flight, written."""
+    w = Writes({invoice.id: invoice})
+    attempt = _start(w, row, invoice, at, policy)
+    await w.flush(conn)
+    return attempt
 
 
-async def _due_event(
-    conn: AsyncConnection, row: store.Sub, now: dt.datetime, policy: dn.Policy
-) -> Attempt | None:
-    """Apply the subscription's next event if due by ``now``; the attempt to move, if any."""
+def _due_event(w: Writes, row: store.Sub, now: dt.datetime, policy: dn.Policy) -> Attempt | None:
+    """Apply the subscription's next event if due by ``now``; the attempt to move, if any.
+    Its invoices (in dunning) are in ``w.invoices``."""
     s = row.rule()
     due = ck.next_due(s, policy)
     if due is None or due.at > now:
-        await store.save_subscription(conn, s, policy, None)  # next_due_at was stale
+        w.save(row, s, policy, None, now)  # next_due_at was stale
         return None
     if due.kind == "dunning_retry":
         assert due.invoice_id is not None
-        i = await store.get_invoice(conn, due.invoice_id, lock=True)
+        i = w.invoices.get(due.invoice_id)
         if i is not None and i.status in ("open", "uncollectible"):
-            return await start_attempt(conn, row, i, due.at, policy)
+            return _start(w, row, i, due.at, policy)
         # Settled or voided by hand meanwhile: nothing left to retry.
-        await effective_at(conn, due.at)
-        done = msgspec.structs.replace(s, dunning=None, status="active")
-        await store.save_subscription(conn, done, policy, None)
+        w.save(row, msgspec.structs.replace(s, dunning=None, status="active"), policy, None,
+               due.at)  # fmt: skip
         return None
     event: subs.Event
     if due.kind == "trial_end":
@@ -227,8 +311,8 @@ async def _due_event(
     else:
         assert due.invoice_id is not None
         event = subs.DunningExhausted(at=due.at, invoice_id=due.invoice_id)
-    await store_step(conn, row, subs.apply(s, event, policy), due.at, policy)
-    return await attempt_of(conn, row)
+    plan_step(w, row, subs.apply(s, event, policy), due.at, policy)  # may raise: nothing planned
+    return _in_flight(row, w)
 
 
 async def collect(ctx: Context, attempts: list[Attempt]) -> dict[str, str]:
@@ -308,17 +392,22 @@ async def record(
     policy: dn.Policy,
 ) -> int:  # fmt: skip
     """Each final outcome recorded (under the rows' locks, once: an attempt recorded by
-    another pass is left alone); how many were."""
-    done = 0
+    another pass is left alone), in one transaction of a few statements; how many were."""
     final = [a for a in attempts if outcomes.get(a.transfer_id) not in (None, *RETRYABLE)]
     # Not final: moved again by the next pass under the same id.
+    if not final:
+        return 0
+    done = 0
     async with engine.begin() as conn:
-        await store.lock_subscriptions(conn, [a.subscription_id for a in final])
+        rows = {r.id: r for r in await store.lock_subscriptions(
+            conn, [a.subscription_id for a in final])}  # fmt: skip
+        w = Writes({i.id: i for i in await store.lock_invoices(
+            conn, {a.invoice_id for a in final})})  # fmt: skip
+        clocks = await store.clocks_now(conn, {r.test_clock_id for r in rows.values()
+                                               if r.test_clock_id})  # fmt: skip
         for a in final:
             code = outcomes[a.transfer_id]
-            row = await store.get_subscription(conn, a.subscription_id, lock=True)
-            i = await store.get_invoice(conn, a.invoice_id, lock=True)
-            assert row is not None and i is not None
+            row, i = rows[a.subscription_id], w.invoices[a.invoice_id]
             if i.in_flight != a.attempt:
                 continue
             s = row.rule()
@@ -327,19 +416,16 @@ async def record(
             # push the dunning timeline back); a manual one before a retry is due
             # does not use a retry up (domain/billing/dunning.record_failure). "Now"
             # is the subscription's clock: a test clock's, else the wall clock.
-            now = await store.clock_now(conn, row.test_clock_id, wall)
+            now = clocks[row.test_clock_id] if row.test_clock_id else wall
             at = i.due_at if paid or i.due_at <= now else now
-            await effective_at(conn, at)
-            await store.update_invoice(
-                conn, i.id, in_flight=None, attempts=i.attempts + 1,
+            i = w.change_invoice(
+                i, at, in_flight=None, attempts=i.attempts + 1,
                 status="paid" if paid else i.status, last_code=None if paid else code,
                 paid_by=a.paid_by if paid else None,
             )  # fmt: skip
             row.collecting = None
-            data = invoice_data(i) | {"status": "paid" if paid else i.status,
-                                      "attempts": i.attempts + 1}  # fmt: skip
-            await _emit_invoice(conn, "invoice.paid" if paid else "invoice.payment_failed",
-                                row, data)  # fmt: skip
+            w.invoice_event("invoice.paid" if paid else "invoice.payment_failed", row,
+                            invoice_data(i))  # fmt: skip
             event: subs.Event = (
                 subs.InvoicePaid(at=at, invoice_id=i.id) if paid
                 else subs.InvoicePaymentFailed(at=at, invoice_id=i.id)
@@ -348,8 +434,9 @@ async def record(
                 step = subs.apply(s, event, policy)
             except BillingError:  # e.g. a subscription canceled meanwhile: the invoice only
                 step = subs.Step(subscription=s)
-            await store_step(conn, row, step, at, policy)
+            plan_step(w, row, step, at, policy)
             done += 1
+        await w.flush(conn)
     return done
 
 
@@ -359,23 +446,27 @@ async def run_due(
     """One pass; how many subscriptions it moved on (events applied or attempts recorded)."""
     attempts: list[Attempt] = []
     applied = 0
-    clocks: dict[str | None, dt.datetime] = {None: wall}  # read once a pass each
     async with ctx.engine.begin() as conn:
-        for row in await store.claim_due(conn, wall, limit, clock_id):
-            found = await attempt_of(conn, row)
+        rows = await store.claim_due(conn, wall, limit, clock_id)
+        wanted = {r.collecting for r in rows if r.collecting}
+        wanted |= {d.invoice_id for d in (r.rule().dunning for r in rows) if d is not None}
+        w = Writes({i.id: i for i in await store.lock_invoices(conn, wanted)})
+        clocks = await store.clocks_now(conn, {r.test_clock_id for r in rows if r.test_clock_id})
+        for row in rows:
+            found = _in_flight(row, w)
             if found is None:
                 row.collecting = None  # a stale mark (recorded meanwhile) is dropped
-                if row.test_clock_id not in clocks:
-                    clocks[row.test_clock_id] = await store.clock_now(conn, row.test_clock_id, wall)
-                now = clocks[row.test_clock_id]
+                now = clocks[row.test_clock_id] if row.test_clock_id else wall
                 try:
-                    found = await _due_event(conn, row, now, policy)
+                    found = _due_event(w, row, now, policy)
                 except BillingError as e:  # a rule refused: logged, the row waits for a person
                     log.warning("billing: %s: %s", row.id, e.code)
                     continue
                 applied += 1
             if found is not None:
                 attempts.append(found)
+        replays = await w.flush(conn)
+    attempts = [a for a in attempts if a.invoice_id not in replays]
     if not attempts:
         return applied
     outcomes = await collect(ctx, attempts)

@@ -2,7 +2,7 @@
 
 The rules are domain/billing; this module only reads and writes rows. A
 subscription row carries the domain ``Subscription`` as JSON (``state``) and the
-columns the scheduler and the lists query, written together by ``save_subscription``.
+columns the scheduler and the lists query, written together by ``update_subscriptions``.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from paynode.domain.billing import dunning as dn
 from paynode.domain.billing import invoices as inv
 from paynode.domain.billing import subscriptions as subs
 from paynode.domain.billing.periods import Price as PriceRule
-from paynode.storage.events import event_id, insert_statement
+from paynode.storage.events import event_id
 from paynode.storage.rows import record
 
 
@@ -211,25 +211,15 @@ def _sub_columns(s: subs.Subscription, policy: dn.Policy) -> dict[str, Any]:
 
 
 async def insert_subscription(
-    conn: AsyncConnection, s: subs.Subscription, fixed: dict[str, Any], policy: dn.Policy
-) -> None:
-    values = {"id": s.id, **fixed, **_sub_columns(s, policy)}
+    conn: AsyncConnection, s: subs.Subscription, fixed: dict[str, Any], policy: dn.Policy,
+    at: dt.datetime,
+) -> None:  # fmt: skip
+    values = {"id": s.id, **fixed, **_sub_columns(s, policy), "version_at": at}
     await conn.execute(
         sa.text(f"INSERT INTO billing_subscriptions ({', '.join(values)}) VALUES"
                 f" ({', '.join(':' + k for k in values)})"),
         values,
     )  # fmt: skip
-
-
-async def save_subscription(
-    conn: AsyncConnection, s: subs.Subscription, policy: dn.Policy, collecting: str | None
-) -> None:
-    values = {**_sub_columns(s, policy), "collecting": collecting}
-    sets = ", ".join(f"{k} = :{k}" for k in values)
-    await conn.execute(
-        sa.text(f"UPDATE billing_subscriptions SET {sets}, updated_at = now() WHERE id = :id"),
-        {**values, "id": s.id},
-    )
 
 
 async def get_subscription(conn: AsyncConnection, sub_id: str, lock: bool = False) -> Sub | None:
@@ -263,14 +253,162 @@ async def claim_due(
     return [record(Sub, r) for r in rows]
 
 
-async def lock_subscriptions(conn: AsyncConnection, ids: list[str]) -> None:
-    """Row-lock the subscriptions in id order, in one statement: two passes recording the
-    same attempts (claimed in different orders) then wait on each other instead of
+async def lock_subscriptions(conn: AsyncConnection, ids: list[str]) -> list[Sub]:
+    """The subscriptions, row-locked in id order in one statement: two passes recording
+    the same attempts (claimed in different orders) then wait on each other instead of
     deadlocking. Their invoices are locked after them, as every path does."""
-    await conn.execute(
-        sa.text("SELECT 1 FROM billing_subscriptions WHERE id = ANY(:ids) ORDER BY id FOR UPDATE"),
+    rows = await conn.execute(
+        sa.text(f"SELECT {_cols(Sub)} FROM billing_subscriptions WHERE id = ANY(:ids)"
+                " ORDER BY id FOR UPDATE"),
         {"ids": sorted(set(ids))},
+    )  # fmt: skip
+    return [record(Sub, r) for r in rows]
+
+
+async def lock_invoices(conn: AsyncConnection, ids: set[str]) -> list[Invoice]:
+    """The invoices, row-locked in id order (under their subscriptions' locks)."""
+    if not ids:
+        return []
+    rows = await conn.execute(
+        sa.text(f"SELECT {_cols(Invoice)} FROM billing_invoices WHERE id = ANY(:ids)"
+                " ORDER BY id FOR UPDATE"),
+        {"ids": sorted(ids)},
+    )  # fmt: skip
+    return [record(Invoice, r) for r in rows]
+
+
+async def clocks_now(conn: AsyncConnection, ids: set[str]) -> dict[str, dt.datetime]:
+    """Each test clock's now, in one statement."""
+    if not ids:
+        return {}
+    rows = await conn.execute(
+        sa.text("SELECT id, now FROM billing_test_clocks WHERE id = ANY(:ids)"),
+        {"ids": sorted(ids)},
     )
+    return {r[0]: r[1] for r in rows}
+
+
+# -- many rows in one statement ---------------------------------------------------------
+# A pass writes hundreds of invoices, events and subscriptions: one statement per table
+# (rows as a JSON array read by jsonb_to_recordset) instead of one per row. Each row
+# carries its version_at: the history triggers stamp its version with it (migration 31).
+
+_INVOICE_NEW = ("id text, number text, subscription_id text, customer_user_id text,"
+                " merchant_user_id text, period_index integer, currency text, lines text,"
+                " total bigint, amount_due bigint, credit bigint, status text,"
+                " in_flight integer, due_at timestamptz, version_at timestamptz")  # fmt: skip
+_INVOICE_SET = ("id text, status text, attempts integer, in_flight integer, due_at timestamptz,"
+                " last_code text, paid_by text, version_at timestamptz")  # fmt: skip
+_SUB_SET = ("id text, status text, anchor timestamptz, current_period integer,"
+            " current_period_start timestamptz, current_period_end timestamptz,"
+            " trial_end timestamptz, cancel_at_period_end boolean, paused_at timestamptz,"
+            " dunning text, state text, next_due_at timestamptz, collecting text,"
+            " version_at timestamptz")  # fmt: skip
+_EVENT = ("id text, type text, subject_id text, owner_user_id text, debit_account_id text,"
+          " credit_account_id text, data text, created bigint")  # fmt: skip
+
+
+def _names(typed: str) -> list[str]:
+    return [c.split()[0] for c in typed.split(",")]
+
+
+def _rows(rows: list[dict[str, Any]]) -> dict[str, str]:
+    return {"rows": msgspec.json.encode(rows).decode()}
+
+
+async def allocate_numbers(conn: AsyncConnection, counts: dict[str, int]) -> dict[str, list[str]]:
+    """``counts[user]`` new invoice numbers for each customer, in one statement (the
+    customers' rows are locked in user id order: concurrent passes cannot deadlock)."""
+    if not counts:
+        return {}
+    rows = [{"user_id": u, "prefix": _prefix(u), "n": n} for u, n in sorted(counts.items())]
+    found = await conn.execute(
+        sa.text(
+            "INSERT INTO billing_customers (user_id, prefix, last_seq)"
+            " SELECT user_id, prefix, n FROM jsonb_to_recordset(CAST(:rows AS jsonb))"
+            " AS x(user_id text, prefix text, n bigint) ORDER BY user_id"
+            " ON CONFLICT (user_id) DO UPDATE SET"
+            " last_seq = billing_customers.last_seq + EXCLUDED.last_seq"
+            " RETURNING user_id, prefix, last_seq"
+        ),
+        _rows(rows),
+    )
+    numbers: dict[str, list[str]] = {}
+    for user, prefix, last in found:
+        n = counts[user]
+        numbers[user] = [inv.number(prefix, seq) for seq in range(last - n + 1, last + 1)]
+    assert numbers.keys() == counts.keys()
+    return numbers
+
+
+async def insert_invoices(conn: AsyncConnection, rows: list[dict[str, Any]]) -> set[str]:
+    """New invoices; the ids made (one whose derived id exists is a replay: left alone)."""
+    if not rows:
+        return set()
+    cols = ", ".join(_names(_INVOICE_NEW))
+    made = await conn.execute(
+        sa.text(f"INSERT INTO billing_invoices ({cols}) SELECT {cols} FROM"
+                f" jsonb_to_recordset(CAST(:rows AS jsonb)) AS x({_INVOICE_NEW})"
+                " ON CONFLICT (id) DO NOTHING RETURNING id"),
+        _rows(rows),
+    )  # fmt: skip
+    return {r[0] for r in made}
+
+
+async def _update_many(
+    conn: AsyncConnection, table: str, typed: str, rows: list[dict[str, Any]]
+) -> None:
+    if not rows:
+        return
+    sets = ", ".join(f"{c} = x.{c}" for c in _names(typed) if c != "id")
+    await conn.execute(
+        sa.text(f"UPDATE {table} t SET {sets}, updated_at = now() FROM"
+                f" jsonb_to_recordset(CAST(:rows AS jsonb)) AS x({typed}) WHERE t.id = x.id"),
+        _rows(rows),
+    )  # fmt: skip
+
+
+async def update_invoices(conn: AsyncConnection, rows: list[dict[str, Any]]) -> None:
+    """Each invoice's collection state (every column of ``_INVOICE_SET``) and version time."""
+    await _update_many(conn, "billing_invoices", _INVOICE_SET, rows)
+
+
+async def update_subscriptions(conn: AsyncConnection, rows: list[dict[str, Any]]) -> None:
+    """Each subscription's state (``sub_values``), ``collecting`` and version time."""
+    await _update_many(conn, "billing_subscriptions", _SUB_SET, rows)
+
+
+async def insert_events(conn: AsyncConnection, rows: list[dict[str, Any]]) -> None:
+    """``invoice.*`` and ``customer.subscription.*`` events (``event_row``)."""
+    if not rows:
+        return
+    cols = ", ".join(_names(_EVENT))
+    # data travels as text: the body is stored as written (jsonb would reorder its keys).
+    picked = ", ".join("CAST(data AS json)" if c == "data" else c for c in _names(_EVENT))
+    await conn.execute(
+        sa.text(f"INSERT INTO events ({cols}) SELECT {picked} FROM"
+                f" jsonb_to_recordset(CAST(:rows AS jsonb)) AS x({_EVENT})"),
+        _rows(rows),
+    )  # fmt: skip
+
+
+def event_row(
+    kind: str, subject: str, owner: str, debit: str | None, credit: str | None,
+    data: dict[str, Any],
+) -> dict[str, Any]:  # fmt: skip
+    """One ``events`` row; the customer owns it, the merchant sees it through the account
+    it credits."""
+    now = time.time_ns()
+    return {"id": event_id(now, f"{subject}:{kind}:{now}"), "type": kind, "subject_id": subject,
+            "owner_user_id": owner, "debit_account_id": debit, "credit_account_id": credit,
+            "data": msgspec.json.encode(data).decode(), "created": now}  # fmt: skip
+
+
+def sub_values(
+    s: subs.Subscription, policy: dn.Policy, collecting: str | None, at: dt.datetime
+) -> dict[str, Any]:
+    """A row of ``update_subscriptions``."""
+    return {"id": s.id, **_sub_columns(s, policy), "collecting": collecting, "version_at": at}
 
 
 async def count_due(conn: AsyncConnection, clock_id: str) -> int:
@@ -294,26 +432,6 @@ async def count_due(conn: AsyncConnection, clock_id: str) -> int:
 def _prefix(user_id: str) -> str:
     # Derived from the user id: the same customer keeps one prefix (domain: 3-12 A-Z 0-9).
     return hashlib.sha256(user_id.encode()).hexdigest()[:8].upper()
-
-
-async def next_number(conn: AsyncConnection, user_id: str) -> str:
-    """The customer's next invoice number (the upsert's row lock serializes them)."""
-    row = (
-        await conn.execute(
-            sa.text(
-                "INSERT INTO billing_customers (user_id, prefix, last_seq) VALUES"
-                " (:u, :p, 1) ON CONFLICT (user_id) DO UPDATE SET"
-                " last_seq = billing_customers.last_seq + 1 RETURNING prefix, last_seq"
-            ),
-            {"u": user_id, "p": _prefix(user_id)},
-        )
-    ).one()
-    return inv.number(row[0], row[1])
-
-
-async def insert_invoice(conn: AsyncConnection, values: dict[str, Any]) -> bool:
-    """A new invoice; False if its (derived) id exists: a replay creates nothing twice."""
-    return await _insert(conn, "billing_invoices", values)
 
 
 async def get_invoice(conn: AsyncConnection, invoice_id: str, lock: bool = False) -> Invoice | None:
@@ -351,21 +469,3 @@ async def invoice_by_token(conn: AsyncConnection, token: str) -> Invoice | None:
         )
     ).first()
     return None if row is None else record(Invoice, row)
-
-
-# -- events -------------------------------------------------------------------------
-
-
-async def emit(
-    conn: AsyncConnection, kind: str, subject: str, owner: str, debit: str | None,
-    credit: str | None, data: dict[str, Any],
-) -> None:  # fmt: skip
-    """One ``invoice.*`` or ``customer.subscription.*`` event in ``conn``'s transaction.
-    The customer owns it; the merchant sees it through the account it credits."""
-    now = time.time_ns()
-    await conn.execute(
-        sa.text(insert_statement()),
-        {"id": event_id(now, f"{subject}:{kind}:{now}"), "type": kind, "subject": subject,
-         "owner": owner, "debit": debit, "credit": credit,
-         "data": msgspec.json.encode(data).decode(), "created": now},
-    )  # fmt: skip
