@@ -334,7 +334,8 @@ async def allocate_numbers(conn: AsyncConnection, counts: dict[str, int]) -> dic
         _rows(rows),
     )
     numbers: dict[str, list[str]] = {}
-    for user, prefix, last in found:
+    for row in found:
+        user, prefix, last = str(row[0]), str(row[1]), int(row[2])
         n = counts[user]
         numbers[user] = [inv.number(prefix, seq) for seq in range(last - n + 1, last + 1)]
     assert numbers.keys() == counts.keys()
