@@ -4,6 +4,7 @@ socket), its handles, and the polling helper tests wait with."""
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 import threading
 import time
@@ -141,3 +142,15 @@ class NodeStarter:
                     ray.get(h.stop.remote(), timeout=5)
                 ray.kill(h)
         self.running.clear()
+
+
+def process_env(request: pytest.FixtureRequest, **settings: str) -> dict[str, str]:
+    """The environment of a ``paynode run`` process tree (benchmarks.NodeProcess) for a
+    test: the admin key and ``settings``; the external PostgreSQL's test database when
+    ``DATABASE_URL`` is set, else none (the node starts its embedded one)."""
+    env = dict(os.environ, PAYNODE_API_KEY=ADMIN_KEY, **settings)
+    if os.environ.get("DATABASE_URL"):
+        env["DATABASE_URL"] = request.getfixturevalue("database_url")
+    else:
+        env.pop("DATABASE_URL", None)
+    return env

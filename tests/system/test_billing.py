@@ -211,8 +211,8 @@ def test_cards_pay_invoices_and_a_declining_card_goes_through_dunning(node: Runn
     three_ds = _card(node, c, "tok_threeDSecureRequired")
     _clock(node, c, "bt6-clock", "2026-07-01T00:00:00Z")
     paid = _subscribe(node, c, price="bt6-basic", trial_days=7, test_clock="bt6-clock")
-    assert (paid["source_kind"], paid["payment_method"], paid["customer_account"]) == (
-        "card", visa, None)  # fmt: skip: with neither source, the default card
+    source = (paid["source_kind"], paid["payment_method"], paid["customer_account"])
+    assert source == ("card", visa, None)  # with neither source given, the default card
     refused = _subscribe(node, c, price="bt6-basic", payment_method=declining, trial_days=1,
                          test_clock="bt6-clock")["id"]  # fmt: skip
     asks = _subscribe(node, c, price="bt6-basic", payment_method=three_ds, trial_days=1,

@@ -11,7 +11,6 @@ again.
 
 from __future__ import annotations
 
-import os
 import threading
 from pathlib import Path
 
@@ -22,7 +21,7 @@ import pytest
 from paynode.benchmarks.node_process import NodeProcess
 from paynode.storage.database import libpq_url
 from tests.support.asserts import signup
-from tests.support.node import ADMIN_HEADERS, ADMIN_KEY, wait_until
+from tests.support.node import ADMIN_HEADERS, process_env, wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
@@ -39,16 +38,8 @@ def _count(url: str, sql: str) -> int:
 
 
 def test_sigkill_mid_renewal_run_then_each_renewal_is_paid_once(tmp_path: Path, request) -> None:
-    env = dict(
-        os.environ,
-        PAYNODE_API_KEY=ADMIN_KEY,
-        PAYNODE_BILLING_BATCH="4",
-        PAYNODE_BILLING_INTERVAL_MS="3600000",
-    )  # fmt: skip: only the advance drains
-    if os.environ.get("DATABASE_URL"):
-        env["DATABASE_URL"] = request.getfixturevalue("database_url")
-    else:
-        env.pop("DATABASE_URL", None)
+    # Small passes, and only the advance drains (the scheduler's loop waits an hour).
+    env = process_env(request, PAYNODE_BILLING_BATCH="4", PAYNODE_BILLING_INTERVAL_MS="3600000")
     node = NodeProcess(tmp_path / "data", shards=1, env=env)
     node.start()
     try:

@@ -10,7 +10,6 @@ slowly, so the kill lands with deliveries in flight and queued.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import httpx
@@ -20,7 +19,7 @@ import pytest
 from paynode.benchmarks.node_process import NodeProcess
 from paynode.benchmarks.receiver import Receiver, serve
 from paynode.storage.database import libpq_url
-from tests.support.node import ADMIN_HEADERS, ADMIN_KEY, wait_until
+from tests.support.node import ADMIN_HEADERS, process_env, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -41,18 +40,13 @@ def _listed(http: httpx.Client) -> dict[str, str]:
 
 
 def test_sigkill_mid_delivery_then_every_event_is_delivered(tmp_path: Path, request) -> None:
-    env = dict(
-        os.environ,
-        PAYNODE_API_KEY=ADMIN_KEY,
+    env = process_env(
+        request,
         PAYNODE_WEBHOOK_ALLOW_PRIVATE="1",
         PAYNODE_WEBHOOK_BACKOFF_BASE_S="0.1",
         PAYNODE_WEBHOOK_BACKOFF_CAP_S="0.5",
         PAYNODE_NOTIFY_INTERVAL_MS="20",
     )
-    if os.environ.get("DATABASE_URL"):
-        env["DATABASE_URL"] = request.getfixturevalue("database_url")
-    else:
-        env.pop("DATABASE_URL", None)
     node = NodeProcess(tmp_path / "data", shards=2, env=env)
     receiver = Receiver(delay_s=0.02, fail_first=0)
     with serve(receiver) as hook_url:

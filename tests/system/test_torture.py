@@ -39,7 +39,7 @@ from paynode.benchmarks.node_process import NodeProcess
 from paynode.storage.analytics import connect_views
 from paynode.storage.database import libpq_url
 from tests.support.fault_load import audit, create_accounts, run_load_until
-from tests.support.node import ADMIN_HEADERS, ADMIN_KEY, wait_until
+from tests.support.node import ADMIN_HEADERS, process_env, wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.torture]
 
@@ -50,11 +50,7 @@ ACCOUNTS = 16
 def _node(tmp_path: Path, request: pytest.FixtureRequest) -> NodeProcess:
     # The ledger checkpoint advances all the time: kills land inside its transaction, and
     # every restart recovers from a checkpoint plus the journal after it.
-    env = dict(os.environ, PAYNODE_API_KEY=ADMIN_KEY, PAYNODE_CHECKPOINT_INTERVAL_S="0.1")
-    if os.environ.get("DATABASE_URL"):
-        env["DATABASE_URL"] = request.getfixturevalue("database_url")
-    else:
-        env.pop("DATABASE_URL", None)
+    env = process_env(request, PAYNODE_CHECKPOINT_INTERVAL_S="0.1")
     return NodeProcess(tmp_path / "data", shards=2, env=env)
 
 
