@@ -42,6 +42,7 @@ from paynode.api import (
     notification_routes,
     notify_routes,
     ops_routes,
+    payment_service,
     rails_routes,
     recon_routes,
     risk_routes,
@@ -94,6 +95,12 @@ def create_app(settings: Settings, shard_names: list[str], keys: Keyring) -> Any
                 if ctx.card_processor is not None and settings.card.recover_interval_ms > 0
                 else None
             )
+            # ... and refunds a crash or an unanswering processor left processing.
+            refunds = (
+                asyncio.create_task(payment_service.follow_refunds(ctx))
+                if settings.card.recover_interval_ms > 0
+                else None
+            )
             # ... and renewals, trials and dunning (card attempts need the processor).
             billing = (
                 asyncio.create_task(billing_service.follow(ctx))
@@ -103,7 +110,7 @@ def create_app(settings: Settings, shard_names: list[str], keys: Keyring) -> Any
             try:
                 yield
             finally:
-                for task in (rtp, card, billing):
+                for task in (rtp, card, refunds, billing):
                     if task is not None:
                         task.cancel()
                 if settings.trace_endpoint:

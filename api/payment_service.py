@@ -11,8 +11,11 @@ refunds never exceed the payment.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+import logging
 import re
+from collections.abc import Callable
 
 from starlette.requests import Request
 
@@ -36,6 +39,8 @@ from paynode.storage import ach, link, payments, rtp
 
 # Bank account ids as api/ach_routes.py makes them (new_id("ba")); anything else is an account.
 BANK_ACCOUNT_ID = re.compile(r"ba_[0-9a-f]{32}\Z")
+RECOVER_BATCH = 100  # stuck refunds one recovery pass finishes
+log = logging.getLogger("paynode.payments")
 
 _SAME_FIELDS = ("owner_user_id", "debit_account_id", "credit_account_id", "amount", "currency",
                 "rail", "memo", "same_day", "bank_account_id", "payment_method_id")  # fmt: skip
@@ -323,19 +328,59 @@ async def refund(
         raise p.ApiError(e.code) from None
     if refund.status != "processing":
         return refund, 200
+    done = await _complete_refund(ctx, pay, refund, None if principal.admin else principal.owns)
+    return done, 201 if new else 200
+
+
+async def _complete_refund(
+    ctx: Context, pay: payments.Payment, refund: payments.Refund,
+    may_debit: Callable[[str], bool] | None,
+) -> payments.Refund:  # fmt: skip
+    """Move a reserved refund's money back (the payee's account -> the payer's side; a
+    card's through the processor) and finish it; every step safe to repeat (the ids are
+    the refund's). A busy ledger or an unanswering processor raises: still processing."""
     transfer = TransferIn(
         id=refund.transfer_id, debit_account_id=pay.credit_account_id,
         credit_account_id=pay.debit_account_id, amount=refund.amount, currency=pay.currency,
         metadata={"payment_id": pay.id, "refund_id": refund.id},
     )  # fmt: skip
-    (outcome,) = await ctx.client.transfer([transfer], None if principal.admin else principal.owns)
+    (outcome,) = await ctx.client.transfer([transfer], may_debit)
     if outcome.code in RETRYABLE:
         raise p.ApiError(outcome.code)  # reserved and processing: retry with the same id
     if pay.rail == card_rules.RAIL and not outcome.code:
         await card_service.refund_at_processor(ctx, pay, refund)  # 503: retry, same id
     async with ctx.engine.begin() as conn:
-        done = await payments.finish_refund(conn, refund.id, not outcome.code, outcome.code or None)
-    return done, 201 if new else 200
+        return await payments.finish_refund(conn, refund.id, not outcome.code, outcome.code or None)
+
+
+async def recover_refunds(ctx: Context) -> int:
+    """One pass: finish refunds left processing (the request that reserved one died, or
+    its client never retried after a 503) once they are older than twice the card
+    processor's timeout (a live request is done by then); how many were looked at."""
+    stuck_ms = 2 * ctx.settings.card.timeout_ms
+    before = dt.datetime.now(dt.UTC) - dt.timedelta(milliseconds=stuck_ms)
+    async with ctx.engine.connect() as conn:
+        stuck = await payments.stuck_refunds(conn, before, RECOVER_BATCH)
+        pays = {r.payment_id: await payments.get(conn, r.payment_id) for r in stuck}
+    for r in stuck:
+        pay = pays[r.payment_id]
+        assert pay is not None  # a foreign key
+        try:
+            await _complete_refund(ctx, pay, r, None)  # authorized when it was reserved
+        except p.ApiError as e:  # the ledger busy or the processor away: the next pass
+            log.info("refund %s left for the next pass: %s", r.id, e.code)
+    return len(stuck)
+
+
+async def follow_refunds(ctx: Context) -> None:
+    """Run ``recover_refunds`` every ``card.recover_interval_ms`` while the front runs."""
+    interval_s = ctx.settings.card.recover_interval_ms / 1000
+    while True:
+        await asyncio.sleep(interval_s)
+        try:
+            await recover_refunds(ctx)
+        except Exception as e:  # PostgreSQL or the ledger unavailable: the next pass
+            log.warning("refund recovery pass failed: %s", type(e).__name__)
 
 
 async def cancel(

@@ -258,7 +258,8 @@ class CardSettings(Section, frozen=True):
     limit: Annotated[int, Meta(ge=1, le=999_999_99)] = 999_999_99
     # How long a payment call waits for the processor (then: processing, finished later)
     timeout_ms: Annotated[int, Meta(ge=100, le=60_000)] = 5000
-    # How often each front finishes card payments a crash or a slow processor left
+    # How often each front finishes card payments a crash or a slow processor left, and
+    # refunds (of any rail) left processing longer than twice timeout_ms; 0 = never
     recover_interval_ms: Annotated[int, Meta(ge=0, le=3_600_000)] = 1000
 
 

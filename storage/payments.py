@@ -386,6 +386,16 @@ async def finish_refund(
     return msgspec.structs.replace(r, status=status, failure_code=failure_code)
 
 
+async def stuck_refunds(conn: AsyncConnection, before: dt.datetime, limit: int) -> list[Refund]:
+    """Refunds reserved before ``before`` and still processing, oldest first."""
+    rows = await conn.execute(
+        sa.text(f"SELECT {_REFUND_COLS} FROM refunds WHERE status = 'processing'"
+                " AND updated_at < :before ORDER BY updated_at LIMIT :limit"),
+        {"before": before, "limit": limit},
+    )  # fmt: skip
+    return [record(Refund, r) for r in rows]
+
+
 async def refunds_of(conn: AsyncConnection, payment_id: str) -> list[Refund]:
     rows = await conn.execute(
         sa.text(

@@ -6,14 +6,19 @@ knows Stripe's test tokens and signs its settlement and dispute events.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import time
 from pathlib import Path
 
 import httpx
+import psycopg
+import sqlalchemy as sa
 
 from paynode.domain.notify.signature import HEADER, header
+from paynode.storage import payments
+from paynode.storage.database import async_engine, libpq_url
 from tests.support.accounts import verified_user, wallet
 from tests.support.asserts import problem, signup
 from tests.support.bank import link_and_verify
@@ -180,6 +185,43 @@ def test_partial_and_full_refunds_never_beyond_the_capture(node: RunningNode) ->
     assert _balance(node, CLEARING) == clearing + 8_000
     receipt = node.http.get("/v1/payments/card-ref-1/receipt", headers=fay).json()
     assert receipt["refunded_amount"] == 8_000 and len(receipt["refunds"]) == 2
+
+
+def test_a_refund_left_processing_is_finished_by_the_front(node: RunningNode) -> None:
+    """What a request killed right after reserving a refund leaves (the refund processing,
+    no money moved): the front's recovery loop moves it back to the card and finishes it,
+    without the client asking again."""
+    gil = _user(node, "gil-card")
+    _wallet(node, gil, "gil-card-w", funded=1_000)
+    pm = _card(node, gil, "tok_visa")
+    assert _pay(node, gil, "card-stuck-1", pm["id"], "gil-card-w", 4_000).json()["status"] == (
+        "completed")  # fmt: skip
+    wallet_before, clearing = _balance(node, "gil-card-w"), _balance(node, CLEARING)
+
+    async def reserve() -> None:  # the request's first step, then it "dies"
+        engine = async_engine(node.database_url, 1)
+        try:
+            async with engine.begin() as conn:
+                _, new = await payments.reserve_refund(conn, "card-stuck-1", "cref-stuck", 1_500)
+                assert new
+                # Old enough for recovery (a live request would be done by now).
+                await conn.execute(sa.text("UPDATE refunds SET updated_at = now() - interval"
+                                           " '1 hour' WHERE id = 'cref-stuck'"))  # fmt: skip
+        finally:
+            await engine.dispose()
+
+    asyncio.run(reserve())
+
+    def refund() -> dict:
+        return next(r for r in node.http.get("/v1/payments/card-stuck-1", headers=gil).json()[
+            "refunds"] if r["id"] == "cref-stuck")  # fmt: skip
+
+    assert wait_until(lambda: refund()["status"] == "completed", what="the refund finished")
+    assert _balance(node, "gil-card-w") == wallet_before - 1_500
+    assert _balance(node, CLEARING) == clearing + 1_500
+    with psycopg.connect(libpq_url(node.database_url)) as conn:  # the processor took it
+        rows = conn.execute("SELECT amount FROM card_refunds WHERE refund_id = 'cref-stuck'")
+        assert rows.fetchall() == [(1_500,)]
 
 
 def test_payment_methods_are_their_owners_and_bad_input_changes_nothing(
