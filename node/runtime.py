@@ -15,6 +15,7 @@ import os
 import secrets
 import signal
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,18 +57,23 @@ class DatabaseInUse(RuntimeError):
 _OWNER_LOCK = 0x7061796E6F6465 + 1  # next to the migration lock's key
 
 
-def claim_database(database_url: str) -> psycopg.Connection:
+def claim_database(database_url: str, wait_ms: int = 2000) -> psycopg.Connection:
     """Hold a session advisory lock for as long as this node runs.
 
     PostgreSQL drops it when the connection dies, so a killed node never
-    blocks its own restart.
+    blocks its own restart; but its backend exits a moment after the client's
+    socket closes, so a held lock is asked again for up to ``wait_ms``.
     """
     conn = psycopg.connect(libpq_url(database_url), autocommit=True, connect_timeout=10)
-    row = conn.execute("SELECT pg_try_advisory_lock(%s)", (_OWNER_LOCK,)).fetchone()
-    if not row or not row[0]:
-        conn.close()
-        raise DatabaseInUse("another paynode node is running on this database")
-    return conn
+    deadline = time.monotonic() + wait_ms / 1000
+    while True:
+        row = conn.execute("SELECT pg_try_advisory_lock(%s)", (_OWNER_LOCK,)).fetchone()
+        if row and row[0]:
+            return conn
+        if time.monotonic() >= deadline:
+            conn.close()
+            raise DatabaseInUse("another paynode node is running on this database")
+        time.sleep(0.02)
 
 
 @dataclass

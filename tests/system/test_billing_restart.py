@@ -25,7 +25,7 @@ from tests.support.node import ADMIN_HEADERS, process_env, wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
-SUBSCRIPTIONS = 400
+SUBSCRIPTIONS = 200
 PRICE = 700
 FUNDED = 2 * PRICE  # a second charge would go through: nothing hides a double charge
 
@@ -39,7 +39,7 @@ def _count(url: str, sql: str) -> int:
 
 def test_sigkill_mid_renewal_run_then_each_renewal_is_paid_once(tmp_path: Path, request) -> None:
     # Small passes, and only the advance drains (the scheduler's loop waits an hour).
-    env = process_env(request, PAYNODE_BILLING_BATCH="4", PAYNODE_BILLING_INTERVAL_MS="3600000")
+    env = process_env(request, PAYNODE_BILLING_BATCH="2", PAYNODE_BILLING_INTERVAL_MS="3600000")
     node = NodeProcess(tmp_path / "data", shards=1, env=env)
     node.start()
     try:

@@ -63,11 +63,12 @@ def test_second_node_on_the_same_database_is_refused(database_url: str) -> None:
     owner = claim_database(database_url)
     try:
         with pytest.raises(DatabaseInUse):
-            claim_database(database_url)
+            claim_database(database_url, wait_ms=0)
         env = {**os.environ, "DATABASE_URL": database_url}
         result = _paynode("run", "--port", "1", "--shards", "1", env=env)
         assert result.returncode == 2
         assert "another paynode node is running on this database" in result.stderr
     finally:
         owner.close()
-    claim_database(database_url).close()  # released with its connection
+    # Released with its connection (its backend exits a moment later: claim waits for it).
+    claim_database(database_url).close()
