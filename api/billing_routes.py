@@ -16,6 +16,7 @@ from typing import Annotated
 
 import msgspec
 from fastapi import APIRouter, Depends, Query, Request
+from sqlalchemy.ext.asyncio import AsyncConnection
 from starlette.responses import HTMLResponse, Response
 
 from paynode.api import billing_service as svc
@@ -31,6 +32,7 @@ from paynode.api.billing_schemas import (
     InvoiceOut,
     InvoicePage,
     LineOut,
+    PaymentSourceIn,
     PriceIn,
     PriceOut,
     ProductIn,
@@ -236,8 +238,9 @@ async def _clock_for(ctx: Context, principal: Principal, clock_id: str | None) -
 
 
 async def _source(
-    ctx: Context, principal: Principal, body: SubscriptionIn, price: store.Price
-) -> tuple[str, str, str]:
+    ctx: Context, principal: Principal, body: SubscriptionIn | PaymentSourceIn,
+    price: store.Price, quantity: int,
+) -> tuple[str, str, str]:  # fmt: skip
     """What pays the subscription: (source_kind, wallet account or card, customer)."""
     currency = price.currency.strip()
     if body.customer_account is not None:
@@ -271,8 +274,17 @@ async def _source(
     method = await card_service.own_method(ctx, principal, method_id)  # 404: not yours
     if currency != card_rules.CURRENCY:
         raise p.ApiError(Code.CURRENCY_MISMATCH, "cards are charged in USD", "$.payment_method")
-    card_service.check(ctx, price.amount * body.quantity, currency)
+    card_service.check(ctx, price.amount * quantity, currency)
     return "card", method.id, method.owner_user_id
+
+
+async def _still_attached(conn: AsyncConnection, kind: str, source: str) -> None:
+    """A card detached meanwhile is not charged (a detach takes this lock, then looks for
+    subscriptions charging it)."""
+    if kind == "card":
+        method = await cards.get_method(conn, source, lock=True)
+        if method is None or method.status != "active":
+            raise p.ApiError(p.PAYMENT_METHOD_NOT_FOUND, field="$.payment_method")
 
 
 @router.post(
@@ -289,7 +301,7 @@ async def create_subscription(request: Request, ctx: Ctx, principal: Writer) -> 
         price = await store.get_price(conn, body.price)
     if price is None:
         raise p.ApiError(p.PRICE_NOT_FOUND, field="$.price")
-    kind, source, customer = await _source(ctx, principal, body, price)
+    kind, source, customer = await _source(ctx, principal, body, price, body.quantity)
     now = await _clock_for(ctx, principal, body.test_clock)
     policy = _policy(ctx)
     try:
@@ -310,10 +322,7 @@ async def create_subscription(request: Request, ctx: Ctx, principal: Writer) -> 
             "source_account_id", "merchant_account_id", "test_clock_id")  # fmt: skip
     fixed = {k: getattr(row, k) for k in kept}
     async with ctx.engine.begin() as conn:
-        if kind == "card":  # detached meanwhile? (a detach takes this lock, then looks)
-            method = await cards.get_method(conn, source, lock=True)
-            if method is None or method.status != "active":
-                raise p.ApiError(p.PAYMENT_METHOD_NOT_FOUND, field="$.payment_method")
+        await _still_attached(conn, kind, source)
         await store.insert_subscription(conn, s, fixed, policy, now)
         attempt = await svc.store_step(conn, row, step, now, policy)
     if attempt is not None:  # period 0 now: the answer waits for its collection
@@ -419,6 +428,42 @@ async def change_subscription(sub_id: str, request: Request, ctx: Ctx, principal
                                prorate=body.prorate)  # fmt: skip
 
     return await _change(ctx, principal, sub_id, make)
+
+
+@router.post(
+    "/v1/subscriptions/{sub_id}/payment-source",
+    openapi_extra=contract.body(PaymentSourceIn),
+    responses=_CHANGED,
+)
+async def change_payment_source(sub_id: str, request: Request, ctx: Ctx, principal: Writer):
+    """The customer pays from another wallet or card from now on (a card that declined:
+    the next dunning retry, or ``POST /v1/invoices/{id}/pay``, charges the new one)."""
+    body = await decode_body(request, PaymentSourceIn, SMALL_BODY_LIMIT)
+    found = await _visible_sub(ctx, principal, sub_id)
+    if not principal.owns(found.customer_user_id):
+        raise p.ApiError(p.FORBIDDEN, "only the customer changes how they pay")
+    s = found.rule()
+    async with ctx.engine.connect() as conn:
+        price = await store.get_price(conn, s.price.id)
+    assert price is not None
+    kind, source, customer = await _source(ctx, principal, body, price, s.quantity)
+    if customer != found.customer_user_id:  # an admin naming someone else's wallet or card
+        field = "$.payment_method" if kind == "card" else "$.customer_account"
+        raise p.ApiError(p.INVALID_FIELD, "the customer's own wallet or card", field)
+    async with ctx.engine.begin() as conn:
+        row = await store.get_subscription(conn, sub_id, lock=True)
+        assert row is not None
+        if row.collecting is not None:
+            raise p.ApiError(p.COLLECTION_IN_FLIGHT)
+        if row.status == "canceled":
+            raise p.ApiError(p.TRANSITION_REFUSED, "a canceled subscription pays for nothing")
+        await _still_attached(conn, kind, source)
+        await store.set_source(conn, sub_id, kind, source)
+        row.source_kind, row.source_account_id = kind, source
+        w = svc.Writes()
+        w.sub_event("customer.subscription.updated", row, row.rule())
+        await w.flush(conn)
+    return json_response(_sub_out(await _visible_sub(ctx, principal, sub_id), _policy(ctx)))
 
 
 # -- invoices -----------------------------------------------------------------------

@@ -71,6 +71,15 @@ class SubscriptionIn(msgspec.Struct, forbid_unknown_fields=True):
     test_clock: Id | None = None
 
 
+class PaymentSourceIn(msgspec.Struct, forbid_unknown_fields=True):
+    """What pays a subscription from now on: ``customer_account`` (a wallet of yours in
+    the price's currency) or ``payment_method`` (a card of yours; USD prices); with
+    neither, your default payment method."""
+
+    customer_account: Id | None = None
+    payment_method: Id | None = None
+
+
 class SubscriptionChange(msgspec.Struct, forbid_unknown_fields=True):
     """A plan change: another price of the same merchant and currency, prorated by default."""
 
@@ -174,7 +183,8 @@ class ClockOut(msgspec.Struct):
 
 
 BILLING_TYPES = (
-    ProductIn, ProductOut, PriceIn, PriceOut, SubscriptionIn, SubscriptionChange, CancelIn,
+    ProductIn, ProductOut, PriceIn, PriceOut, SubscriptionIn, PaymentSourceIn,
+    SubscriptionChange, CancelIn,
     SubscriptionOut, SubscriptionPage, LineOut, InvoiceOut, InvoicePage, HostedLinkOut, ClockIn,
     AdvanceIn, ClockOut,
 )  # fmt: skip

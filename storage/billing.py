@@ -222,6 +222,15 @@ async def insert_subscription(
     )  # fmt: skip
 
 
+async def set_source(conn: AsyncConnection, sub_id: str, kind: str, source: str) -> None:
+    """What pays the subscription from now on (its row locked by the caller)."""
+    await conn.execute(
+        sa.text("UPDATE billing_subscriptions SET source_kind = :k, source_account_id = :s,"
+                " updated_at = now() WHERE id = :id"),
+        {"k": kind, "s": source, "id": sub_id},
+    )  # fmt: skip
+
+
 async def get_subscription(conn: AsyncConnection, sub_id: str, lock: bool = False) -> Sub | None:
     return await _get(conn, Sub, "billing_subscriptions", sub_id, lock)
 

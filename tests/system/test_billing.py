@@ -203,7 +203,7 @@ def test_cards_pay_invoices_and_a_declining_card_goes_through_dunning(node: Runn
     invoice (a card payment with its receipt, the processor's fee paid by the merchant);
     a declining card and one asking for 3-D Secure (nobody there to authenticate) fail
     their attempts into dunning; a card in use cannot be detached."""
-    _, mw = _merchant(node, "bt6", {"bt6-basic": 1_000})
+    m, mw = _merchant(node, "bt6", {"bt6-basic": 1_000})
     c = _user(node, "cust-bt6")
     visa = _card(node, c, "tok_visa")
     assert node.http.post(f"/v1/payment-methods/{visa}/default", headers=c).status_code == 200
@@ -227,6 +227,18 @@ def test_cards_pay_invoices_and_a_declining_card_goes_through_dunning(node: Runn
         assert (bill["status"], bill["last_code"], bill["attempts"]) == ("open", code, 1), bill
         failed = node.http.get(f"/v1/payments/bill:{bill['id']}:0", headers=c).json()
         assert (failed["status"], failed["failure_code"]) == ("failed", code), failed
+    # The customer moves the 3-D Secure one to the visa and pays its open invoice now.
+    switch = f"/v1/subscriptions/{asks}/payment-source"
+    problem(node.http.post(switch, json={"payment_method": visa}, headers=m), 403, "forbidden")
+    problem(node.http.post(switch, json={"payment_method": "pm_" + "0" * 32}, headers=c), 404,
+            "payment_method_not_found")  # fmt: skip
+    r = node.http.post(switch, json={"payment_method": visa}, headers=c)
+    assert r.status_code == 200 and r.json()["payment_method"] == visa, r.text
+    (bill,) = _invoices(node, c, asks)
+    r = node.http.post(f"/v1/invoices/{bill['id']}/pay", headers=c)
+    assert r.status_code == 200 and r.json()["status"] == "paid", r.text
+    assert r.json()["paid_by"] == f"card-post:bill:{bill['id']}:1"
+    assert _sub(node, c, asks)["status"] == "active"
     _advance(node, c, "bt6-clock", "2026-07-10T00:00:00Z")  # the trial ends: the visa pays
     (first,) = _invoices(node, c, paid["id"])
     charge = f"bill:{first['id']}:0"
@@ -236,12 +248,12 @@ def test_cards_pay_invoices_and_a_declining_card_goes_through_dunning(node: Runn
     assert (pay["status"], pay["rail"], pay["amount"]) == ("completed", "card", 1_000), pay
     receipt = node.http.get(f"/v1/payments/{charge}/receipt", headers=c).json()
     assert receipt["amount"] == 1_000 and receipt["card_last4"] == "4242", receipt
-    assert _balance(node, mw) == 1_000 - (30 + 29)  # card fee: 30 + 2.9%, rounded up
+    assert _balance(node, mw) == 2 * (1_000 - (30 + 29))  # card fee: 30 + 2.9%, rounded up
     # Retries on days 1, 3, 5 and 7 of dunning all fail: canceled, the invoice uncollectible.
     assert _sub(node, c, refused)["status"] == "canceled"
     assert [i["status"] for i in _invoices(node, c, refused)] == ["uncollectible"]
     assert node.http.delete(f"/v1/payment-methods/{declining}", headers=c).status_code == 200
-    assert _balance(node, mw) == 1_000 - 59  # the declines moved nothing
+    assert _balance(node, mw) == 2 * (1_000 - 59)  # the declines moved nothing
 
 
 def test_card_subscription_bad_input(node: RunningNode) -> None:
