@@ -142,6 +142,18 @@ class Writes:
             self.invoice_event(kind, row, data, new=order.id)
         return collect
 
+    def collection(self, invoice_id: str) -> tuple[int, int, str] | None:
+        """The invoice's attempt in flight, amount due and currency, as this transaction
+        leaves it (made or changed here, or as read); None: no attempt in flight."""
+        new = self._new.get(invoice_id)
+        if new is not None:
+            attempt, amount, currency = new["in_flight"], new["amount_due"], new["currency"]
+        elif (i := self.invoices.get(invoice_id)) is not None:
+            attempt, amount, currency = i.in_flight, i.amount_due, i.currency
+        else:
+            return None
+        return None if attempt is None else (attempt, amount, currency)
+
     def change_invoice(self, i: store.Invoice, at: dt.datetime, **values: Any) -> store.Invoice:
         assert i.id not in self._new
         changed = msgspec.structs.replace(i, **values)
@@ -246,16 +258,10 @@ def _in_flight(row: store.Sub, w: Writes) -> Attempt | None:
     """The attempt in flight of the row's ``collecting`` invoice (None: nothing to move)."""
     if row.collecting is None:
         return None
-    new = w._new.get(row.collecting)
-    if new is not None:
-        attempt, amount, currency = new["in_flight"], new["amount_due"], new["currency"]
-    else:
-        i = w.invoices.get(row.collecting)
-        if i is None:
-            return None
-        attempt, amount, currency = i.in_flight, i.amount_due, i.currency
-    if attempt is None:
+    found = w.collection(row.collecting)
+    if found is None:
         return None
+    attempt, amount, currency = found
     return Attempt(
         subscription_id=row.id, invoice_id=row.collecting, attempt=attempt,
         customer_user_id=row.customer_user_id, source_kind=row.source_kind,
