@@ -39,6 +39,7 @@ from paynode.api.audit_writer import audit
 from paynode.api.auth.scopes import Principal
 from paynode.api.context import Context
 from paynode.api.ledger_client import LedgerClient
+from paynode.api.periodic import every
 from paynode.api.schemas import TransferIn
 from paynode.domain.ledger.model import RETRYABLE, AccountSpec, Code
 from paynode.domain.rails import card_rules as rules
@@ -361,13 +362,8 @@ async def recover(ctx: Context) -> int:
 
 async def follow(ctx: Context) -> None:
     """Run ``recover`` every ``card.recover_interval_ms`` for as long as the front runs."""
-    interval_s = ctx.settings.card.recover_interval_ms / 1000
-    while True:
-        await asyncio.sleep(interval_s)
-        try:
-            await recover(ctx)
-        except Exception as e:  # PostgreSQL or the ledger unavailable: the next pass
-            log.warning("card: recovery pass failed: %s", type(e).__name__)
+    await every(ctx.settings.card.recover_interval_ms, lambda: recover(ctx), log,
+                "card: recovery pass")  # fmt: skip
 
 
 async def own_method(ctx: Context, principal: Principal, method_id: str) -> cards.PaymentMethod:

@@ -11,7 +11,6 @@ refunds never exceed the payment.
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import logging
 import re
@@ -25,6 +24,7 @@ from paynode.api.audit_writer import audit
 from paynode.api.auth.scopes import Principal
 from paynode.api.deps import Context, check_owner
 from paynode.api.handle_routes import lookup, normalized
+from paynode.api.periodic import every
 from paynode.api.rails_schemas import PaymentIn, RefundIn
 from paynode.api.schemas import TransferIn
 from paynode.domain.ledger.model import RETRYABLE, Code
@@ -374,13 +374,8 @@ async def recover_refunds(ctx: Context) -> int:
 
 async def follow_refunds(ctx: Context) -> None:
     """Run ``recover_refunds`` every ``card.recover_interval_ms`` while the front runs."""
-    interval_s = ctx.settings.card.recover_interval_ms / 1000
-    while True:
-        await asyncio.sleep(interval_s)
-        try:
-            await recover_refunds(ctx)
-        except Exception as e:  # PostgreSQL or the ledger unavailable: the next pass
-            log.warning("refund recovery pass failed: %s", type(e).__name__)
+    await every(ctx.settings.card.recover_interval_ms, lambda: recover_refunds(ctx), log,
+                "refund recovery pass")  # fmt: skip
 
 
 async def cancel(

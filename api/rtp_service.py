@@ -28,6 +28,7 @@ from typing import Literal
 
 from paynode.api import problems as p
 from paynode.api.context import Context
+from paynode.api.periodic import every
 from paynode.api.schemas import TransferIn
 from paynode.domain.ledger.model import RETRYABLE, Code
 from paynode.domain.rails import iso20022 as iso
@@ -219,16 +220,10 @@ async def recover(ctx: Context) -> int:
 
 
 async def follow(ctx: Context) -> None:
-    """Run ``recover`` every ``rtp.recover_interval_ms`` for as long as the front runs."""
-    interval_s = ctx.settings.rtp.recover_interval_ms / 1000
-    while True:
-        await asyncio.sleep(interval_s)
-        try:
-            await recover(ctx)
-        except Exception as e:
-            # PostgreSQL, the ledger or the network (a Ray call) unavailable: nothing is
-            # lost, the next pass claims the same exchanges again.
-            log.warning("rtp: recovery pass failed: %s", type(e).__name__)
+    """Run ``recover`` every ``rtp.recover_interval_ms`` for as long as the front runs
+    (a failed pass loses nothing: the next claims the same exchanges again)."""
+    await every(ctx.settings.rtp.recover_interval_ms, lambda: recover(ctx), log,
+                "rtp: recovery pass")  # fmt: skip
 
 
 # -- requests for payment -----------------------------------------------------------------
