@@ -49,8 +49,11 @@ async def _pool(n: int, concurrency: int, one) -> None:
     await asyncio.gather(*(worker() for _ in range(concurrency)))
 
 
-async def _setup(s: aiohttp.ClientSession, url: str, n: int, tag: str, concurrency: int) -> str:
-    """The merchant, price, wallets and subscriptions; the test clock's id."""
+async def _setup(
+    s: aiohttp.ClientSession, url: str, n: int, tag: str, concurrency: int
+) -> tuple[str, float]:
+    """The merchant, price, wallets and subscriptions; the test clock's id and how many
+    subscriptions a second ``POST /v1/subscriptions`` made (``concurrency`` at a time)."""
     creds = {"email": f"renew-{tag}@example.com", "password": PASSWORD}
     customer = (await _check(await s.post(f"{url}/v1/auth/register", json=creds), 201))["user_id"]
     for account_id, owner in ((f"rn-{tag}-treasury", None), (f"rn-{tag}-merchant", customer)):
@@ -86,8 +89,11 @@ async def _setup(s: aiohttp.ClientSession, url: str, n: int, tag: str, concurren
             "price": f"rn-{tag}-monthly", "customer_account": f"rn-{tag}-w{i}",
             "trial_days": 1, "test_clock": clock}), 201)  # fmt: skip
 
+    t0 = time.perf_counter()
     await _pool(n, concurrency, subscribe)
-    return clock
+    per_s = n / (time.perf_counter() - t0)
+    print(f"renewals: {n} subscriptions made at {per_s:.0f}/s", flush=True)
+    return clock, per_s
 
 
 def _paid(database_url: str, tag: str) -> int:
@@ -103,7 +109,7 @@ def _paid(database_url: str, tag: str) -> int:
 async def _renew(url: str, database_url: str, n: int, concurrency: int, node) -> dict:
     tag = hex(time.time_ns())[-8:]
     async with drivers.session(concurrency) as s:
-        clock = await _setup(s, url, n, tag, concurrency)
+        clock, subscribe_per_s = await _setup(s, url, n, tag, concurrency)
         meter = CpuMeter(node.processes) if node is not None else None
         print(f"renewals: the clock passes the trial end: {n} renewals due at once ...",
               flush=True)  # fmt: skip
@@ -119,7 +125,8 @@ async def _renew(url: str, database_url: str, n: int, concurrency: int, node) ->
         elapsed = time.perf_counter() - t0
         window = meter.stop() if meter is not None else None
     out: dict = {"subscriptions": n, "renewed": paid, "seconds": round(elapsed, 2),
-           "renewals_per_s": round(paid / elapsed, 1) if elapsed else None}  # fmt: skip
+           "renewals_per_s": round(paid / elapsed, 1) if elapsed else None,
+           "subscriptions_made_per_s": round(subscribe_per_s, 1)}  # fmt: skip
     if window is not None:
         out["node_cpu"] = window.summary(paid, "renewal")
     return out
